@@ -48,8 +48,8 @@ export function createLogger(opts: LoggerOptions = {}): Logger {
   }
   return createConsola({
     level,
-    stdout: stream,
-    stderr: stream,
+    stdout: stream as NodeJS.WriteStream,
+    stderr: stream as NodeJS.WriteStream,
     fancy: Boolean((stream as { isTTY?: boolean }).isTTY),
   });
 }
