@@ -50,7 +50,7 @@ export function createLogger(opts: LoggerOptions = {}): Logger {
     level,
     stdout: stream as NodeJS.WriteStream,
     stderr: stream as NodeJS.WriteStream,
-    fancy: Boolean((stream as { isTTY?: boolean }).isTTY),
+    formatOptions: { colors: Boolean((stream as { isTTY?: boolean }).isTTY) },
   });
 }
 
