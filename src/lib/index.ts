@@ -3,3 +3,4 @@ export * from "./bytes.ts";
 export * from "./clock.ts";
 export * from "./errors.ts";
 export * from "./ids.ts";
+export * from "./net.ts";
