@@ -1,2 +1,5 @@
+export * from "./control.ts";
 export * from "./logger.ts";
 export * from "./metrics.ts";
+export * from "./process.ts";
+export * from "./deliveryLog.ts";

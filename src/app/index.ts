@@ -1,0 +1,1 @@
+export { Daemon, runDaemon } from "./daemon.ts";

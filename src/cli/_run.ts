@@ -1,0 +1,75 @@
+/**
+ * Running the citty command tree with sysexits exit codes.
+ *
+ * Owns: mapping thrown errors to exit codes and messages (config 78, usage 64, unavailable 69, else 1).
+ * citty's own `runMain` exits 1 for everything; scripts need to tell a usage error from a bad config.
+ */
+import { type CommandDef, renderUsage, runCommand } from "citty";
+import { ConfigError } from "../config/index.ts";
+import { EXIT, MtaError } from "../lib/index.ts";
+
+async function resolveSub(cmd: CommandDef, argv: string[]): Promise<[CommandDef, CommandDef | undefined]> {
+  let current = cmd;
+  let parent: CommandDef | undefined;
+  let rest = argv;
+  for (;;) {
+    const subs =
+      typeof current.subCommands === "function" ? await current.subCommands() : await current.subCommands;
+    const i = rest.findIndex((a) => !a.startsWith("-"));
+    const name = i >= 0 ? rest[i]! : undefined;
+    if (!subs || !name || !(name in subs)) return [current, parent];
+    const next = (subs as Record<string, unknown>)[name];
+    const resolved = (
+      typeof next === "function" ? await (next as () => unknown)() : await next
+    ) as CommandDef;
+    parent = current;
+    current = resolved;
+    rest = rest.slice(i + 1);
+  }
+}
+
+export async function run(main: CommandDef, argv: string[]): Promise<number> {
+  try {
+    if (argv.includes("--help") || argv.includes("-h")) {
+      const [cmd, parent] = await resolveSub(main, argv);
+      process.stdout.write(`${await renderUsage(cmd, parent)}\n`);
+      return EXIT.ok;
+    }
+    if (argv.length === 1 && (argv[0] === "--version" || argv[0] === "-v")) {
+      const meta = typeof main.meta === "function" ? await main.meta() : await main.meta;
+      process.stdout.write(`${meta?.version}\n`);
+      return EXIT.ok;
+    }
+    if (argv.length === 0) {
+      process.stdout.write(`${await renderUsage(main)}\n`);
+      return EXIT.usage;
+    }
+    const { result } = await runCommand(main, { rawArgs: argv });
+    return typeof result === "number" ? result : EXIT.ok;
+  } catch (err) {
+    return reportError(err, main, argv);
+  }
+}
+
+async function reportError(err: unknown, main: CommandDef, argv: string[]): Promise<number> {
+  if (err instanceof ConfigError) {
+    process.stderr.write(`mta: configuration error in ${err.message}\n`);
+    return EXIT.config;
+  }
+  const code = (err as { code?: unknown }).code;
+  if (err instanceof MtaError) {
+    process.stderr.write(`mta: ${err.message}\n`);
+    if (err.code === "usage") return EXIT.usage;
+    if (err.code === "unavailable") return EXIT.unavailable;
+    if (err.code === "data") return EXIT.dataErr;
+    return EXIT.runtime;
+  }
+  if (typeof code === "string" && code.startsWith("E_")) {
+    // citty's CLIError: unknown command, missing argument.
+    const [cmd, parent] = await resolveSub(main, argv);
+    process.stderr.write(`${await renderUsage(cmd, parent)}\n\nmta: ${(err as Error).message}\n`);
+    return EXIT.usage;
+  }
+  process.stderr.write(`mta: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+  return EXIT.runtime;
+}

@@ -1,0 +1,27 @@
+/** `mta check-config`: validate the configuration and print the effective one (defaults filled in). */
+import { defineCommand } from "citty";
+import { findConfigPath, loadConfig, renderConfigYaml } from "../config/index.ts";
+import { EXIT } from "../lib/index.ts";
+import { configArg } from "./_args.ts";
+
+export default defineCommand({
+  meta: {
+    name: "check-config",
+    description: "Validate the configuration; print the effective configuration",
+  },
+  args: {
+    ...configArg,
+    json: { type: "boolean", description: "Print JSON instead of YAML" },
+    quiet: { type: "boolean", alias: "q", description: "Print nothing; only the exit code tells" },
+  },
+  run({ args }) {
+    const file = findConfigPath(args.config);
+    const { raw } = loadConfig(file);
+    if (!args.quiet) {
+      process.stdout.write(
+        args.json ? `${JSON.stringify(raw, null, 2)}\n` : `# ${file}: ok\n${renderConfigYaml(raw)}`,
+      );
+    }
+    return EXIT.ok;
+  },
+});

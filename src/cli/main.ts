@@ -1,0 +1,25 @@
+/**
+ * The `mta` executable's entry point: the command tree, declared as data, subcommands loaded lazily.
+ *
+ * Owns: argv → command, exit code. Each subcommand lives in its own file and only wires
+ * arguments to app/ and config/.
+ */
+import { defineCommand } from "citty";
+import pkg from "../../package.json" with { type: "json" };
+import { run } from "./_run.ts";
+
+export const main = defineCommand({
+  meta: {
+    name: "mta",
+    version: pkg.version,
+    description:
+      "Outbound mail transfer agent: durable segment spool, tens of thousands of concurrent SMTP sessions",
+  },
+  subCommands: {
+    serve: () => import("./serve.ts").then((m) => m.default),
+    "check-config": () => import("./checkConfig.ts").then((m) => m.default),
+  },
+});
+
+const code = await run(main, process.argv.slice(2));
+process.exitCode = code;

@@ -1,0 +1,14 @@
+export { formatDuration, type Rate } from "./_values.ts";
+export {
+  CONFIG_SEARCH_PATH,
+  type ConfigProblem,
+  ConfigError,
+  findConfigPath,
+  formatProblems,
+  type LoadedConfig,
+  loadConfig,
+  parseConfigText,
+  renderConfigYaml,
+} from "./load.ts";
+export type { RawConfig } from "./schema.ts";
+export type { Config, DeliveryConfig, DomainPolicy, ListenerConfig, RouteConfig, TlsMode } from "./types.ts";

@@ -1,0 +1,212 @@
+/**
+ * The typed, frozen configuration the rest of the program reads.
+ *
+ * Owns: `Config` and its parts (camelCase, units in names), `buildConfig` from the validated raw YAML.
+ * Invariant: every value here was validated by schema.ts; relative paths are resolved against the
+ * directory of the configuration file.
+ */
+import { hostname as osHostname } from "node:os";
+import { isAbsolute, resolve } from "node:path";
+import type { Cidr, HostPort } from "../lib/index.ts";
+import {
+  parseAddressValue,
+  parseCidrValue,
+  parseDuration,
+  parseRate,
+  parseSizeValue,
+  type Rate,
+} from "./_values.ts";
+import { DEFAULT_POLICY, type RawConfig } from "./schema.ts";
+
+export type TlsMode = "off" | "opportunistic" | "required";
+
+export interface ListenerConfig {
+  name: string;
+  address: HostPort;
+  relayFrom: Cidr[];
+  tls?: { certFile: string; keyFile: string; implicit: boolean };
+  auth: "off" | "optional" | "required";
+  users: Record<string, string>;
+  allowPlaintextAuth: boolean;
+  submission: boolean;
+  maxMessageBytes: number;
+  maxRecipients: number;
+  maxLineBytes: number;
+  maxErrors: number;
+  commandTimeoutMs: number;
+  dataTimeoutMs: number;
+  maxConnections: number;
+  maxConnectionsPerIp: number;
+  rejectBareNewlines: boolean;
+}
+
+export interface RouteConfig {
+  hosts: HostPort[];
+  auth?: { username: string; password: string };
+  tls?: TlsMode;
+}
+
+export interface DomainPolicy {
+  maxConnections?: number;
+  maxMessagesPerConnection?: number;
+  messageRate?: Rate;
+  connectionRate?: Rate;
+  tls?: TlsMode;
+  tlsVerify?: boolean;
+  retryMs?: number[];
+}
+
+export interface DeliveryConfig {
+  routes: Record<string, RouteConfig>;
+  retryMs: number[];
+  maxAgeMs: number;
+  delayWarningMs: number;
+  maxConnections: number;
+  idleTimeoutMs: number;
+  timeouts: {
+    connectMs: number;
+    greetingMs: number;
+    ehloMs: number;
+    mailMs: number;
+    rcptMs: number;
+    dataInitMs: number;
+    dataBlockMs: number;
+    dataDoneMs: number;
+    rsetMs: number;
+    quitMs: number;
+  };
+  /** Per-domain policies; `default` always present with every field set. */
+  domains: Record<string, DomainPolicy> & {
+    default: Required<Omit<DomainPolicy, "messageRate" | "connectionRate" | "retryMs">> & DomainPolicy;
+  };
+}
+
+export interface Config {
+  /** Absolute path of the file this was loaded from ("" for built-in). */
+  source: string;
+  hostname: string;
+  spool: {
+    dir: string;
+    sync: boolean;
+    segmentSizeBytes: number;
+    compactBelowLiveRatio: number;
+    bodyCacheBytes: number;
+  };
+  listen: ListenerConfig[];
+  control: { address?: HostPort; token?: string };
+  dns: { servers: HostPort[]; timeoutMs: number; attempts: number; prefer: "ipv4" | "ipv6" };
+  delivery: DeliveryConfig;
+  log: {
+    level: "silent" | "error" | "warn" | "info" | "debug" | "trace";
+    format: "pretty" | "json";
+    deliveriesFile: string;
+  };
+}
+
+const dur = (x: string) => parseDuration(x)!;
+
+function policy(p: NonNullable<RawConfig["delivery"]["domains"]>[string]): DomainPolicy {
+  const out: DomainPolicy = {};
+  if (p.max_connections !== undefined) out.maxConnections = p.max_connections;
+  if (p.max_messages_per_connection !== undefined)
+    out.maxMessagesPerConnection = p.max_messages_per_connection;
+  if (p.message_rate !== undefined) out.messageRate = parseRate(p.message_rate)!;
+  if (p.connection_rate !== undefined) out.connectionRate = parseRate(p.connection_rate)!;
+  if (p.tls !== undefined) out.tls = p.tls;
+  if (p.tls_verify !== undefined) out.tlsVerify = p.tls_verify;
+  if (p.retry !== undefined) out.retryMs = p.retry.map(dur);
+  return out;
+}
+
+function deepFreeze<T>(o: T): T {
+  if (o && typeof o === "object" && !Object.isFrozen(o)) {
+    Object.freeze(o);
+    for (const v of Object.values(o)) deepFreeze(v);
+  }
+  return o;
+}
+
+export function buildConfig(raw: RawConfig, source: string, baseDir: string): Config {
+  const path = (p: string) => (p === "" || isAbsolute(p) ? p : resolve(baseDir, p));
+  const d = raw.delivery;
+  const routes: Record<string, RouteConfig> = {};
+  for (const [domain, r] of Object.entries(d.routes)) {
+    const hosts = typeof r === "string" ? [r] : Array.isArray(r) ? r : r.hosts;
+    const route: RouteConfig = { hosts: hosts.map((h) => parseAddressValue(h, 25)!) };
+    if (typeof r === "object" && !Array.isArray(r)) {
+      if (r.auth) route.auth = { ...r.auth };
+      if (r.tls) route.tls = r.tls;
+    }
+    routes[domain.toLowerCase()] = route;
+  }
+  const domains: Record<string, DomainPolicy> = {};
+  for (const [k, p] of Object.entries(d.domains)) domains[k.toLowerCase()] = policy(p);
+  const def = { ...policy(DEFAULT_POLICY), ...(domains.default ?? {}) };
+  domains.default = def;
+
+  const config: Config = {
+    source,
+    hostname: raw.hostname ?? osHostname(),
+    spool: {
+      dir: path(raw.spool.dir),
+      sync: raw.spool.sync,
+      segmentSizeBytes: parseSizeValue(raw.spool.segment_size)!,
+      compactBelowLiveRatio: raw.spool.compact_below,
+      bodyCacheBytes: parseSizeValue(raw.spool.body_cache)!,
+    },
+    listen: raw.listen.map((l) => {
+      const out: ListenerConfig = {
+        name: l.name ?? l.address,
+        address: parseAddressValue(l.address)!,
+        relayFrom: l.relay_from.map((c) => parseCidrValue(c)!),
+        auth: l.auth,
+        users: { ...l.users },
+        allowPlaintextAuth: l.allow_plaintext_auth,
+        submission: l.submission,
+        maxMessageBytes: parseSizeValue(l.max_message_size)!,
+        maxRecipients: l.max_recipients,
+        maxLineBytes: l.max_line_length,
+        maxErrors: l.max_errors,
+        commandTimeoutMs: dur(l.command_timeout),
+        dataTimeoutMs: dur(l.data_timeout),
+        maxConnections: l.max_connections,
+        maxConnectionsPerIp: l.max_connections_per_ip,
+        rejectBareNewlines: l.reject_bare_newlines,
+      };
+      if (l.tls) out.tls = { certFile: path(l.tls.cert), keyFile: path(l.tls.key), implicit: l.tls.implicit };
+      return out;
+    }),
+    control: {},
+    dns: {
+      servers: raw.dns.servers.map((s) => parseAddressValue(s, 53)!),
+      timeoutMs: dur(raw.dns.timeout),
+      attempts: raw.dns.attempts,
+      prefer: raw.dns.prefer,
+    },
+    delivery: {
+      routes,
+      retryMs: d.retry.map(dur),
+      maxAgeMs: dur(d.max_age),
+      delayWarningMs: dur(d.delay_warning),
+      maxConnections: d.max_connections,
+      idleTimeoutMs: dur(d.idle_timeout),
+      timeouts: {
+        connectMs: dur(d.timeouts.connect),
+        greetingMs: dur(d.timeouts.greeting),
+        ehloMs: dur(d.timeouts.ehlo),
+        mailMs: dur(d.timeouts.mail),
+        rcptMs: dur(d.timeouts.rcpt),
+        dataInitMs: dur(d.timeouts.data_init),
+        dataBlockMs: dur(d.timeouts.data_block),
+        dataDoneMs: dur(d.timeouts.data_done),
+        rsetMs: dur(d.timeouts.rset),
+        quitMs: dur(d.timeouts.quit),
+      },
+      domains: domains as DeliveryConfig["domains"],
+    },
+    log: { level: raw.log.level, format: raw.log.format, deliveriesFile: path(raw.log.deliveries) },
+  };
+  if (raw.control.address) config.control.address = parseAddressValue(raw.control.address)!;
+  if (raw.control.token) config.control.token = raw.control.token;
+  return deepFreeze(config);
+}
