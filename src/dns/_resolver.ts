@@ -1,0 +1,360 @@
+/**
+ * A caching stub resolver over UDP (node:dgram) with TCP fallback on truncation, built on dns-packet.
+ *
+ * Owns: `createResolver`, the query transport, the TTL cache (positive and negative), in-flight dedup.
+ * Does not own: MX ordering, implicit MX and routing decisions (route.ts).
+ * Invariants: NXDOMAIN, NODATA, SERVFAIL, REFUSED and timeouts stay distinct all the way to the caller;
+ * errors are never cached (a SERVFAIL must be retried next attempt); a cached answer lives exactly its TTL
+ * (negative answers: the SOA minimum of RFC 2308 §5, else `defaultNegativeTtlS`).
+ *
+ * Why not node:dns: under Bun it reports NODATA as ENOTFOUND, gives no TTL and waits 26 s on a silent server.
+ */
+import dgram from "node:dgram";
+import fs from "node:fs";
+import net from "node:net";
+import dnsPacket from "dns-packet";
+import { type Clock, parseHostPort, systemClock } from "../lib/index.ts";
+import type { Counter, Metrics } from "../observe/index.ts";
+
+export type MxLookup =
+  | { kind: "mx"; hosts: { exchange: string; preference: number }[]; ttlS: number }
+  | { kind: "nullmx" }
+  | { kind: "nxdomain" }
+  | { kind: "nodata" }
+  | { kind: "error"; error: "servfail" | "timeout" | "refused" | "other"; detail: string };
+
+export type AddressLookup =
+  | { kind: "ok"; addresses: string[]; ttlS: number }
+  | { kind: "nxdomain" | "nodata" }
+  | { kind: "error"; error: string; detail: string };
+
+export interface Resolver {
+  mx(domain: string): Promise<MxLookup>;
+  addresses(host: string, family: 4 | 6): Promise<AddressLookup>;
+}
+
+export interface ResolverOptions {
+  /** Empty: the `nameserver` lines of /etc/resolv.conf (port 53). */
+  servers: { host: string; port: number }[];
+  /** How long to wait for one server's answer to one query. */
+  timeoutMs: number;
+  /** Rounds over the server list before giving up with `timeout`. */
+  attempts: number;
+  clock?: Clock;
+  metrics?: Metrics;
+  /** Cache time of NXDOMAIN/NODATA when the answer carries no SOA; default 300 s. */
+  defaultNegativeTtlS?: number;
+  /** Upper bound on any cached TTL; default 1 day. */
+  maxTtlS?: number;
+  /** Upper bound on cache entries; the oldest are dropped first. Default 100,000. */
+  maxCacheEntries?: number;
+}
+
+type QType = "MX" | "A" | "AAAA";
+
+/** The raw outcome of one question, before interpretation per record type. */
+type RawAnswer =
+  | { kind: "answer"; packet: dnsPacket.DecodedPacket }
+  | { kind: "error"; error: "servfail" | "timeout" | "refused" | "other"; detail: string };
+
+interface CacheEntry {
+  expiresAtMs: number;
+  value: MxLookup | AddressLookup;
+}
+
+export function readResolvConf(path = "/etc/resolv.conf"): { host: string; port: number }[] {
+  let text: string;
+  try {
+    text = fs.readFileSync(path, "utf8");
+  } catch {
+    return [];
+  }
+  const out: { host: string; port: number }[] = [];
+  for (const line of text.split("\n")) {
+    const m = /^\s*nameserver\s+(\S+)/.exec(line);
+    if (!m) continue;
+    const host = m[1]!.replace(/%.*$/, "");
+    if (net.isIP(host)) out.push({ host, port: 53 });
+  }
+  return out;
+}
+
+const RCODE_ERROR: Record<string, "servfail" | "refused" | "other"> = {
+  SERVFAIL: "servfail",
+  REFUSED: "refused",
+};
+
+/** dns-packet decodes the response code as a string property its type declarations leave out. */
+function rcodeOf(packet: dnsPacket.DecodedPacket): string {
+  return (packet as { rcode?: string }).rcode ?? "NOERROR";
+}
+
+function normalizeName(name: string): string {
+  return name.toLowerCase().replace(/\.$/, "");
+}
+
+class StubResolver implements Resolver {
+  private readonly servers: { host: string; port: number }[];
+  private readonly clock: Clock;
+  private readonly cache = new Map<string, CacheEntry>();
+  private readonly inflight = new Map<string, Promise<MxLookup | AddressLookup>>();
+  private readonly pending = new Map<number, (p: dnsPacket.DecodedPacket) => void>();
+  private sockets = new Map<4 | 6, dgram.Socket>();
+  private readonly queries?: Counter;
+  private readonly cacheHits?: Counter;
+
+  constructor(private readonly opts: ResolverOptions) {
+    this.servers = opts.servers.length > 0 ? opts.servers : readResolvConf();
+    this.clock = opts.clock ?? systemClock;
+    this.queries = opts.metrics?.counter("mta_dns_queries_total", "DNS queries sent, by type and outcome");
+    this.cacheHits = opts.metrics?.counter("mta_dns_cache_hits_total", "DNS lookups answered from the cache");
+  }
+
+  mx(domain: string): Promise<MxLookup> {
+    return this.lookup(domain, "MX") as Promise<MxLookup>;
+  }
+
+  addresses(host: string, family: 4 | 6): Promise<AddressLookup> {
+    return this.lookup(host, family === 4 ? "A" : "AAAA") as Promise<AddressLookup>;
+  }
+
+  private lookup(name: string, type: QType): Promise<MxLookup | AddressLookup> {
+    const qname = normalizeName(name);
+    const key = `${type} ${qname}`;
+    const hit = this.cache.get(key);
+    if (hit) {
+      if (hit.expiresAtMs > this.clock.now()) {
+        this.cacheHits?.inc();
+        return Promise.resolve(hit.value);
+      }
+      this.cache.delete(key);
+    }
+    const running = this.inflight.get(key);
+    if (running) return running;
+    const p = this.resolve(qname, type).then(
+      ([value, ttlS]) => {
+        this.inflight.delete(key);
+        if (ttlS > 0) this.remember(key, value, ttlS);
+        return value;
+      },
+      (err: unknown) => {
+        this.inflight.delete(key);
+        return { kind: "error", error: "other", detail: String(err) } as MxLookup;
+      },
+    );
+    this.inflight.set(key, p);
+    return p;
+  }
+
+  private remember(key: string, value: MxLookup | AddressLookup, ttlS: number): void {
+    const max = this.opts.maxCacheEntries ?? 100_000;
+    if (this.cache.size >= max) {
+      const oldest = this.cache.keys().next();
+      if (!oldest.done) this.cache.delete(oldest.value);
+    }
+    const capped = Math.min(ttlS, this.opts.maxTtlS ?? 86_400);
+    this.cache.set(key, { expiresAtMs: this.clock.now() + capped * 1000, value });
+  }
+
+  /** Interprets one answer; returns the value and how long it may be cached (0 = not at all). */
+  private async resolve(qname: string, type: QType): Promise<[MxLookup | AddressLookup, number]> {
+    const raw = await this.query(qname, type);
+    if (raw.kind === "error") {
+      this.queries?.inc({ type, outcome: raw.error });
+      return [raw, 0];
+    }
+    const packet = raw.packet;
+    const rcode = rcodeOf(packet);
+    this.queries?.inc({ type, outcome: rcode.toLowerCase() });
+    if (rcode === "NXDOMAIN") return [{ kind: "nxdomain" }, this.negativeTtlS(packet)];
+    if (rcode !== "NOERROR") {
+      const error = RCODE_ERROR[rcode] ?? "other";
+      return [{ kind: "error", error, detail: `${rcode} for ${qname} ${type}` }, 0];
+    }
+    const answers = (packet.answers ?? []).filter((a) => a.type === type);
+    if (answers.length === 0) return [{ kind: "nodata" }, this.negativeTtlS(packet)];
+    let ttlS = Number.POSITIVE_INFINITY;
+    for (const a of answers) ttlS = Math.min(ttlS, (a as { ttl?: number }).ttl ?? 0);
+    if (type === "MX") {
+      const hosts = answers.map((a) => {
+        const d = (a as dnsPacket.MxAnswer).data;
+        return { exchange: normalizeName(d.exchange), preference: d.preference ?? 0 };
+      });
+      // RFC 7505 §3: a null MX is a single MX record with preference 0 and the root as exchange.
+      if (hosts.length === 1 && hosts[0]!.exchange === "") return [{ kind: "nullmx" }, ttlS];
+      return [{ kind: "mx", hosts, ttlS }, ttlS];
+    }
+    const addresses = answers.map((a) => String((a as dnsPacket.StringAnswer).data));
+    return [{ kind: "ok", addresses, ttlS }, ttlS];
+  }
+
+  /** RFC 2308 §5: the negative TTL is min(SOA TTL, SOA MINIMUM) from the authority section. */
+  private negativeTtlS(packet: dnsPacket.DecodedPacket): number {
+    for (const a of packet.authorities ?? []) {
+      if (a.type !== "SOA") continue;
+      const soa = a.data as dnsPacket.SoaData;
+      return Math.min(a.ttl ?? 0, soa.minimum ?? 0);
+    }
+    return this.opts.defaultNegativeTtlS ?? 300;
+  }
+
+  private async query(qname: string, type: QType): Promise<RawAnswer> {
+    if (this.servers.length === 0)
+      return { kind: "error", error: "other", detail: "no DNS servers configured" };
+    let last: RawAnswer = { kind: "error", error: "timeout", detail: `no answer for ${qname} ${type}` };
+    for (let round = 0; round < Math.max(1, this.opts.attempts); round++) {
+      for (const server of this.servers) {
+        const r = await this.queryServer(server, qname, type);
+        if (r.kind === "answer") {
+          // SERVFAIL / REFUSED from one server: another may do better.
+          const rc = rcodeOf(r.packet);
+          if (rc === "SERVFAIL" || rc === "REFUSED") {
+            last = r;
+            continue;
+          }
+          return r;
+        }
+        last = r;
+      }
+    }
+    return last;
+  }
+
+  private newId(): number {
+    for (;;) {
+      const id = Math.floor(Math.random() * 65536);
+      if (!this.pending.has(id)) return id;
+    }
+  }
+
+  private socketFor(family: 4 | 6): dgram.Socket {
+    let s = this.sockets.get(family);
+    if (s) return s;
+    s = dgram.createSocket(family === 4 ? "udp4" : "udp6");
+    s.on("message", (msg) => {
+      let packet: dnsPacket.DecodedPacket;
+      try {
+        packet = dnsPacket.decode(msg);
+      } catch {
+        return; // garbage: ignore, the query times out
+      }
+      const waiter = packet.id === undefined ? undefined : this.pending.get(packet.id);
+      waiter?.(packet);
+    });
+    s.on("error", () => {});
+    s.unref();
+    this.sockets.set(family, s);
+    return s;
+  }
+
+  private queryServer(
+    server: { host: string; port: number },
+    qname: string,
+    type: QType,
+  ): Promise<RawAnswer> {
+    const id = this.newId();
+    const query = dnsPacket.encode({
+      type: "query",
+      id,
+      flags: dnsPacket.RECURSION_DESIRED,
+      questions: [{ type, name: qname, class: "IN" }],
+    });
+    const family = net.isIP(server.host) === 6 ? 6 : 4;
+    const socket = this.socketFor(family);
+    return new Promise<RawAnswer>((resolve) => {
+      const timer = setTimeout(() => {
+        this.pending.delete(id);
+        resolve({
+          kind: "error",
+          error: "timeout",
+          detail: `${server.host}:${server.port} did not answer ${qname} ${type}`,
+        });
+      }, this.opts.timeoutMs);
+      this.pending.set(id, (packet) => {
+        const q = packet.questions?.[0];
+        // A reply must echo our question (RFC 5452 §9.1); anything else is ignored, not accepted.
+        if (!q || q.type !== type || normalizeName(q.name) !== qname) return;
+        clearTimeout(timer);
+        this.pending.delete(id);
+        if (packet.flag_tc) {
+          this.queryTcp(server, qname, type).then(resolve);
+          return;
+        }
+        resolve({ kind: "answer", packet });
+      });
+      socket.send(query, server.port, server.host, (err) => {
+        if (!err) return;
+        clearTimeout(timer);
+        this.pending.delete(id);
+        resolve({
+          kind: "error",
+          error: "other",
+          detail: `send to ${server.host}:${server.port}: ${err.message}`,
+        });
+      });
+    });
+  }
+
+  /** RFC 7766: repeat a truncated question over TCP with a 2-byte length prefix. */
+  private queryTcp(server: { host: string; port: number }, qname: string, type: QType): Promise<RawAnswer> {
+    const id = Math.floor(Math.random() * 65536);
+    const query = dnsPacket.streamEncode({
+      type: "query",
+      id,
+      flags: dnsPacket.RECURSION_DESIRED,
+      questions: [{ type, name: qname, class: "IN" }],
+    });
+    return new Promise<RawAnswer>((resolve) => {
+      let done = false;
+      const chunks: Buffer[] = [];
+      const sock = net.connect({ host: server.host, port: server.port });
+      const finish = (r: RawAnswer) => {
+        if (done) return;
+        done = true;
+        clearTimeout(timer);
+        sock.destroy();
+        resolve(r);
+      };
+      const timer = setTimeout(
+        () =>
+          finish({ kind: "error", error: "timeout", detail: `TCP ${server.host}:${server.port} timed out` }),
+        this.opts.timeoutMs,
+      );
+      sock.on("connect", () => sock.write(query));
+      sock.on("data", (d) => {
+        chunks.push(Buffer.from(d));
+        const buf = Buffer.concat(chunks);
+        if (buf.length < 2) return;
+        const len = buf.readUInt16BE(0);
+        if (buf.length < 2 + len) return;
+        try {
+          const packet = dnsPacket.decode(buf.subarray(2, 2 + len));
+          if (packet.id !== id)
+            return finish({ kind: "error", error: "other", detail: "TCP answer id mismatch" });
+          finish({ kind: "answer", packet });
+        } catch (err) {
+          finish({ kind: "error", error: "other", detail: `bad TCP answer: ${String(err)}` });
+        }
+      });
+      sock.on("error", (err) => finish({ kind: "error", error: "other", detail: `TCP: ${err.message}` }));
+      sock.on("close", () =>
+        finish({ kind: "error", error: "other", detail: "TCP closed before an answer" }),
+      );
+    });
+  }
+}
+
+export function createResolver(opts: ResolverOptions): Resolver {
+  return new StubResolver(opts);
+}
+
+/** Parses `dns.servers` entries such as `127.0.0.1:5353` or `[::1]:53` (port 53 by default). */
+export function parseDnsServers(list: readonly string[]): { host: string; port: number }[] | undefined {
+  const out: { host: string; port: number }[] = [];
+  for (const s of list) {
+    const hp = parseHostPort(s, 53);
+    if (!hp || !net.isIP(hp.host)) return undefined;
+    out.push(hp);
+  }
+  return out;
+}

@@ -1,0 +1,103 @@
+import { afterAll, beforeAll, expect, test } from "bun:test";
+import { createResolver, orderMxHosts, type Resolver, resolveDestination } from "../../src/dns/index.ts";
+import { type DnsServer, startDnsServer } from "../support/dnsServer.ts";
+
+let dns: DnsServer;
+let resolver: Resolver;
+
+beforeAll(async () => {
+  dns = await startDnsServer({
+    "multi.test": {
+      mx: [
+        { exchange: "b.multi.test", preference: 20 },
+        { exchange: "a.multi.test", preference: 10 },
+      ],
+    },
+    "a.multi.test": { a: ["127.0.0.10"], aaaa: ["::1"] },
+    "b.multi.test": { a: ["127.0.0.11"] },
+    "implicit.test": { a: ["127.0.0.12"] },
+    "nullmx.test": { mx: [{ exchange: ".", preference: 0 }] },
+    "servfail.test": { mode: "servfail" },
+    "brokenmx.test": { mx: [{ exchange: "nowhere.test", preference: 10 }] },
+    "flakymx.test": { mx: [{ exchange: "flaky.test", preference: 10 }] },
+    "flaky.test": { mode: "servfail" },
+  });
+  resolver = createResolver({ servers: [{ host: dns.host, port: dns.port }], timeoutMs: 200, attempts: 1 });
+});
+afterAll(() => dns.close());
+
+test("MX hosts come in preference order with addresses in the preferred family first", async () => {
+  const v4 = await resolveDestination(resolver, "multi.test", { prefer: "ipv4", port: 2525 });
+  expect(v4).toEqual({
+    kind: "hosts",
+    hosts: [
+      { name: "a.multi.test", ip: "127.0.0.10", port: 2525, preference: 10 },
+      { name: "a.multi.test", ip: "::1", port: 2525, preference: 10 },
+      { name: "b.multi.test", ip: "127.0.0.11", port: 2525, preference: 20 },
+    ],
+  });
+  const v6 = await resolveDestination(resolver, "multi.test", { prefer: "ipv6" });
+  expect(v6.kind === "hosts" && v6.hosts.map((h) => h.ip)).toEqual(["::1", "127.0.0.10", "127.0.0.11"]);
+  const only4 = await resolveDestination(resolver, "multi.test", { prefer: "ipv6", families: [4] });
+  expect(only4.kind === "hosts" && only4.hosts.map((h) => h.ip)).toEqual(["127.0.0.10", "127.0.0.11"]);
+});
+
+test("no MX record means the domain itself is the mail exchanger (implicit MX)", async () => {
+  const r = await resolveDestination(resolver, "implicit.test", { prefer: "ipv4" });
+  expect(r).toEqual({
+    kind: "hosts",
+    hosts: [{ name: "implicit.test", ip: "127.0.0.12", port: 25, preference: 0 }],
+  });
+});
+
+test("NXDOMAIN bounces with 5.1.2 and a null MX with 5.1.10", async () => {
+  expect(await resolveDestination(resolver, "missing.test", { prefer: "ipv4" })).toMatchObject({
+    kind: "permanent",
+    enhanced: "5.1.2",
+  });
+  expect(await resolveDestination(resolver, "nullmx.test", { prefer: "ipv4" })).toMatchObject({
+    kind: "permanent",
+    enhanced: "5.1.10",
+  });
+});
+
+test("SERVFAIL defers; MX hosts without any address bounce unless a lookup failed", async () => {
+  expect((await resolveDestination(resolver, "servfail.test", { prefer: "ipv4" })).kind).toBe("transient");
+  expect(await resolveDestination(resolver, "brokenmx.test", { prefer: "ipv4" })).toMatchObject({
+    kind: "permanent",
+    enhanced: "5.4.4",
+  });
+  expect((await resolveDestination(resolver, "flakymx.test", { prefer: "ipv4" })).kind).toBe("transient");
+});
+
+test("an address literal needs no DNS", async () => {
+  expect(await resolveDestination(resolver, "[127.0.0.5]", { prefer: "ipv4" })).toEqual({
+    kind: "hosts",
+    hosts: [{ name: "127.0.0.5", ip: "127.0.0.5", port: 25, preference: 0 }],
+  });
+  expect(await resolveDestination(resolver, "[IPv6:::1]", { prefer: "ipv4" })).toMatchObject({
+    kind: "hosts",
+    hosts: [{ ip: "::1" }],
+  });
+});
+
+test("equal preferences are shuffled, lower preferences always come first", () => {
+  const hosts = [
+    { id: "c", preference: 20 },
+    { id: "a1", preference: 10 },
+    { id: "a2", preference: 10 },
+    { id: "a3", preference: 10 },
+  ];
+  const firsts = new Set<string>();
+  let seed = 1;
+  const random = () => {
+    seed = (seed * 16807) % 2147483647;
+    return seed / 2147483647;
+  };
+  for (let i = 0; i < 50; i++) {
+    const o = orderMxHosts(hosts, random);
+    expect(o[3]!.id).toBe("c");
+    firsts.add(o[0]!.id);
+  }
+  expect(firsts).toEqual(new Set(["a1", "a2", "a3"]));
+});
