@@ -1,0 +1,22 @@
+/**
+ * DKIM signing of outbound mail (RFC 6376 with rsa-sha256, RFC 8463 with ed25519-sha256).
+ *
+ * Owns: the public face of dkim/: `DkimSigner`, key checks and generation, the DNS TXT record.
+ * Does not own: reading the config or reloading keys on SIGHUP (app/), the accept pipeline (app/).
+ */
+export {
+  DkimKeyError,
+  type DkimAlgorithm,
+  formatTxtRecord,
+  generateKey,
+  MIN_RSA_BITS,
+  readKeyFile,
+} from "./_keys.ts";
+export {
+  DEFAULT_SIGNED_HEADERS,
+  type DkimCanonicalization,
+  type DkimKeySpec,
+  type DkimOptions,
+  DkimSigner,
+  fromDomain,
+} from "./signer.ts";
