@@ -1,0 +1,234 @@
+/**
+ * One delivery attempt: one message to one destination, over pooled or fresh connections.
+ *
+ * Owns: host order (next host on connection failure or 421), the opportunistic-TLS plain retry,
+ * the retry of a dead reused connection on a fresh one (once), the result of the attempt.
+ * Does not own: DNS (dns/), retries over time and bounces (scheduler/, bounce/).
+ * Invariants: `deliver` never throws for remote behaviour and returns one result per recipient.
+ */
+import { type Clock, systemClock } from "../lib/index.ts";
+import type { Logger, Metrics } from "../observe/index.ts";
+import { ConnectionPool } from "./_pool.ts";
+import { reply, replyText, type SmtpReply } from "./_protocol.ts";
+import {
+  type AttemptTarget,
+  type OpenSession,
+  type OutboundMessage,
+  openSession,
+  preflight,
+  type RecipientResult,
+  reset,
+  type Timeouts,
+  transaction,
+} from "./_session.ts";
+
+export interface AttemptResult {
+  /** One per recipient of the message, always. */
+  recipients: RecipientResult[];
+  /** No host could be reached / every greeting refused (a site-level failure). */
+  connectionFailed: boolean;
+  mx?: { name: string; ip: string; port: number };
+  tls?: { protocol: string; cipher: string };
+  durationMs: number;
+}
+
+export interface DelivererOptions {
+  timeouts: Timeouts;
+  maxMessagesPerConnection: number;
+  idleTimeoutMs: number;
+  maxIdlePerKey?: number;
+  log: Logger;
+  metrics?: Metrics;
+  clock?: Clock;
+}
+
+/** RFC 5321 §4.5.3.2 client timeouts (connect and EHLO are ours; the RFC leaves them open). */
+export const RFC5321_TIMEOUTS: Timeouts = {
+  connectMs: 30_000,
+  greetingMs: 5 * 60_000,
+  ehloMs: 5 * 60_000,
+  mailMs: 5 * 60_000,
+  rcptMs: 5 * 60_000,
+  dataInitMs: 2 * 60_000,
+  dataBlockMs: 3 * 60_000,
+  dataDoneMs: 10 * 60_000,
+  rsetMs: 60_000,
+  quitMs: 10_000,
+  idleMs: 5 * 60_000,
+};
+
+function poolKey(target: AttemptTarget, host: { ip: string; port: number }): string {
+  return [
+    target.sourceAddress ?? "*",
+    host.ip,
+    host.port,
+    target.tls,
+    target.tlsVerify ? "v" : "nv",
+    target.ehloName,
+    target.auth?.username ?? "",
+  ].join("|");
+}
+
+export class Deliverer {
+  private readonly pool: ConnectionPool;
+  private readonly clock: Clock;
+  private active = 0;
+  private closed = false;
+  private readonly m;
+
+  constructor(private readonly opts: DelivererOptions) {
+    this.clock = opts.clock ?? systemClock;
+    this.pool = new ConnectionPool(
+      {
+        maxMessagesPerConnection: Math.max(1, opts.maxMessagesPerConnection),
+        idleTimeoutMs: opts.idleTimeoutMs,
+        maxIdlePerKey: opts.maxIdlePerKey ?? 16,
+      },
+      opts.timeouts,
+    );
+    const mt = opts.metrics;
+    this.m = mt
+      ? {
+          connections: mt.counter(
+            "mta_deliverer_connections_total",
+            "Outbound connections opened, by outcome",
+          ),
+          reused: mt.counter(
+            "mta_deliverer_connections_reused_total",
+            "Messages sent on a reused connection",
+          ),
+          recipients: mt.counter("mta_deliverer_recipients_total", "Recipient results, by kind"),
+        }
+      : undefined;
+    mt?.gauge("mta_deliverer_connections_active", "Outbound connections in use", (set) => set(this.active));
+    mt?.gauge("mta_deliverer_connections_idle", "Idle pooled outbound connections", (set) =>
+      set(this.pool.size()),
+    );
+  }
+
+  activeConnections(): number {
+    return this.active;
+  }
+
+  idleConnections(): number {
+    return this.pool.size();
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    await this.pool.close();
+  }
+
+  /** One attempt = one message to one destination. Never throws for remote behaviour. */
+  async deliver(target: AttemptTarget, msg: OutboundMessage): Promise<AttemptResult> {
+    const started = this.clock.now();
+    const result = await this.attempt(target, msg);
+    result.durationMs = this.clock.now() - started;
+    for (const r of result.recipients) this.m?.recipients.inc({ kind: r.kind });
+    this.opts.log.debug("delivery attempt", {
+      message: msg.id,
+      mx: result.mx?.name,
+      ip: result.mx?.ip,
+      connectionFailed: result.connectionFailed,
+      results: result.recipients.map((r) => `${r.index}:${r.kind}:${r.reply.code}`).join(" "),
+    });
+    return result;
+  }
+
+  private async attempt(
+    target: AttemptTarget,
+    msg: OutboundMessage,
+  ): Promise<Omit<AttemptResult, "durationMs"> & { durationMs: number }> {
+    const t = this.opts.timeouts;
+    let siteFailure: SmtpReply = reply(421, "4.4.1", "no mail exchanger to try");
+    let policyFailure: SmtpReply | undefined;
+    const everyone = (kind: RecipientResult["kind"], r: SmtpReply) =>
+      msg.recipients.map((rc) => ({ index: rc.index, kind, reply: r }));
+    if (msg.recipients.length === 0) return { recipients: [], connectionFailed: false, durationMs: 0 };
+
+    for (const host of target.hosts) {
+      const key = poolKey(target, host);
+      // A pooled connection first; if it turns out dead (RSET fails, or it dies before MAIL's reply),
+      // the message goes once more on a fresh connection to the same host.
+      const pooled = this.pool.take(key);
+      if (pooled) {
+        this.active++;
+        try {
+          if (await reset(pooled, t)) {
+            this.m?.reused.inc();
+            const out = await this.run(key, pooled, msg);
+            if (out) return out;
+          }
+        } finally {
+          this.active--;
+        }
+      }
+
+      let opened = await this.openCounted(host, target, false);
+      if (opened.kind === "tls-failed") {
+        this.opts.log.info("TLS handshake failed, retrying in plain text", {
+          ip: host.ip,
+          reason: replyText(opened.reply),
+        });
+        opened = await this.openCounted(host, target, true);
+      }
+      if (opened.kind === "unreachable" || opened.kind === "tls-failed") {
+        siteFailure = opened.reply;
+        continue;
+      }
+      if (opened.kind === "policy") {
+        policyFailure = opened.reply;
+        continue;
+      }
+      this.active++;
+      try {
+        const out = await this.run(key, opened.session, msg);
+        if (out) return out;
+        siteFailure = reply(421, "4.4.2", `${host.ip}: connection lost before MAIL was answered`);
+      } finally {
+        this.active--;
+      }
+    }
+    if (policyFailure)
+      return { recipients: everyone("transient", policyFailure), connectionFailed: false, durationMs: 0 };
+    return { recipients: everyone("transient", siteFailure), connectionFailed: true, durationMs: 0 };
+  }
+
+  private async openCounted(
+    host: { name: string; ip: string; port: number },
+    target: AttemptTarget,
+    plainOnly: boolean,
+  ) {
+    const r = await openSession(host, target, this.opts.timeouts, { plainOnly });
+    this.m?.connections.inc({ outcome: r.kind });
+    return r;
+  }
+
+  /** Runs the transaction; undefined when the site failed before anything was accepted (try on). */
+  private async run(key: string, s: OpenSession, msg: OutboundMessage) {
+    const base = {
+      mx: { name: s.host.name, ip: s.host.ip, port: s.host.port },
+      ...(s.conn.tls ? { tls: s.conn.tls } : {}),
+      connectionFailed: false,
+      durationMs: 0,
+    };
+    const refused = preflight(s.caps, msg);
+    if (refused) {
+      this.keepOrQuit(key, s);
+      return { ...base, recipients: refused };
+    }
+    const out = await transaction(s, msg, this.opts.timeouts);
+    if (out.kind === "site") {
+      s.conn.destroy();
+      return undefined;
+    }
+    if (out.reusable) this.keepOrQuit(key, s);
+    else s.conn.destroy();
+    return { ...base, recipients: out.results };
+  }
+
+  private keepOrQuit(key: string, s: OpenSession): void {
+    if (this.closed) void s.conn.quit(this.opts.timeouts.quitMs);
+    else this.pool.release(key, s);
+  }
+}

@@ -1,0 +1,382 @@
+/**
+ * The SMTP dialogue of one outbound connection: opening (greeting, EHLO/HELO, STARTTLS, AUTH) and one
+ * mail transaction (MAIL, RCPT..., DATA) with per-recipient results.
+ *
+ * Owns: command syntax and parameters (SIZE, BODY, SMTPUTF8, RET, ENVID, NOTIFY, ORCPT), PIPELINING,
+ * the pre-flight checks (SIZE 5.3.4, SMTPUTF8 5.6.7), what a lost connection means for each recipient.
+ * Does not own: sockets (connection.ts), host order and reuse (deliverer.ts, pool.ts).
+ * Invariants: every recipient gets exactly one result; nothing here throws for remote behaviour.
+ * We send DATA, never BDAT: the body is already in memory, and DATA works with every server.
+ */
+import { isLoopback } from "../lib/index.ts";
+import { SmtpConnection } from "./_connection.ts";
+import {
+  classifyReply,
+  dotStuff,
+  NO_CAPABILITIES,
+  parseEhlo,
+  type ReplyClass,
+  reply,
+  type ServerCapabilities,
+  type SmtpReply,
+  xtext,
+} from "./_protocol.ts";
+
+export interface Timeouts {
+  connectMs: number;
+  greetingMs: number;
+  ehloMs: number;
+  mailMs: number;
+  rcptMs: number;
+  dataInitMs: number;
+  dataBlockMs: number;
+  dataDoneMs: number;
+  rsetMs: number;
+  quitMs: number;
+  idleMs: number;
+}
+
+export interface OutboundMessage {
+  id: string;
+  /** "" = null sender. */
+  sender: string;
+  recipients: { index: number; address: string; notify?: string[]; orcpt?: string }[];
+  envId?: string;
+  ret?: "FULL" | "HDRS";
+  /** Exact bytes as stored (CRLF lines, not dot-stuffed). */
+  body: Uint8Array;
+  needsSmtputf8: boolean;
+  eightBit: boolean;
+}
+
+export interface AttemptTarget {
+  hosts: { name: string; ip: string; port: number }[];
+  ehloName: string;
+  sourceAddress?: string;
+  tls: "off" | "opportunistic" | "required";
+  tlsVerify: boolean;
+  auth?: { username: string; password: string };
+}
+
+export interface RecipientResult {
+  index: number;
+  kind: "delivered" | "transient" | "permanent";
+  reply: SmtpReply;
+}
+
+export interface OpenSession {
+  conn: SmtpConnection;
+  caps: ServerCapabilities;
+  host: { name: string; ip: string; port: number };
+  messages: number;
+}
+
+export type OpenResult =
+  | { kind: "open"; session: OpenSession }
+  /** Site-level: no connection, no greeting, a 421/5xx greeting or EHLO: try the next host. */
+  | { kind: "unreachable"; reply: SmtpReply }
+  /** Opportunistic TLS handshake failed: the caller retries this host in plain text. */
+  | { kind: "tls-failed"; reply: SmtpReply }
+  /** Our policy cannot be met here (TLS required, AUTH failed): the next host may do better. */
+  | { kind: "policy"; reply: SmtpReply };
+
+const RESULT_KIND: Record<ReplyClass, RecipientResult["kind"]> = {
+  success: "delivered",
+  transient: "transient",
+  permanent: "permanent",
+};
+
+function lost(detail: string): SmtpReply {
+  return reply(451, "4.4.2", `connection lost: ${detail}`);
+}
+
+function timedOut(detail: string): SmtpReply {
+  return reply(451, "4.4.2", `timeout: ${detail}`);
+}
+
+export async function openSession(
+  host: { name: string; ip: string; port: number },
+  target: AttemptTarget,
+  t: Timeouts,
+  opts: { plainOnly: boolean },
+): Promise<OpenResult> {
+  const c = await SmtpConnection.connect({
+    ip: host.ip,
+    port: host.port,
+    sourceAddress: target.sourceAddress,
+    timeoutMs: t.connectMs,
+  });
+  if (!(c instanceof SmtpConnection)) return { kind: "unreachable", reply: reply(421, "4.4.1", c.error) };
+  const fail = (kind: "unreachable" | "policy", r: SmtpReply): OpenResult => {
+    c.destroy();
+    return { kind, reply: r };
+  };
+
+  const greeting = await c.read(t.greetingMs);
+  if (!greeting.ok) return fail("unreachable", reply(421, "4.4.2", `greeting: ${greeting.detail}`));
+  if (greeting.reply.code !== 220) {
+    await c.quit(t.quitMs);
+    return { kind: "unreachable", reply: greeting.reply };
+  }
+
+  let caps = await hello(c, target.ehloName, t);
+  if ("reply" in caps) return fail("unreachable", caps.reply);
+
+  if (target.tls !== "off" && !opts.plainOnly) {
+    if (caps.caps.starttls) {
+      const r = await c.command("STARTTLS", t.ehloMs);
+      if (!r.ok) return fail("unreachable", lost(r.detail));
+      if (r.reply.code === 220) {
+        const servername = /^[\d.]+$|:/.test(host.name) ? undefined : host.name;
+        const hs = await c.startTls({ servername, verify: target.tlsVerify, timeoutMs: t.ehloMs });
+        if (!hs.ok) {
+          const r2 = reply(421, "4.7.5", hs.detail);
+          return target.tls === "required"
+            ? { kind: "policy", reply: r2 }
+            : { kind: "tls-failed", reply: r2 };
+        }
+        caps = await hello(c, target.ehloName, t);
+        if ("reply" in caps) return fail("unreachable", caps.reply);
+      } else if (target.tls === "required") {
+        return fail("policy", reply(421, "4.7.4", `TLS required but STARTTLS refused: ${r.reply.code}`));
+      }
+    } else if (target.tls === "required") {
+      await c.quit(t.quitMs);
+      return {
+        kind: "policy",
+        reply: reply(421, "4.7.4", "TLS required but the server does not offer STARTTLS"),
+      };
+    }
+  }
+
+  if (target.auth) {
+    // Credentials travel only over TLS, except to a loopback smarthost (RFC 4954 §4 leaves it to policy).
+    if (!c.tls && !isLoopback(host.ip)) {
+      await c.quit(t.quitMs);
+      return {
+        kind: "policy",
+        reply: reply(421, "4.7.0", "AUTH configured but the connection is not encrypted"),
+      };
+    }
+    const r = await authenticate(c, caps.caps, target.auth, t);
+    if (r) {
+      if (c.closed) return { kind: "policy", reply: r };
+      await c.quit(t.quitMs);
+      return { kind: "policy", reply: r };
+    }
+  }
+  return { kind: "open", session: { conn: c, caps: caps.caps, host, messages: 0 } };
+}
+
+/** EHLO, and HELO when the server does not know EHLO (RFC 5321 §3.2). */
+async function hello(
+  c: SmtpConnection,
+  name: string,
+  t: Timeouts,
+): Promise<{ caps: ServerCapabilities } | { reply: SmtpReply }> {
+  const r = await c.command(`EHLO ${name}`, t.ehloMs);
+  if (!r.ok) return { reply: lost(`EHLO: ${r.detail}`) };
+  if (r.reply.code === 250) return { caps: parseEhlo(r.reply) };
+  if (r.reply.code >= 500 && r.reply.code < 600) {
+    const h = await c.command(`HELO ${name}`, t.ehloMs);
+    if (!h.ok) return { reply: lost(`HELO: ${h.detail}`) };
+    if (h.reply.code === 250) return { caps: NO_CAPABILITIES };
+    return { reply: h.reply };
+  }
+  return { reply: r.reply };
+}
+
+/** AUTH PLAIN when offered, else LOGIN. Returns the failure reply, or undefined on success. */
+async function authenticate(
+  c: SmtpConnection,
+  caps: ServerCapabilities,
+  auth: { username: string; password: string },
+  t: Timeouts,
+): Promise<SmtpReply | undefined> {
+  const b64 = (s: string) => Buffer.from(s, "utf8").toString("base64");
+  let r: Awaited<ReturnType<SmtpConnection["command"]>>;
+  if (caps.auth.includes("PLAIN")) {
+    r = await c.command(`AUTH PLAIN ${b64(`\0${auth.username}\0${auth.password}`)}`, t.ehloMs);
+  } else if (caps.auth.includes("LOGIN")) {
+    r = await c.command("AUTH LOGIN", t.ehloMs);
+    if (r.ok && r.reply.code === 334) r = await c.command(b64(auth.username), t.ehloMs);
+    if (r.ok && r.reply.code === 334) r = await c.command(b64(auth.password), t.ehloMs);
+  } else {
+    return reply(421, "4.7.0", "AUTH configured but the server offers neither PLAIN nor LOGIN");
+  }
+  if (!r.ok) return lost(`AUTH: ${r.detail}`);
+  if (r.reply.code === 235) return undefined;
+  // A refused login is our configuration's fault, not the recipients': keep the mail (transient).
+  return r.reply;
+}
+
+export type TransactionOutcome =
+  /** Every recipient has a result; `reusable` says whether the connection can take another message. */
+  | { kind: "done"; results: RecipientResult[]; reusable: boolean }
+  /** Nothing was accepted and the server said 421 or the connection died before MAIL's reply. */
+  | { kind: "site"; reply: SmtpReply };
+
+function allRecipients(msg: OutboundMessage, kind: RecipientResult["kind"], r: SmtpReply): RecipientResult[] {
+  return msg.recipients.map((rc) => ({ index: rc.index, kind, reply: r }));
+}
+
+/** Pre-flight checks that need only the EHLO answer: failing them sends nothing. */
+export function preflight(caps: ServerCapabilities, msg: OutboundMessage): RecipientResult[] | undefined {
+  if (caps.sizeBytes > 0 && msg.body.length > caps.sizeBytes)
+    return allRecipients(
+      msg,
+      "permanent",
+      reply(
+        552,
+        "5.3.4",
+        `message of ${msg.body.length} bytes exceeds the server's SIZE limit of ${caps.sizeBytes}`,
+      ),
+    );
+  if (msg.needsSmtputf8 && !caps.smtputf8)
+    return allRecipients(
+      msg,
+      "permanent",
+      reply(553, "5.6.7", "message needs SMTPUTF8 but the server does not support it"),
+    );
+  return undefined;
+}
+
+function mailCommand(caps: ServerCapabilities, msg: OutboundMessage): string {
+  let cmd = `MAIL FROM:<${msg.sender}>`;
+  if (caps.size) cmd += ` SIZE=${msg.body.length}`;
+  // RFC 6152: without 8BITMIME we still send the bytes as they are (what Postfix does by default).
+  if (msg.eightBit && caps.eightBitMime) cmd += " BODY=8BITMIME";
+  if (msg.needsSmtputf8 && caps.smtputf8) cmd += " SMTPUTF8";
+  if (caps.dsn) {
+    if (msg.ret) cmd += ` RET=${msg.ret}`;
+    if (msg.envId) cmd += ` ENVID=${msg.envId}`;
+  }
+  return cmd;
+}
+
+function rcptCommand(caps: ServerCapabilities, rc: OutboundMessage["recipients"][number]): string {
+  let cmd = `RCPT TO:<${rc.address}>`;
+  if (caps.dsn) {
+    if (rc.notify && rc.notify.length > 0) cmd += ` NOTIFY=${rc.notify.join(",")}`;
+    // ORCPT arrives as received (`rfc822;xtext`); a bare address is encoded here (RFC 3461 §4.2).
+    if (rc.orcpt) cmd += ` ORCPT=${rc.orcpt.includes(";") ? rc.orcpt : `rfc822;${xtext(rc.orcpt)}`}`;
+  }
+  return cmd;
+}
+
+/**
+ * One mail transaction on an open session. With PIPELINING, MAIL, every RCPT and DATA leave in one
+ * write (RFC 2920 §3.1) and the replies are read back in order.
+ */
+export async function transaction(
+  s: OpenSession,
+  msg: OutboundMessage,
+  t: Timeouts,
+): Promise<TransactionOutcome> {
+  const c = s.conn;
+  const caps = s.caps;
+  s.messages++;
+  const mail = mailCommand(caps, msg);
+  const rcpts = msg.recipients.map((rc) => rcptCommand(caps, rc));
+  const rcptReplies: SmtpReply[] = [];
+  let dataReply: SmtpReply | undefined;
+
+  const failPending = (r: SmtpReply, from: number): TransactionOutcome => {
+    const results: RecipientResult[] = [];
+    msg.recipients.forEach((rc, i) => {
+      const got = rcptReplies[i];
+      if (i < from && got && classifyReply(got) !== "success")
+        results.push({ index: rc.index, kind: RESULT_KIND[classifyReply(got)], reply: got });
+      else results.push({ index: rc.index, kind: "transient", reply: r });
+    });
+    return { kind: "done", results, reusable: false };
+  };
+  const broken = (res: { why: "closed" | "timeout"; detail: string }, stage: string) =>
+    res.why === "timeout" ? timedOut(`${stage}: ${res.detail}`) : lost(`${stage}: ${res.detail}`);
+
+  if (caps.pipelining) {
+    const batch = `${mail}\r\n${rcpts.join("\r\n")}\r\nDATA\r\n`;
+    if (!(await c.write(batch, t.mailMs))) return { kind: "site", reply: lost(`MAIL: ${c.closeDetail}`) };
+  } else if (!(await c.write(`${mail}\r\n`, t.mailMs)))
+    return { kind: "site", reply: lost(`MAIL: ${c.closeDetail}`) };
+
+  const m = await c.read(t.mailMs);
+  if (!m.ok) return { kind: "site", reply: broken(m, "MAIL") };
+  const mailOk = classifyReply(m.reply) === "success";
+  if (!mailOk && m.reply.code === 421) {
+    c.destroy();
+    return { kind: "site", reply: m.reply };
+  }
+
+  for (let i = 0; i < rcpts.length; i++) {
+    if (!caps.pipelining) {
+      if (!mailOk) break;
+      if (!(await c.write(`${rcpts[i]}\r\n`, t.rcptMs)))
+        return failPending(lost(`RCPT: ${c.closeDetail}`), i);
+    }
+    const r = await c.read(t.rcptMs);
+    if (!r.ok) return failPending(broken(r, "RCPT"), i);
+    rcptReplies.push(r.reply);
+    if (r.reply.code === 421) return failPending(r.reply, i + 1);
+  }
+  const accepted = rcptReplies.filter((r) => classifyReply(r) === "success").length;
+
+  if (caps.pipelining) {
+    const d = await c.read(t.dataInitMs);
+    if (!d.ok) return failPending(broken(d, "DATA"), rcpts.length);
+    dataReply = d.reply;
+  } else if (mailOk && accepted > 0) {
+    const d = await c.command("DATA", t.dataInitMs);
+    if (!d.ok) return failPending(broken(d, "DATA"), rcpts.length);
+    dataReply = d.reply;
+  }
+
+  if (!mailOk) {
+    // RFC 2920 §3.1: a server that answers 354 although nothing was accepted gets an empty message.
+    if (dataReply?.code === 354) {
+      await c.write(".\r\n", t.dataBlockMs);
+      await c.read(t.dataDoneMs);
+    }
+    const kind = RESULT_KIND[classifyReply(m.reply)];
+    return {
+      kind: "done",
+      results: allRecipients(msg, kind === "delivered" ? "transient" : kind, m.reply),
+      reusable: !c.closed,
+    };
+  }
+
+  const results: RecipientResult[] = [];
+  let final: SmtpReply | undefined;
+  if (dataReply?.code === 354 && accepted === 0) {
+    await c.write(".\r\n", t.dataBlockMs);
+    await c.read(t.dataDoneMs);
+  } else if (dataReply?.code === 354) {
+    if (!(await c.write(dotStuff(msg.body), t.dataBlockMs)))
+      return failPending(lost(`DATA: ${c.closeDetail}`), rcpts.length);
+    const f = await c.read(t.dataDoneMs);
+    if (!f.ok) return failPending(broken(f, "end of data"), rcpts.length);
+    final = f.reply;
+  } else if (dataReply) {
+    // DATA refused: the accepted recipients share its fate; a 2xx here is nonsense, so transient.
+    final =
+      classifyReply(dataReply) === "success" ? reply(451, "4.5.0", "DATA answered without 354") : dataReply;
+  }
+  msg.recipients.forEach((rc, i) => {
+    const rr = rcptReplies[i]!;
+    if (classifyReply(rr) !== "success")
+      results.push({ index: rc.index, kind: RESULT_KIND[classifyReply(rr)], reply: rr });
+    else {
+      const f = final ?? reply(451, "4.5.0", "no reply to DATA");
+      results.push({ index: rc.index, kind: RESULT_KIND[classifyReply(f)], reply: f });
+    }
+  });
+  return { kind: "done", results, reusable: !c.closed && final?.code !== 421 };
+}
+
+/** RSET before reusing a connection (RFC 5321 §4.1.1.5); false means the connection is dead. */
+export async function reset(s: OpenSession, t: Timeouts): Promise<boolean> {
+  const r = await s.conn.command("RSET", t.rsetMs);
+  if (r.ok && r.reply.code === 250) return true;
+  s.conn.destroy();
+  return false;
+}
