@@ -1,0 +1,16 @@
+/**
+ * Bounces: RFC 3464 delivery status notifications, and reply -> status classification.
+ *
+ * Owns: the public face of bounce/.
+ * Does not own: when a DSN is due or where it is queued (scheduler/).
+ */
+export type { SmtpReply } from "./_reply.ts";
+export {
+  buildDsn,
+  DEFAULT_MAX_ORIGINAL_BYTES,
+  type DsnInput,
+  type DsnRecipient,
+  foldField,
+  formatRfc5322Date,
+} from "./dsn.ts";
+export { diagnosticFromReply, isNullSender, statusFromReply, wantsDsn } from "./status.ts";
