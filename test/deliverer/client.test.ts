@@ -294,14 +294,26 @@ test("TLS required but not offered defers with 4.7.4; verification rejects a sel
 });
 
 test("AUTH PLAIN and AUTH LOGIN log in to a loopback smarthost; a refused login defers", async () => {
-  const plainPeer = await peer({ ehlo: ["AUTH PLAIN LOGIN"] });
   const auth = { username: "user", password: "secret" };
-  // The scripted peer does not implement AUTH: it answers 500, which must defer, never bounce.
-  const r = await deliverer().deliver({ ...target(plainPeer), auth }, message(["a@x.test"]));
-  expect(r.recipients[0]!.kind).toBe("transient");
+  const plainPeer = await peer({ ehlo: ["AUTH LOGIN PLAIN"], auth });
+  const r1 = await deliverer().deliver({ ...target(plainPeer), auth }, message(["a@x.test"]));
+  expect(r1.recipients[0]!.kind).toBe("delivered");
+  expect(plainPeer.sessions[0]!.authenticated).toBe("user");
   expect(plainPeer.sessions[0]!.commands[1]).toBe(
     `AUTH PLAIN ${Buffer.from("\0user\0secret").toString("base64")}`,
   );
+
+  const loginPeer = await peer({ ehlo: ["AUTH LOGIN"], auth });
+  const r2 = await deliverer().deliver({ ...target(loginPeer), auth }, message(["a@x.test"]));
+  expect(r2.recipients[0]!.kind).toBe("delivered");
+  expect(loginPeer.sessions[0]!.authenticated).toBe("user");
+
+  const r3 = await deliverer().deliver(
+    { ...target(plainPeer), auth: { username: "user", password: "wrong" } },
+    message(["a@x.test"]),
+  );
+  expect(r3.recipients[0]).toMatchObject({ kind: "transient", reply: { code: 535 } });
+  expect(r3.connectionFailed).toBe(false);
 });
 
 test("source address: the connection is bound to the configured local IP", async () => {

@@ -24,6 +24,8 @@ export interface PeerScript {
   dropAfterDataBytes?: number;
   dataDone?: (message: PeerMessage, session: PeerSession) => Action;
   rset?: (session: PeerSession) => Action;
+  /** Accept AUTH PLAIN and AUTH LOGIN with these credentials (535 otherwise). */
+  auth?: { username: string; password: string };
 }
 
 export interface PeerMessage {
@@ -43,6 +45,7 @@ export interface PeerSession {
   tls: boolean;
   closed: boolean;
   remoteAddress: string;
+  authenticated?: string;
 }
 
 export interface ScriptedPeer {
@@ -79,6 +82,13 @@ export async function startScriptedPeer(script: PeerScript = {}): Promise<Script
     let dataBytes = 0;
     let stalled = false;
     let current: Omit<PeerMessage, "raw" | "body"> | undefined;
+    let loginStep: { user?: string } | undefined;
+    const b64 = (t: string) => Buffer.from(t, "base64").toString("utf8");
+    const checkLogin = (user: string, pass: string): boolean => {
+      const ok = user === script.auth?.username && pass === script.auth?.password;
+      if (ok) session.authenticated = user;
+      return send(ok ? "235 2.7.0 authenticated" : "535 5.7.8 bad credentials");
+    };
 
     const send = (a: Action): boolean => {
       if (a === "drop") {
@@ -97,6 +107,15 @@ export async function startScriptedPeer(script: PeerScript = {}): Promise<Script
 
     const onLine = (line: string) => {
       session.commands.push(line);
+      if (loginStep) {
+        if (loginStep.user === undefined) {
+          loginStep.user = b64(line);
+          return send("334 UGFzc3dvcmQ6");
+        }
+        const user = loginStep.user;
+        loginStep = undefined;
+        return checkLogin(user, b64(line));
+      }
       const verb = line.split(" ")[0]!.toUpperCase();
       if (verb === "EHLO") {
         if (script.ehlo === "reject") return send("502 5.5.1 EHLO not implemented");
@@ -126,6 +145,18 @@ export async function startScriptedPeer(script: PeerScript = {}): Promise<Script
         secure.on("data", onData);
         secure.on("error", () => {});
         return;
+      }
+      if (verb === "AUTH" && script.auth) {
+        const [, mech = "", initial] = line.split(" ");
+        if (mech.toUpperCase() === "PLAIN") {
+          const [, user = "", pass = ""] = b64(initial ?? "").split("\0");
+          return checkLogin(user, pass);
+        }
+        if (mech.toUpperCase() === "LOGIN") {
+          loginStep = {};
+          return send("334 VXNlcm5hbWU6");
+        }
+        return send("504 5.5.4 mechanism not supported");
       }
       if (verb === "MAIL") {
         const m = /^MAIL FROM:<([^>]*)>\s*(.*)$/i.exec(line);

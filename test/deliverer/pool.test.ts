@@ -1,0 +1,170 @@
+import { afterAll, expect, test } from "bun:test";
+import {
+  type AttemptTarget,
+  Deliverer,
+  type OutboundMessage,
+  RFC5321_TIMEOUTS,
+} from "../../src/deliverer/index.ts";
+import { silentLogger } from "../../src/observe/index.ts";
+import { type PeerScript, type ScriptedPeer, startScriptedPeer } from "../support/scriptedPeer.ts";
+
+const FAST = {
+  ...RFC5321_TIMEOUTS,
+  connectMs: 1000,
+  greetingMs: 1000,
+  rsetMs: 300,
+  quitMs: 300,
+  dataDoneMs: 1000,
+};
+const peers: ScriptedPeer[] = [];
+afterAll(async () => {
+  for (const p of peers) await p.close();
+});
+
+async function peer(script: PeerScript = {}): Promise<ScriptedPeer> {
+  const p = await startScriptedPeer(script);
+  peers.push(p);
+  return p;
+}
+
+function target(p: ScriptedPeer): AttemptTarget {
+  return {
+    hosts: [{ name: "mx.test", ip: "127.0.0.1", port: p.port }],
+    ehloName: "client.test",
+    tls: "off",
+    tlsVerify: false,
+  };
+}
+
+function message(n: number): OutboundMessage {
+  return {
+    id: `MSG${n}`,
+    sender: "s@client.test",
+    recipients: [{ index: 0, address: `r${n}@x.test` }],
+    body: new TextEncoder().encode(`Subject: ${n}\r\n\r\nbody ${n}\r\n`),
+    needsSmtputf8: false,
+    eightBit: false,
+  };
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+async function waitFor(cond: () => boolean, what: string): Promise<void> {
+  for (let i = 0; i < 200 && !cond(); i++) await sleep(10);
+  if (!cond()) throw new Error(`timed out waiting for ${what}`);
+}
+
+test("the next message to the same destination reuses the idle connection after RSET", async () => {
+  const p = await peer();
+  const d = new Deliverer({
+    timeouts: FAST,
+    maxMessagesPerConnection: 10,
+    idleTimeoutMs: 5000,
+    log: silentLogger(),
+  });
+  for (let i = 0; i < 3; i++)
+    expect((await d.deliver(target(p), message(i))).recipients[0]!.kind).toBe("delivered");
+  expect(p.sessions.length).toBe(1);
+  expect(p.sessions[0]!.messages.map((m) => m.rcpts[0]!.to)).toEqual(["r0@x.test", "r1@x.test", "r2@x.test"]);
+  expect(p.sessions[0]!.commands.filter((c) => c === "RSET").length).toBe(2);
+  expect(d.idleConnections()).toBe(1);
+  expect(d.activeConnections()).toBe(0);
+  await d.close();
+  expect(d.idleConnections()).toBe(0);
+  expect(p.sessions[0]!.commands.at(-1)).toBe("QUIT");
+});
+
+test("a connection carries at most maxMessagesPerConnection messages, then QUITs", async () => {
+  const p = await peer();
+  const d = new Deliverer({
+    timeouts: FAST,
+    maxMessagesPerConnection: 2,
+    idleTimeoutMs: 5000,
+    log: silentLogger(),
+  });
+  for (let i = 0; i < 5; i++) await d.deliver(target(p), message(i));
+  expect(p.sessions.map((s) => s.messages.length)).toEqual([2, 2, 1]);
+  expect(p.sessions[0]!.commands.at(-1)).toBe("QUIT");
+  await d.close();
+});
+
+test("an idle connection is closed with QUIT after the idle timeout", async () => {
+  const p = await peer();
+  const d = new Deliverer({
+    timeouts: FAST,
+    maxMessagesPerConnection: 10,
+    idleTimeoutMs: 50,
+    log: silentLogger(),
+  });
+  await d.deliver(target(p), message(0));
+  expect(d.idleConnections()).toBe(1);
+  await waitFor(() => d.idleConnections() === 0, "idle timeout");
+  await waitFor(() => p.sessions[0]!.closed, "peer to see the close");
+  expect(p.sessions[0]!.commands.at(-1)).toBe("QUIT");
+  await d.close();
+});
+
+test("an idle connection the server closes leaves the pool at once", async () => {
+  const p = await peer();
+  const d = new Deliverer({
+    timeouts: FAST,
+    maxMessagesPerConnection: 10,
+    idleTimeoutMs: 5000,
+    log: silentLogger(),
+  });
+  await d.deliver(target(p), message(0));
+  expect(d.idleConnections()).toBe(1);
+  await p.close(); // destroys the server side of every session
+  await waitFor(() => d.idleConnections() === 0, "pool to notice the close");
+  await d.close();
+});
+
+test("a reused connection that turns out dead is retried once on a fresh connection", async () => {
+  // The first session drops the connection when it is reused (at RSET): the message must still arrive.
+  const p = await peer({ rset: (s) => (s.id === 0 ? "drop" : "250 ok") });
+  const d = new Deliverer({
+    timeouts: FAST,
+    maxMessagesPerConnection: 10,
+    idleTimeoutMs: 5000,
+    log: silentLogger(),
+  });
+  await d.deliver(target(p), message(0));
+  const r = await d.deliver(target(p), message(1));
+  expect(r.recipients[0]!.kind).toBe("delivered");
+  expect(p.sessions.length).toBe(2);
+  expect(p.sessions[1]!.messages[0]!.rcpts[0]!.to).toBe("r1@x.test");
+  await d.close();
+});
+
+test("a reused connection that dies before MAIL is answered is retried on a fresh one", async () => {
+  const p = await peer({ mail: (_f, _p, s) => (s.id === 0 && s.messages.length === 1 ? "drop" : "250 ok") });
+  const d = new Deliverer({
+    timeouts: FAST,
+    maxMessagesPerConnection: 10,
+    idleTimeoutMs: 5000,
+    log: silentLogger(),
+  });
+  await d.deliver(target(p), message(0));
+  const r = await d.deliver(target(p), message(1));
+  expect(r.recipients[0]!.kind).toBe("delivered");
+  expect(p.sessions.map((s) => s.messages.length)).toEqual([1, 1]);
+  await d.close();
+});
+
+test("concurrent deliveries to one destination open parallel connections, then share the idle ones", async () => {
+  const p = await peer();
+  const d = new Deliverer({
+    timeouts: FAST,
+    maxMessagesPerConnection: 100,
+    idleTimeoutMs: 5000,
+    maxIdlePerKey: 3,
+    log: silentLogger(),
+  });
+  const first = await Promise.all(Array.from({ length: 5 }, (_, i) => d.deliver(target(p), message(i))));
+  expect(first.every((r) => r.recipients[0]!.kind === "delivered")).toBe(true);
+  expect(p.sessions.length).toBe(5);
+  expect(d.idleConnections()).toBe(3);
+  await Promise.all(Array.from({ length: 3 }, (_, i) => d.deliver(target(p), message(10 + i))));
+  expect(p.sessions.length).toBe(5);
+  await d.close();
+});
