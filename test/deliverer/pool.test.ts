@@ -5,7 +5,7 @@ import {
   type OutboundMessage,
   RFC5321_TIMEOUTS,
 } from "../../src/deliverer/index.ts";
-import { silentLogger } from "../../src/observe/index.ts";
+import { Metrics, silentLogger } from "../../src/observe/index.ts";
 import { type PeerScript, type ScriptedPeer, startScriptedPeer } from "../support/scriptedPeer.ts";
 
 const FAST = {
@@ -166,5 +166,25 @@ test("concurrent deliveries to one destination open parallel connections, then s
   expect(d.idleConnections()).toBe(3);
   await Promise.all(Array.from({ length: 3 }, (_, i) => d.deliver(target(p), message(10 + i))));
   expect(p.sessions.length).toBe(5);
+  await d.close();
+});
+
+test("metrics count connections, reuse and recipient results", async () => {
+  const metrics = new Metrics();
+  const p = await peer({ rcpt: (to) => (to === "r1@x.test" ? "550 5.1.1 no" : "250 ok") });
+  const d = new Deliverer({
+    timeouts: FAST,
+    maxMessagesPerConnection: 10,
+    idleTimeoutMs: 5000,
+    log: silentLogger(),
+    metrics,
+  });
+  for (let i = 0; i < 3; i++) await d.deliver(target(p), message(i));
+  const text = metrics.render();
+  expect(text).toContain('mta_deliverer_connections_total{outcome="open"} 1');
+  expect(text).toContain("mta_deliverer_connections_reused_total 2");
+  expect(text).toContain('mta_deliverer_recipients_total{kind="delivered"} 2');
+  expect(text).toContain('mta_deliverer_recipients_total{kind="permanent"} 1');
+  expect(text).toContain("mta_deliverer_connections_idle 1");
   await d.close();
 });
