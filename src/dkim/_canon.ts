@@ -94,6 +94,7 @@ export function canonHeader(raw: string, canon: Canon): string {
 
 const SCRATCH_BYTES = 16 * 1024;
 const CRLF_BYTES = new Uint8Array([CR, LF]);
+const DOUBLE_SPACE = Buffer.from("  ");
 
 /** Feeds a hash through a fixed scratch buffer so that many small pieces make few native calls. */
 class Feeder {
@@ -178,46 +179,84 @@ function hashSimpleBody(body: Uint8Array, hash: Hash): void {
  */
 function hashRelaxedBody(body: Uint8Array, hash: Hash): void {
   const feeder = new Feeder(hash);
-  let pendingEmptyLines = 0;
-  let pos = 0;
+  // Most lines are already canonical: no HTAB, no double SP, no trailing WSP, CRLF-terminated.
+  // Runs of such lines are hashed straight from the input in one piece ([runStart, committed));
+  // only lines that the rules change are rewritten through the scratch buffer. Native searches find
+  // the next HTAB and double SP, so a canonical line costs a few calls and no per-byte JS loop.
+  const view = Buffer.from(body.buffer, body.byteOffset, body.byteLength);
   const n = body.length;
+  let nextTab = view.indexOf(0x09);
+  let nextDoubleSpace = view.indexOf(DOUBLE_SPACE);
+  let runStart = 0;
+  let committed = 0;
+  // Empty lines after `committed`, emitted only if a non-empty line follows (trailing ones are dropped).
+  let pendingEmptyLines = 0;
+  // Whether those empty lines are all literally CRLF, so that the run may simply extend over them.
+  let pendingLiteral = true;
+  const flushRun = () => {
+    if (committed > runStart) feeder.push(body.subarray(runStart, committed));
+    for (; pendingEmptyLines > 0; pendingEmptyLines--) feeder.crlf();
+    pendingLiteral = true;
+  };
+  let pos = 0;
   while (pos < n) {
     const lf = body.indexOf(LF, pos);
     const lineEnd = lf < 0 ? n : lf;
-    let contentEnd = lineEnd > pos && body[lineEnd - 1] === CR ? lineEnd - 1 : lineEnd;
+    const hasCrlf = lf >= 0 && lineEnd > pos && body[lineEnd - 1] === CR;
+    const rawEnd = hasCrlf ? lineEnd - 1 : lineEnd;
+    let contentEnd = rawEnd;
     // Trailing WSP is ignored.
     while (contentEnd > pos && (body[contentEnd - 1] === 0x20 || body[contentEnd - 1] === 0x09)) contentEnd--;
     if (contentEnd === pos) {
       pendingEmptyLines++;
-    } else {
-      for (; pendingEmptyLines > 0; pendingEmptyLines--) feeder.crlf();
-      // Is the line already canonical (no HTAB, no double SP)? Then it is pushed as one piece.
-      let clean = true;
-      for (let i = pos; i < contentEnd; i++) {
-        const b = body[i];
-        if (b === 0x09 || (b === 0x20 && body[i + 1] === 0x20)) {
-          clean = false;
-          break;
-        }
+      if (!(hasCrlf && rawEnd === pos)) pendingLiteral = false;
+      pos = lineEnd + 1;
+      continue;
+    }
+    if (nextTab !== -1 && nextTab < pos) nextTab = view.indexOf(0x09, pos);
+    if (nextDoubleSpace !== -1 && nextDoubleSpace < pos) nextDoubleSpace = view.indexOf(DOUBLE_SPACE, pos);
+    const clean =
+      (nextTab === -1 || nextTab >= contentEnd) && (nextDoubleSpace === -1 || nextDoubleSpace >= contentEnd);
+    if (clean && hasCrlf && contentEnd === rawEnd) {
+      if (pendingEmptyLines > 0 && !pendingLiteral) {
+        flushRun();
+        runStart = pos;
       }
+      pendingEmptyLines = 0;
+      pendingLiteral = true;
+      committed = lineEnd + 1;
+    } else {
+      flushRun();
       if (clean) feeder.push(body.subarray(pos, contentEnd));
       else {
-        let inWsp = false;
-        for (let i = pos; i < contentEnd; i++) {
-          const b = body[i]!;
-          if (b === 0x20 || b === 0x09) {
-            if (!inWsp) feeder.byte(0x20);
-            inWsp = true;
-          } else {
-            feeder.byte(b);
-            inWsp = false;
-          }
+        // Copy what lies between the non-canonical WSP runs (those holding an HTAB or a double SP,
+        // found by the native searches), and one SP for each such run.
+        let segStart = pos;
+        for (;;) {
+          if (nextTab !== -1 && nextTab < segStart) nextTab = view.indexOf(0x09, segStart);
+          if (nextDoubleSpace !== -1 && nextDoubleSpace < segStart)
+            nextDoubleSpace = view.indexOf(DOUBLE_SPACE, segStart);
+          const t = nextTab !== -1 && nextTab < contentEnd ? nextTab : contentEnd;
+          const d = nextDoubleSpace !== -1 && nextDoubleSpace < contentEnd ? nextDoubleSpace : contentEnd;
+          let wspStart = Math.min(t, d);
+          if (wspStart === contentEnd) break;
+          while (wspStart > segStart && body[wspStart - 1] === 0x20) wspStart--;
+          let wspEnd = wspStart;
+          while (wspEnd < contentEnd && (body[wspEnd] === 0x20 || body[wspEnd] === 0x09)) wspEnd++;
+          if (wspStart > segStart) feeder.push(body.subarray(segStart, wspStart));
+          feeder.byte(0x20);
+          segStart = wspEnd;
         }
+        feeder.push(body.subarray(segStart, contentEnd));
       }
       feeder.crlf();
+      runStart = committed = lineEnd + 1;
     }
     pos = lineEnd + 1;
   }
+  // Trailing empty lines are dropped.
+  pendingEmptyLines = 0;
+  flushRun();
   feeder.flush();
 }
 
