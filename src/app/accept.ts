@@ -1,0 +1,104 @@
+/**
+ * The accept pipeline: from an envelope and message bytes handed over by a listener (or the HTTP
+ * inject API) to messages durably in the spool and queued for delivery.
+ *
+ * Owns: splitting recipients by destination (one spool message per recipient domain, as AsyncOS
+ * splinters), DKIM signing once before the append, the reception line in the delivery log.
+ * Invariant: `ok: true` is returned only after every part's append resolved (its bytes are on stable
+ * storage); a spool error gives `452 4.3.1`, never `250`.
+ */
+import type { AcceptResult, Acceptor, Envelope } from "../listener/index.ts";
+import { errorMessage } from "../lib/index.ts";
+import type { Counter, DeliveryLog, Logger, Metrics } from "../observe/index.ts";
+import { domainOf, reply } from "../smtp/index.ts";
+import type { NewMessage, Spool } from "../spool/index.ts";
+
+export interface AcceptSink {
+  enqueue(slot: number): void;
+}
+
+export interface AcceptDeps {
+  spool: Spool;
+  /** The scheduler; absent while it is not running (messages stay in the spool). */
+  queue?: AcceptSink;
+  deliveryLog: DeliveryLog;
+  log: Logger;
+  metrics: Metrics;
+  /** Signs the message (DKIM) or returns it unchanged. */
+  sign?: (message: Uint8Array) => Uint8Array;
+}
+
+export interface Submission {
+  sender: string;
+  recipients: Envelope["recipients"];
+  attributes: Record<string, string>;
+  message: Uint8Array;
+}
+
+export class AcceptPipeline implements Acceptor {
+  private readonly received: Counter;
+  private readonly refused: Counter;
+
+  constructor(private readonly deps: AcceptDeps) {
+    this.received = deps.metrics.counter("mta_accept_messages_total", "Messages accepted into the spool, by source");
+    this.refused = deps.metrics.counter("mta_accept_refused_total", "Messages refused because the spool failed");
+  }
+
+  /** Listener entry point. */
+  accept(envelope: Envelope, message: Uint8Array): Promise<AcceptResult> {
+    const attributes: Record<string, string> = {
+      listener: envelope.listener,
+      client: envelope.clientAddress,
+      helo: envelope.helo,
+      body: envelope.body,
+    };
+    if (envelope.smtputf8) attributes.smtputf8 = "1";
+    if (envelope.envId) attributes.envid = envelope.envId;
+    if (envelope.ret) attributes.ret = envelope.ret;
+    if (envelope.authUser) attributes.auth = envelope.authUser;
+    return this.submit({ sender: envelope.sender, recipients: envelope.recipients, attributes, message });
+  }
+
+  /** Shared by SMTP and the HTTP inject API: append every part durably, then queue it. */
+  async submit(sub: Submission): Promise<AcceptResult> {
+    const body = this.deps.sign ? this.deps.sign(sub.message) : sub.message;
+    const byDestination = new Map<string, Submission["recipients"]>();
+    for (const r of sub.recipients) {
+      const d = domainOf(r.address);
+      const list = byDestination.get(d);
+      if (list) list.push(r);
+      else byDestination.set(d, [r]);
+    }
+    const parts: NewMessage[] = [...byDestination].map(([destination, recipients]) => ({
+      sender: sub.sender,
+      destination,
+      recipients,
+      attributes: sub.attributes,
+      body,
+    }));
+    let stored: { id: string; slot: number }[];
+    try {
+      stored = await Promise.all(parts.map((p) => this.deps.spool.append(p)));
+    } catch (err) {
+      this.refused.inc({ source: sub.attributes.listener ?? "api" });
+      this.deps.log.error("spool append failed; answering 452", { error: errorMessage(err) });
+      return { ok: false, reply: reply(452, "4.3.1", "Insufficient system storage") };
+    }
+    for (let i = 0; i < stored.length; i++) {
+      const { id, slot } = stored[i]!;
+      const part = parts[i]!;
+      this.deps.queue?.enqueue(slot);
+      this.deps.deliveryLog.write({
+        type: "reception",
+        id,
+        sender: part.sender,
+        recipients: part.recipients.map((r) => r.address),
+        destination: part.destination,
+        size: body.byteLength,
+        ...sub.attributes,
+      });
+    }
+    this.received.inc({ source: sub.attributes.listener ?? "api" }, stored.length);
+    return { ok: true, ids: stored.map((s) => s.id) };
+  }
+}

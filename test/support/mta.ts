@@ -1,0 +1,168 @@
+/**
+ * Driving the compiled `dist/mta` as a child process in end-to-end tests.
+ *
+ * Owns: `runMta` (one command, its exit code and output), `startMta` (a daemon with a temp config,
+ * spool and log dir, whose bound ports are read from its JSON start line), `tempDir`.
+ */
+import { type Subprocess, spawn, spawnSync } from "bun";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+
+export const MTA = resolve(import.meta.dir, "../../dist/mta");
+
+export interface RunResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+export function runMta(
+  args: string[],
+  opts: { env?: Record<string, string>; cwd?: string; stdin?: string } = {},
+): RunResult {
+  const r = spawnSync([MTA, ...args], {
+    env: { ...process.env, ...opts.env },
+    cwd: opts.cwd,
+    stdin: opts.stdin === undefined ? "ignore" : Buffer.from(opts.stdin),
+  });
+  return { code: r.exitCode ?? -1, stdout: r.stdout.toString(), stderr: r.stderr.toString() };
+}
+
+export interface TempDir extends Disposable {
+  path: string;
+}
+
+export function tempDir(prefix = "mta-test-"): TempDir {
+  const path = mkdtempSync(join(tmpdir(), prefix));
+  return { path, [Symbol.dispose]: () => rmSync(path, { recursive: true, force: true }) };
+}
+
+export interface StartedMta extends AsyncDisposable {
+  proc: Subprocess<"ignore", "pipe", "pipe">;
+  dir: string;
+  configFile: string;
+  /** Bound ports: control and each listener by name. */
+  controlPort: number;
+  smtpPorts: number[];
+  /** Every stderr line so far (JSON log records). */
+  logLines: () => Record<string, unknown>[];
+  waitForLog: (
+    pred: (rec: Record<string, unknown>) => boolean,
+    timeoutMs?: number,
+  ) => Promise<Record<string, unknown>>;
+  stop: (signal?: NodeJS.Signals) => Promise<number>;
+}
+
+/** Default test config: JSON logs, ports chosen by the kernel, spool in the temp dir. */
+export function testConfig(dir: string, extra = ""): string {
+  return [
+    "hostname: mta.test",
+    `spool: { dir: ${join(dir, "spool")} }`,
+    "listen: [{ address: 127.0.0.1:0 }]",
+    "control: { address: 127.0.0.1:0 }",
+    `log: { level: info, format: json, deliveries: ${join(dir, "deliveries.jsonl")} }`,
+    extra,
+  ].join("\n");
+}
+
+export async function startMta(opts: {
+  dir: string;
+  config?: string;
+  args?: string[];
+  env?: Record<string, string>;
+}): Promise<StartedMta> {
+  const configFile = join(opts.dir, "mta.yaml");
+  writeFileSync(configFile, opts.config ?? testConfig(opts.dir));
+  const proc = spawn([MTA, "serve", "-c", configFile, ...(opts.args ?? [])], {
+    stdin: "ignore",
+    stdout: "pipe",
+    stderr: "pipe",
+    env: { ...process.env, ...opts.env },
+  });
+  const lines: Record<string, unknown>[] = [];
+  const waiters: {
+    pred: (r: Record<string, unknown>) => boolean;
+    resolve: (r: Record<string, unknown>) => void;
+  }[] = [];
+  let exited = false;
+  (async () => {
+    const decoder = new TextDecoder();
+    let buf = "";
+    for await (const chunk of proc.stderr) {
+      buf += decoder.decode(chunk, { stream: true });
+      let i = buf.indexOf("\n");
+      while (i >= 0) {
+        const line = buf.slice(0, i);
+        buf = buf.slice(i + 1);
+        let rec: Record<string, unknown>;
+        try {
+          rec = JSON.parse(line);
+        } catch {
+          rec = { msg: line, raw: true };
+        }
+        lines.push(rec);
+        for (const w of [...waiters]) {
+          if (w.pred(rec)) {
+            waiters.splice(waiters.indexOf(w), 1);
+            w.resolve(rec);
+          }
+        }
+        i = buf.indexOf("\n");
+      }
+    }
+  })();
+  proc.exited.then(() => {
+    exited = true;
+  });
+  const waitForLog = (pred: (r: Record<string, unknown>) => boolean, timeoutMs = 10_000) => {
+    const found = lines.find(pred);
+    if (found) return Promise.resolve(found);
+    return new Promise<Record<string, unknown>>((res, rej) => {
+      const t = setTimeout(
+        () =>
+          rej(
+            new Error(
+              `timed out waiting for a log line; got:\n${lines.map((l) => JSON.stringify(l)).join("\n")}`,
+            ),
+          ),
+        timeoutMs,
+      );
+      waiters.push({
+        pred,
+        resolve: (r) => {
+          clearTimeout(t);
+          res(r);
+        },
+      });
+    });
+  };
+  const started = await Promise.race([
+    waitForLog((r) => typeof r.msg === "string" && r.msg.startsWith("mta ") && r.msg.endsWith(" started")),
+    proc.exited.then((code) => {
+      throw new Error(`mta serve exited with ${code}:\n${lines.map((l) => JSON.stringify(l)).join("\n")}`);
+    }),
+  ]);
+  const control = String(started.control ?? "");
+  const smtp = (started.listeners as string[] | undefined) ?? [];
+  const stop = async (signal: NodeJS.Signals = "SIGTERM") => {
+    if (!exited) proc.kill(signal);
+    return proc.exited;
+  };
+  return {
+    proc,
+    dir: opts.dir,
+    configFile,
+    controlPort: Number(control.split(":").pop()),
+    smtpPorts: smtp.map((s) => Number(s.split(":").pop())),
+    logLines: () => lines,
+    waitForLog,
+    stop,
+    async [Symbol.asyncDispose]() {
+      if (!exited) {
+        proc.kill("SIGKILL");
+        await proc.exited;
+      }
+    },
+  };
+}
