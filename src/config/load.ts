@@ -153,7 +153,7 @@ function semanticChecks(
         "auth is required but the listener has no tls and allow_plaintext_auth is false",
       );
     }
-    for (const [user, hash] of Object.entries(l.users)) {
+    for (const [user, hash] of Object.entries(l.users ?? {})) {
       if (!/^\$(argon2(id|i|d)|2[aby])\$/.test(hash)) {
         push(
           ["listen", i, "users", user],
@@ -162,12 +162,25 @@ function semanticChecks(
       }
     }
   });
+  raw.dkim.keys.forEach((k, i) => {
+    const file = resolve(baseDir, k.key_file);
+    try {
+      accessSync(file, constants.R_OK);
+    } catch (err) {
+      push(
+        ["dkim", "keys", i, "key_file"],
+        `cannot read ${file} (${(err as NodeJS.ErrnoException).code ?? err})`,
+      );
+    }
+  });
 }
 
 export interface LoadedConfig {
   config: Config;
   /** The effective configuration as written (defaults filled in), for `mta check-config`. */
   raw: RawConfig;
+  /** Where a YAML path is in the file, for problems found after loading (e.g. a malformed DKIM key). */
+  problemAt(path: readonly (string | number)[], message: string): ConfigProblem;
 }
 
 /** Parses and validates YAML text; throws `ConfigError` listing every problem. */
@@ -213,7 +226,12 @@ export function parseConfigText(text: string, file: string): LoadedConfig {
   const baseDir = dirname(file);
   semanticChecks(result.output, baseDir, push);
   if (problems.length) throw new ConfigError(file, problems);
-  return { config: buildConfig(result.output, file, baseDir), raw: result.output };
+  const problemAt = (path: readonly PathKey[], message: string): ConfigProblem => {
+    const node = nodeAt(doc, path, false);
+    const pos = node?.range ? lineCounter.linePos(node.range[0]) : undefined;
+    return { path: formatPath(path), line: pos?.line, column: pos?.col, message };
+  };
+  return { config: buildConfig(result.output, file, baseDir), raw: result.output, problemAt };
 }
 
 /** Valibot's built-in messages in the same voice as ours: "expected X, got Y". */

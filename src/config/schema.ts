@@ -170,6 +170,29 @@ export const ConfigSchema = v.strictObject({
     }),
     {},
   ),
+  dkim: v.optional(
+    v.strictObject({
+      keys: v.optional(
+        v.array(
+          v.strictObject({
+            domain: v.pipe(v.string(), v.regex(/^[A-Za-z0-9.-]+$/, "expected a domain name")),
+            selector: v.pipe(v.string(), v.regex(/^[A-Za-z0-9._-]+$/, "expected a selector")),
+            key_file: v.string("expected the path of a PEM private key (RSA 2048+ or Ed25519)"),
+          }),
+        ),
+        [],
+      ),
+      headers: v.optional(v.array(v.string())),
+      oversign: v.optional(v.array(v.string()), []),
+      canonicalization: v.optional(
+        v.picklist(["relaxed/relaxed", "relaxed/simple", "simple/simple", "simple/relaxed"]),
+        "relaxed/relaxed",
+      ),
+      expire: v.optional(Duration, "0"),
+      domain_map: v.optional(v.record(v.string(), v.string()), {}),
+    }),
+    {},
+  ),
   log: v.optional(
     v.strictObject({
       level: v.optional(v.picklist(["silent", "error", "warn", "info", "debug", "trace"]), "info"),

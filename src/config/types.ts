@@ -96,6 +96,14 @@ export interface Config {
   control: { address?: HostPort; token?: string };
   dns: { servers: HostPort[]; timeoutMs: number; attempts: number; prefer: "ipv4" | "ipv6" };
   delivery: DeliveryConfig;
+  dkim: {
+    keys: { domain: string; selector: string; keyFile: string }[];
+    headers?: string[];
+    oversign: string[];
+    canonicalization: "relaxed/relaxed" | "relaxed/simple" | "simple/simple" | "simple/relaxed";
+    expireAfterMs: number;
+    domainMap: Record<string, string>;
+  };
   log: {
     level: "silent" | "error" | "warn" | "info" | "debug" | "trace";
     format: "pretty" | "json";
@@ -204,8 +212,20 @@ export function buildConfig(raw: RawConfig, source: string, baseDir: string): Co
       },
       domains: domains as DeliveryConfig["domains"],
     },
+    dkim: {
+      keys: raw.dkim.keys.map((k) => ({
+        domain: k.domain.toLowerCase(),
+        selector: k.selector,
+        keyFile: path(k.key_file),
+      })),
+      oversign: raw.dkim.oversign,
+      canonicalization: raw.dkim.canonicalization,
+      expireAfterMs: dur(raw.dkim.expire),
+      domainMap: { ...raw.dkim.domain_map },
+    },
     log: { level: raw.log.level, format: raw.log.format, deliveriesFile: path(raw.log.deliveries) },
   };
+  if (raw.dkim.headers) config.dkim.headers = raw.dkim.headers;
   if (raw.control.address) config.control.address = parseAddressValue(raw.control.address)!;
   if (raw.control.token) config.control.token = raw.control.token;
   return deepFreeze(config);
