@@ -1,1 +1,2 @@
 export { Daemon, runDaemon } from "./daemon.ts";
+export { DkimSigner, formatTxtRecord, generateKey } from "../dkim/index.ts";

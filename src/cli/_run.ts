@@ -60,6 +60,7 @@ async function reportError(err: unknown, main: CommandDef, argv: string[]): Prom
   if (err instanceof MtaError) {
     process.stderr.write(`mta: ${err.message}\n`);
     if (err.code === "usage") return EXIT.usage;
+    if (err.code === "config") return EXIT.config;
     if (err.code === "unavailable") return EXIT.unavailable;
     if (err.code === "data") return EXIT.dataErr;
     return EXIT.runtime;

@@ -18,6 +18,7 @@ export const main = defineCommand({
   subCommands: {
     serve: () => import("./serve.ts").then((m) => m.default),
     "check-config": () => import("./checkConfig.ts").then((m) => m.default),
+    dkim: () => import("./dkim.ts").then((m) => m.default),
   },
 });
 
