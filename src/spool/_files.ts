@@ -1,0 +1,68 @@
+/**
+ * The file layer under the spool: the few file-system calls it makes, behind an interface.
+ *
+ * Owns: `FileLayer` (the fault-injection seam: tests wrap it to fail writes with ENOSPC or EIO)
+ * and `nodeFileLayer`, the real one over node:fs.
+ * Invariant: writes and syncs are asynchronous (libuv threadpool), so the event loop keeps serving
+ * while a batch is being made durable; positioned reads are synchronous because they hit the page
+ * cache and are ~30x cheaper than the alternatives under Bun.
+ */
+import * as fs from "node:fs";
+
+export interface FileLayer {
+  /** Opens a file; `flags` as node:fs (`"r"`, `"r+"`, `"wx"`). */
+  open(path: string, flags: string): number;
+  close(fd: number): void;
+  /** Positioned write of all of `buf`; rejects on any error (e.g. ENOSPC, EIO). */
+  write(fd: number, buf: Uint8Array, position: number): Promise<void>;
+  fdatasync(fd: number): Promise<void>;
+  /** Syncs a directory so that created or removed entries are durable. */
+  fsyncDir(path: string): Promise<void>;
+  truncate(fd: number, length: number): void;
+  readSync(fd: number, buf: Uint8Array, offset: number, length: number, position: number): number;
+  size(fd: number): number;
+  unlink(path: string): Promise<void>;
+  readdir(path: string): string[];
+  mkdirp(path: string): void;
+}
+
+function writeAll(fd: number, buf: Uint8Array, position: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    let done = 0;
+    const step = (): void => {
+      fs.write(fd, buf, done, buf.length - done, position + done, (err, n) => {
+        if (err) return reject(err);
+        done += n;
+        if (done >= buf.length) resolve();
+        else if (n === 0) reject(Object.assign(new Error("short write"), { code: "EIO" }));
+        else step();
+      });
+    };
+    step();
+  });
+}
+
+export const nodeFileLayer: FileLayer = {
+  open: (path, flags) => fs.openSync(path, flags),
+  close: (fd) => fs.closeSync(fd),
+  write: writeAll,
+  fdatasync: (fd) =>
+    new Promise((resolve, reject) => fs.fdatasync(fd, (err) => (err ? reject(err) : resolve()))),
+  fsyncDir: (path) =>
+    new Promise((resolve, reject) => {
+      fs.open(path, "r", (err, fd) => {
+        if (err) return reject(err);
+        fs.fsync(fd, (err2) => {
+          fs.close(fd, () => (err2 ? reject(err2) : resolve()));
+        });
+      });
+    }),
+  truncate: (fd, length) => fs.ftruncateSync(fd, length),
+  readSync: (fd, buf, offset, length, position) => fs.readSync(fd, buf, offset, length, position),
+  size: (fd) => fs.fstatSync(fd).size,
+  unlink: (path) => fs.promises.unlink(path),
+  readdir: (path) => fs.readdirSync(path),
+  mkdirp: (path) => {
+    fs.mkdirSync(path, { recursive: true });
+  },
+};
