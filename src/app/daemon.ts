@@ -1,28 +1,50 @@
 /**
- * The daemon: builds every module from the configuration, runs until a signal, stops gracefully.
+ * The daemon: the engine plus SMTP listeners and the HTTP control endpoint; runs until a signal.
  *
- * Owns: start order (spool → control → scheduler → listeners), stop order (the reverse, after
- * listeners drain), SIGHUP reload, signal handling.
+ * Owns: start order (engine (spool, scheduler) → control → listeners), stop order (listeners drain
+ * first, then the scheduler, then the spool), SIGHUP reload, signal handling.
  * Invariant: the spool lock is held for the whole life of the daemon; nothing is acknowledged before
  * the spool is open, and the spool closes only after every listener and delivery has stopped.
  */
+import { readFileSync } from "node:fs";
 import pkg from "../../package.json" with { type: "json" };
-import { type Config, ConfigError, loadConfig } from "../config/index.ts";
-import { EXIT, errorMessage } from "../lib/index.ts";
-import {
-  type ControlServer,
-  createLogger,
-  DeliveryLog,
-  type Logger,
-  Metrics,
-  registerProcessMetrics,
-  setLogLevel,
-  startControlServer,
-} from "../observe/index.ts";
-import { Spool } from "../spool/index.ts";
+import { type Config, ConfigError, type ListenerConfig, loadConfig } from "../config/index.ts";
+import { EXIT, errorMessage, formatHostPort } from "../lib/index.ts";
+import { type ControlServer, createLogger, type Logger, setLogLevel, startControlServer } from "../observe/index.ts";
+import { type Listener, type ListenerOptions, startListener } from "../listener/index.ts";
+import { Engine } from "./engine.ts";
+import { injectHandler } from "./inject.ts";
 
 export interface DaemonOptions {
   log: Logger;
+}
+
+export function listenerOptions(l: ListenerConfig, hostname: string): ListenerOptions {
+  const opts: ListenerOptions = {
+    name: l.name,
+    host: l.address.host,
+    port: l.address.port,
+    hostname,
+    relayFrom: l.relayFrom,
+    auth: l.auth,
+    users: l.users,
+    allowPlaintextAuth: l.allowPlaintextAuth,
+    submission: l.submission,
+    maxMessageBytes: l.maxMessageBytes,
+    maxRecipients: l.maxRecipients,
+    maxLineBytes: l.maxLineBytes,
+    maxErrors: l.maxErrors,
+    commandTimeoutMs: l.commandTimeoutMs,
+    dataTimeoutMs: l.dataTimeoutMs,
+    maxConnections: l.maxConnections,
+    maxConnectionsPerIp: l.maxConnectionsPerIp,
+    rejectBareNewlines: l.rejectBareNewlines,
+  };
+  if (l.tls) {
+    opts.tls = { cert: readFileSync(l.tls.certFile, "utf8"), key: readFileSync(l.tls.keyFile, "utf8") };
+    opts.implicitTls = l.tls.implicit;
+  }
+  return opts;
 }
 
 export class Daemon {
@@ -31,27 +53,16 @@ export class Daemon {
   private constructor(
     public config: Config,
     readonly log: Logger,
-    readonly metrics: Metrics,
-    readonly spool: Spool,
-    readonly deliveryLog: DeliveryLog,
+    readonly engine: Engine,
     readonly control: ControlServer | undefined,
+    readonly listeners: Listener[],
   ) {}
 
   static async start(config: Config, opts: DaemonOptions): Promise<Daemon> {
     const { log } = opts;
-    const metrics = new Metrics();
-    registerProcessMetrics(metrics, pkg.version);
-    const spool = await Spool.open({
-      dir: config.spool.dir,
-      sync: config.spool.sync,
-      segmentSizeBytes: config.spool.segmentSizeBytes,
-      compactBelowLiveRatio: config.spool.compactBelowLiveRatio,
-      bodyCacheBytes: config.spool.bodyCacheBytes,
-      log: log.withTag("spool"),
-      metrics,
-    });
-    const deliveryLog = new DeliveryLog(config.log.deliveriesFile);
+    const engine = await Engine.start(config, { log });
     let control: ControlServer | undefined;
+    const listeners: Listener[] = [];
     try {
       if (config.control.address) {
         control = startControlServer({
@@ -59,40 +70,57 @@ export class Daemon {
           port: config.control.address.port,
           token: config.control.token,
           log: log.withTag("control"),
-          metrics,
+          metrics: engine.metrics,
         });
+        const maxMessageBytes = Math.max(...config.listen.map((l) => l.maxMessageBytes), 1);
+        control.addRoute(
+          "POST /api/v1/inject",
+          injectHandler(engine.pipeline, { hostname: config.hostname, maxMessageBytes }),
+        );
+      }
+      for (const l of config.listen) {
+        listeners.push(
+          await startListener(listenerOptions(l, config.hostname), engine.pipeline, {
+            log: log.withTag("smtp"),
+            metrics: engine.metrics,
+          }),
+        );
       }
     } catch (err) {
-      await spool.close();
-      deliveryLog.close();
+      for (const l of listeners) await l.close({ graceMs: 0 });
+      await control?.stop();
+      await engine.stop();
       throw err;
     }
-    const daemon = new Daemon(config, log, metrics, spool, deliveryLog, control);
+    const daemon = new Daemon(config, log, engine, control, listeners);
     log.info(`mta ${pkg.version} started`, {
       spool: config.spool.dir,
-      control: control ? `${control.host}:${control.port}` : "off",
+      messages: engine.spool.recovery.messages,
+      listeners: listeners.map((l) => formatHostPort({ host: l.host, port: l.port })),
+      control: control ? formatHostPort({ host: control.host, port: control.port }) : "off",
     });
     return daemon;
   }
 
-  /** Applies a new, already validated configuration: log level and format, delivery log file. */
+  /** Applies a new, already validated configuration; says which changes need a restart. */
   reload(config: Config): void {
+    this.engine.reload(config); // DKIM keys first: a bad key throws and nothing changes
     setLogLevel(this.log, config.log.level);
     const needsRestart: string[] = [];
     if (config.spool.dir !== this.config.spool.dir) needsRestart.push("spool.dir");
     if (JSON.stringify(config.control) !== JSON.stringify(this.config.control)) needsRestart.push("control");
     if (JSON.stringify(config.listen) !== JSON.stringify(this.config.listen)) needsRestart.push("listen");
-    this.deliveryLog.reopen();
     this.config = config;
     this.log.info("configuration reloaded", needsRestart.length ? { needsRestart } : {});
   }
 
-  stop(): Promise<void> {
+  /** Graceful stop: listeners stop accepting and drain (sessions in DATA may finish), then the rest. */
+  stop(graceMs = 1500): Promise<void> {
     this.stopping ??= (async () => {
       this.log.info("stopping");
+      await Promise.all(this.listeners.map((l) => l.close({ graceMs })));
       await this.control?.stop();
-      this.deliveryLog.close();
-      await this.spool.close();
+      await this.engine.stop(graceMs);
       this.log.info("stopped");
     })();
     return this.stopping;

@@ -1,2 +1,3 @@
 export { Daemon, runDaemon } from "./daemon.ts";
+export { Engine } from "./engine.ts";
 export { DkimSigner, formatTxtRecord, generateKey } from "../dkim/index.ts";

@@ -62,6 +62,10 @@ async function reportError(err: unknown, main: CommandDef, argv: string[]): Prom
     if (err.code === "usage") return EXIT.usage;
     if (err.code === "config") return EXIT.config;
     if (err.code === "unavailable") return EXIT.unavailable;
+    if (err.code === "spool-locked") {
+      process.stderr.write("mta: another mta process owns this spool; stop it first, or use `mta queue` to talk to it\n");
+      return EXIT.unavailable;
+    }
     if (err.code === "data") return EXIT.dataErr;
     return EXIT.runtime;
   }

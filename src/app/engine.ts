@@ -1,0 +1,166 @@
+/**
+ * The engine: spool, scheduler, deliverer, DNS and the accept pipeline, wired from the configuration.
+ * `mta serve` runs it with listeners and the control endpoint; `mta send` runs it alone.
+ *
+ * Owns: construction and start/stop order of the delivery side; per-destination policy lookup;
+ * the delivery log writer fed by scheduler events.
+ * Invariant: the spool is opened (lock taken, index recovered) before anything is accepted or
+ * delivered, and closed only after the scheduler stopped.
+ */
+import pkg from "../../package.json" with { type: "json" };
+import type { Config, DomainPolicy } from "../config/index.ts";
+import { Deliverer } from "../deliverer/index.ts";
+import { createResolver } from "../dns/index.ts";
+import { DkimSigner, readKeyFile } from "../dkim/index.ts";
+import { DeliveryLog, type Logger, Metrics, registerProcessMetrics } from "../observe/index.ts";
+import { type DestinationPolicy, Scheduler } from "../scheduler/index.ts";
+import { Spool } from "../spool/index.ts";
+import { AcceptPipeline } from "./accept.ts";
+import { makeRouter } from "./routing.ts";
+
+export interface EngineOptions {
+  log: Logger;
+  metrics?: Metrics;
+  /** false: open the spool and accept, but deliver nothing (the scheduler is not started). */
+  deliver?: boolean;
+}
+
+/** The effective policy of a destination: its own entry over `default`. */
+export function policyFor(config: Config, destination: string): DestinationPolicy {
+  const domains = config.delivery.domains;
+  const def = domains.default;
+  const own: DomainPolicy = domains[destination] ?? {};
+  const p: DestinationPolicy = {
+    maxConnections: own.maxConnections ?? def.maxConnections,
+    maxMessagesPerConnection: own.maxMessagesPerConnection ?? def.maxMessagesPerConnection,
+    tls: own.tls ?? def.tls,
+    tlsVerify: own.tlsVerify ?? def.tlsVerify,
+  };
+  const messageRate = own.messageRate ?? def.messageRate;
+  const connectionRate = own.connectionRate ?? def.connectionRate;
+  const retryMs = own.retryMs ?? def.retryMs;
+  if (messageRate) p.messageRate = { count: messageRate.count, perMs: messageRate.perMs };
+  if (connectionRate) p.connectionRate = { count: connectionRate.count, perMs: connectionRate.perMs };
+  if (retryMs) p.retryMs = retryMs;
+  return p;
+}
+
+/** Loads and checks every DKIM key of the configuration; throws DkimKeyError (exit 78) on a bad one. */
+export function makeSigner(config: Config): DkimSigner | undefined {
+  if (config.dkim.keys.length === 0) return undefined;
+  return DkimSigner.create({
+    keys: config.dkim.keys.map((k) => ({ domain: k.domain, selector: k.selector, privateKeyPem: readKeyFile(k.keyFile) })),
+    ...(config.dkim.headers ? { headers: config.dkim.headers } : {}),
+    oversign: config.dkim.oversign,
+    canonicalization: config.dkim.canonicalization,
+    ...(config.dkim.expireAfterMs > 0 ? { expireAfterMs: config.dkim.expireAfterMs } : {}),
+    domainMap: config.dkim.domainMap,
+  });
+}
+
+export class Engine {
+  private stopping: Promise<void> | undefined;
+  private signer: DkimSigner | undefined;
+
+  private constructor(
+    public config: Config,
+    readonly log: Logger,
+    readonly metrics: Metrics,
+    readonly spool: Spool,
+    readonly deliveryLog: DeliveryLog,
+    readonly deliverer: Deliverer,
+    readonly scheduler: Scheduler,
+    readonly pipeline: AcceptPipeline,
+    private readonly delivering: boolean,
+  ) {}
+
+  static async start(config: Config, opts: EngineOptions): Promise<Engine> {
+    const { log } = opts;
+    const metrics = opts.metrics ?? new Metrics();
+    if (!opts.metrics) registerProcessMetrics(metrics, pkg.version);
+    const signer = makeSigner(config); // before the lock: a bad key is a config error, not a half-start
+    const spool = await Spool.open({
+      dir: config.spool.dir,
+      sync: config.spool.sync,
+      segmentSizeBytes: config.spool.segmentSizeBytes,
+      compactBelowLiveRatio: config.spool.compactBelowLiveRatio,
+      bodyCacheBytes: config.spool.bodyCacheBytes,
+      log: log.withTag("spool"),
+      metrics,
+    });
+    const r = spool.recovery;
+    log.info("spool open", {
+      dir: config.spool.dir,
+      messages: r.messages,
+      segments: r.segments,
+      damaged: r.damaged.length,
+      truncatedBytes: r.truncatedBytes,
+      ms: Math.round(r.ms),
+    });
+    for (const d of r.damaged) log.warn("damaged spool record skipped", { ...d });
+    const deliveryLog = new DeliveryLog(config.log.deliveriesFile);
+    const resolver = createResolver({
+      servers: config.dns.servers,
+      timeoutMs: config.dns.timeoutMs,
+      attempts: config.dns.attempts,
+      metrics,
+    });
+    const t = config.delivery.timeouts;
+    const deliverer = new Deliverer({
+      timeouts: { ...t, idleMs: config.delivery.idleTimeoutMs },
+      maxMessagesPerConnection: config.delivery.domains.default.maxMessagesPerConnection,
+      idleTimeoutMs: config.delivery.idleTimeoutMs,
+      log: log.withTag("deliverer"),
+      metrics,
+    });
+    const route = makeRouter(config, resolver);
+    const scheduler = new Scheduler({
+      spool,
+      deliverer,
+      route: (d) => route(d),
+      hostname: config.hostname,
+      retryMs: config.delivery.retryMs,
+      maxAgeMs: config.delivery.maxAgeMs,
+      delayWarningMs: config.delivery.delayWarningMs,
+      maxConnections: config.delivery.maxConnections,
+      policyFor: (d) => policyFor(engine.config, d),
+      onEvent: (e) => deliveryLog.write({ ...e }),
+      log: log.withTag("scheduler"),
+      metrics,
+    });
+    const pipeline = new AcceptPipeline({
+      spool,
+      queue: scheduler,
+      deliveryLog,
+      log: log.withTag("accept"),
+      metrics,
+      sign: signer ? (m) => engine.sign(m) : undefined,
+    });
+    const delivering = opts.deliver !== false;
+    const engine = new Engine(config, log, metrics, spool, deliveryLog, deliverer, scheduler, pipeline, delivering);
+    engine.signer = signer;
+    if (delivering) scheduler.start();
+    return engine;
+  }
+
+  private sign(message: Uint8Array): Uint8Array {
+    return this.signer ? this.signer.sign(message) : message;
+  }
+
+  /** Applies a new, validated configuration to the delivery side: policies, DKIM keys, delivery log file. */
+  reload(config: Config): void {
+    this.signer = makeSigner(config);
+    this.config = config;
+    this.deliveryLog.reopen();
+  }
+
+  async stop(graceMs = 1500): Promise<void> {
+    this.stopping ??= (async () => {
+      if (this.delivering) await this.scheduler.stop(graceMs);
+      await this.deliverer.close();
+      this.deliveryLog.close();
+      await this.spool.close();
+    })();
+    return this.stopping;
+  }
+}

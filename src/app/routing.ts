@@ -1,0 +1,49 @@
+/**
+ * From a destination domain to the hosts to try: static routes (`delivery.routes`) first, else DNS.
+ *
+ * Owns: route lookup order (the exact domain, then each parent domain, then "*"), turning a route's
+ * host names into addresses (A/AAAA, no MX: like Postfix's `[host]:port`), the route's AUTH and TLS.
+ * Does not own: MX logic (dns/), what to do with the result (scheduler/).
+ */
+import { isIP } from "node:net";
+import type { Config, RouteConfig } from "../config/index.ts";
+import { resolveDestination, type Resolver, type RouteResult } from "../dns/index.ts";
+
+export type Routed = RouteResult & { auth?: { username: string; password: string }; tls?: RouteConfig["tls"] };
+
+export function findRoute(routes: Config["delivery"]["routes"], domain: string): RouteConfig | undefined {
+  let d = domain.toLowerCase();
+  for (;;) {
+    const r = routes[d];
+    if (r) return r;
+    const dot = d.indexOf(".");
+    if (dot < 0) break;
+    d = d.slice(dot + 1);
+  }
+  return routes["*"];
+}
+
+export function makeRouter(config: Config, resolver: Resolver): (domain: string) => Promise<Routed> {
+  const prefer = config.dns.prefer;
+  const families: (4 | 6)[] = prefer === "ipv6" ? [6, 4] : [4, 6];
+  return async (domain) => {
+    const route = findRoute(config.delivery.routes, domain);
+    if (!route) return resolveDestination(resolver, domain, { prefer });
+    const hosts: Extract<RouteResult, { kind: "hosts" }>["hosts"] = [];
+    const problems: string[] = [];
+    for (const [i, h] of route.hosts.entries()) {
+      if (isIP(h.host)) {
+        hosts.push({ name: h.host, ip: h.host, port: h.port, preference: i });
+        continue;
+      }
+      for (const f of families) {
+        const r = await resolver.addresses(h.host, f);
+        if (r.kind === "ok") for (const ip of r.addresses) hosts.push({ name: h.host, ip, port: h.port, preference: i });
+        else problems.push(`${h.host}: ${r.kind === "error" ? r.error : r.kind}`);
+      }
+    }
+    const extra = { ...(route.auth ? { auth: route.auth } : {}), ...(route.tls ? { tls: route.tls } : {}) };
+    if (hosts.length === 0) return { kind: "transient", reason: `static route for ${domain}: ${problems.join(", ")}`, ...extra };
+    return { kind: "hosts", hosts, ...extra };
+  };
+}
