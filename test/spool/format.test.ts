@@ -1,0 +1,94 @@
+import { expect, test } from "bun:test";
+import { newMessageId } from "../../src/lib/index.ts";
+import {
+  checkRecord,
+  decodeMessage,
+  decodeOutcome,
+  encodeMessage,
+  encodeOutcome,
+  joinId,
+  newRecordHead,
+  peekRecord,
+  splitId,
+} from "../../src/spool/_format.ts";
+
+const message = {
+  idMs: 1_700_000_000_123,
+  idCounter: 12345,
+  arrivalMs: 1_700_000_000_000,
+  attempts: 2,
+  nextAttemptMs: 1_700_000_600_000,
+  sender: "",
+  destination: "example.test",
+  recipients: [
+    { address: "a@example.test", state: 0 },
+    {
+      address: "b@example.test",
+      notify: ["FAILURE" as const, "DELAY" as const],
+      orcpt: "rfc822;b@x",
+      state: 1,
+      lastReply: "250 2.0.0 ok",
+    },
+  ],
+  attributes: { envid: "E1", "client-ip": "127.0.0.1", ümlaut: "wert" },
+  body: new TextEncoder().encode("Subject: x\r\n\r\nbody\r\n"),
+};
+
+test("a MESSAGE record decodes to exactly what was encoded", () => {
+  const bytes = encodeMessage(message);
+  const dv = new DataView(bytes.buffer, bytes.byteOffset);
+  expect(checkRecord(bytes, dv, 0, bytes.length)).toBe(bytes.length);
+  const back = decodeMessage(bytes, 0, bytes.length);
+  expect(back).toEqual({ ...message, body: back.body });
+  expect(Array.from(back.body)).toEqual(Array.from(message.body));
+  const h = newRecordHead();
+  peekRecord(bytes, 0, bytes.length, h);
+  expect([h.destination, h.recipientCount, h.states.slice(0, 2), h.bodyBytes, h.attempts]).toEqual([
+    "example.test",
+    2,
+    [0, 1],
+    message.body.length,
+    2,
+  ]);
+});
+
+test("an OUTCOME record decodes to exactly what was encoded", () => {
+  const o = {
+    idMs: 5,
+    idCounter: 6,
+    attempts: 3,
+    nextAttemptMs: 99,
+    reason: "expired",
+    recipients: [{ state: 2, lastReply: "550 5.1.1 no" }, { state: 0 }],
+  };
+  const bytes = encodeOutcome(o);
+  expect(decodeOutcome(bytes, 0, bytes.length)).toEqual(o);
+});
+
+test("every single flipped bit of a record fails its check", () => {
+  const bytes = encodeMessage(message);
+  for (let i = 0; i < bytes.length; i++) {
+    for (const bit of [1, 128]) {
+      const copy = bytes.slice();
+      copy[i]! ^= bit;
+      const dv = new DataView(copy.buffer);
+      expect(checkRecord(copy, dv, 0, copy.length)).not.toBe(copy.length);
+    }
+  }
+});
+
+test("a truncated record asks for more bytes instead of decoding", () => {
+  const bytes = encodeMessage(message);
+  const dv = new DataView(bytes.buffer, bytes.byteOffset);
+  for (let n = 0; n < bytes.length; n++) expect(checkRecord(bytes, dv, 0, n)).toBe(0);
+});
+
+test("message ids survive the split into numbers and back", () => {
+  for (let i = 0; i < 1000; i++) {
+    const id = newMessageId();
+    const p = splitId(id)!;
+    expect(joinId(p.ms, p.counter)).toBe(id);
+  }
+  expect(splitId("not-an-id")).toBeUndefined();
+  expect(splitId("0000000000000I")).toBeUndefined();
+});
