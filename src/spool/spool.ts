@@ -376,7 +376,7 @@ export class Spool {
           rep.segmentsReclaimed++;
         }
       }
-      await this.maintenance;
+      await this.settle();
     }
     rep.ms = performance.now() - t0;
     if (rep.damaged.length > 0)
@@ -384,6 +384,15 @@ export class Spool {
     this.log?.info(
       `spool ${this.dir}: ${rep.messages} messages in ${rep.segments} segments recovered in ${rep.ms.toFixed(0)} ms`,
     );
+  }
+
+  /** Waits until the maintenance chain (deletes, compactions, and what they trigger) is idle. */
+  private async settle(): Promise<void> {
+    for (;;) {
+      const m = this.maintenance;
+      await m;
+      if (m === this.maintenance) return;
+    }
   }
 
   private addDep(from: number, to: number): void {
@@ -997,7 +1006,7 @@ export class Spool {
   /** Compacts every sealed segment below the live ratio and deletes every empty one, now. */
   async compact(): Promise<CompactReport> {
     if (this.closed || this.readOnly) throw new SpoolClosedError();
-    await this.maintenance;
+    await this.settle();
     const report: CompactReport = {
       segmentsCompacted: 0,
       messagesMoved: 0,
@@ -1020,7 +1029,7 @@ export class Spool {
       }
       this.considerSegment(seg);
     }
-    await this.maintenance;
+    await this.settle();
     for (const [seq, size] of before) {
       if (!this.segments.has(seq)) {
         report.segmentsDeleted++;
@@ -1036,7 +1045,7 @@ export class Spool {
     await this.writer.drained();
     await Promise.allSettled([...this.slotChains.values()]);
     this.closed = true;
-    await this.maintenance;
+    await this.settle();
     this.closeFds();
     this.lock?.release();
   }
