@@ -24,7 +24,7 @@ async function check(spool: Spool, model: Map<string, Model>): Promise<void> {
     const slot = spool.slotOf(id);
     expect(slot).toBeDefined();
     const env = spool.readEnvelope(slot!);
-    expect(env.recipients.map((r) => r.state)).toEqual(m.states);
+    expect(env.recipients.map((r) => r.state as string)).toEqual(m.states);
     expect(env.recipients.map((r) => r.lastReply)).toEqual(m.replies);
     expect(env.attempts).toBe(m.attempts);
   }
