@@ -1,0 +1,248 @@
+/**
+ * Test harness for the scheduler: a real spool in a temp dir, a real Deliverer, a ManualClock, and a
+ * loopback SMTP peer that delays its replies and counts concurrent sessions.
+ */
+import fs from "node:fs";
+import net from "node:net";
+import os from "node:os";
+import path from "node:path";
+import { Deliverer, RFC5321_TIMEOUTS } from "../../src/deliverer/index.ts";
+import { ManualClock } from "../../src/lib/index.ts";
+import { Metrics, silentLogger } from "../../src/observe/index.ts";
+import {
+  type DestinationEvent,
+  type DestinationPolicy,
+  Scheduler,
+  type SchedulerEvent,
+  type SchedulerOptions,
+  type SchedulerRoute,
+} from "../../src/scheduler/index.ts";
+import { type NewMessage, Spool } from "../../src/spool/index.ts";
+
+export const FAST = {
+  ...RFC5321_TIMEOUTS,
+  connectMs: 1000,
+  greetingMs: 1000,
+  ehloMs: 1000,
+  mailMs: 1000,
+  rcptMs: 1000,
+  dataInitMs: 1000,
+  dataBlockMs: 1000,
+  dataDoneMs: 2000,
+  rsetMs: 1000,
+  quitMs: 300,
+};
+
+export const POLICY: DestinationPolicy = {
+  maxConnections: 5,
+  maxMessagesPerConnection: 100,
+  tls: "off",
+  tlsVerify: false,
+};
+
+export interface Harness extends AsyncDisposable {
+  dir: string;
+  clock: ManualClock;
+  spool: Spool;
+  deliverer: Deliverer;
+  scheduler: Scheduler;
+  metrics: Metrics;
+  events: SchedulerEvent[];
+  destinationEvents: DestinationEvent[];
+  /** Where each destination goes; tests may change it between attempts. */
+  routes: Map<string, SchedulerRoute>;
+  /** Appends a message to the spool and enqueues it. */
+  send(m: Partial<NewMessage> & { to: string[] }): Promise<{ id: string; slot: number }>;
+  /** Advances the clock, runs what is due, and waits until the scheduler is idle. */
+  advance(ms: number): Promise<void>;
+  /** Stops the scheduler and closes the spool, keeping the directory (for restart tests). */
+  shutdown(): Promise<void>;
+  reopen(overrides?: Partial<SchedulerOptions>): Promise<void>;
+}
+
+export function hostsRoute(port: number): SchedulerRoute {
+  return { kind: "hosts", hosts: [{ name: "peer.test", ip: "127.0.0.1", port }] };
+}
+
+export async function harness(opts: {
+  port: number;
+  overrides?: Partial<SchedulerOptions>;
+  policy?: Partial<DestinationPolicy>;
+  dir?: string;
+}): Promise<Harness> {
+  const dir = opts.dir ?? fs.mkdtempSync(path.join(os.tmpdir(), "mta-sched-"));
+  const clock = new ManualClock();
+  const metrics = new Metrics();
+  const events: SchedulerEvent[] = [];
+  const destinationEvents: DestinationEvent[] = [];
+  const routes = new Map<string, SchedulerRoute>();
+  const deliverer = new Deliverer({
+    timeouts: FAST,
+    maxMessagesPerConnection: 1000,
+    idleTimeoutMs: 5000,
+    log: silentLogger(),
+  });
+  const make = async (overrides?: Partial<SchedulerOptions>) => {
+    const spool = await Spool.open({ dir, sync: false, clock });
+    const scheduler = new Scheduler({
+      spool,
+      deliverer,
+      route: async (d) => routes.get(d) ?? hostsRoute(opts.port),
+      hostname: "mta.test",
+      retryMs: [60_000, 300_000],
+      maxAgeMs: 24 * 3_600_000,
+      delayWarningMs: 0,
+      maxConnections: 20,
+      policyFor: () => ({ ...POLICY, ...opts.policy }),
+      random: () => 0.5, // no jitter: exact retry times
+      clock,
+      log: silentLogger(),
+      metrics,
+      onEvent: (e) => events.push(e),
+      onDestinationEvent: (e) => destinationEvents.push(e),
+      ...opts.overrides,
+      ...overrides,
+    });
+    return { spool, scheduler };
+  };
+  let { spool, scheduler } = await make();
+  scheduler.start();
+  const h: Harness = {
+    dir,
+    clock,
+    get spool() {
+      return spool;
+    },
+    deliverer,
+    get scheduler() {
+      return scheduler;
+    },
+    metrics,
+    events,
+    destinationEvents,
+    routes,
+    async send(m) {
+      const stored = await spool.append({
+        sender: m.sender ?? "alice@sender.test",
+        destination: m.destination ?? m.to[0]!.split("@")[1]!,
+        recipients: m.recipients ?? m.to.map((address) => ({ address })),
+        attributes: m.attributes ?? {},
+        body: m.body ?? new TextEncoder().encode("Subject: test\r\nFrom: alice@sender.test\r\n\r\nHello\r\n"),
+      });
+      scheduler.enqueue(stored.slot);
+      return stored;
+    },
+    async advance(ms) {
+      clock.advance(ms);
+      scheduler.tick();
+      await scheduler.idle();
+    },
+    async shutdown() {
+      await scheduler.stop(2000);
+      await spool.close();
+    },
+    async reopen(overrides) {
+      ({ spool, scheduler } = await make(overrides));
+      scheduler.start();
+    },
+    async [Symbol.asyncDispose]() {
+      await scheduler.stop(2000);
+      await deliverer.close();
+      await spool.close().catch(() => {});
+      fs.rmSync(dir, { recursive: true, force: true });
+    },
+  };
+  return h;
+}
+
+export interface CountingPeer extends AsyncDisposable {
+  port: number;
+  /** Open sessions right now, and the most ever open at once. */
+  open: number;
+  maxOpen: number;
+  sessions: number;
+  /** Accepted messages: envelope sender, recipients, and the time the DATA ended (real ms). */
+  messages: { from: string; to: string[]; body: string }[];
+  /** Reply to each RCPT (default 250). */
+  rcpt: (to: string) => string;
+}
+
+/** A minimal SMTP server (no PIPELINING) that answers DATA after `dataDelayMs` and counts sessions. */
+export async function countingPeer(dataDelayMs: number): Promise<CountingPeer> {
+  const sockets = new Set<net.Socket>();
+  const peer: CountingPeer = {
+    port: 0,
+    open: 0,
+    maxOpen: 0,
+    sessions: 0,
+    messages: [],
+    rcpt: () => "250 2.1.5 ok",
+    async [Symbol.asyncDispose]() {
+      for (const s of sockets) s.destroy();
+      await new Promise<void>((r) => server.close(() => r()));
+    },
+  };
+  const server = net.createServer((sock) => {
+    sockets.add(sock);
+    peer.sessions++;
+    peer.open++;
+    peer.maxOpen = Math.max(peer.maxOpen, peer.open);
+    sock.on("close", () => {
+      peer.open--;
+      sockets.delete(sock);
+    });
+    sock.on("error", () => {});
+    let buf = "";
+    let inData = false;
+    let from = "";
+    let to: string[] = [];
+    sock.write("220 counting.test ESMTP\r\n");
+    sock.on("data", (chunk) => {
+      buf += chunk.toString("latin1");
+      for (;;) {
+        if (inData) {
+          const end = buf.indexOf("\r\n.\r\n");
+          if (end < 0) return;
+          const body = buf.slice(0, end + 2);
+          buf = buf.slice(end + 5);
+          inData = false;
+          const msg = { from, to, body };
+          setTimeout(() => {
+            peer.messages.push(msg);
+            if (!sock.destroyed) sock.write("250 2.0.0 queued\r\n");
+          }, dataDelayMs);
+          continue;
+        }
+        const nl = buf.indexOf("\r\n");
+        if (nl < 0) return;
+        const line = buf.slice(0, nl);
+        buf = buf.slice(nl + 2);
+        if (process.env.PEER_DEBUG) console.log(`peer ${peer.sessions} <`, line);
+        const verb = line.slice(0, 4).toUpperCase();
+        if (verb === "EHLO") sock.write("250-counting.test\r\n250 8BITMIME\r\n");
+        else if (verb === "HELO") sock.write("250 counting.test\r\n");
+        else if (verb === "MAIL") {
+          from = /<([^>]*)>/.exec(line)?.[1] ?? "";
+          to = [];
+          sock.write("250 2.1.0 ok\r\n");
+        } else if (verb === "RCPT") {
+          const addr = /<([^>]*)>/.exec(line)?.[1] ?? "";
+          const r = peer.rcpt(addr);
+          if (r.startsWith("2")) to.push(addr);
+          sock.write(`${r}\r\n`);
+        } else if (verb === "DATA") {
+          inData = true;
+          sock.write("354 go ahead\r\n");
+        } else if (verb === "RSET" || verb === "NOOP") sock.write("250 2.0.0 ok\r\n");
+        else if (verb === "QUIT") {
+          sock.write("221 2.0.0 bye\r\n");
+          sock.end();
+          return;
+        } else sock.write("500 5.5.2 what\r\n");
+      }
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  peer.port = (server.address() as net.AddressInfo).port;
+  return peer;
+}
