@@ -586,7 +586,8 @@ export class Scheduler {
 
   private lift(d: Destination, reason: string): void {
     d.suspendedUntilMs = 0;
-    d.window.reset();
+    // After a dead site, start small again (slow start); an operator's or a rule's pause keeps the window.
+    if (d.suspendKind === "site") d.window.reset();
     this.opts.log.info("destination resumed", { destination: d.name, reason });
     this.emitDestination({ type: "resumption", destination: d.name, reason });
   }
