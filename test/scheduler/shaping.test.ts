@@ -211,3 +211,16 @@ test("an operator's suspension holds mail until resume; a timed one ends by itse
     "resumption",
   ]);
 });
+
+test("stop() starts nothing new and waits for the attempt in flight, whose outcome is recorded", async () => {
+  await using peer = await countingPeer(150);
+  await using h = await harness({ port: peer.port, policy: { maxConnections: 1, initialWindow: 1 } });
+  await h.send({ to: ["a@dest.test"] });
+  await h.send({ to: ["b@dest.test"] });
+  while (h.scheduler.activeConnections() === 0) await Bun.sleep(5);
+  await h.scheduler.stop(5000);
+  expect(h.scheduler.activeConnections()).toBe(0);
+  expect(peer.messages.map((m) => m.to[0])).toEqual(["a@dest.test"]);
+  expect(h.events.map((e) => `${e.type}:${e.recipient}`)).toEqual(["delivery:a@dest.test"]);
+  expect(h.spool.messageCount).toBe(1); // b stays in the spool for the next start
+});
