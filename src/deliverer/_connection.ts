@@ -10,7 +10,7 @@
  */
 import type { Socket, SocketHandler } from "bun";
 import { latin1Decoder } from "../lib/index.ts";
-import { parseReplyLines, type SmtpReply } from "./_protocol.ts";
+import { parseReplyLines, type SmtpReply } from "../smtp/index.ts";
 
 export type ReadResult =
   | { ok: true; reply: SmtpReply }

@@ -9,7 +9,7 @@
 import { type Clock, systemClock } from "../lib/index.ts";
 import type { Logger, Metrics } from "../observe/index.ts";
 import { ConnectionPool } from "./_pool.ts";
-import { reply, replyText, type SmtpReply } from "./_protocol.ts";
+import { reply, replyText, type SmtpReply } from "../smtp/index.ts";
 import {
   type AttemptTarget,
   type OpenSession,

@@ -19,8 +19,8 @@ import {
   reply,
   type ServerCapabilities,
   type SmtpReply,
-  xtext,
-} from "./_protocol.ts";
+  xtextEncode,
+} from "../smtp/index.ts";
 
 export interface Timeouts {
   connectMs: number;
@@ -259,7 +259,7 @@ function rcptCommand(caps: ServerCapabilities, rc: OutboundMessage["recipients"]
   if (caps.dsn) {
     if (rc.notify && rc.notify.length > 0) cmd += ` NOTIFY=${rc.notify.join(",")}`;
     // ORCPT arrives as received (`rfc822;xtext`); a bare address is encoded here (RFC 3461 §4.2).
-    if (rc.orcpt) cmd += ` ORCPT=${rc.orcpt.includes(";") ? rc.orcpt : `rfc822;${xtext(rc.orcpt)}`}`;
+    if (rc.orcpt) cmd += ` ORCPT=${rc.orcpt.includes(";") ? rc.orcpt : `rfc822;${xtextEncode(rc.orcpt)}`}`;
   }
   return cmd;
 }

@@ -1,5 +1,6 @@
 export type { AttemptResult, DelivererOptions } from "./_deliverer.ts";
 export { Deliverer, RFC5321_TIMEOUTS } from "./_deliverer.ts";
-export type { ReplyClass, ServerCapabilities, SmtpReply } from "./_protocol.ts";
-export { classifyReply, dotStuff, parseEhlo, parseReplyLines } from "./_protocol.ts";
+// Re-exported for callers that only know the deliverer; the protocol lives in smtp/.
+export type { ReplyClass, ServerCapabilities, SmtpReply } from "../smtp/index.ts";
+export { classifyReply, dotStuff, parseEhlo, parseReplyLines } from "../smtp/index.ts";
 export type { AttemptTarget, OutboundMessage, RecipientResult, Timeouts } from "./_session.ts";
