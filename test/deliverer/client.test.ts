@@ -322,3 +322,17 @@ test("source address: the connection is bound to the configured local IP", async
   expect(r.recipients[0]!.kind).toBe("delivered");
   expect(p.sessions[0]!.remoteAddress.replace(/^::ffff:/, "")).toBe("127.0.0.7");
 });
+
+test("a server that stops reading mid-DATA trips the data block timeout: transient", async () => {
+  const p = await peer({ stopReadingInData: true, ehlo: ["PIPELINING"] });
+  const big = new Uint8Array(32 * 1024 * 1024).fill(120);
+  for (let i = 998; i < big.length; i += 1000) {
+    big[i] = 13;
+    big[i + 1] = 10;
+  }
+  const d = deliverer({ timeouts: { ...FAST, dataBlockMs: 200 } });
+  const r = await d.deliver(target(p), message(["a@x.test"], { body: big }));
+  expect(r.recipients[0]).toMatchObject({ kind: "transient", reply: { enhanced: "4.4.2" } });
+  expect(r.recipients[0]!.reply.lines.join()).toContain("stalled");
+  expect(d.idleConnections()).toBe(0);
+});

@@ -20,6 +20,8 @@ export interface PeerScript {
   mail?: (from: string, params: string, session: PeerSession) => Action;
   rcpt?: (to: string, params: string, session: PeerSession) => Action;
   data?: (session: PeerSession) => Action;
+  /** Stop reading from the socket once DATA is accepted (the client's writes back up). */
+  stopReadingInData?: boolean;
   /** Drop the connection after this many bytes of message data. */
   dropAfterDataBytes?: number;
   dataDone?: (message: PeerMessage, session: PeerSession) => Action;
@@ -179,7 +181,12 @@ export async function startScriptedPeer(script: PeerScript = {}): Promise<Script
           inData = true;
           dataBytes = 0;
         }
-        return send(a);
+        const sent = send(a);
+        if (inData && script.stopReadingInData) {
+          sock.pause();
+          stalled = true;
+        }
+        return sent;
       }
       if (verb === "RSET") {
         current = undefined;
