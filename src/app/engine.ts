@@ -125,6 +125,7 @@ export class Engine {
       maxConnections: config.delivery.maxConnections,
       policyFor: (d) => policyFor(engine.config, d),
       onEvent: (e) => deliveryLog.write({ ...e }),
+      onDestinationEvent: (e) => deliveryLog.write({ ...e }),
       log: log.withTag("scheduler"),
       metrics,
     });

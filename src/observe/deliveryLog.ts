@@ -2,7 +2,8 @@
  * The delivery log: one JSON object per line for every event in a message's life.
  *
  * Owns: the append-only log file (`log.deliveries`), buffered writes, reopen on SIGHUP (for logrotate).
- * Events: reception, delivery, transient-failure, bounce, expiration, dsn, admin-bounce, admin-delete.
+ * Events: reception, delivery, transient-failure, bounce, expiration, dsn, delay-warning, admin-bounce,
+ * admin-delete, and per destination: suspension, resumption, rule.
  * Invariant: a line is written after the spool recorded the event it describes, never before.
  */
 import { closeSync, mkdirSync, openSync, writeSync } from "node:fs";
@@ -17,11 +18,15 @@ export type DeliveryEventType =
   | "dsn"
   | "delay-warning"
   | "admin-bounce"
-  | "admin-delete";
+  | "admin-delete"
+  | "suspension"
+  | "resumption"
+  | "rule";
 
 export interface DeliveryEvent {
   type: DeliveryEventType;
-  id: string;
+  /** The message id; destination events (suspension, resumption, rule) name a destination instead. */
+  id?: string;
   [field: string]: unknown;
 }
 
