@@ -1,0 +1,795 @@
+/**
+ * Queue operations: every `mta queue` command as a method over a spool and, in a live daemon, its
+ * scheduler. The same object answers the control API (live) and the CLI's local mode (stopped spool).
+ *
+ * Owns: selecting messages (by id, destination, sender, state, age), the JSON shapes of every
+ * command's answer, administrative bounce and delete (recorded in the spool with reason
+ * "admin-bounce" / "admin-delete", a DSN for a bounce, a delivery-log line for each).
+ * Does not own: the queues themselves (scheduler/), bytes on disk (spool/), transport (_queueClient.ts).
+ * Invariants:
+ * - every answer is plain JSON (no undefined, no Infinity), identical in shape live and offline;
+ * - an action first records in the spool, then logs and queues a DSN (the delivery log's rule);
+ * - live, a destination's messages are bounced or deleted only while no attempt to it is in flight:
+ *   it is suspended and drained first, because an attempt in flight would record its outcome on the
+ *   slot, which the spool may already have handed to a new message;
+ * - suspensions live in the scheduler's memory: offline `suspend`/`resume` are refused, never faked.
+ */
+import {
+  buildDsn,
+  type DsnRecipient,
+  diagnosticFromReply,
+  isNullSender,
+  statusFromReply,
+  wantsDsn,
+} from "../bounce/index.ts";
+import { type Clock, errorMessage, MtaError, systemClock } from "../lib/index.ts";
+import type { Counter, DeliveryLog, Logger, Metrics } from "../observe/index.ts";
+import type { DestinationSummary } from "../scheduler/index.ts";
+import type { CompactReport, Spool, SpoolStats, StoredMessage, VerifyReport } from "../spool/index.ts";
+import { verifySpool } from "../spool/index.ts";
+
+/** An error of a queue command, with the HTTP status the control API answers it with. */
+export class QueueError extends MtaError {
+  override name = "QueueError";
+  constructor(
+    code: "usage" | "data" | "unavailable" | "runtime",
+    message: string,
+    readonly status: number,
+  ) {
+    super(code, message);
+  }
+}
+
+/** What QueueOps needs of a live scheduler (the real `Scheduler` has all of it). */
+export interface LiveScheduler {
+  summary(): DestinationSummary[];
+  flush(target: { destination?: string; id?: string }): number;
+  suspend(destination: string, forMs?: number, reason?: string): void;
+  resume(destination: string): void;
+  enqueue(slot: number): void;
+}
+
+export interface QueueOpsOptions {
+  spool: Spool;
+  /** The running scheduler; absent offline (a stopped spool opened by the CLI). */
+  scheduler?: LiveScheduler;
+  deliveryLog?: DeliveryLog;
+  /** Reporting-MTA of admin-bounce DSNs. */
+  hostname: string;
+  log?: Logger;
+  clock?: Clock;
+  /** Registers the `mta_queue_*` series (queue depth, bytes, oldest age, admin actions). */
+  metrics?: Metrics;
+  /** How long a bounce/delete waits for attempts in flight to a destination to end. Default 30 s. */
+  drainTimeoutMs?: number;
+}
+
+export const SORT_KEYS = ["messages", "recipients", "bytes", "oldest", "next", "destination"] as const;
+export type SortKey = (typeof SORT_KEYS)[number];
+
+export const MESSAGE_STATES = ["active", "deferred", "held"] as const;
+/** active: due now (ready or being attempted); deferred: waiting for its next attempt; held: its destination is suspended. */
+export type MessageState = (typeof MESSAGE_STATES)[number];
+
+export interface SummaryRow {
+  destination: string;
+  messages: number;
+  /** Pending recipients. */
+  recipients: number;
+  bytes: number;
+  oldestMs: number | null;
+  nextAttemptMs: number | null;
+  activeConnections: number;
+  /** active | idle | suspended | backoff | throttled. */
+  state: string;
+  reason: string | null;
+  untilMs: number | null;
+  lastError: string | null;
+}
+
+export interface QueueSummary {
+  nowMs: number;
+  sort: SortKey;
+  totals: {
+    destinations: number;
+    messages: number;
+    recipients: number;
+    bytes: number;
+    oldestMs: number | null;
+    activeConnections: number;
+  };
+  /** Rows left out by `top`. */
+  omitted: number;
+  destinations: SummaryRow[];
+}
+
+export interface Selector {
+  id?: string;
+  destination?: string;
+  sender?: string;
+  state?: MessageState;
+  /** Arrived at least this long ago. */
+  olderThanMs?: number;
+}
+
+export interface MessageRow {
+  id: string;
+  destination: string;
+  sender: string;
+  recipients: number;
+  pendingRecipients: number;
+  bytes: number;
+  arrivalMs: number;
+  attempts: number;
+  nextAttemptMs: number;
+  state: MessageState;
+}
+
+export interface MessageList {
+  nowMs: number;
+  /** All matches, even those past `limit`. */
+  matched: number;
+  messages: MessageRow[];
+}
+
+export interface MessageDetail {
+  id: string;
+  destination: string;
+  sender: string;
+  arrivalMs: number;
+  attempts: number;
+  nextAttemptMs: number;
+  state: MessageState;
+  bytes: number;
+  recipients: {
+    address: string;
+    state: string;
+    lastReply: string | null;
+    notify: string[] | null;
+    orcpt: string | null;
+  }[];
+  attributes: Record<string, string>;
+  headers: { name: string; value: string }[];
+  /** The message as text (bytes as Latin-1) when asked for. */
+  body?: string;
+}
+
+export interface ActionResult {
+  action: "bounce" | "delete";
+  /** Messages the selector matches now. */
+  matched: number;
+  /** Whether it acted (`yes`) or only counted. */
+  done: boolean;
+  /** Messages bounced or deleted. */
+  affected: number;
+  recipients: number;
+  dsns: number;
+  /** Up to 20 matching ids, for a look before `--yes`. */
+  sample: string[];
+  /** Messages that could not be changed (an error each), e.g. a spool write error. */
+  failed: { id: string; error: string }[];
+}
+
+export interface FlushResult {
+  /** Messages made due now. */
+  flushed: number;
+  /** true: the running scheduler retries now; false: recorded in the spool for the next start. */
+  live: boolean;
+}
+
+export type StatsResult = SpoolStats & { dir: string };
+
+/** The answer to `suspend`/`resume` without a daemon. */
+export function daemonNeeded(what: string): QueueError {
+  return new QueueError(
+    "unavailable",
+    `${what} needs a running daemon: suspensions live in the daemon's memory, not in the spool (start mta serve, then run this again)`,
+    503,
+  );
+}
+
+function nullable<T>(v: T | undefined): T | null {
+  return v === undefined || (typeof v === "number" && !Number.isFinite(v)) ? null : v;
+}
+
+/** The header block of a message, unfolded (RFC 5322 §2.2.3), as Latin-1 text. */
+export function parseHeaders(body: Uint8Array): { name: string; value: string }[] {
+  const text = Buffer.from(body.buffer, body.byteOffset, Math.min(body.byteLength, 256 * 1024)).toString(
+    "latin1",
+  );
+  const end = text.search(/\r?\n\r?\n/);
+  const head = end >= 0 ? text.slice(0, end) : text;
+  const out: { name: string; value: string }[] = [];
+  for (const line of head.split(/\r?\n/)) {
+    const last = out[out.length - 1];
+    if (/^[ \t]/.test(line) && last) {
+      last.value += ` ${line.trim()}`;
+      continue;
+    }
+    const colon = line.indexOf(":");
+    if (colon <= 0) continue;
+    out.push({ name: line.slice(0, colon), value: line.slice(colon + 1).trim() });
+  }
+  return out;
+}
+
+const ADMIN_BOUNCE_REPLY = { code: 554, enhanced: "5.0.0", lines: ["message bounced by the administrator"] };
+const ADMIN_DELETE_REPLY = "554 5.0.0 message deleted by the administrator";
+
+function domainOf(address: string): string {
+  const at = address.lastIndexOf("@");
+  return (at >= 0 ? address.slice(at + 1) : address).toLowerCase();
+}
+
+function eightBit(bytes: Uint8Array): boolean {
+  for (let i = 0; i < bytes.length; i++) if (bytes[i]! > 0x7f) return true;
+  return false;
+}
+
+export class QueueOps {
+  readonly spool: Spool;
+  private readonly scheduler: LiveScheduler | undefined;
+  private readonly clock: Clock;
+  /** Destinations being drained by an action, so two actions on one destination do not resume it early. */
+  private readonly draining = new Map<string, Promise<unknown>>();
+  private readonly adminCounter: Counter | undefined;
+
+  constructor(private readonly opts: QueueOpsOptions) {
+    this.spool = opts.spool;
+    this.scheduler = opts.scheduler;
+    this.clock = opts.clock ?? systemClock;
+    const m = opts.metrics;
+    if (m) {
+      this.adminCounter = m.counter(
+        "mta_queue_admin_messages_total",
+        "Messages bounced or deleted by the operator, by action",
+      );
+      // One pass over the in-RAM index per scrape (about 10 ms per million messages); no label per
+      // destination, whose number is unbounded.
+      let cache: { atMs: number; recipients: number; bytes: number; oldestMs: number } | undefined;
+      const scan = () => {
+        const now = this.clock.now();
+        if (cache && now - cache.atMs < 1000) return cache;
+        const sp = this.spool;
+        let recipients = 0;
+        let bytes = 0;
+        let oldestMs = Number.POSITIVE_INFINITY;
+        sp.forEachLive((slot) => {
+          recipients += sp.pendingRecipientsOf(slot);
+          bytes += sp.sizeOf(slot);
+          const a = sp.arrivalOf(slot);
+          if (a < oldestMs) oldestMs = a;
+        });
+        cache = { atMs: now, recipients, bytes, oldestMs };
+        return cache;
+      };
+      m.gauge("mta_queue_messages", "Messages in the queue (live in the spool)", (set) =>
+        set(this.spool.messageCount),
+      );
+      m.gauge("mta_queue_recipients", "Pending recipients in the queue", (set) => set(scan().recipients));
+      m.gauge("mta_queue_bytes", "Body bytes of the messages in the queue", (set) => set(scan().bytes));
+      m.gauge(
+        "mta_queue_oldest_message_age_seconds",
+        "Age of the oldest message in the queue (0 when empty)",
+        (set) => {
+          const s = scan();
+          set(Number.isFinite(s.oldestMs) ? Math.max(0, (this.clock.now() - s.oldestMs) / 1000) : 0);
+        },
+      );
+    }
+  }
+
+  get live(): boolean {
+    return this.scheduler !== undefined;
+  }
+
+  // ------------------------------------------------------------------ read-only
+
+  /** Per destination, like qshape / KumoMTA's queue-summary: one pass over the in-RAM index. */
+  summary(opts: { sort?: SortKey; top?: number } = {}): QueueSummary {
+    const sort = opts.sort ?? "messages";
+    if (!SORT_KEYS.includes(sort))
+      throw new QueueError("usage", `sort must be one of ${SORT_KEYS.join(", ")}`, 400);
+    if (opts.top !== undefined && (!Number.isInteger(opts.top) || opts.top < 0))
+      throw new QueueError("usage", "top must be a whole number", 400);
+    const now = this.clock.now();
+    let rows: SummaryRow[];
+    if (this.scheduler) {
+      rows = this.scheduler.summary().map((s) => ({
+        destination: s.destination,
+        messages: s.messages,
+        recipients: s.recipients,
+        bytes: s.bytes,
+        oldestMs: nullable(s.oldestMs),
+        nextAttemptMs: nullable(s.nextAttemptMs),
+        activeConnections: s.activeConnections,
+        state: s.state,
+        reason: nullable(s.reason),
+        untilMs: nullable(s.untilMs),
+        lastError: nullable(s.lastError),
+      }));
+    } else {
+      const sp = this.spool;
+      const next = new Map<string, number>();
+      sp.forEachLive((slot) => {
+        const d = sp.destinationOf(slot);
+        const t = sp.nextAttemptOf(slot);
+        const cur = next.get(d);
+        if (cur === undefined || t < cur) next.set(d, t);
+      });
+      rows = [...sp.countsByDestination()].map(([destination, c]) => ({
+        destination,
+        messages: c.messages,
+        recipients: c.recipients,
+        bytes: c.bytes,
+        oldestMs: nullable(c.oldestMs),
+        nextAttemptMs: nullable(next.get(destination)),
+        activeConnections: 0,
+        state: "idle",
+        reason: null,
+        untilMs: null,
+        lastError: null,
+      }));
+    }
+    const totals = {
+      destinations: 0,
+      messages: 0,
+      recipients: 0,
+      bytes: 0,
+      oldestMs: null as number | null,
+      activeConnections: 0,
+    };
+    for (const r of rows) {
+      if (r.messages > 0) totals.destinations++;
+      totals.messages += r.messages;
+      totals.recipients += r.recipients;
+      totals.bytes += r.bytes;
+      totals.activeConnections += r.activeConnections;
+      if (r.oldestMs !== null && (totals.oldestMs === null || r.oldestMs < totals.oldestMs))
+        totals.oldestMs = r.oldestMs;
+    }
+    const byTime = (a: number | null, b: number | null) => (a ?? Infinity) - (b ?? Infinity);
+    const cmp: Record<SortKey, (a: SummaryRow, b: SummaryRow) => number> = {
+      messages: (a, b) => b.messages - a.messages,
+      recipients: (a, b) => b.recipients - a.recipients,
+      bytes: (a, b) => b.bytes - a.bytes,
+      oldest: (a, b) => byTime(a.oldestMs, b.oldestMs),
+      next: (a, b) => byTime(a.nextAttemptMs, b.nextAttemptMs),
+      destination: () => 0,
+    };
+    rows.sort(
+      (a, b) =>
+        cmp[sort](a, b) || (a.destination < b.destination ? -1 : a.destination > b.destination ? 1 : 0),
+    );
+    const top = opts.top ?? rows.length;
+    return {
+      nowMs: now,
+      sort,
+      totals,
+      omitted: Math.max(0, rows.length - top),
+      destinations: rows.slice(0, top),
+    };
+  }
+
+  private heldDestinations(): Set<string> {
+    const held = new Set<string>();
+    if (!this.scheduler) return held;
+    for (const s of this.scheduler.summary())
+      if (s.state === "suspended" || s.state === "backoff") held.add(s.destination);
+    return held;
+  }
+
+  private stateOf(slot: number, now: number, held: Set<string>): MessageState {
+    if (held.size > 0 && held.has(this.spool.destinationOf(slot))) return "held";
+    return this.spool.nextAttemptOf(slot) <= now ? "active" : "deferred";
+  }
+
+  private checkSelector(sel: Selector): void {
+    if (sel.state !== undefined && !MESSAGE_STATES.includes(sel.state))
+      throw new QueueError("usage", `state must be one of ${MESSAGE_STATES.join(", ")}`, 400);
+    if (sel.olderThanMs !== undefined && !(Number.isFinite(sel.olderThanMs) && sel.olderThanMs >= 0))
+      throw new QueueError("usage", "older-than must be a duration", 400);
+  }
+
+  /** Live slots matching `sel`, in slot order. Reads envelopes from disk only for a sender filter. */
+  private select(sel: Selector, now: number): number[] {
+    this.checkSelector(sel);
+    const sp = this.spool;
+    if (sel.id !== undefined) {
+      const slot = sp.slotOf(sel.id);
+      return slot !== undefined && sp.isLive(slot) ? [slot] : [];
+    }
+    const held = sel.state !== undefined ? this.heldDestinations() : new Set<string>();
+    const sender = sel.sender?.toLowerCase();
+    const out: number[] = [];
+    sp.forEachLive((slot) => {
+      if (sel.destination !== undefined && sp.destinationOf(slot) !== sel.destination) return;
+      if (sel.olderThanMs !== undefined && now - sp.arrivalOf(slot) < sel.olderThanMs) return;
+      if (sel.state !== undefined && this.stateOf(slot, now, held) !== sel.state) return;
+      if (sender !== undefined) {
+        try {
+          if (sp.readEnvelope(slot).sender.toLowerCase() !== sender) return;
+        } catch {
+          return;
+        }
+      }
+      out.push(slot);
+    });
+    return out;
+  }
+
+  /** Messages matching the filters, oldest first, at most `limit` (default 1000) of them. */
+  list(sel: Selector & { limit?: number } = {}): MessageList {
+    const now = this.clock.now();
+    const limit = sel.limit ?? 1000;
+    if (!Number.isInteger(limit) || limit < 0)
+      throw new QueueError("usage", "limit must be a whole number", 400);
+    const sp = this.spool;
+    const slots = this.select(sel, now);
+    slots.sort((a, b) => sp.arrivalOf(a) - sp.arrivalOf(b) || (sp.idOf(a) < sp.idOf(b) ? -1 : 1));
+    const held = this.heldDestinations();
+    const messages: MessageRow[] = [];
+    for (const slot of slots.slice(0, limit)) {
+      let env: StoredMessage;
+      try {
+        env = sp.readEnvelope(slot);
+      } catch {
+        continue;
+      }
+      messages.push({
+        id: env.id,
+        destination: env.destination,
+        sender: env.sender,
+        recipients: env.recipients.length,
+        pendingRecipients: sp.pendingRecipientsOf(slot),
+        bytes: env.sizeBytes,
+        arrivalMs: env.arrivalMs,
+        attempts: env.attempts,
+        nextAttemptMs: env.nextAttemptMs,
+        state: this.stateOf(slot, now, held),
+      });
+    }
+    return { nowMs: now, matched: slots.length, messages };
+  }
+
+  /** One message: envelope, recipients with their state and last reply, header; the body on request. */
+  async show(id: string, opts: { body?: boolean } = {}): Promise<MessageDetail> {
+    const sp = this.spool;
+    const slot = sp.slotOf(id);
+    if (slot === undefined || !sp.isLive(slot))
+      throw new QueueError("data", `no message ${id} in the queue`, 404);
+    const { message: m, body } = await sp.read(slot);
+    const d: MessageDetail = {
+      id: m.id,
+      destination: m.destination,
+      sender: m.sender,
+      arrivalMs: m.arrivalMs,
+      attempts: m.attempts,
+      nextAttemptMs: m.nextAttemptMs,
+      state: this.stateOf(slot, this.clock.now(), this.heldDestinations()),
+      bytes: m.sizeBytes,
+      recipients: m.recipients.map((r) => ({
+        address: r.address,
+        state: r.state,
+        lastReply: nullable(r.lastReply),
+        notify: nullable(r.notify),
+        orcpt: nullable(r.orcpt),
+      })),
+      attributes: m.attributes,
+      headers: parseHeaders(body),
+    };
+    if (opts.body) d.body = Buffer.from(body.buffer, body.byteOffset, body.byteLength).toString("latin1");
+    return d;
+  }
+
+  stats(): StatsResult {
+    const s = this.spool.stats();
+    // A spool opened read-only has no active segment of its own: the newest one is the daemon's.
+    if (s.activeSegment === "") s.activeSegment = this.spool.segmentInfo().at(-1)?.name ?? "";
+    return { dir: this.spool.dir, ...s };
+  }
+
+  /** Checks every record of every segment; read-only, safe next to the running daemon. */
+  verify(): Promise<VerifyReport> {
+    return verifySpool(this.spool.dir);
+  }
+
+  // ------------------------------------------------------------------ actions
+
+  compact(): Promise<CompactReport> {
+    return this.spool.compact();
+  }
+
+  /**
+   * Retry now: one message (by id), one destination's, or all. Live, the scheduler moves them to the
+   * ready queues (and lifts a site backoff); offline, the next attempt time is recorded in the spool so
+   * that the next start tries them at once.
+   */
+  async flush(target: { destination?: string; id?: string } = {}): Promise<FlushResult> {
+    const sp = this.spool;
+    if (target.id !== undefined) {
+      const slot = sp.slotOf(target.id);
+      if (slot === undefined || !sp.isLive(slot))
+        throw new QueueError("data", `no message ${target.id} in the queue`, 404);
+    }
+    if (this.scheduler) return { flushed: this.scheduler.flush(target), live: true };
+    const now = this.clock.now();
+    const slots = this.select(
+      {
+        ...(target.id !== undefined ? { id: target.id } : {}),
+        ...(target.destination !== undefined ? { destination: target.destination } : {}),
+      },
+      now,
+    ).filter((slot) => sp.nextAttemptOf(slot) > now);
+    await Promise.all(
+      slots.map((slot) =>
+        sp.recordOutcome(slot, {
+          recipients: [],
+          attempts: sp.attemptsOf(slot),
+          nextAttemptMs: now,
+          reason: "admin-flush",
+        }),
+      ),
+    );
+    return { flushed: slots.length, live: false };
+  }
+
+  private needScheduler(what: string): LiveScheduler {
+    if (!this.scheduler) throw daemonNeeded(what);
+    return this.scheduler;
+  }
+
+  suspend(
+    destination: string,
+    forMs?: number,
+    reason?: string,
+  ): { destination: string; untilMs: number | null } {
+    if (!destination) throw new QueueError("usage", "suspend needs a destination", 400);
+    if (forMs !== undefined && !(Number.isFinite(forMs) && forMs > 0))
+      throw new QueueError("usage", "for must be a positive duration", 400);
+    this.needScheduler("suspend").suspend(destination, forMs, reason ?? "suspended by operator");
+    return { destination, untilMs: forMs === undefined ? null : this.clock.now() + forMs };
+  }
+
+  resume(destination: string): { destination: string } {
+    if (!destination) throw new QueueError("usage", "resume needs a destination", 400);
+    this.needScheduler("resume").resume(destination);
+    return { destination };
+  }
+
+  bounce(sel: Selector, opts: { yes?: boolean } = {}): Promise<ActionResult> {
+    return this.act("bounce", sel, opts.yes === true);
+  }
+
+  delete(sel: Selector, opts: { yes?: boolean } = {}): Promise<ActionResult> {
+    return this.act("delete", sel, opts.yes === true);
+  }
+
+  private async act(action: "bounce" | "delete", sel: Selector, yes: boolean): Promise<ActionResult> {
+    if (
+      sel.id === undefined &&
+      sel.destination === undefined &&
+      sel.sender === undefined &&
+      sel.olderThanMs === undefined &&
+      sel.state === undefined
+    )
+      throw new QueueError(
+        "usage",
+        `${action} needs a selector: id, destination, sender, state or older-than`,
+        400,
+      );
+    const sp = this.spool;
+    const now = this.clock.now();
+    const slots = this.select(sel, now);
+    const result: ActionResult = {
+      action,
+      matched: slots.length,
+      done: yes,
+      affected: 0,
+      recipients: 0,
+      dsns: 0,
+      sample: slots.slice(0, 20).map((s) => sp.idOf(s)),
+      failed: [],
+    };
+    if (!yes || slots.length === 0) return result;
+    const ids = slots.map((s) => sp.idOf(s));
+    const destinations = [...new Set(slots.map((s) => sp.destinationOf(s)))];
+    const sched = this.scheduler;
+    if (!sched) {
+      await this.apply(action, ids, result);
+      return result;
+    }
+    // Live: hold the destinations still while the spool changes under them (see the invariants).
+    const release = await this.holdDestinations(sched, destinations);
+    try {
+      await this.apply(action, ids, result);
+    } finally {
+      release();
+    }
+    return result;
+  }
+
+  /** Suspends the destinations that are not already, waits until no attempt to them is in flight. */
+  private async holdDestinations(sched: LiveScheduler, destinations: string[]): Promise<() => void> {
+    // One action per destination at a time: wait for an earlier one to release it.
+    for (const d of destinations) await this.draining.get(d);
+    const prior = new Map(sched.summary().map((s) => [s.destination, s]));
+    const mine: string[] = [];
+    for (const d of destinations) {
+      const p = prior.get(d);
+      // Already suspended by the operator or a rule: keep that suspension (a bounce rule still attempts).
+      if (p?.state === "suspended" && !p.reason?.startsWith("bouncing")) continue;
+      sched.suspend(d, undefined, "held for an administrative action");
+      mine.push(d);
+    }
+    let done!: () => void;
+    const p = new Promise<void>((r) => (done = r));
+    for (const d of mine) this.draining.set(d, p);
+    const release = () => {
+      for (const d of mine) {
+        this.draining.delete(d);
+        sched.resume(d);
+      }
+      done();
+    };
+    const want = new Set(destinations);
+    const deadline = performance.now() + (this.opts.drainTimeoutMs ?? 30_000);
+    for (;;) {
+      const busy = sched.summary().filter((s) => want.has(s.destination) && s.activeConnections > 0);
+      if (busy.length === 0) return release;
+      if (performance.now() > deadline) {
+        release();
+        throw new QueueError(
+          "unavailable",
+          `attempts to ${busy.map((b) => b.destination).join(", ")} are still in flight; nothing was changed, try again`,
+          503,
+        );
+      }
+      await Bun.sleep(10);
+    }
+  }
+
+  private async apply(action: "bounce" | "delete", ids: string[], result: ActionResult): Promise<void> {
+    // Bounded concurrency: the group commit batches the records; reads stay a few at a time.
+    const queue = [...ids];
+    const workers = Array.from({ length: Math.min(64, queue.length) }, async () => {
+      for (let id = queue.shift(); id !== undefined; id = queue.shift()) {
+        try {
+          const n = action === "bounce" ? await this.bounceOne(id, result) : await this.deleteOne(id);
+          if (n > 0) {
+            result.affected++;
+            result.recipients += n;
+            this.adminCounter?.inc({ action });
+          }
+        } catch (err) {
+          result.failed.push({ id, error: errorMessage(err) });
+        }
+      }
+    });
+    await Promise.all(workers);
+    this.opts.deliveryLog?.flush();
+  }
+
+  /** Returns the number of recipients bounced (0 when the message is gone meanwhile). */
+  private async bounceOne(id: string, result: ActionResult): Promise<number> {
+    const sp = this.spool;
+    const slot = sp.slotOf(id);
+    if (slot === undefined || !sp.isLive(slot)) return 0;
+    const { message: m, body } = await sp.read(slot);
+    const pending = m.recipients.flatMap((r, index) => (r.state === "pending" ? [{ r, index }] : []));
+    if (pending.length === 0) return 0;
+    const now = this.clock.now();
+    const text = `${ADMIN_BOUNCE_REPLY.code} ${ADMIN_BOUNCE_REPLY.enhanced} ${ADMIN_BOUNCE_REPLY.lines[0]}`;
+    await sp.recordOutcome(slot, {
+      recipients: pending.map(({ index }) => ({ index, state: "failed", reply: text })),
+      attempts: m.attempts,
+      reason: "admin-bounce",
+    });
+    const dsn: DsnRecipient[] = [];
+    for (const { r } of pending) {
+      this.opts.deliveryLog?.write({
+        type: "admin-bounce",
+        id,
+        destination: m.destination,
+        sender: m.sender,
+        recipient: r.address,
+        code: ADMIN_BOUNCE_REPLY.code,
+        enhanced: ADMIN_BOUNCE_REPLY.enhanced,
+        text: ADMIN_BOUNCE_REPLY.lines[0],
+        attempt: m.attempts,
+        queueTimeMs: now - m.arrivalMs,
+        size: m.sizeBytes,
+      });
+      if (!wantsDsn(r.notify, "failed", m.sender)) continue;
+      const entry: DsnRecipient = {
+        address: r.address,
+        action: "failed",
+        status: statusFromReply(ADMIN_BOUNCE_REPLY, "permanent"),
+        diagnostic: r.lastReply ? `smtp; ${r.lastReply}` : diagnosticFromReply(ADMIN_BOUNCE_REPLY),
+      };
+      if (r.orcpt) entry.orcpt = r.orcpt;
+      dsn.push(entry);
+    }
+    if (dsn.length > 0 && !isNullSender(m.sender)) {
+      if (await this.sendDsn(m, body, dsn, now)) result.dsns++;
+    }
+    return pending.length;
+  }
+
+  /** Like the scheduler's DSNs: from <> to the original sender, queued for delivery. */
+  private async sendDsn(
+    m: StoredMessage,
+    original: Uint8Array,
+    recipients: DsnRecipient[],
+    now: number,
+  ): Promise<boolean> {
+    const a = m.attributes;
+    const bytes = buildDsn({
+      reportingMta: this.opts.hostname,
+      originalMessageId: m.id,
+      ...(a.envid ? { envId: a.envid } : {}),
+      ...(a.ret === "FULL" || a.ret === "HDRS" ? { ret: a.ret } : {}),
+      arrivalMs: m.arrivalMs,
+      nowMs: now,
+      sender: m.sender,
+      recipients,
+      original,
+    });
+    try {
+      const stored = await this.spool.append({
+        sender: "",
+        destination: domainOf(m.sender),
+        recipients: [{ address: m.sender }],
+        attributes: { dsn: m.id, body: eightBit(bytes) ? "8BITMIME" : "7BIT" },
+        body: bytes,
+      });
+      this.opts.deliveryLog?.write({
+        type: "dsn",
+        id: m.id,
+        destination: domainOf(m.sender),
+        sender: "",
+        recipient: m.sender,
+        dsnId: stored.id,
+        action: "failed",
+        reason: "admin-bounce",
+        size: bytes.length,
+      });
+      this.scheduler?.enqueue(stored.slot);
+      return true;
+    } catch (err) {
+      // The bounce is recorded; a lost DSN is the lesser harm (as in the scheduler).
+      this.opts.log?.error("could not queue a DSN for an admin bounce", {
+        id: m.id,
+        error: errorMessage(err),
+      });
+      return false;
+    }
+  }
+
+  private async deleteOne(id: string): Promise<number> {
+    const sp = this.spool;
+    const slot = sp.slotOf(id);
+    if (slot === undefined || !sp.isLive(slot)) return 0;
+    const env = sp.readEnvelope(slot);
+    const pending = env.recipients.flatMap((r, index) => (r.state === "pending" ? [{ r, index }] : []));
+    if (pending.length === 0) return 0;
+    await sp.recordOutcome(slot, {
+      recipients: pending.map(({ index }) => ({ index, state: "failed", reply: ADMIN_DELETE_REPLY })),
+      attempts: env.attempts,
+      reason: "admin-delete",
+    });
+    const now = this.clock.now();
+    for (const { r } of pending) {
+      this.opts.deliveryLog?.write({
+        type: "admin-delete",
+        id,
+        destination: env.destination,
+        sender: env.sender,
+        recipient: r.address,
+        queueTimeMs: now - env.arrivalMs,
+        size: env.sizeBytes,
+      });
+    }
+    return pending.length;
+  }
+}
