@@ -28,7 +28,7 @@ export function makeRouter(config: Config, resolver: Resolver): (domain: string)
   const families: (4 | 6)[] = prefer === "ipv6" ? [6, 4] : [4, 6];
   return async (domain) => {
     const route = findRoute(config.delivery.routes, domain);
-    if (!route) return resolveDestination(resolver, domain, { prefer });
+    if (!route) return resolveDestination(resolver, domain, { prefer, port: config.delivery.port });
     const hosts: Extract<RouteResult, { kind: "hosts" }>["hosts"] = [];
     const problems: string[] = [];
     for (const [i, h] of route.hosts.entries()) {

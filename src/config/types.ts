@@ -60,6 +60,8 @@ export interface DeliveryConfig {
   routes: Record<string, RouteConfig>;
   retryMs: number[];
   maxAgeMs: number;
+  /** TCP port of the remote mail exchangers found through MX (25; other values only for test setups). */
+  port: number;
   delayWarningMs: number;
   maxConnections: number;
   idleTimeoutMs: number;
@@ -195,6 +197,7 @@ export function buildConfig(raw: RawConfig, source: string, baseDir: string): Co
       routes,
       retryMs: d.retry.map(dur),
       maxAgeMs: dur(d.max_age),
+      port: d.port,
       delayWarningMs: dur(d.delay_warning),
       maxConnections: d.max_connections,
       idleTimeoutMs: dur(d.idle_timeout),

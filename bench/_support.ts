@@ -1,0 +1,215 @@
+/**
+ * Shared pieces of the benchmarks: the mta binary as a child, Postfix's smtp-source/smtp-sink, CPU
+ * accounting from /proc, the Postfix anchor (bench/postfix/*.sh), and printing a table of figures.
+ * Benchmarks print numbers with their conditions; they never pass or fail.
+ */
+import { spawn, spawnSync } from "bun";
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { cpus, tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { freePort, SMTP_SINK, SMTP_SOURCE } from "../test/support/sink.ts";
+
+export { freePort, SMTP_SINK, SMTP_SOURCE };
+export const ROOT = resolve(import.meta.dir, "..");
+export const MTA = join(ROOT, "dist/mta");
+export const POSTFIX_DIR = join(ROOT, "bench/postfix");
+
+export function machine(): string {
+  const c = cpus();
+  return `${c.length} × ${c[0]?.model ?? "cpu"}, ${Math.round(Number(readFileSync("/proc/meminfo", "utf8").match(/MemTotal:\s+(\d+)/)?.[1] ?? 0) / 1024 / 1024)} GiB, Bun ${Bun.version}`;
+}
+
+export function tmp(prefix: string): { path: string; [Symbol.dispose](): void } {
+  const path = mkdtempSync(join(tmpdir(), prefix));
+  return { path, [Symbol.dispose]: () => rmSync(path, { recursive: true, force: true }) };
+}
+
+/** CPU seconds (user + system) of a process and its reaped children. */
+export function cpuSeconds(pid: number): number {
+  try {
+    const s = readFileSync(`/proc/${pid}/stat`, "utf8");
+    const f = s.slice(s.lastIndexOf(")") + 2).split(" ");
+    const hz = 100;
+    return (Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14])) / hz;
+  } catch {
+    return Number.NaN;
+  }
+}
+
+export function rssBytes(pid: number): number {
+  try {
+    const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
+    return m ? Number(m[1]) * 1024 : Number.NaN;
+  } catch {
+    return Number.NaN;
+  }
+}
+
+export interface BenchMta extends AsyncDisposable {
+  pid: number;
+  smtpPort: number;
+  controlPort: number;
+  lines: string[];
+  stop(): Promise<void>;
+}
+
+/** Starts dist/mta serve with a config written from `yaml` (JSON logs, ports from the start line). */
+export async function startBenchMta(dir: string, yaml: string): Promise<BenchMta> {
+  if (!existsSync(MTA)) throw new Error("dist/mta is missing: run `npm run build` first");
+  const file = join(dir, "mta.yaml");
+  await Bun.write(file, yaml);
+  const proc = spawn([MTA, "serve", "-c", file], { stdout: "ignore", stderr: "pipe", stdin: "ignore" });
+  const lines: string[] = [];
+  const reader = (async () => {
+    let buf = "";
+    for await (const chunk of proc.stderr) {
+      buf += new TextDecoder().decode(chunk);
+      let i = buf.indexOf("\n");
+      while (i >= 0) {
+        lines.push(buf.slice(0, i));
+        buf = buf.slice(i + 1);
+        i = buf.indexOf("\n");
+      }
+    }
+  })();
+  const end = Date.now() + 60_000;
+  let start: { listeners: string[]; control: string } | undefined;
+  while (!start) {
+    for (const l of lines) {
+      if (l.includes('started"') || l.includes(" started")) {
+        try {
+          const rec = JSON.parse(l);
+          if (String(rec.msg).endsWith(" started")) start = rec;
+        } catch {}
+      }
+    }
+    if (proc.exitCode !== null) throw new Error(`mta exited ${proc.exitCode}: ${lines.join("\n")}`);
+    if (Date.now() > end) throw new Error(`mta did not start: ${lines.join("\n")}`);
+    await Bun.sleep(20);
+  }
+  const stop = async () => {
+    if (proc.exitCode === null) proc.kill("SIGTERM");
+    await proc.exited;
+    await reader;
+  };
+  return {
+    pid: proc.pid,
+    smtpPort: Number(start.listeners[0]!.split(":").pop()),
+    controlPort: Number(start.control.split(":").pop()),
+    lines,
+    stop,
+    [Symbol.asyncDispose]: stop,
+  };
+}
+
+export interface SourceRun {
+  wallS: number;
+  rate: number;
+  ok: boolean;
+  output: string;
+}
+
+/** smtp-source -N: `count` messages of `sizeBytes` over `sessions` concurrent sessions. */
+export function smtpSource(opts: {
+  host: string;
+  port: number;
+  count: number;
+  sizeBytes: number;
+  sessions: number;
+  to: string;
+  from?: string;
+}): SourceRun {
+  if (!SMTP_SOURCE) throw new Error("smtp-source is not installed (apt-get install postfix)");
+  const t0 = performance.now();
+  const r = spawnSync(
+    [
+      SMTP_SOURCE,
+      "-N",
+      "-s",
+      String(opts.sessions),
+      "-m",
+      String(opts.count),
+      "-l",
+      String(opts.sizeBytes),
+      "-f",
+      opts.from ?? "a@example.com",
+      "-t",
+      opts.to,
+      `${opts.host}:${opts.port}`,
+    ],
+    { stdout: "pipe", stderr: "pipe" },
+  );
+  const wallS = (performance.now() - t0) / 1000;
+  return { wallS, rate: opts.count / wallS, ok: r.exitCode === 0, output: r.stdout.toString() + r.stderr.toString() };
+}
+
+export function postfixInstalled(): boolean {
+  return existsSync("/usr/sbin/postfix") && Boolean(SMTP_SOURCE);
+}
+
+/** Runs one of the Postfix anchor scripts; returns the last raw.tsv line's msgs/s, or NaN. */
+export function postfixAnchor(script: string, args: string[], env: Record<string, string> = {}): { rate: number; line: string } {
+  const resultsDir = mkdtempSync(join(tmpdir(), "pf-results-"));
+  const r = spawnSync(["bash", join(POSTFIX_DIR, script), ...args], {
+    env: { ...process.env, RESULTS_DIR: resultsDir, ...env },
+    stdout: "pipe",
+    stderr: "pipe",
+  });
+  let line = "";
+  try {
+    const raw = readFileSync(join(resultsDir, "raw.tsv"), "utf8").trim().split("\n");
+    line = raw.length > 1 ? raw[raw.length - 1]! : "";
+  } catch {}
+  rmSync(resultsDir, { recursive: true, force: true });
+  const rate = line ? Number(line.split("\t")[9]) : Number.NaN;
+  if (!line) process.stderr.write(r.stderr.toString());
+  return { rate, line };
+}
+
+export function setupPostfix(): boolean {
+  if (!postfixInstalled()) return false;
+  const r = spawnSync(["bash", join(POSTFIX_DIR, "setup-postfix.sh")], { stdout: "pipe", stderr: "pipe" });
+  return r.exitCode === 0;
+}
+
+export function stopPostfix(): void {
+  spawnSync(["postfix", "stop"], { stdout: "ignore", stderr: "ignore" });
+}
+
+export function fmt(n: number, digits = 0): string {
+  if (!Number.isFinite(n)) return "-";
+  return n.toLocaleString("en-US", { maximumFractionDigits: digits, minimumFractionDigits: digits });
+}
+
+export interface Row {
+  figure: string;
+  conditions: string;
+  mta: number;
+  postfix?: number;
+  unit: string;
+}
+
+export function printTable(title: string, rows: Row[]): string {
+  const lines = [
+    `## ${title}`,
+    "",
+    `Machine: ${machine()}; ${new Date().toISOString()}`,
+    "",
+    "| figure | conditions | mta | Postfix | ratio |",
+    "|---|---|---:|---:|---:|",
+    ...rows.map((r) => {
+      const ratio = r.postfix && Number.isFinite(r.postfix) && r.postfix > 0 ? `${(r.mta / r.postfix).toFixed(1)}×` : "-";
+      return `| ${r.figure} | ${r.conditions} | ${fmt(r.mta, r.mta < 10 ? 2 : 0)} ${r.unit} | ${r.postfix === undefined ? "-" : `${fmt(r.postfix, r.postfix < 10 ? 2 : 0)} ${r.unit}`} | ${ratio} |`;
+    }),
+  ];
+  const text = lines.join("\n");
+  console.log(text);
+  return text;
+}
+
+export function median(xs: number[]): number {
+  const s = [...xs].filter(Number.isFinite).sort((a, b) => a - b);
+  if (s.length === 0) return Number.NaN;
+  const m = Math.floor(s.length / 2);
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+}
