@@ -1,0 +1,429 @@
+/**
+ * `mta queue`: what is queued, where, why, and the levers to act on it.
+ *
+ * Owns: the subcommands' arguments, human tables (default) and `--json` output, exit codes
+ * (verify with damage 65; usage 64; no daemon for suspend/resume, or a locked spool, 69).
+ * Does not own: the operations (app/'s QueueOps) or how they reach the spool (app/'s QueueClient:
+ * the daemon's control API when one answers at control.address, else the spool directory).
+ */
+import { defineCommand } from "citty";
+import ms from "ms";
+import {
+  type ActionResult,
+  MESSAGE_STATES,
+  type MessageState,
+  openQueueClient,
+  type QueueClient,
+  SORT_KEYS,
+  type Selector,
+  type SortKey,
+} from "../app/queue.ts";
+import { findConfigPath, loadConfig } from "../config/index.ts";
+import { EXIT, formatBytes, isMessageId, MtaError, UsageError } from "../lib/index.ts";
+import { configArg } from "./_args.ts";
+
+const common = {
+  ...configArg,
+  json: { type: "boolean", description: "Print JSON (the control API's answer) instead of a table" },
+  local: {
+    type: "boolean",
+    description: "Open the spool directly even when a daemon answers on control.address",
+  },
+} as const;
+
+async function client(args: { config?: string; local?: boolean }): Promise<QueueClient> {
+  const { config } = loadConfig(findConfigPath(args.config));
+  return openQueueClient(config, args.local ? { prefer: "local" } : {});
+}
+
+function print(text: string): void {
+  process.stdout.write(text.endsWith("\n") ? text : `${text}\n`);
+}
+
+function printJson(v: unknown): void {
+  print(JSON.stringify(v, null, 2));
+}
+
+function duration(text: string | undefined, what: string): number | undefined {
+  if (text === undefined || text === "") return undefined;
+  const v = /^\d+$/.test(text) ? Number(text) * 1000 : ms(text as ms.StringValue);
+  if (typeof v !== "number" || !Number.isFinite(v) || v < 0)
+    throw new UsageError(`${what} must be a duration such as 90s, 15m, 2h or 3d, not "${text}"`);
+  return v;
+}
+
+function wholeNumber(text: string | undefined, what: string): number | undefined {
+  if (text === undefined || text === "") return undefined;
+  if (!/^\d+$/.test(text)) throw new UsageError(`${what} must be a whole number, not "${text}"`);
+  return Number(text);
+}
+
+/** "3h12m", "45s", "2d4h": short ages for tables. */
+export function shortAge(msValue: number): string {
+  const s = Math.max(0, Math.round(msValue / 1000));
+  if (s < 60) return `${s}s`;
+  const m = Math.floor(s / 60);
+  if (m < 60) return `${m}m${s % 60 ? `${s % 60}s` : ""}`;
+  const h = Math.floor(m / 60);
+  if (h < 48) return `${h}h${m % 60 ? `${m % 60}m` : ""}`;
+  const d = Math.floor(h / 24);
+  return `${d}d${h % 24 ? `${h % 24}h` : ""}`;
+}
+
+function when(atMs: number | null, nowMs: number): string {
+  if (atMs === null) return "-";
+  return atMs <= nowMs ? "now" : `in ${shortAge(atMs - nowMs)}`;
+}
+
+/** A plain table: left-aligned text, right-aligned numbers. */
+export function table(header: string[], rows: (string | number)[][]): string {
+  const cells = [header, ...rows.map((r) => r.map(String))];
+  const numeric = header.map((_, i) => rows.length > 0 && rows.every((r) => typeof r[i] === "number"));
+  const widths = header.map((_, i) => Math.max(...cells.map((r) => (r[i] ?? "").length)));
+  return cells
+    .map((r) =>
+      r
+        .map((c, i) => (numeric[i] ? c.padStart(widths[i]!) : i === r.length - 1 ? c : c.padEnd(widths[i]!)))
+        .join("  ")
+        .trimEnd(),
+    )
+    .join("\n");
+}
+
+const selectorArgs = {
+  id: { type: "string", description: "One message by queue id" },
+  destination: { type: "string", description: "Messages to this destination (recipient domain)" },
+  sender: { type: "string", description: "Messages from this envelope sender" },
+  state: { type: "string", description: `Messages in this state: ${MESSAGE_STATES.join(", ")}` },
+  "older-than": { type: "string", description: "Messages that arrived at least this long ago (e.g. 1h)" },
+} as const;
+
+function selector(args: {
+  id?: string;
+  destination?: string;
+  sender?: string;
+  state?: string;
+  "older-than"?: string;
+}): Selector {
+  const sel: Selector = {};
+  if (args.id) sel.id = args.id;
+  if (args.destination) sel.destination = args.destination.toLowerCase();
+  if (args.sender !== undefined) sel.sender = args.sender;
+  if (args.state) {
+    if (!MESSAGE_STATES.includes(args.state as MessageState))
+      throw new UsageError(`--state must be one of ${MESSAGE_STATES.join(", ")}, not "${args.state}"`);
+    sel.state = args.state as MessageState;
+  }
+  const older = duration(args["older-than"], "--older-than");
+  if (older !== undefined) sel.olderThanMs = older;
+  return sel;
+}
+
+const summary = defineCommand({
+  meta: {
+    name: "summary",
+    description: "Per destination: messages, recipients, bytes, oldest, next attempt, state",
+  },
+  args: {
+    ...common,
+    top: { type: "string", description: "Show only the first N destinations" },
+    sort: { type: "string", default: "messages", description: `Sort by ${SORT_KEYS.join(", ")}` },
+  },
+  async run({ args }) {
+    if (!SORT_KEYS.includes(args.sort as SortKey))
+      throw new UsageError(`--sort must be one of ${SORT_KEYS.join(", ")}, not "${args.sort}"`);
+    const top = wholeNumber(args.top, "--top");
+    const c = await client(args);
+    const s = await c.summary({ sort: args.sort as SortKey, ...(top !== undefined ? { top } : {}) });
+    if (args.json) return printJson(s);
+    const rows = s.destinations.map((r) => [
+      r.destination,
+      r.messages,
+      r.recipients,
+      formatBytes(r.bytes),
+      r.oldestMs === null ? "-" : shortAge(s.nowMs - r.oldestMs),
+      when(r.nextAttemptMs, s.nowMs),
+      r.activeConnections,
+      r.reason
+        ? `${r.state} (${r.reason}${r.untilMs !== null ? `, until ${when(r.untilMs, s.nowMs).slice(3)}` : ""})`
+        : r.state,
+      r.lastError ?? "",
+    ]);
+    const t = s.totals;
+    rows.push([
+      `TOTAL ${t.destinations} destination(s)`,
+      t.messages,
+      t.recipients,
+      formatBytes(t.bytes),
+      t.oldestMs === null ? "-" : shortAge(s.nowMs - t.oldestMs),
+      "",
+      t.activeConnections,
+      "",
+      "",
+    ]);
+    print(
+      table(
+        ["DESTINATION", "MSGS", "RCPTS", "BYTES", "OLDEST", "NEXT", "CONNS", "STATE", "LAST ERROR"],
+        rows,
+      ),
+    );
+    if (s.omitted > 0) print(`(${s.omitted} more destination(s); --top to show more)`);
+    if (c.mode === "local") print("(no daemon answered: read from the spool directory)");
+  },
+});
+
+const list = defineCommand({
+  meta: { name: "list", description: "Messages, oldest first, filtered" },
+  args: {
+    ...common,
+    destination: selectorArgs.destination,
+    sender: selectorArgs.sender,
+    state: selectorArgs.state,
+    "older-than": selectorArgs["older-than"],
+    limit: { type: "string", default: "1000", description: "At most this many messages" },
+  },
+  async run({ args }) {
+    const sel = selector(args);
+    const limit = wholeNumber(args.limit, "--limit");
+    const c = await client(args);
+    const r = await c.list({ ...sel, ...(limit !== undefined ? { limit } : {}) });
+    if (args.json) return printJson(r);
+    print(
+      table(
+        ["ID", "DESTINATION", "SENDER", "RCPTS", "SIZE", "AGE", "ATTEMPTS", "NEXT", "STATE"],
+        r.messages.map((m) => [
+          m.id,
+          m.destination,
+          m.sender || "<>",
+          `${m.pendingRecipients}/${m.recipients}`,
+          formatBytes(m.bytes),
+          shortAge(r.nowMs - m.arrivalMs),
+          m.attempts,
+          when(m.nextAttemptMs, r.nowMs),
+          m.state,
+        ]),
+      ),
+    );
+    print(
+      `${r.matched} message(s)${r.matched > r.messages.length ? `, first ${r.messages.length} shown` : ""}`,
+    );
+  },
+});
+
+const show = defineCommand({
+  meta: { name: "show", description: "One message: envelope, recipients with state and last reply, header" },
+  args: {
+    ...common,
+    id: { type: "positional", required: true, description: "Queue id" },
+    body: { type: "boolean", description: "Print the whole message too" },
+  },
+  async run({ args }) {
+    const c = await client(args);
+    const m = await c.show(args.id, { body: args.body === true });
+    if (args.json) return printJson(m);
+    const now = Date.now();
+    const lines = [
+      `id:           ${m.id}`,
+      `destination:  ${m.destination}`,
+      `sender:       ${m.sender || "<>"}`,
+      `arrived:      ${new Date(m.arrivalMs).toISOString()} (${shortAge(now - m.arrivalMs)} ago)`,
+      `size:         ${m.bytes} bytes`,
+      `attempts:     ${m.attempts}`,
+      `next attempt: ${new Date(m.nextAttemptMs).toISOString()} (${when(m.nextAttemptMs, now)})`,
+      `state:        ${m.state}`,
+      `attributes:   ${Object.entries(m.attributes)
+        .map(([k, v]) => `${k}=${v}`)
+        .join(" ")}`,
+      "recipients:",
+      ...m.recipients.map(
+        (r) => `  ${r.state.padEnd(9)} ${r.address}${r.lastReply ? `  last reply: ${r.lastReply}` : ""}`,
+      ),
+      "header:",
+      ...m.headers.map((h) => `  ${h.name}: ${h.value}`),
+    ];
+    print(lines.join("\n"));
+    if (m.body !== undefined) print(`\n${m.body}`);
+  },
+});
+
+const flush = defineCommand({
+  meta: { name: "flush", description: "Retry now: everything, one destination, or one message (by id)" },
+  args: {
+    ...common,
+    target: {
+      type: "positional",
+      required: false,
+      description: "A destination or a queue id (default: all)",
+    },
+  },
+  async run({ args }) {
+    const t = args.target;
+    const target =
+      t === undefined || t === "" ? {} : isMessageId(t) ? { id: t } : { destination: t.toLowerCase() };
+    const c = await client(args);
+    const r = await c.flush(target);
+    if (args.json) return printJson(r);
+    print(
+      r.live
+        ? `${r.flushed} message(s) due now`
+        : `${r.flushed} message(s) marked due now; the daemon tries them when it starts`,
+    );
+  },
+});
+
+const suspend = defineCommand({
+  meta: { name: "suspend", description: "No new attempts to a destination (needs the daemon)" },
+  args: {
+    ...common,
+    destination: { type: "positional", required: true, description: "Destination (recipient domain)" },
+    for: { type: "string", description: "For how long (e.g. 2h); default: until resume" },
+    reason: { type: "string", description: "Shown in the summary" },
+  },
+  async run({ args }) {
+    const forMs = duration(args.for, "--for");
+    const c = await client(args);
+    const r = await c.suspend(args.destination.toLowerCase(), forMs, args.reason);
+    if (args.json) return printJson(r);
+    print(
+      `${r.destination} suspended ${r.untilMs === null ? "until resumed" : `until ${new Date(r.untilMs).toISOString()}`}`,
+    );
+  },
+});
+
+const resume = defineCommand({
+  meta: { name: "resume", description: "Lift a suspension, backoff or throttle (needs the daemon)" },
+  args: {
+    ...common,
+    destination: { type: "positional", required: true, description: "Destination (recipient domain)" },
+  },
+  async run({ args }) {
+    const c = await client(args);
+    const r = await c.resume(args.destination.toLowerCase());
+    if (args.json) return printJson(r);
+    print(`${r.destination} resumed`);
+  },
+});
+
+function action(kind: "bounce" | "delete") {
+  return defineCommand({
+    meta: {
+      name: kind,
+      description:
+        kind === "bounce"
+          ? "Fail messages now with a DSN to their senders (counts first; --yes to act)"
+          : "Remove messages without a DSN (counts first; --yes to act)",
+    },
+    args: {
+      ...common,
+      ...selectorArgs,
+      yes: { type: "boolean", description: "Act (without it: only count)" },
+    },
+    async run({ args }) {
+      const sel = selector(args);
+      const c = await client(args);
+      const r: ActionResult =
+        kind === "bounce"
+          ? await c.bounce(sel, { yes: args.yes === true })
+          : await c.delete(sel, { yes: args.yes === true });
+      if (args.json) return printJson(r);
+      if (!r.done) {
+        print(
+          `${r.matched} message(s) match${r.sample.length ? `, e.g. ${r.sample.slice(0, 5).join(" ")}` : ""}`,
+        );
+        if (r.matched > 0) print(`nothing changed; run again with --yes to ${kind} them`);
+        return EXIT.ok;
+      }
+      const verb = kind === "bounce" ? "bounced" : "deleted";
+      print(
+        `${r.affected} of ${r.matched} message(s) ${verb} (${r.recipients} recipient(s)${kind === "bounce" ? `, ${r.dsns} DSN(s) queued` : ""})`,
+      );
+      for (const f of r.failed) print(`failed: ${f.id}: ${f.error}`);
+      if (r.failed.length > 0)
+        throw new MtaError("runtime", `${r.failed.length} message(s) could not be changed`);
+      return EXIT.ok;
+    },
+  });
+}
+
+const stats = defineCommand({
+  meta: { name: "stats", description: "Spool segments, live and dead bytes, messages, recipients by state" },
+  args: { ...common },
+  async run({ args }) {
+    const c = await client(args);
+    const s = await c.stats();
+    if (args.json) return printJson(s);
+    print(
+      [
+        `spool:        ${s.dir}`,
+        `segments:     ${s.segments} (active ${s.activeSegment || "-"})`,
+        `file bytes:   ${s.fileBytes} (${formatBytes(s.fileBytes)})`,
+        `live bytes:   ${s.liveBytes} (${formatBytes(s.liveBytes)})`,
+        `dead bytes:   ${s.deadBytes} (${formatBytes(s.deadBytes)})`,
+        `messages:     ${s.messages}`,
+        `destinations: ${s.destinations}`,
+        `recipients:   pending ${s.recipients.pending}, delivered ${s.recipients.delivered}, failed ${s.recipients.failed}`,
+        `group commit: ${s.groupCommit.batches} batch(es), ${s.groupCommit.recordsPerBatch.toFixed(1)} record(s) per batch`,
+        `compactions:  ${s.compactions}`,
+      ].join("\n"),
+    );
+  },
+});
+
+const verify = defineCommand({
+  meta: { name: "verify", description: "Check every record of every segment (exit 65 when damaged)" },
+  args: { ...common },
+  async run({ args }) {
+    const c = await client(args);
+    const r = await c.verify();
+    if (args.json) printJson(r);
+    else {
+      const lines = [
+        `spool ${r.dir}: ${r.segments.length} segment(s), ${r.records} record(s), ${formatBytes(r.fileBytes)}`,
+        `live: ${r.messages} message(s), ${r.recipients.pending} pending recipient(s), ${formatBytes(r.liveBytes)}`,
+        ...r.damaged.map((d) => `DAMAGED ${d.segment} offset ${d.offset} (${d.bytes} bytes): ${d.reason}`),
+      ];
+      if (r.tornTail)
+        lines.push(
+          `torn tail: ${r.tornTail.segment} from offset ${r.tornTail.offset} (${r.tornTail.bytes} bytes; a batch being written, or cut by a crash)`,
+        );
+      lines.push(r.ok ? "ok" : `${r.damaged.length} damaged record(s)`);
+      print(lines.join("\n"));
+    }
+    // Thrown, not returned: citty drops a subcommand's return value; _run.ts maps "data" to 65.
+    if (!r.ok) throw new MtaError("data", `${r.damaged.length} damaged record(s) in ${r.dir}`);
+    return EXIT.ok;
+  },
+});
+
+const compact = defineCommand({
+  meta: { name: "compact", description: "Compact sealed segments with little live data now" },
+  args: { ...common },
+  async run({ args }) {
+    const c = await client(args);
+    const r = await c.compact();
+    if (args.json) return printJson(r);
+    print(
+      `${r.segmentsCompacted} segment(s) compacted, ${r.messagesMoved} message(s) moved, ${r.segmentsDeleted} segment(s) deleted, ${formatBytes(r.bytesReclaimed)} reclaimed`,
+    );
+  },
+});
+
+export default defineCommand({
+  meta: {
+    name: "queue",
+    description: "Queue diagnostics and actions, through the running daemon or on the spool directly",
+  },
+  subCommands: {
+    summary,
+    list,
+    show,
+    flush,
+    suspend,
+    resume,
+    bounce: action("bounce"),
+    delete: action("delete"),
+    stats,
+    verify,
+    compact,
+  },
+});
