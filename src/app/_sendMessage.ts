@@ -1,0 +1,260 @@
+/**
+ * Turning a message as scripts write it (bare LF, maybe no Date/Message-ID/From, Bcc in the header) into
+ * one ready for the spool, and finding its recipients in the header for `-t`.
+ *
+ * Owns: CRLF normalization, header field splitting and unfolding, RFC 5322 address-list parsing
+ * (quoted strings, comments, groups, angle addresses), Bcc removal, the headers a message must carry,
+ * mail-merge placeholders (`{{name}}`).
+ * Invariant: the header is handled as Latin-1 so every byte of the body and of 8-bit header text survives.
+ */
+import { latin1Decoder } from "../lib/index.ts";
+import { messageIdFor } from "./compose.ts";
+
+const CR = 13;
+const LF = 10;
+
+/** Normalizes CR, LF and CRLF line ends to CRLF. Returns the input when it is already clean. */
+export function toCrlf(bytes: Uint8Array): Uint8Array {
+  let fix = 0;
+  for (let i = 0; i < bytes.length; i++) {
+    const b = bytes[i]!;
+    if (b === LF && (i === 0 || bytes[i - 1] !== CR)) fix++;
+    else if (b === CR && bytes[i + 1] !== LF) fix++;
+  }
+  if (fix === 0) return bytes;
+  const out = new Uint8Array(bytes.length + fix);
+  let o = 0;
+  for (let i = 0; i < bytes.length; i++) {
+    const b = bytes[i]!;
+    if (b === LF && (i === 0 || bytes[i - 1] !== CR)) {
+      out[o++] = CR;
+      out[o++] = LF;
+    } else if (b === CR && bytes[i + 1] !== LF) {
+      out[o++] = CR;
+      out[o++] = LF;
+    } else out[o++] = b;
+  }
+  return out;
+}
+
+export interface HeaderField {
+  name: string;
+  /** Unfolded value, without the leading space. */
+  value: string;
+  /** The raw field text including continuation lines and the final CRLF. */
+  raw: string;
+}
+
+export interface SplitMessage {
+  fields: HeaderField[];
+  /** Everything after the header: the empty line and the body (may be empty). */
+  rest: Uint8Array;
+}
+
+/** Splits a CRLF message into header fields and the rest. A header line without a colon ends the header. */
+export function splitMessage(msg: Uint8Array): SplitMessage {
+  const text = latin1Decoder.decode(msg.subarray(0, Math.min(msg.length, headerEnd(msg))));
+  const fields: HeaderField[] = [];
+  let pos = 0;
+  while (pos < text.length) {
+    let end = text.indexOf("\r\n", pos);
+    if (end < 0) end = text.length;
+    else end += 2;
+    while (end < text.length && (text[end] === " " || text[end] === "\t")) {
+      const n = text.indexOf("\r\n", end);
+      end = n < 0 ? text.length : n + 2;
+    }
+    const raw = text.slice(pos, end);
+    const colon = raw.indexOf(":");
+    if (colon <= 0 || /[\s]/.test(raw.slice(0, colon))) break;
+    fields.push({
+      name: raw.slice(0, colon),
+      value: raw
+        .slice(colon + 1)
+        .replace(/\r\n(?=[ \t])/g, "")
+        .replace(/\r\n$/, "")
+        .trim(),
+      raw,
+    });
+    pos = end;
+  }
+  let headerBytes = 0;
+  for (const f of fields) headerBytes += f.raw.length;
+  return { fields, rest: msg.subarray(headerBytes) };
+}
+
+/** Offset of the empty line that ends the header (or the length when there is none). */
+function headerEnd(msg: Uint8Array): number {
+  if (msg[0] === CR && msg[1] === LF) return 0;
+  for (let i = 0; i + 3 < msg.length; i++) {
+    if (msg[i] === CR && msg[i + 1] === LF && msg[i + 2] === CR && msg[i + 3] === LF) return i + 2;
+  }
+  return msg.length;
+}
+
+export function joinMessage(
+  fields: readonly HeaderField[],
+  rest: Uint8Array,
+  prepend: readonly string[] = [],
+): Uint8Array {
+  const head = prepend.map((l) => `${l}\r\n`).join("") + fields.map((f) => f.raw).join("");
+  const h = Buffer.from(head, "latin1");
+  const out = new Uint8Array(h.length + rest.length);
+  out.set(h, 0);
+  out.set(rest, h.length);
+  return out;
+}
+
+function fromLatin1(text: string): string {
+  return Buffer.from(text, "latin1").toString("utf8");
+}
+
+/** The addresses in an RFC 5322 address list: `A <a@x>, "B, C" <b@x>, c@x (C), team: d@x, e@x;`. */
+export function parseAddressList(value: string): string[] {
+  // Drop comments (nested) outside quoted strings.
+  let s = "";
+  let depth = 0;
+  let quoted = false;
+  for (let i = 0; i < value.length; i++) {
+    const c = value[i]!;
+    if (quoted) {
+      s += c;
+      if (c === "\\" && i + 1 < value.length) s += value[++i]!;
+      else if (c === '"') quoted = false;
+    } else if (depth > 0) {
+      if (c === "\\") i++;
+      else if (c === "(") depth++;
+      else if (c === ")") depth--;
+    } else if (c === "(") depth++;
+    else {
+      if (c === '"') quoted = true;
+      s += c;
+    }
+  }
+  // Split on commas, colons (group start) and semicolons (group end) outside quotes and angle brackets.
+  const out: string[] = [];
+  let cur = "";
+  let angle = false;
+  quoted = false;
+  const push = () => {
+    const m = /<([^>]*)>/.exec(cur);
+    let addr = (m ? m[1]! : cur).trim();
+    if (addr.startsWith("@") && addr.includes(":")) addr = addr.slice(addr.indexOf(":") + 1); // source route
+    if (addr) out.push(addr);
+    cur = "";
+  };
+  for (let i = 0; i < s.length; i++) {
+    const c = s[i]!;
+    if (quoted) {
+      cur += c;
+      if (c === "\\" && i + 1 < s.length) cur += s[++i]!;
+      else if (c === '"') quoted = false;
+      continue;
+    }
+    if (c === '"') quoted = true;
+    else if (c === "<") angle = true;
+    else if (c === ">") angle = false;
+    else if (!angle && c === ":") {
+      cur = ""; // display name of a group
+      continue;
+    } else if (!angle && (c === "," || c === ";")) {
+      push();
+      continue;
+    }
+    cur += c;
+  }
+  push();
+  return out.filter((a) => !/^"[^"]*"$/.test(a)); // a display name alone is no address
+}
+
+export interface PrepareOptions {
+  hostname: string;
+  /** Envelope sender; also the address of a From header we add. */
+  sender: string;
+  /** -F: display name of a From header we add. */
+  fullName?: string;
+  /** -t: collect To/Cc/Bcc recipients. */
+  extractRecipients: boolean;
+  /** Remove Bcc (always with -t; sendmail also removes it otherwise). */
+  removeBcc: boolean;
+  nowMs?: number;
+}
+
+export interface PreparedMessage {
+  message: Uint8Array;
+  /** Recipients found in To/Cc/Bcc (only with extractRecipients). */
+  headerRecipients: string[];
+  /** The Message-ID the input already had, if any (generated ones are not reported). */
+  originalMessageId?: string;
+  /** The address in From, if any. */
+  fromAddress?: string;
+  /** Whether the message has bytes over 127 (needs 8BITMIME). */
+  eightBit: boolean;
+}
+
+function quoteDisplayName(name: string): string {
+  if (/^[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~ ]*$/.test(name)) return name;
+  return `"${name.replace(/["\\]/g, "\\$&")}"`;
+}
+
+/** CRLF line ends, Bcc removed, Date/Message-ID/From added when missing (RFC 6409 §8.1-8.3). */
+export function prepareMessage(input: Uint8Array, o: PrepareOptions): PreparedMessage {
+  let bytes = toCrlf(input);
+  // A leading mbox "From " line is not part of the message (Postfix's sendmail drops it too).
+  if (bytes[0] === 0x46 && latin1Decoder.decode(bytes.subarray(0, 5)) === "From ") {
+    const nl = bytes.indexOf(LF);
+    bytes = nl < 0 ? new Uint8Array(0) : bytes.subarray(nl + 1);
+  }
+  const { fields, rest } = splitMessage(bytes);
+  const lower = (f: HeaderField) => f.name.toLowerCase();
+  const headerRecipients: string[] = [];
+  if (o.extractRecipients) {
+    for (const f of fields) {
+      const n = lower(f);
+      if (n === "to" || n === "cc" || n === "bcc")
+        headerRecipients.push(...parseAddressList(fromLatin1(f.value)));
+    }
+  }
+  const kept = o.removeBcc ? fields.filter((f) => lower(f) !== "bcc") : fields;
+  const add: string[] = [];
+  const has = (name: string) => kept.some((f) => lower(f) === name);
+  const mid = kept.find((f) => lower(f) === "message-id");
+  const from = kept.find((f) => lower(f) === "from");
+  if (!has("date"))
+    add.push(`Date: ${new Date(o.nowMs ?? Date.now()).toUTCString().replace("GMT", "+0000")}`);
+  if (!mid) add.push(`Message-ID: ${messageIdFor(o.hostname)}`);
+  if (!from && o.sender)
+    add.push(`From: ${o.fullName ? `${quoteDisplayName(o.fullName)} <${o.sender}>` : o.sender}`);
+  const message = add.length === 0 && kept.length === fields.length ? bytes : joinMessage(kept, rest, add);
+  let eightBit = false;
+  for (let i = 0; i < message.length; i++) {
+    if (message[i]! > 127) {
+      eightBit = true;
+      break;
+    }
+  }
+  const out: PreparedMessage = { message, headerRecipients, eightBit };
+  if (mid?.value) out.originalMessageId = mid.value;
+  const fromAddr = from ? parseAddressList(fromLatin1(from.value))[0] : undefined;
+  if (fromAddr) out.fromAddress = fromAddr;
+  return out;
+}
+
+const PLACEHOLDER = /\{\{\s*([A-Za-z0-9_.-]+)\s*\}\}/g;
+
+/** Replaces `{{key}}` placeholders; returns the missing keys instead when some have no value. */
+export function substitute(
+  text: string,
+  values: Readonly<Record<string, string>>,
+): { text: string } | { missing: string[] } {
+  const missing = new Set<string>();
+  const out = text.replace(PLACEHOLDER, (whole, key: string) => {
+    const v = values[key];
+    if (v === undefined) {
+      missing.add(key);
+      return whole;
+    }
+    return v;
+  });
+  return missing.size > 0 ? { missing: [...missing] } : { text: out };
+}

@@ -1,0 +1,548 @@
+/**
+ * `mta send` (and `sendmail`): one message from standard input, or batches from files, handed to the
+ * running daemon through its inject API, or enqueued and delivered by this process itself.
+ *
+ * Owns: choosing where mail goes (daemon reachable at control.address → inject API; else the spool
+ * itself through an Engine, waiting a bounded time for its lock), the pump from readers to the sink
+ * with bounded concurrency, the batch journal, progress, the summary and the exit code.
+ * Does not own: flag parsing (_sendArgs.ts), message fixing (_sendMessage.ts), readers (_sendReaders.ts),
+ * the journal file (_sendJournal.ts).
+ * Invariants: a message counts as accepted only once durable (spool append resolved, or the daemon
+ * answered 200 after its group commit); its journal key is written after that, never before; memory holds
+ * at most `inFlight × batchSize` messages whatever the input size.
+ * Exit codes (sysexits): 0 all delivered or bounced, or handed to the daemon; 75 some deferred (left in
+ * the spool); 65 some input item was bad (the others were still sent); 69 spool or daemon unavailable;
+ * 64 usage.
+ */
+import { userInfo } from "node:os";
+import type { Config } from "../config/index.ts";
+import { findConfigPath, loadConfig } from "../config/index.ts";
+import { EXIT, errorMessage, MtaError, UnavailableError, UsageError } from "../lib/index.ts";
+import { createLogger, type Logger, Metrics } from "../observe/index.ts";
+import { Engine } from "./engine.ts";
+import { parseSendArgs, type SendArgs } from "./_sendArgs.ts";
+import { BatchJournal, JournalBusyError } from "./_sendJournal.ts";
+import {
+  inputBytes,
+  messageItem,
+  type ReadContext,
+  type ReadProgress,
+  type ReadResult,
+  readInputs,
+  type SendItem,
+} from "./_sendReaders.ts";
+
+export { parseSendArgs, type SendArgs } from "./_sendArgs.ts";
+
+export interface SendIo {
+  stdin: AsyncIterable<Uint8Array>;
+  stdout: { write(s: string): unknown };
+  stderr: { write(s: string): unknown; isTTY?: boolean };
+  env: Record<string, string | undefined>;
+}
+
+export interface SendSummary {
+  mode: "daemon" | "local" | "dry-run";
+  /** Messages accepted (durable) in this run. */
+  accepted: number;
+  /** Items skipped because the batch journal says they were accepted by an earlier run. */
+  skipped: number;
+  /** Malformed items, reported and not sent. */
+  invalid: number;
+  /** Recipients of the accepted messages. */
+  recipients: number;
+  /** Local mode: recipient results during this run (including mail that was already in the spool). */
+  delivered: number;
+  bounced: number;
+  /** Local mode: recipients of this run's messages still pending when it ended. */
+  deferred: number;
+  /** Items not sent because the spool or daemon became unavailable. */
+  unsent: number;
+  elapsedMs: number;
+  exitCode: number;
+}
+
+type SubmitOutcome =
+  | { ok: true; ids: string[] }
+  | { ok: false; bad: string }
+  | { ok: false; unavailable: string };
+
+interface Sink {
+  readonly mode: "daemon" | "local";
+  readonly inFlight: number;
+  readonly batchSize: number;
+  submit(items: SendItem[]): Promise<SubmitOutcome[]>;
+}
+
+const INJECT_BATCH = 100;
+
+function controlBase(config: Config): string | undefined {
+  const a = config.control.address;
+  if (!a) return undefined;
+  let host = a.host;
+  if (host === "0.0.0.0") host = "127.0.0.1";
+  if (host === "::") host = "::1";
+  return host.includes(":") ? `http://[${host}]:${a.port}` : `http://${host}:${a.port}`;
+}
+
+/** Whether a daemon answers GET /healthz at control.address. */
+export async function daemonReachable(config: Config, timeoutMs = 2000): Promise<boolean> {
+  const base = controlBase(config);
+  if (!base) return false;
+  try {
+    const r = await fetch(`${base}/healthz`, { signal: AbortSignal.timeout(timeoutMs) });
+    await r.arrayBuffer();
+    return r.ok;
+  } catch {
+    return false;
+  }
+}
+
+class DaemonSink implements Sink {
+  readonly mode = "daemon";
+  readonly inFlight = 4;
+  readonly batchSize = INJECT_BATCH;
+  private readonly url: string;
+  private readonly headers: Record<string, string>;
+
+  constructor(config: Config) {
+    this.url = `${controlBase(config)}/api/v1/inject`;
+    this.headers = { "content-type": "application/json" };
+    if (config.control.token) this.headers.authorization = `Bearer ${config.control.token}`;
+  }
+
+  async submit(items: SendItem[]): Promise<SubmitOutcome[]> {
+    const out: SubmitOutcome[] = new Array(items.length);
+    let pending = items.map((_, i) => i);
+    const decoder = new TextDecoder("utf-8", { fatal: true });
+    const bodies: (string | undefined)[] = items.map((it, i) => {
+      try {
+        return decoder.decode(it.message);
+      } catch {
+        out[i] = {
+          ok: false,
+          bad: "the message is not UTF-8; the inject API carries text (stop the daemon to send it locally)",
+        };
+        return undefined;
+      }
+    });
+    pending = pending.filter((i) => bodies[i] !== undefined);
+    // A 400/413 names one bad item: mark it and send the rest again (the API is all-or-nothing per request).
+    while (pending.length > 0) {
+      const messages = pending.map((i) => ({
+        sender: items[i]!.sender,
+        recipients: items[i]!.recipients,
+        message: bodies[i]!,
+        attributes: items[i]!.attributes,
+      }));
+      let res: Response;
+      let body: {
+        messages?: { index: number; ids?: string[]; error?: string }[];
+        error?: string;
+        index?: number;
+      };
+      try {
+        res = await fetch(this.url, {
+          method: "POST",
+          headers: this.headers,
+          body: JSON.stringify({ messages }),
+        });
+        body = (await res.json()) as typeof body;
+      } catch (err) {
+        for (const i of pending)
+          out[i] = { ok: false, unavailable: `daemon unreachable: ${errorMessage(err)}` };
+        return out;
+      }
+      if (res.status === 200 || res.status === 503) {
+        for (const m of body.messages ?? []) {
+          const i = pending[m.index]!;
+          out[i] = m.ids
+            ? { ok: true, ids: m.ids }
+            : { ok: false, unavailable: `daemon: ${m.error ?? "refused"}` };
+        }
+        for (const i of pending)
+          out[i] ??= { ok: false, unavailable: `daemon answered ${res.status} without this item` };
+        return out;
+      }
+      if (
+        (res.status === 400 || res.status === 413) &&
+        typeof body.index === "number" &&
+        pending[body.index] !== undefined
+      ) {
+        out[pending[body.index]!] = { ok: false, bad: `daemon refused it: ${body.error ?? res.status}` };
+        pending = pending.filter((_, k) => k !== body.index);
+        continue;
+      }
+      for (const i of pending)
+        out[i] = { ok: false, unavailable: `daemon answered ${res.status}: ${body.error ?? ""}` };
+      return out;
+    }
+    return out;
+  }
+}
+
+class LocalSink implements Sink {
+  readonly mode = "local";
+  readonly inFlight = 8;
+  readonly batchSize = 64;
+  /** Ids of this run's messages, to count what is still deferred at the end. */
+  readonly ids: string[] = [];
+
+  constructor(readonly engine: Engine) {}
+
+  async submit(items: SendItem[]): Promise<SubmitOutcome[]> {
+    const results = await Promise.all(
+      items.map((it) =>
+        this.engine.pipeline.submit({
+          sender: it.sender,
+          recipients: it.recipients.map((address) => ({ address })),
+          attributes: it.attributes,
+          message: it.message,
+        }),
+      ),
+    );
+    return results.map((r) => {
+      if (!r.ok) return { ok: false, unavailable: `spool: ${r.reply.lines.join(" ")}` };
+      this.ids.push(...r.ids);
+      return { ok: true, ids: r.ids };
+    });
+  }
+}
+
+async function startEngine(config: Config, log: Logger, metrics: Metrics, waitMs: number): Promise<Engine> {
+  const deadline = Date.now() + waitMs;
+  for (;;) {
+    try {
+      return await Engine.start(config, { log, metrics });
+    } catch (err) {
+      if (!(err instanceof MtaError && err.code === "spool-locked")) throw err;
+      if (Date.now() >= deadline)
+        throw new UnavailableError(
+          `${err.message}, and no daemon answers at control.address; waited ${Math.round(waitMs / 1000)} s (--lock-wait)`,
+        );
+      await Bun.sleep(250);
+    }
+  }
+}
+
+async function readStdin(
+  stdin: AsyncIterable<Uint8Array>,
+  maxBytes: number,
+  ignoreDots: boolean,
+): Promise<Uint8Array> {
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  for await (const c of stdin) {
+    chunks.push(c);
+    size += c.length;
+    if (size > maxBytes * 2 + 65536)
+      throw new MtaError("data", `standard input is over the message size limit of ${maxBytes} bytes`);
+  }
+  const all = Buffer.concat(chunks);
+  if (ignoreDots) return all;
+  // Without -i, a line holding a single "." ends the message (sendmail(8)).
+  const m = /(^|\n)\.\r?(\n|$)/.exec(all.toString("latin1"));
+  return m ? all.subarray(0, m.index + m[1]!.length) : all;
+}
+
+function fmt(n: number): string {
+  return n.toLocaleString("en-US");
+}
+
+class Progress {
+  private timer: ReturnType<typeof setInterval> | undefined;
+  private shown = false;
+  private readonly started = Date.now();
+  constructor(
+    private readonly out: SendIo["stderr"],
+    private readonly line: (elapsedMs: number) => string,
+  ) {}
+  start(): void {
+    this.timer = setInterval(() => this.draw(), 200);
+  }
+  draw(): void {
+    this.shown = true;
+    this.out.write(`\r\x1b[2K${this.line(Date.now() - this.started)}`);
+  }
+  stop(): void {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = undefined;
+    if (this.shown) {
+      this.draw();
+      this.out.write("\n");
+    }
+  }
+}
+
+function bar(fraction: number, width = 24): string {
+  const f = Math.max(0, Math.min(1, fraction));
+  const full = Math.round(f * width);
+  return `[${"#".repeat(full)}${"-".repeat(width - full)}] ${String(Math.floor(f * 100)).padStart(3)}%`;
+}
+
+/** Runs `mta send` with a parsed command line; returns the summary (whose exitCode the CLI uses). */
+export async function send(args: SendArgs, config: Config, io: SendIo): Promise<SendSummary> {
+  const started = Date.now();
+  const s: SendSummary = {
+    mode: args.dryRun ? "dry-run" : "local",
+    accepted: 0,
+    skipped: 0,
+    invalid: 0,
+    recipients: 0,
+    delivered: 0,
+    bounced: 0,
+    deferred: 0,
+    unsent: 0,
+    elapsedMs: 0,
+    exitCode: EXIT.ok,
+  };
+  const user = io.env.USER ?? io.env.LOGNAME ?? safeUser();
+  const maxMessageBytes = Math.max(25_000_000, ...config.listen.map((l) => l.maxMessageBytes));
+  const ctx: ReadContext = {
+    hostname: config.hostname,
+    defaultSender: `${user}@${config.hostname}`,
+    maxMessageBytes,
+    ...(args.sender !== undefined ? { sender: args.sender } : {}),
+    ...(args.fullName !== undefined ? { fullName: args.fullName } : {}),
+    ...(args.bodyType !== undefined ? { bodyType: args.bodyType } : {}),
+  };
+  const batch = args.inputs.length > 0;
+  if (!batch && args.recipients.length === 0 && !args.extractRecipients)
+    throw new UsageError("no recipients: name them, use -t to take them from the header, or give files");
+  const progressState: ReadProgress = { bytesRead: 0, totalBytes: batch ? inputBytes(args.inputs) : 0 };
+
+  // The items, one at a time: from files, or the single message on standard input.
+  let items: Iterable<ReadResult>;
+  if (batch) items = readInputs(args.inputs, ctx, progressState);
+  else {
+    const raw = await readStdin(io.stdin, maxMessageBytes, args.ignoreDots);
+    items = [
+      messageItem(
+        raw,
+        { source: "stdin", keyPlace: "stdin", recipients: args.recipients, extract: args.extractRecipients },
+        ctx,
+      ),
+    ];
+  }
+  const reportBad = (source: string, problem: string) => {
+    s.invalid++;
+    if (progress) io.stderr.write("\r\x1b[2K");
+    io.stderr.write(`mta send: ${source}: ${problem}; skipped\n`);
+  };
+
+  let progress: Progress | undefined;
+  const wantProgress = args.progress ?? (Boolean(io.stderr.isTTY) && batch);
+
+  if (args.dryRun) {
+    for (const r of items) {
+      if (r.ok) {
+        s.accepted++;
+        s.recipients += r.item.recipients.length;
+      } else reportBad(r.source, r.problem);
+    }
+    s.elapsedMs = Date.now() - started;
+    s.exitCode = s.invalid > 0 ? EXIT.dataErr : EXIT.ok;
+    return s;
+  }
+
+  const log = createLogger({ level: args.verbose ? "info" : "error", format: config.log.format });
+  const metrics = new Metrics();
+  let journal: BatchJournal | undefined;
+  let engine: Engine | undefined;
+  let sink: Sink;
+  let unavailable: string | undefined;
+  try {
+    if (args.batchId) {
+      try {
+        journal = await BatchJournal.open(config.spool.dir, args.batchId, args.lockWaitMs);
+      } catch (err) {
+        if (err instanceof JournalBusyError) throw new UnavailableError(err.message);
+        throw err;
+      }
+      if (args.verbose && journal.size > 0)
+        log.info(`batch ${args.batchId}: ${journal.size} items already accepted`);
+    }
+    if (await daemonReachable(config)) {
+      sink = new DaemonSink(config);
+      s.mode = "daemon";
+    } else {
+      engine = await startEngine(config, log, metrics, args.lockWaitMs);
+      sink = new LocalSink(engine);
+      s.mode = "local";
+    }
+    const recipientCounter = metrics.counter(
+      "mta_scheduler_recipients_total",
+      "Recipient results, by result",
+    );
+    const refreshCounts = () => {
+      s.delivered = recipientCounter.get({ result: "delivered" });
+      s.bounced = recipientCounter.get({ result: "permanent" }) + recipientCounter.get({ result: "expired" });
+    };
+    if (wantProgress) {
+      progress = new Progress(io.stderr, (ms) => {
+        refreshCounts();
+        const rate = ms > 0 ? Math.round((s.accepted * 1000) / ms) : 0;
+        const frac = progressState.totalBytes > 0 ? progressState.bytesRead / progressState.totalBytes : 1;
+        const tail = s.mode === "local" ? `  ${fmt(s.delivered)} delivered` : "";
+        return `mta send ${bar(frac)}  ${fmt(s.accepted)} accepted${s.skipped ? `  ${fmt(s.skipped)} skipped` : ""}${tail}  ${fmt(rate)} msg/s`;
+      });
+      progress.start();
+    }
+
+    // The pump: batches of items, at most sink.inFlight batches at a time.
+    const inFlight = new Set<Promise<void>>();
+    const run = (group: SendItem[]) => {
+      const p = sink
+        .submit(group)
+        .then(async (outcomes) => {
+          const keys: string[] = [];
+          outcomes.forEach((o, i) => {
+            const it = group[i]!;
+            if (o.ok) {
+              s.accepted++;
+              s.recipients += it.recipients.length;
+              keys.push(it.key);
+            } else if ("bad" in o) reportBad(it.source, o.bad);
+            else {
+              s.unsent++;
+              unavailable ??= o.unavailable;
+            }
+          });
+          if (journal && keys.length > 0) await journal.add(keys);
+        })
+        .finally(() => inFlight.delete(p));
+      inFlight.add(p);
+    };
+    let group: SendItem[] = [];
+    const seen = new Set<string>();
+    for (const r of items) {
+      if (unavailable) {
+        if (r.ok) s.unsent++;
+        continue;
+      }
+      if (!r.ok) {
+        reportBad(r.source, r.problem);
+        continue;
+      }
+      if (journal) {
+        if (journal.has(r.item.key) || seen.has(r.item.key)) {
+          s.skipped++;
+          continue;
+        }
+        seen.add(r.item.key);
+      }
+      group.push(r.item);
+      if (group.length >= sink.batchSize) {
+        run(group);
+        group = [];
+        while (inFlight.size >= sink.inFlight) await Promise.race(inFlight);
+      }
+    }
+    if (group.length > 0 && !unavailable) run(group);
+    else s.unsent += unavailable ? group.length : 0;
+    while (inFlight.size > 0) await Promise.race(inFlight);
+
+    // Local mode: deliver until nothing is due or in flight, or --max-time passed.
+    if (engine) {
+      const remaining = Math.max(0, args.maxTimeMs - (Date.now() - started));
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      await Promise.race([
+        engine.scheduler.idle(),
+        new Promise<void>((r) => (timer = setTimeout(r, remaining))),
+      ]);
+      if (timer) clearTimeout(timer);
+      s.deferred = countDeferred(engine, (sink as LocalSink).ids);
+      await engine.stop(1000);
+      refreshCounts();
+    }
+  } finally {
+    progress?.stop();
+    if (engine) await engine.stop(1000).catch(() => {});
+    await journal?.close();
+  }
+  s.elapsedMs = Date.now() - started;
+  if (unavailable) {
+    io.stderr.write(`mta send: ${unavailable}; ${fmt(s.unsent)} message(s) not sent\n`);
+    s.exitCode = EXIT.unavailable;
+  } else if (s.invalid > 0) s.exitCode = EXIT.dataErr;
+  else if (s.deferred > 0) s.exitCode = EXIT.tempFail;
+  else s.exitCode = EXIT.ok;
+  return s;
+}
+
+/** Pending recipients of this run's messages: read from the spool index before it closes. */
+function countDeferred(engine: Engine, ids: readonly string[]): number {
+  let n = 0;
+  for (const id of ids) {
+    const slot = engine.spool.slotOf(id);
+    if (slot !== undefined && engine.spool.isLive(slot)) n += engine.spool.pendingRecipientsOf(slot);
+  }
+  return n;
+}
+
+function safeUser(): string {
+  try {
+    return userInfo().username;
+  } catch {
+    return "nobody";
+  }
+}
+
+export function formatSummary(s: SendSummary): string {
+  const parts = [
+    `${fmt(s.accepted)} accepted`,
+    ...(s.mode === "local"
+      ? [`${fmt(s.delivered)} delivered`, `${fmt(s.deferred)} deferred`, `${fmt(s.bounced)} bounced`]
+      : s.mode === "daemon"
+        ? ["handed to the daemon"]
+        : ["valid (dry run)"]),
+  ];
+  if (s.skipped) parts.push(`${fmt(s.skipped)} skipped (already sent)`);
+  if (s.invalid) parts.push(`${fmt(s.invalid)} invalid`);
+  if (s.unsent) parts.push(`${fmt(s.unsent)} not sent`);
+  return `mta send: ${parts.join(", ")} in ${(s.elapsedMs / 1000).toFixed(1)} s`;
+}
+
+export const SEND_USAGE = `Usage: mta send [flags] [recipient...] < message
+       mta send [flags] FILE|DIR...        (.eml, directories of .eml, mbox, JSON Lines)
+       sendmail [flags] [recipient...] < message   (mta invoked through a symlink named sendmail)
+
+sendmail flags:
+  -t              recipients from To, Cc and Bcc (added to those named); Bcc is removed
+  -f ADDR, -r ADDR  envelope sender (also glued: -fADDR); default USER@hostname
+  -F NAME         display name of the From header when one is added
+  -i, -oi         a line with a single "." does not end the message
+  -B 7BIT|8BITMIME  body type
+  -oXXX, -odi, -odb, -oem, -N, -R, -V, -L, -h, -m, -n, -U, -G   accepted and ignored
+  --              end of flags
+mta options:
+  -c, --config FILE   configuration (else $MTA_CONFIG, ./mta.yaml, /etc/mta/mta.yaml)
+  --batch-id ID       journal accepted items in <spool>/batches/ID.journal; a re-run skips them
+  --dry-run           validate the input only
+  --max-time DUR      local delivery: stop after this long (default 5m); deferred mail stays queued
+  --lock-wait DUR     wait this long for a spool held by another mta send (default 2m), then exit 69
+  --json              print the summary as JSON on standard output
+  -v, --verbose       log and print the summary even on success
+  --progress, --no-progress   progress bar on standard error (default: when it is a terminal)
+Exit: 0 delivered/handed over, 75 some deferred, 65 bad input, 69 unavailable, 64 usage, 78 config.
+`;
+
+/** `mta send` / `sendmail` from a raw argument vector; returns the exit code. */
+export async function runSend(argv: readonly string[], partial: Partial<SendIo> = {}): Promise<number> {
+  const io: SendIo = {
+    stdin: partial.stdin ?? (process.stdin as unknown as AsyncIterable<Uint8Array>),
+    stdout: partial.stdout ?? process.stdout,
+    stderr: partial.stderr ?? process.stderr,
+    env: partial.env ?? process.env,
+  };
+  const args = parseSendArgs(argv);
+  if (args.help) {
+    io.stdout.write(SEND_USAGE);
+    return EXIT.ok;
+  }
+  const { config } = loadConfig(findConfigPath(args.config, io.env));
+  const summary = await send(args, config, io);
+  if (args.json) io.stdout.write(`${JSON.stringify(summary)}\n`);
+  else if (args.verbose || summary.exitCode !== EXIT.ok) io.stderr.write(`${formatSummary(summary)}\n`);
+  return summary.exitCode;
+}
