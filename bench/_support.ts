@@ -140,7 +140,12 @@ export function smtpSource(opts: {
     { stdout: "pipe", stderr: "pipe" },
   );
   const wallS = (performance.now() - t0) / 1000;
-  return { wallS, rate: opts.count / wallS, ok: r.exitCode === 0, output: r.stdout.toString() + r.stderr.toString() };
+  return {
+    wallS,
+    rate: opts.count / wallS,
+    ok: r.exitCode === 0,
+    output: r.stdout.toString() + r.stderr.toString(),
+  };
 }
 
 export function postfixInstalled(): boolean {
@@ -148,7 +153,11 @@ export function postfixInstalled(): boolean {
 }
 
 /** Runs one of the Postfix anchor scripts; returns the last raw.tsv line's msgs/s, or NaN. */
-export function postfixAnchor(script: string, args: string[], env: Record<string, string> = {}): { rate: number; line: string } {
+export function postfixAnchor(
+  script: string,
+  args: string[],
+  env: Record<string, string> = {},
+): { rate: number; line: string } {
   const resultsDir = mkdtempSync(join(tmpdir(), "pf-results-"));
   const r = spawnSync(["bash", join(POSTFIX_DIR, script), ...args], {
     env: { ...process.env, RESULTS_DIR: resultsDir, ...env },
@@ -198,7 +207,8 @@ export function printTable(title: string, rows: Row[]): string {
     "| figure | conditions | mta | Postfix | ratio |",
     "|---|---|---:|---:|---:|",
     ...rows.map((r) => {
-      const ratio = r.postfix && Number.isFinite(r.postfix) && r.postfix > 0 ? `${(r.mta / r.postfix).toFixed(1)}×` : "-";
+      const ratio =
+        r.postfix && Number.isFinite(r.postfix) && r.postfix > 0 ? `${(r.mta / r.postfix).toFixed(1)}×` : "-";
       return `| ${r.figure} | ${r.conditions} | ${fmt(r.mta, r.mta < 10 ? 2 : 0)} ${r.unit} | ${r.postfix === undefined ? "-" : `${fmt(r.postfix, r.postfix < 10 ? 2 : 0)} ${r.unit}`} | ${ratio} |`;
     }),
   ];

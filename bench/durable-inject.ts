@@ -57,7 +57,14 @@ for (const c of cases) {
       ].join("\n"),
     );
     const cpu0 = cpuSeconds(mta.pid);
-    const r = smtpSource({ host: "127.0.0.1", port: mta.smtpPort, count: n, sizeBytes: c.size, sessions: c.sessions, to: "b@k1.test" });
+    const r = smtpSource({
+      host: "127.0.0.1",
+      port: mta.smtpPort,
+      count: n,
+      sizeBytes: c.size,
+      sessions: c.sessions,
+      to: "b@k1.test",
+    });
     const cpu1 = cpuSeconds(mta.pid);
     if (!r.ok) console.error(`smtp-source failed: ${r.output.slice(-500)}`);
     rates.push(r.rate);
@@ -67,7 +74,11 @@ for (const c of cases) {
   if (withPostfix) {
     const pfRates: number[] = [];
     if (rows.length === 0) setupPostfix();
-    for (let rep = 0; rep < reps; rep++) pfRates.push(postfixAnchor("bench-inject.sh", ["hold", String(c.size), String(n), String(c.sessions), String(rep)]).rate);
+    for (let rep = 0; rep < reps; rep++)
+      pfRates.push(
+        postfixAnchor("bench-inject.sh", ["hold", String(c.size), String(n), String(c.sessions), String(rep)])
+          .rate,
+      );
     pf = median(pfRates);
   }
   rows.push({

@@ -40,8 +40,14 @@ export class AcceptPipeline implements Acceptor {
   private readonly refused: Counter;
 
   constructor(private readonly deps: AcceptDeps) {
-    this.received = deps.metrics.counter("mta_accept_messages_total", "Messages accepted into the spool, by source");
-    this.refused = deps.metrics.counter("mta_accept_refused_total", "Messages refused because the spool failed");
+    this.received = deps.metrics.counter(
+      "mta_accept_messages_total",
+      "Messages accepted into the spool, by source",
+    );
+    this.refused = deps.metrics.counter(
+      "mta_accept_refused_total",
+      "Messages refused because the spool failed",
+    );
   }
 
   /** Listener entry point. */

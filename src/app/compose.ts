@@ -76,7 +76,8 @@ function part(contentType: string, text: string): string {
 /** Builds a complete message. Header names in `headers` are kept as given. */
 export function composeMessage(p: MessageParts, hostname: string, nowMs = Date.now()): Uint8Array {
   const h: string[] = [];
-  const has = (name: string) => Object.keys(p.headers ?? {}).some((k) => k.toLowerCase() === name.toLowerCase());
+  const has = (name: string) =>
+    Object.keys(p.headers ?? {}).some((k) => k.toLowerCase() === name.toLowerCase());
   if (p.from && !has("from")) h.push(`From: ${encodeHeaderValue(p.from)}`);
   if (p.to?.length && !has("to")) h.push(`To: ${p.to.join(", ")}`);
   if (p.subject !== undefined && !has("subject")) h.push(`Subject: ${encodeHeaderValue(p.subject)}`);
@@ -104,14 +105,18 @@ export function composeMessage(p: MessageParts, hostname: string, nowMs = Date.n
 }
 
 /** Adds Date, Message-ID and From when missing (RFC 6409 §8); returns the same bytes when nothing was missing. */
-export function addMissingHeaders(message: Uint8Array, opts: { hostname: string; from?: string; nowMs?: number }): Uint8Array {
+export function addMissingHeaders(
+  message: Uint8Array,
+  opts: { hostname: string; from?: string; nowMs?: number },
+): Uint8Array {
   const text = Buffer.from(message.buffer, message.byteOffset, message.byteLength).toString("latin1");
   let end = text.indexOf("\r\n\r\n");
   if (end < 0) end = text.startsWith("\r\n") ? 0 : text.length;
   const head = text.slice(0, end);
   const present = (name: string) => new RegExp(`^${name}:`, "im").test(head);
   const add: string[] = [];
-  if (!present("date")) add.push(`Date: ${new Date(opts.nowMs ?? Date.now()).toUTCString().replace("GMT", "+0000")}`);
+  if (!present("date"))
+    add.push(`Date: ${new Date(opts.nowMs ?? Date.now()).toUTCString().replace("GMT", "+0000")}`);
   if (!present("message-id")) add.push(`Message-ID: ${messageIdFor(opts.hostname)}`);
   if (!present("from") && opts.from) add.push(`From: ${opts.from}`);
   if (add.length === 0) return message;

@@ -10,7 +10,13 @@ import { readFileSync } from "node:fs";
 import pkg from "../../package.json" with { type: "json" };
 import { type Config, ConfigError, type ListenerConfig, loadConfig } from "../config/index.ts";
 import { EXIT, errorMessage, formatHostPort } from "../lib/index.ts";
-import { type ControlServer, createLogger, type Logger, setLogLevel, startControlServer } from "../observe/index.ts";
+import {
+  type ControlServer,
+  createLogger,
+  type Logger,
+  setLogLevel,
+  startControlServer,
+} from "../observe/index.ts";
 import { type Listener, type ListenerOptions, startListener } from "../listener/index.ts";
 import { Engine } from "./engine.ts";
 import { injectHandler } from "./inject.ts";
@@ -45,6 +51,11 @@ export function listenerOptions(l: ListenerConfig, hostname: string): ListenerOp
     opts.implicitTls = l.tls.implicit;
   }
   return opts;
+}
+
+function sameValue(a: unknown, b: unknown): boolean {
+  const text = (v: unknown) => JSON.stringify(v, (_k, x) => (typeof x === "bigint" ? x.toString() : x));
+  return text(a) === text(b);
 }
 
 export class Daemon {
@@ -108,8 +119,8 @@ export class Daemon {
     setLogLevel(this.log, config.log.level);
     const needsRestart: string[] = [];
     if (config.spool.dir !== this.config.spool.dir) needsRestart.push("spool.dir");
-    if (JSON.stringify(config.control) !== JSON.stringify(this.config.control)) needsRestart.push("control");
-    if (JSON.stringify(config.listen) !== JSON.stringify(this.config.listen)) needsRestart.push("listen");
+    if (!sameValue(config.control, this.config.control)) needsRestart.push("control");
+    if (!sameValue(config.listen, this.config.listen)) needsRestart.push("listen");
     this.config = config;
     this.log.info("configuration reloaded", needsRestart.length ? { needsRestart } : {});
   }

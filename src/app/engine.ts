@@ -49,7 +49,11 @@ export function policyFor(config: Config, destination: string): DestinationPolic
 export function makeSigner(config: Config): DkimSigner | undefined {
   if (config.dkim.keys.length === 0) return undefined;
   return DkimSigner.create({
-    keys: config.dkim.keys.map((k) => ({ domain: k.domain, selector: k.selector, privateKeyPem: readKeyFile(k.keyFile) })),
+    keys: config.dkim.keys.map((k) => ({
+      domain: k.domain,
+      selector: k.selector,
+      privateKeyPem: readKeyFile(k.keyFile),
+    })),
     ...(config.dkim.headers ? { headers: config.dkim.headers } : {}),
     oversign: config.dkim.oversign,
     canonicalization: config.dkim.canonicalization,
@@ -138,7 +142,17 @@ export class Engine {
       sign: signer ? (m) => engine.sign(m) : undefined,
     });
     const delivering = opts.deliver !== false;
-    const engine = new Engine(config, log, metrics, spool, deliveryLog, deliverer, scheduler, pipeline, delivering);
+    const engine = new Engine(
+      config,
+      log,
+      metrics,
+      spool,
+      deliveryLog,
+      deliverer,
+      scheduler,
+      pipeline,
+      delivering,
+    );
     engine.signer = signer;
     if (delivering) scheduler.start();
     return engine;

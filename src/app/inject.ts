@@ -29,10 +29,13 @@ export function checkItem(item: unknown, maxBytes: number): string | undefined {
   if (!item || typeof item !== "object" || Array.isArray(item)) return "expected an object";
   const m = item as Record<string, unknown>;
   if (typeof m.sender !== "string") return 'missing "sender" (use "" for the null sender)';
-  if (m.sender !== "" && !ADDRESS.test(m.sender)) return `"sender" is not an address: ${JSON.stringify(m.sender)}`;
-  if (!Array.isArray(m.recipients) || m.recipients.length === 0) return 'missing "recipients" (a non-empty list)';
+  if (m.sender !== "" && !ADDRESS.test(m.sender))
+    return `"sender" is not an address: ${JSON.stringify(m.sender)}`;
+  if (!Array.isArray(m.recipients) || m.recipients.length === 0)
+    return 'missing "recipients" (a non-empty list)';
   for (const r of m.recipients) {
-    if (typeof r !== "string" || !ADDRESS.test(r)) return `a recipient is not an address: ${JSON.stringify(r)}`;
+    if (typeof r !== "string" || !ADDRESS.test(r))
+      return `a recipient is not an address: ${JSON.stringify(r)}`;
   }
   const hasRaw = m.message !== undefined;
   const hasParts = m.text !== undefined || m.html !== undefined || m.subject !== undefined;
@@ -47,10 +50,14 @@ export function checkItem(item: unknown, maxBytes: number): string | undefined {
     if (!h || typeof h !== "object" || Array.isArray(h)) return `"${k}" must be an object of strings`;
     for (const [name, v] of Object.entries(h)) {
       if (typeof v !== "string") return `"${k}.${name}" must be a string`;
-      if (k === "headers" && (!/^[!-9;-~]+$/.test(name) || /[\r\n]/.test(v))) return `"headers.${name}" is not a valid header`;
+      if (k === "headers" && (!/^[!-9;-~]+$/.test(name) || /[\r\n]/.test(v)))
+        return `"headers.${name}" is not a valid header`;
     }
   }
-  const size = Buffer.byteLength(String(m.message ?? "")) + Buffer.byteLength(String(m.text ?? "")) + Buffer.byteLength(String(m.html ?? ""));
+  const size =
+    Buffer.byteLength(String(m.message ?? "")) +
+    Buffer.byteLength(String(m.text ?? "")) +
+    Buffer.byteLength(String(m.html ?? ""));
   if (size > maxBytes) return `message is ${size} bytes, over the limit of ${maxBytes}`;
   return undefined;
 }
@@ -61,7 +68,8 @@ function toCrlf(text: string): Uint8Array {
 }
 
 export function itemToMessage(item: InjectItem, hostname: string): Uint8Array {
-  if (item.message !== undefined) return addMissingHeaders(toCrlf(item.message), { hostname, from: item.sender || undefined });
+  if (item.message !== undefined)
+    return addMissingHeaders(toCrlf(item.message), { hostname, from: item.sender || undefined });
   return composeMessage(
     {
       from: item.from ?? item.sender,
@@ -75,7 +83,10 @@ export function itemToMessage(item: InjectItem, hostname: string): Uint8Array {
   );
 }
 
-export function injectHandler(pipeline: AcceptPipeline, opts: { hostname: string; maxMessageBytes: number; maxItems?: number }) {
+export function injectHandler(
+  pipeline: AcceptPipeline,
+  opts: { hostname: string; maxMessageBytes: number; maxItems?: number },
+) {
   const maxItems = opts.maxItems ?? 10_000;
   return async (req: Request): Promise<Response> => {
     let body: unknown;
@@ -89,7 +100,8 @@ export function injectHandler(pipeline: AcceptPipeline, opts: { hostname: string
         ? (body as { messages: unknown[] }).messages
         : [body];
     if (items.length === 0) return jsonError(400, '"messages" is empty');
-    if (items.length > maxItems) return jsonError(413, `too many messages in one request (${items.length} > ${maxItems})`);
+    if (items.length > maxItems)
+      return jsonError(413, `too many messages in one request (${items.length} > ${maxItems})`);
     for (let i = 0; i < items.length; i++) {
       const problem = checkItem(items[i], opts.maxMessageBytes);
       if (problem) return jsonError(problem.includes("over the limit") ? 413 : 400, problem, { index: i });
@@ -105,8 +117,11 @@ export function injectHandler(pipeline: AcceptPipeline, opts: { hostname: string
       ),
     );
     const failed = results.findIndex((r) => !r.ok);
-    const messages = results.map((r, index) => (r.ok ? { index, ids: r.ids } : { index, error: r.reply.lines.join(" ") }));
-    if (failed >= 0) return jsonResponse({ error: "the spool refused some messages; see each item", messages }, 503);
+    const messages = results.map((r, index) =>
+      r.ok ? { index, ids: r.ids } : { index, error: r.reply.lines.join(" ") },
+    );
+    if (failed >= 0)
+      return jsonResponse({ error: "the spool refused some messages; see each item", messages }, 503);
     return jsonResponse({ accepted: messages.length, messages });
   };
 }

@@ -9,7 +9,10 @@ import { isIP } from "node:net";
 import type { Config, RouteConfig } from "../config/index.ts";
 import { resolveDestination, type Resolver, type RouteResult } from "../dns/index.ts";
 
-export type Routed = RouteResult & { auth?: { username: string; password: string }; tls?: RouteConfig["tls"] };
+export type Routed = RouteResult & {
+  auth?: { username: string; password: string };
+  tls?: RouteConfig["tls"];
+};
 
 export function findRoute(routes: Config["delivery"]["routes"], domain: string): RouteConfig | undefined {
   let d = domain.toLowerCase();
@@ -38,12 +41,14 @@ export function makeRouter(config: Config, resolver: Resolver): (domain: string)
       }
       for (const f of families) {
         const r = await resolver.addresses(h.host, f);
-        if (r.kind === "ok") for (const ip of r.addresses) hosts.push({ name: h.host, ip, port: h.port, preference: i });
+        if (r.kind === "ok")
+          for (const ip of r.addresses) hosts.push({ name: h.host, ip, port: h.port, preference: i });
         else problems.push(`${h.host}: ${r.kind === "error" ? r.error : r.kind}`);
       }
     }
     const extra = { ...(route.auth ? { auth: route.auth } : {}), ...(route.tls ? { tls: route.tls } : {}) };
-    if (hosts.length === 0) return { kind: "transient", reason: `static route for ${domain}: ${problems.join(", ")}`, ...extra };
+    if (hosts.length === 0)
+      return { kind: "transient", reason: `static route for ${domain}: ${problems.join(", ")}`, ...extra };
     return { kind: "hosts", hosts, ...extra };
   };
 }

@@ -8,6 +8,12 @@ import { type CommandDef, renderUsage, runCommand } from "citty";
 import { ConfigError } from "../config/index.ts";
 import { EXIT, MtaError } from "../lib/index.ts";
 
+/** citty colours its usage text; keep escape codes out of pipes and files. */
+function plain(text: string, stream: NodeJS.WriteStream): string {
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: matching ANSI escapes is the point
+  return stream.isTTY ? text : text.replace(/\x1b\[[0-9;]*m/g, "");
+}
+
 async function resolveSub(cmd: CommandDef, argv: string[]): Promise<[CommandDef, CommandDef | undefined]> {
   let current = cmd;
   let parent: CommandDef | undefined;
@@ -32,7 +38,7 @@ export async function run(main: CommandDef, argv: string[]): Promise<number> {
   try {
     if (argv.includes("--help") || argv.includes("-h")) {
       const [cmd, parent] = await resolveSub(main, argv);
-      process.stdout.write(`${await renderUsage(cmd, parent)}\n`);
+      process.stdout.write(plain(`${await renderUsage(cmd, parent)}\n`, process.stdout));
       return EXIT.ok;
     }
     if (argv.length === 1 && (argv[0] === "--version" || argv[0] === "-v")) {
@@ -41,7 +47,7 @@ export async function run(main: CommandDef, argv: string[]): Promise<number> {
       return EXIT.ok;
     }
     if (argv.length === 0) {
-      process.stdout.write(`${await renderUsage(main)}\n`);
+      process.stdout.write(plain(`${await renderUsage(main)}\n`, process.stdout));
       return EXIT.usage;
     }
     const { result } = await runCommand(main, { rawArgs: argv });
@@ -63,7 +69,9 @@ async function reportError(err: unknown, main: CommandDef, argv: string[]): Prom
     if (err.code === "config") return EXIT.config;
     if (err.code === "unavailable") return EXIT.unavailable;
     if (err.code === "spool-locked") {
-      process.stderr.write("mta: another mta process owns this spool; stop it first, or use `mta queue` to talk to it\n");
+      process.stderr.write(
+        "mta: another mta process owns this spool; stop it first, or use `mta queue` to talk to it\n",
+      );
       return EXIT.unavailable;
     }
     if (err.code === "data") return EXIT.dataErr;
@@ -72,7 +80,9 @@ async function reportError(err: unknown, main: CommandDef, argv: string[]): Prom
   if (typeof code === "string" && code.startsWith("E_")) {
     // citty's CLIError: unknown command, missing argument.
     const [cmd, parent] = await resolveSub(main, argv);
-    process.stderr.write(`${await renderUsage(cmd, parent)}\n\nmta: ${(err as Error).message}\n`);
+    process.stderr.write(
+      plain(`${await renderUsage(cmd, parent)}\n\nmta: ${(err as Error).message}\n`, process.stderr),
+    );
     return EXIT.usage;
   }
   process.stderr.write(`mta: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
