@@ -51,10 +51,10 @@ const sink = Bun.spawn([SINK, ...user, `127.0.0.1:${port}`, "1024"], { stdout: "
 await Bun.sleep(300);
 
 const body = new TextEncoder().encode(
-  `From: bench@client.test\r\nTo: r@sink.test\r\nSubject: bench\r\n\r\n${"x".repeat(70)}\r\n`.padEnd(
+  `${`From: bench@client.test\r\nTo: r@sink.test\r\nSubject: bench\r\n\r\n${"x".repeat(70)}\r\n`.padEnd(
     1022,
     "y",
-  ) + "\r\n",
+  )}\r\n`,
 );
 
 async function drain(destinations: number, perDestination: number, globalCap: number) {

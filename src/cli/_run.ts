@@ -10,7 +10,6 @@ import { EXIT, MtaError } from "../lib/index.ts";
 
 /** citty colours its usage text; keep escape codes out of pipes and files. */
 function plain(text: string, stream: NodeJS.WriteStream): string {
-  // biome-ignore lint/suspicious/noControlCharactersInRegex: matching ANSI escapes is the point
   return stream.isTTY ? text : text.replace(/\x1b\[[0-9;]*m/g, "");
 }
 

@@ -148,7 +148,10 @@ export const ConfigSchema = v.strictObject({
         "4h",
       ]),
       max_age: v.optional(Duration, "5d"),
-      port: v.optional(v.pipe(v.number("expected a port number"), v.integer(), v.minValue(1), v.maxValue(65535)), 25),
+      port: v.optional(
+        v.pipe(v.number("expected a port number"), v.integer(), v.minValue(1), v.maxValue(65535)),
+        25,
+      ),
       delay_warning: v.optional(Duration, "0"),
       max_connections: v.optional(Positive, 10000),
       idle_timeout: v.optional(Duration, "5s"),
