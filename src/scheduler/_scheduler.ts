@@ -1,11 +1,20 @@
 /**
  * The scheduler: from live spool slots to delivery attempts, and from attempt results to outcomes.
  *
- * Owns: the two queue tiers (KumoMTA): one scheduled queue (a heap of (next attempt, slot)) and a
- * ready queue per destination (FIFO of slots, arrival order); per-destination state (connection
- * workers, slow-start window, rate limiters, suspension, throttle and bounce rules); retries with
- * jitter, expiry, DSNs, delay warnings, the delivery-log events and `mta_scheduler_*` metrics.
- * Does not own: bytes on disk (spool/), SMTP (deliverer/), DSN text (bounce/), DNS (the app's `route`).
+ * Owns: the two queue tiers (KumoMTA): one scheduled queue (a heap of (next attempt, slot)) and
+ * ready queues per egress path (pool x site: FIFOs of slots, arrival order); per-site state
+ * (connection workers per source, slow-start window, rate limiters, suspension, throttle and bounce
+ * rules); the choice of source address per connection (smooth weighted round-robin over the pool);
+ * retries with jitter, expiry, DSNs, delay warnings, the delivery-log events and `mta_scheduler_*`
+ * metrics.
+ * Does not own: bytes on disk (spool/), SMTP (deliverer/), DSN text (bounce/), DNS and MX rollup
+ * matching (the app's `route`, which may name a `site`).
+ *
+ * Sites. The spool's destination is the recipient domain; the queue key is its *site*: the domain
+ * itself, or the rollup its route names (every domain whose MX is `*.google.com` shares one site,
+ * hence one set of limits and queues). The scheduler learns a domain's site from its route and keeps
+ * it in `siteOf`; with `rollup` on, a domain's first due messages wait for that lookup (ROUTING).
+ * A site's `maxConnections` applies per source address; its window, rates and suspension are shared.
  *
  * How it runs. A message is in exactly one place: scheduled (heap), ready (its destination's FIFO),
  * active (a worker is attempting it), or nowhere (done, or held in RAM after a spool error). A
@@ -20,7 +29,9 @@
  * - the outcome of an attempt is recorded in the spool before it is acted on (log line, DSN, retry);
  * - a whole-site failure (no host reachable, 421 greeting, DNS transient) never burns an attempt:
  *   the message goes back to the front of the ready queue and the destination backs off;
- * - a destination never has more workers than its limit, nor all destinations more than `maxConnections`;
+ * - a site never has more workers than its limit, nor more than `maxConnections` on one source
+ *   address, nor all sites more than `maxConnections`, nor one source more than `maxConnectionsPerSource`;
+ * - a site's ready queues hold at most `maxReadyPerSite` entries (plus messages its workers put back);
  * - a null sender never gets a DSN; NOTIFY is honoured (bounce/'s `wantsDsn`).
  * Known gap: the delay-warning flag lives in RAM, so a restart may send one more delay warning.
  */
@@ -40,6 +51,8 @@ import { TimerHeap } from "./_heap.ts";
 import { RateLimiter } from "./_rate.ts";
 import { type BackoffRule, DEFAULT_BACKOFF_RULES, matchRule, replyLine } from "./_rules.ts";
 import type {
+  EgressSource,
+  PoolMember,
   DestinationEvent,
   DestinationPolicy,
   DestinationState,
@@ -59,12 +72,33 @@ const NONE = 0;
 const SCHEDULED = 1;
 const READY = 2;
 const ACTIVE = 3;
+/** Waiting for the first route lookup of its domain (rollup on). */
+const ROUTING = 4;
+const DEFAULT_MAX_PER_SOURCE = 20_000;
+const DEFAULT_MAX_READY_PER_SITE = 10_000;
+/** An over-full site's due message is deferred by this much per bound's worth of overflow. */
+const OVERFLOW_DEFER_MS = 1000;
 
 type SuspendKind = "admin" | "site" | "rule";
 
-class Destination {
+/** The ready queue of one egress pool within a site. */
+class PoolQueue {
   readonly ready = new SlotFifo();
+  constructor(readonly pool: number) {}
+}
+
+/** A site: the queue key after MX rollup (a destination domain, or a rollup shared by many). */
+class Destination {
+  /** One ready queue per pool that has had mail here; served round-robin. */
+  readonly queues: PoolQueue[] = [];
+  rr = 0;
   active = 0;
+  /** Connection workers per source address ("" = no source bound: the kernel's choice). */
+  readonly bySource = new Map<string, number>();
+  /** Smooth weighted round-robin state per pool index (current weight per member). */
+  readonly wrr = new Map<number, number[]>();
+  /** Due messages held in the scheduled tier because the ready queues were full. */
+  overflowed = 0;
   readonly window: ConcurrencyWindow;
   messageRate: RateLimiter | undefined;
   connectionRate: RateLimiter | undefined;
@@ -84,11 +118,28 @@ class Destination {
     readonly num: number,
     readonly name: string,
     public policy: DestinationPolicy,
+    sources: number,
   ) {
-    this.window = new ConcurrencyWindow(Math.max(1, policy.maxConnections), policy.initialWindow ?? 2);
+    this.window = new ConcurrencyWindow(
+      Math.max(1, policy.maxConnections) * Math.max(1, sources),
+      policy.initialWindow ?? 2,
+    );
     this.rules = policy.rules ?? DEFAULT_BACKOFF_RULES;
     this.messageRate = policy.messageRate ? new RateLimiter(policy.messageRate) : undefined;
     this.connectionRate = policy.connectionRate ? new RateLimiter(policy.connectionRate) : undefined;
+  }
+
+  get readyLength(): number {
+    let n = 0;
+    for (const q of this.queues) n += q.ready.length;
+    return n;
+  }
+
+  queueOf(pool: number): PoolQueue {
+    for (const q of this.queues) if (q.pool === pool) return q;
+    const q = new PoolQueue(pool);
+    this.queues.push(q);
+    return q;
   }
 }
 
@@ -97,6 +148,12 @@ class SlotTable {
   where = new Uint8Array(1024);
   /** The destination number whose ready queue holds the slot (valid while where = READY). */
   readyDest = new Int32Array(1024);
+  /** The pool index + 1 of the ready queue holding the slot (valid while where = READY). */
+  readyPool = new Uint16Array(1024);
+  /** The message's pool index + 1 (0 = not known yet: its site's pool). */
+  pool = new Uint16Array(1024);
+  /** Deferred because its site's ready queues were full (readyDest names the site). */
+  overflow = new Uint8Array(1024);
   /** A delay warning was sent for the message in this slot. */
   warned = new Uint8Array(1024);
 
@@ -113,10 +170,25 @@ class SlotTable {
     const d = new Uint8Array(n);
     d.set(this.warned);
     this.warned = d;
+    const rp = new Uint16Array(n);
+    rp.set(this.readyPool);
+    this.readyPool = rp;
+    const p = new Uint16Array(n);
+    p.set(this.pool);
+    this.pool = p;
+    const o = new Uint8Array(n);
+    o.set(this.overflow);
+    this.overflow = o;
   }
 }
 
-type AttemptEnd = "done" | "site-failure";
+type AttemptEnd = "done" | "site-failure" | "requeued";
+
+/** A connection worker: the site's pool queue it serves and the source it is bound to (null: none). */
+interface WorkerCtx {
+  q: PoolQueue;
+  source: EgressSource | null;
+}
 
 function reply(code: number, enhanced: string, text: string): SmtpReply {
   return { code, enhanced, lines: [text] };
@@ -163,6 +235,17 @@ export class Scheduler {
   private readonly slots = new SlotTable();
   private readonly destinations = new Map<string, Destination>();
   private readonly byNum: Destination[] = [];
+  /** Domain -> site, learned from routes (only where it was ever asked for or differs). */
+  private readonly siteOf = new Map<string, string>();
+  /** Domains waiting for their first route lookup (rollup on), with their due slots. */
+  private readonly staged = new Map<string, number[]>();
+  /** Pool 0 is "no source" (the kernel's choice); then the configured pools in order. */
+  private readonly poolList: { name: string; members: readonly PoolMember[] }[] = [{ name: "", members: [] }];
+  private readonly poolIndex = new Map<string, number>();
+  /** Connection workers per source address, all sites together. */
+  private readonly sourceActive = new Map<string, number>();
+  private readonly maxPerSource: number;
+  private readonly maxReady: number;
   /** Destinations with ready messages held back only by the global connection cap, oldest first. */
   private readonly waitingGlobal = new Set<Destination>();
   private activeWorkers = 0;
@@ -193,7 +276,16 @@ export class Scheduler {
     this.random = opts.random ?? Math.random;
     this.siteBackoffMs = opts.siteBackoffMs?.length ? opts.siteBackoffMs : DEFAULT_SITE_BACKOFF_MS;
     this.jitter = opts.jitter ?? 0.1;
+    this.maxPerSource = opts.maxConnectionsPerSource ?? DEFAULT_MAX_PER_SOURCE;
+    this.maxReady = Math.max(1, opts.maxReadyPerSite ?? DEFAULT_MAX_READY_PER_SITE);
     if (opts.retryMs.length === 0) throw new RangeError("retryMs needs at least one delay");
+    for (const [name, members] of Object.entries(opts.pools ?? {})) {
+      for (const m of members)
+        if (!(m.weight > 0)) throw new RangeError(`pool ${name}: weight of ${m.source.name} must be > 0`);
+      if (this.poolList.length >= 0xfffe) throw new RangeError("too many pools");
+      this.poolIndex.set(name, this.poolList.length);
+      this.poolList.push({ name, members });
+    }
     const mt = opts.metrics;
     if (mt) {
       this.m = {
@@ -209,7 +301,7 @@ export class Scheduler {
       };
       mt.gauge("mta_scheduler_queued_messages", "Messages in the scheduler, by tier", (set) => {
         let ready = 0;
-        for (const d of this.byNum) ready += d.ready.length;
+        for (const d of this.byNum) ready += d.readyLength;
         set(this.scheduled.size, { tier: "scheduled" });
         set(ready, { tier: "ready" });
         set(this.inFlight, { tier: "active" });
@@ -219,6 +311,18 @@ export class Scheduler {
       );
       mt.gauge("mta_scheduler_connections_active", "Connection workers running", (set) =>
         set(this.activeWorkers),
+      );
+      mt.gauge("mta_scheduler_source_connections_active", "Connection workers by source address", (set) => {
+        for (const [source, n] of this.sourceActive) set(n, { source });
+      });
+      mt.gauge(
+        "mta_scheduler_overflow_messages",
+        "Due messages held in the scheduled tier because their site's ready queues were full",
+        (set) => {
+          let n = 0;
+          for (const d of this.byNum) n += d.overflowed;
+          set(n);
+        },
       );
       mt.gauge("mta_scheduler_destinations_suspended", "Destinations suspended or backing off", (set) => {
         const now = this.clock.now();
@@ -245,26 +349,33 @@ export class Scheduler {
     });
     due.sort((a, b) => sp.arrivalOf(a) - sp.arrivalOf(b));
     const touched = new Set<Destination>();
-    for (const slot of due) touched.add(this.makeReady(slot));
+    for (const slot of due) this.readyInto(touched, slot);
     for (const d of touched) this.tryStart(d);
     this.armTimer();
     this.checkIdle();
   }
 
-  /** Queues a newly appended message (due now or at its next attempt time). */
-  enqueue(slot: number): void {
+  /**
+   * Queues a newly appended message (due now or at its next attempt time). `hint.pool` is the
+   * message's `pool` attribute when the caller knows it (else it is learned at the first attempt).
+   */
+  enqueue(slot: number, hint?: { pool?: string }): void {
     if (this.stopping) return;
     const sp = this.opts.spool;
     if (!sp.isLive(slot)) return;
     this.slots.ensure(slot);
     if (this.slots.where[slot] === ACTIVE) return; // the worker's end re-queues a reused slot
     this.slots.warned[slot] = 0;
+    this.slots.pool[slot] = hint?.pool ? (this.poolIndex.get(hint.pool) ?? -1) + 1 : 0;
     if (!this.started) return; // start() will load it from the spool
     const at = sp.nextAttemptOf(slot);
     if (at > this.clock.now()) {
       this.schedule(slot, at);
       this.armTimer();
-    } else this.tryStart(this.makeReady(slot));
+    } else {
+      const d = this.makeReady(slot);
+      if (d) this.tryStart(d);
+    }
   }
 
   /**
@@ -278,7 +389,8 @@ export class Scheduler {
     const touched = new Set<Destination>();
     for (let slot = this.scheduled.popDue(now); slot !== undefined; slot = this.scheduled.popDue(now)) {
       this.slots.where[slot] = NONE;
-      if (this.opts.spool.isLive(slot)) touched.add(this.makeReady(slot));
+      this.clearOverflow(slot);
+      if (this.opts.spool.isLive(slot)) this.readyInto(touched, slot);
     }
     for (let n = this.wakeups.popDue(now); n !== undefined; n = this.wakeups.popDue(now)) {
       const d = this.byNum[n]!;
@@ -304,7 +416,12 @@ export class Scheduler {
     } else {
       const all: { slot: number; at: number }[] = [];
       this.scheduled.forEach((slot, at) => {
-        if (target.destination === undefined || sp.destinationOf(slot) === target.destination)
+        const dest = sp.destinationOf(slot);
+        if (
+          target.destination === undefined ||
+          dest === target.destination ||
+          this.siteOf.get(dest) === target.destination
+        )
           all.push({ slot, at });
       });
       all.sort((a, b) => a.at - b.at);
@@ -314,10 +431,11 @@ export class Scheduler {
     for (const slot of picked) {
       this.scheduled.remove(slot);
       this.slots.where[slot] = NONE;
-      touched.add(this.makeReady(slot));
+      this.clearOverflow(slot);
+      this.readyInto(touched, slot);
     }
     if (target.destination !== undefined) {
-      const d = this.destinations.get(target.destination);
+      const d = this.destinations.get(this.siteName(target.destination));
       if (d) touched.add(d);
     }
     for (const d of touched) {
@@ -329,15 +447,15 @@ export class Scheduler {
     return picked.length;
   }
 
-  /** No new attempts to `destination` for `forMs` (undefined = until `resume`). */
+  /** No new attempts to `destination` (a domain: its site; or a site) for `forMs` (undefined = until `resume`). */
   suspend(destination: string, forMs?: number, reason = "suspended by operator"): void {
-    const d = this.destination(destination);
+    const d = this.destination(this.siteName(destination));
     const until = forMs === undefined ? Number.POSITIVE_INFINITY : this.clock.now() + forMs;
     this.suspendUntil(d, until, "admin", reason);
   }
 
   resume(destination: string): void {
-    const d = this.destinations.get(destination);
+    const d = this.destinations.get(this.siteName(destination));
     if (!d) return;
     if (d.suspendedUntilMs > 0) this.lift(d, "resumed by operator");
     d.throttle = undefined;
@@ -351,7 +469,7 @@ export class Scheduler {
     for (const d of this.byNum) {
       const p = this.opts.policyFor(d.name);
       d.policy = p;
-      d.window.setLimit(Math.max(1, p.maxConnections));
+      d.window.setLimit(Math.max(1, p.maxConnections) * this.sourcesOf(d));
       d.rules = p.rules ?? DEFAULT_BACKOFF_RULES;
       d.messageRate = p.messageRate ? new RateLimiter(p.messageRate) : undefined;
       d.connectionRate = p.connectionRate ? new RateLimiter(p.connectionRate) : undefined;
@@ -388,7 +506,7 @@ export class Scheduler {
           : where === NONE
             ? sp.nextAttemptOf(slot)
             : now;
-      if (where === READY || where === ACTIVE) a.ready++;
+      if (where === READY || where === ACTIVE || where === ROUTING) a.ready++;
       if (a.nextMs === undefined || next < a.nextMs) a.nextMs = next;
     });
     const names = new Set<string>(acc.keys());
@@ -397,9 +515,10 @@ export class Scheduler {
     const out: DestinationSummary[] = [];
     for (const name of [...names].sort()) {
       const a = acc.get(name) ?? { messages: 0, recipients: 0, bytes: 0, ready: 0 };
-      const d = this.destinations.get(name);
+      const d = this.destinations.get(this.siteName(name));
       const s: DestinationSummary = {
         destination: name,
+        ...(d && d.name !== name ? { site: d.name } : {}),
         messages: a.messages,
         recipients: a.recipients,
         bytes: a.bytes,
@@ -456,11 +575,65 @@ export class Scheduler {
   private destination(name: string): Destination {
     let d = this.destinations.get(name);
     if (!d) {
-      d = new Destination(this.byNum.length, name, this.opts.policyFor(name));
+      const policy = this.opts.policyFor(name);
+      d = new Destination(this.byNum.length, name, policy, this.sourcesOf({ policy }));
       this.destinations.set(name, d);
       this.byNum.push(d);
     }
     return d;
+  }
+
+  /** A domain's site as far as known, or the name itself (a site, or a domain not seen yet). */
+  private siteName(name: string): string {
+    return this.siteOf.get(name) ?? name;
+  }
+
+  /** Records a domain's site from its route; kept only when it differs or was asked for before. */
+  private learnSite(domain: string, site: string | undefined): void {
+    const s = site ?? domain;
+    if (s !== domain || this.siteOf.has(domain) || this.opts.rollup) this.siteOf.set(domain, s);
+  }
+
+  /** The pool index of a site's policy (or the default pool); 0 = no source. */
+  private sitePool(d: { policy: DestinationPolicy }): number {
+    const name = d.policy.pool ?? this.opts.defaultPool;
+    return name === undefined ? 0 : (this.poolIndex.get(name) ?? 0);
+  }
+
+  /** Sources a site's connections are spread over (its `maxConnections` applies to each). */
+  private sourcesOf(d: { policy: DestinationPolicy }): number {
+    return Math.max(1, this.poolList[this.sitePool(d)]!.members.length);
+  }
+
+  /** The pool of the message in `slot` as far as known: its own, else its site's. */
+  private poolOfSlot(d: Destination, slot: number): number {
+    const p = this.slots.pool[slot]!;
+    return p > 0 ? p - 1 : this.sitePool(d);
+  }
+
+  /**
+   * A source for one more connection from `pool` to site `d`, by smooth weighted round-robin over
+   * the members under both caps; null = bind none (the kernel's choice); undefined = all at a cap.
+   */
+  private pickSource(d: Destination, pool: number): EgressSource | null | undefined {
+    const members = this.poolList[pool]!.members;
+    const cap = Math.max(1, d.policy.maxConnections);
+    if (members.length === 0) return (d.bySource.get("") ?? 0) < cap ? null : undefined;
+    let cur = d.wrr.get(pool);
+    if (!cur || cur.length !== members.length) d.wrr.set(pool, (cur = new Array(members.length).fill(0)));
+    let best = -1;
+    let total = 0;
+    for (let i = 0; i < members.length; i++) {
+      const m = members[i]!;
+      const a = m.source.address;
+      if ((d.bySource.get(a) ?? 0) >= cap || (this.sourceActive.get(a) ?? 0) >= this.maxPerSource) continue;
+      cur[i]! += m.weight;
+      total += m.weight;
+      if (best < 0 || cur[i]! > cur[best]!) best = i;
+    }
+    if (best < 0) return undefined;
+    cur[best]! -= total;
+    return members[best]!.source;
   }
 
   private schedule(slot: number, atMs: number): void {
@@ -469,23 +642,108 @@ export class Scheduler {
     this.scheduled.push(slot, atMs);
   }
 
-  private makeReady(slot: number): Destination {
-    const d = this.destination(this.opts.spool.destinationOf(slot));
+  private readyInto(touched: Set<Destination>, slot: number): void {
+    const d = this.makeReady(slot);
+    if (d) touched.add(d);
+  }
+
+  /**
+   * Puts a due message into its site's ready queue for its pool. Returns the site, or undefined when
+   * the message waits elsewhere: for its domain's first route lookup, or (site full) in the
+   * scheduled tier.
+   */
+  private makeReady(slot: number): Destination | undefined {
+    const domain = this.opts.spool.destinationOf(slot);
     this.slots.ensure(slot);
     const t = this.slots;
-    if (t.where[slot] === SCHEDULED) this.scheduled.remove(slot);
+    if (t.where[slot] === SCHEDULED) {
+      this.scheduled.remove(slot);
+      this.clearOverflow(slot);
+    }
+    let site = this.siteOf.get(domain);
+    if (site === undefined) {
+      if (this.opts.rollup) {
+        this.stage(domain, slot);
+        return undefined;
+      }
+      site = domain;
+    }
+    const d = this.destination(site);
+    const pool = this.poolOfSlot(d, slot);
     // A stale entry for this slot in the same FIFO serves the new message too.
-    if (!(t.where[slot] === READY && t.readyDest[slot] === d.num)) d.ready.push(slot);
+    if (t.where[slot] === READY && t.readyDest[slot] === d.num && t.readyPool[slot] === pool + 1) return d;
+    if (d.readyLength >= this.maxReady) {
+      // Full: stay in the scheduled tier, spread over a second per bound's worth of overflow.
+      d.overflowed++;
+      t.overflow[slot] = 1;
+      t.readyDest[slot] = d.num;
+      const delay = OVERFLOW_DEFER_MS * (1 + Math.floor(d.overflowed / this.maxReady));
+      this.schedule(slot, this.clock.now() + delay + Math.floor(this.random() * OVERFLOW_DEFER_MS));
+      this.armTimer();
+      return undefined;
+    }
+    d.queueOf(pool).ready.push(slot);
     t.where[slot] = READY;
     t.readyDest[slot] = d.num;
+    t.readyPool[slot] = pool + 1;
     return d;
   }
 
-  /** The next live ready slot of `d`, marked active; stale FIFO entries are dropped. */
-  private takeReady(d: Destination): number | undefined {
+  private clearOverflow(slot: number): void {
+    if (slot >= this.slots.overflow.length || this.slots.overflow[slot] === 0) return;
+    this.slots.overflow[slot] = 0;
+    const d = this.byNum[this.slots.readyDest[slot]!];
+    if (d) d.overflowed--;
+  }
+
+  /** Holds a due slot until its domain's first route names its site (rollup on). */
+  private stage(domain: string, slot: number): void {
+    this.slots.where[slot] = ROUTING;
+    const list = this.staged.get(domain);
+    if (list) {
+      list.push(slot);
+      return;
+    }
+    this.staged.set(domain, [slot]);
+    this.pendingOps++;
+    const done = (site: string | undefined) => {
+      this.pendingOps--;
+      if (site !== undefined) this.siteOf.set(domain, site);
+      const slots = this.staged.get(domain) ?? [];
+      this.staged.delete(domain);
+      const touched = new Set<Destination>();
+      const sp = this.opts.spool;
+      for (const s of slots) {
+        if (this.slots.where[s] !== ROUTING) continue;
+        this.slots.where[s] = NONE;
+        if (this.stopping || !sp.isLive(s)) continue;
+        if (site === undefined) {
+          // No route now (DNS trouble): queue under the domain itself; its attempt backs off.
+          const d = this.destination(domain);
+          this.siteOf.delete(domain);
+          d.queueOf(this.poolOfSlot(d, s)).ready.push(s);
+          this.slots.where[s] = READY;
+          this.slots.readyDest[s] = d.num;
+          this.slots.readyPool[s] = this.poolOfSlot(d, s) + 1;
+          touched.add(d);
+        } else this.readyInto(touched, s);
+      }
+      for (const d of touched) this.tryStart(d);
+      this.armTimer();
+      this.checkIdle();
+    };
+    this.opts.route(domain).then(
+      (r) => done(r.kind === "hosts" ? (r.site ?? domain) : undefined),
+      () => done(undefined),
+    );
+  }
+
+  /** The next live ready slot of `q`, marked active; stale FIFO entries are dropped. */
+  private takeReady(d: Destination, q: PoolQueue): number | undefined {
     const t = this.slots;
-    for (let slot = d.ready.shift(); slot !== undefined; slot = d.ready.shift()) {
-      if (t.where[slot] !== READY || t.readyDest[slot] !== d.num) continue;
+    for (let slot = q.ready.shift(); slot !== undefined; slot = q.ready.shift()) {
+      if (t.where[slot] !== READY || t.readyDest[slot] !== d.num || t.readyPool[slot] !== q.pool + 1)
+        continue;
       if (!this.opts.spool.isLive(slot)) {
         t.where[slot] = NONE;
         continue;
@@ -496,11 +754,13 @@ export class Scheduler {
     return undefined;
   }
 
-  /** Puts an unattempted message back at the front of its ready queue. */
+  /** Puts an unattempted message back at the front of its (pool's) ready queue. */
   private putBack(d: Destination, slot: number): void {
+    const pool = this.poolOfSlot(d, slot);
     this.slots.where[slot] = READY;
     this.slots.readyDest[slot] = d.num;
-    d.ready.unshift(slot);
+    this.slots.readyPool[slot] = pool + 1;
+    d.queueOf(pool).ready.unshift(slot);
   }
 
   private armTimer(): void {
@@ -530,7 +790,11 @@ export class Scheduler {
   // ------------------------------------------------------------------ destinations
 
   private limitOf(d: Destination, now: number): number {
-    let limit = Math.min(d.policy.maxConnections, d.window.size, this.opts.maxConnections);
+    let limit = Math.min(
+      d.policy.maxConnections * this.sourcesOf(d),
+      d.window.size,
+      this.opts.maxConnections,
+    );
     if (d.throttle && d.throttle.untilMs > now) limit = Math.min(limit, d.throttle.maxConnections);
     return Math.max(1, limit);
   }
@@ -592,13 +856,16 @@ export class Scheduler {
     this.emitDestination({ type: "resumption", destination: d.name, reason });
   }
 
-  /** Starts connection workers for `d` while it has ready mail and every limit allows one more. */
+  /**
+   * Starts connection workers for `d` while it has ready mail and every limit allows one more. Each
+   * worker serves one pool's queue (round-robin over the site's queues) bound to one source.
+   */
   private tryStart(d: Destination): void {
-    if (this.stopping || d.ready.length === 0) return;
+    if (this.stopping || d.readyLength === 0) return;
     const now = this.clock.now();
     if (d.suspendedUntilMs > now) return;
     if (d.suspendedUntilMs > 0) this.lift(d, "suspension ended");
-    while (d.ready.length > 0 && d.active < this.limitOf(d, now)) {
+    while (d.readyLength > 0 && d.active < this.limitOf(d, now)) {
       if (this.activeWorkers >= this.opts.maxConnections) {
         this.waitingGlobal.add(d);
         return;
@@ -608,15 +875,31 @@ export class Scheduler {
         this.wakeAt(d, now + rateWait);
         return;
       }
-      const slot = this.takeReady(d);
-      if (slot === undefined) return;
+      let ctx: WorkerCtx | undefined;
+      const n = d.queues.length;
+      for (let k = 0; k < n && !ctx; k++) {
+        const q = d.queues[(d.rr + k) % n]!;
+        if (q.ready.length === 0) continue;
+        const source = this.pickSource(d, q.pool);
+        if (source === undefined) continue;
+        d.rr = (d.rr + k + 1) % n;
+        ctx = { q, source };
+      }
+      if (!ctx) {
+        // Every source is at a cap. The site's own workers retry when they end; with none running,
+        // the cap is another site's use of the source: wait for any worker to end.
+        if (d.active === 0) this.waitingGlobal.add(d);
+        return;
+      }
+      const slot = this.takeReady(d, ctx.q);
+      if (slot === undefined) continue;
       const connWait = d.connectionRate?.take(now) ?? 0;
       if (connWait > 0) {
         this.putBack(d, slot);
         this.wakeAt(d, now + connWait);
         return;
       }
-      const p = this.worker(d, slot);
+      const p = this.worker(d, ctx, slot);
       this.workers.add(p);
       void p.finally(() => this.workers.delete(p));
     }
@@ -637,9 +920,12 @@ export class Scheduler {
   }
 
   /** One connection worker: ready messages one after another, up to maxMessagesPerConnection. */
-  private async worker(d: Destination, first: number): Promise<void> {
+  private async worker(d: Destination, w: WorkerCtx, first: number): Promise<void> {
     this.activeWorkers++;
     d.active++;
+    const key = w.source?.address ?? "";
+    d.bySource.set(key, (d.bySource.get(key) ?? 0) + 1);
+    if (w.source) this.sourceActive.set(key, (this.sourceActive.get(key) ?? 0) + 1);
     let slot: number | undefined = first;
     let sent = 0;
     try {
@@ -651,17 +937,27 @@ export class Scheduler {
           this.wakeAt(d, now + wait);
           break;
         }
-        const end = await this.attemptSafely(d, slot);
-        sent++;
+        const end = await this.attemptSafely(d, w, slot);
+        if (end === "requeued")
+          this.tryStart(d); // it belongs to another pool's queue
+        else sent++;
         if (end === "site-failure" || this.stopping) break;
         const after = this.clock.now();
         if (d.suspendedUntilMs > after || sent >= Math.max(1, d.policy.maxMessagesPerConnection)) break;
         if (d.active > this.limitOf(d, after)) break; // the window shrank or a throttle began
-        slot = this.takeReady(d);
+        slot = this.takeReady(d, w.q);
       }
     } finally {
       this.activeWorkers--;
       d.active--;
+      const left = (d.bySource.get(key) ?? 1) - 1;
+      if (left > 0) d.bySource.set(key, left);
+      else d.bySource.delete(key);
+      if (w.source) {
+        const all = (this.sourceActive.get(key) ?? 1) - 1;
+        if (all > 0) this.sourceActive.set(key, all);
+        else this.sourceActive.delete(key);
+      }
       this.pumpWaiting();
       this.tryStart(d);
       this.checkIdle();
@@ -679,12 +975,12 @@ export class Scheduler {
 
   // ------------------------------------------------------------------ attempts
 
-  private async attemptSafely(d: Destination, slot: number): Promise<AttemptEnd> {
+  private async attemptSafely(d: Destination, w: WorkerCtx, slot: number): Promise<AttemptEnd> {
     const sp = this.opts.spool;
     const id = sp.idOf(slot);
     this.inFlight++;
     try {
-      return await this.attempt(d, slot, id);
+      return await this.attempt(d, w, slot, id);
     } catch (err) {
       // Nothing was recorded (or the record failed): hold the message in RAM and try again later.
       this.opts.log.error("delivery attempt failed inside the MTA; will retry", {
@@ -707,9 +1003,10 @@ export class Scheduler {
     }
   }
 
-  private async attempt(d: Destination, slot: number, id: string): Promise<AttemptEnd> {
+  private async attempt(d: Destination, w: WorkerCtx, slot: number, id: string): Promise<AttemptEnd> {
     const sp = this.opts.spool;
     const now = this.clock.now();
+    const domain = sp.destinationOf(slot);
     if (now >= sp.arrivalOf(slot) + this.opts.maxAgeMs) {
       await this.expire(d, slot, id, now);
       return "done";
@@ -718,7 +1015,7 @@ export class Scheduler {
       await this.failAll(d, slot, id, d.bounce.reply, `rule:${d.bounce.rule}`);
       return "done";
     }
-    const route = await this.opts.route(d.name);
+    const route = await this.opts.route(domain);
     if (route.kind === "transient") {
       this.siteFailure(d, slot, reply(451, "4.4.3", `DNS: ${route.reason}`));
       return "site-failure";
@@ -728,6 +1025,7 @@ export class Scheduler {
       await this.failAll(d, slot, id, reply(550, route.enhanced, route.reason), "route");
       return "done";
     }
+    this.learnSite(domain, route.site);
     const { message, body } = await sp.read(slot);
     const pending = message.recipients.flatMap((r, index) => (r.state === "pending" ? [{ r, index }] : []));
     if (pending.length === 0) {
@@ -735,6 +1033,13 @@ export class Scheduler {
       return "done";
     }
     const a = message.attributes;
+    const pool = a.pool ? (this.poolIndex.get(a.pool) ?? this.sitePool(d)) : this.sitePool(d);
+    this.slots.pool[slot] = pool + 1;
+    if (pool !== w.q.pool) {
+      // Its pool was not known when it was queued (e.g. after a restart): over to the right queue.
+      this.putBack(d, slot);
+      return "requeued";
+    }
     const smtputf8 = a.smtputf8 === "1" || a.smtputf8 === "true";
     const out: OutboundMessage = {
       id,
@@ -759,11 +1064,14 @@ export class Scheduler {
     const p = d.policy;
     const target: AttemptTarget = {
       hosts: route.hosts.map((h) => ({ name: h.name, ip: h.ip, port: h.port })),
-      ehloName: route.ehloName ?? this.opts.hostname,
+      // A source's EHLO name goes with its address (it should match the address's PTR).
+      ehloName:
+        (route.sourceAddress ? undefined : w.source?.ehloName) ?? route.ehloName ?? this.opts.hostname,
       tls: route.tls ?? p.tls,
       tlsVerify: route.tlsVerify ?? p.tlsVerify,
     };
-    if (route.sourceAddress) target.sourceAddress = route.sourceAddress;
+    const source = route.sourceAddress ?? w.source?.address;
+    if (source) target.sourceAddress = source;
     if (route.auth) target.auth = route.auth;
 
     const result = await this.opts.deliverer.deliver(target, out);
@@ -847,7 +1155,7 @@ export class Scheduler {
       this.emit({
         type: r.kind === "delivered" ? "delivery" : r.kind === "permanent" ? "bounce" : "transient-failure",
         id,
-        destination: d.name,
+        destination: message.destination,
         sender: message.sender,
         recipient: rc.address,
         ...(result.mx ? { mx: result.mx.name, ip: result.mx.ip } : {}),
@@ -903,7 +1211,7 @@ export class Scheduler {
           this.emit({
             type: "delay-warning",
             id,
-            destination: d.name,
+            destination: message.destination,
             sender: message.sender,
             recipient: rc.address,
           });
@@ -950,7 +1258,7 @@ export class Scheduler {
       this.emit({
         type: "expiration",
         id,
-        destination: d.name,
+        destination: message.destination,
         sender: message.sender,
         recipient: r.address,
         code: last?.code ?? 421,
@@ -1003,7 +1311,7 @@ export class Scheduler {
       this.emit({
         type: "bounce",
         id,
-        destination: d.name,
+        destination: message.destination,
         sender: message.sender,
         recipient: rc.address,
         code: r.code,
@@ -1164,14 +1472,17 @@ export class Scheduler {
       const w = this.wakeups.peekTime();
       if (w !== undefined && w <= now) return;
       for (const d of this.byNum) {
-        if (d.ready.length === 0 || d.suspendedUntilMs > now) continue;
+        if (d.readyLength === 0 || d.suspendedUntilMs > now) continue;
         if (this.messageWait(d, now) > 0) continue;
         if (d.connectionRate && d.connectionRate.waitMs(now) > 0) continue;
         // Stale entries only? Then the queue is effectively empty.
         let live = false;
-        d.ready.forEach((slot) => {
-          if (this.slots.where[slot] === READY && this.slots.readyDest[slot] === d.num) live = true;
-        });
+        for (const q of d.queues)
+          q.ready.forEach((slot) => {
+            const t = this.slots;
+            if (t.where[slot] === READY && t.readyDest[slot] === d.num && t.readyPool[slot] === q.pool + 1)
+              live = true;
+          });
         if (live) return;
       }
     }

@@ -83,6 +83,11 @@ export type SchedulerRoute =
       tlsVerify?: boolean;
       sourceAddress?: string;
       ehloName?: string;
+      /**
+       * The site whose queue and limits this destination shares (MX rollup: every domain whose MX
+       * matches a rollup's patterns names the rollup). Default: the destination itself.
+       */
+      site?: string;
     }
   | { kind: "permanent"; enhanced: string; reason: string }
   | { kind: "transient"; reason: string };
@@ -102,6 +107,22 @@ export interface DestinationPolicy {
   initialWindow?: number;
   /** Reply-driven backoff rules; default `DEFAULT_BACKOFF_RULES`. */
   rules?: readonly BackoffRule[];
+  /** Egress pool (a name in `SchedulerOptions.pools`); default `SchedulerOptions.defaultPool`. */
+  pool?: string;
+}
+
+/** A local address outbound connections are bound to, and the EHLO name they announce. */
+export interface EgressSource {
+  name: string;
+  address: string;
+  /** Default: the route's EHLO name, else `SchedulerOptions.hostname`. */
+  ehloName?: string;
+}
+
+/** One member of an egress pool: connections are spread over members in proportion to `weight`. */
+export interface PoolMember {
+  source: EgressSource;
+  weight: number;
 }
 
 /** Message events: exactly the delivery log's event types, so `onEvent` can feed `DeliveryLog.write`. */
@@ -161,7 +182,27 @@ export interface SchedulerOptions {
   delayWarningMs: number;
   /** Global cap on concurrent connection workers. */
   maxConnections: number;
-  policyFor(destination: string): DestinationPolicy;
+  /**
+   * The policy of a site: a destination's own name, or a rollup's name (see `SchedulerRoute.site`).
+   * `maxConnections` applies per (source x site).
+   */
+  policyFor(site: string): DestinationPolicy;
+  /** Egress pools by name. A message's `pool` attribute, else its site's policy, picks one. */
+  pools?: Record<string, readonly PoolMember[]>;
+  /** Pool for sites whose policy names none; unset or unknown: no source is bound (the kernel chooses). */
+  defaultPool?: string;
+  /** Cap on connections bound to one source address (ephemeral ports); default 20,000. */
+  maxConnectionsPerSource?: number;
+  /**
+   * Ready messages one site may hold (default 10,000). Beyond it, due messages stay in the scheduled
+   * tier, deferred by about a second per bound's worth of overflow, so a stalled site cannot fill RAM.
+   */
+  maxReadyPerSite?: number;
+  /**
+   * Routes may name a site (MX rollup): a destination's due messages wait for its first route lookup
+   * before they are queued, so that they join the rollup's queue and limits from the start.
+   */
+  rollup?: boolean;
   /** Suspension after a whole-site failure: 1st, 2nd, ... in a row; the last repeats. Default 1m, 5m, 15m, 30m. */
   siteBackoffMs?: number[];
   /** Relative jitter on retry delays (default 0.1 = ±10%). */
@@ -180,6 +221,8 @@ export type DestinationState = "active" | "idle" | "suspended" | "backoff" | "th
 
 export interface DestinationSummary {
   destination: string;
+  /** The site (rollup) whose queue and limits the destination shares, when it is not the destination itself. */
+  site?: string;
   messages: number;
   /** Pending recipients. */
   recipients: number;

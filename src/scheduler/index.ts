@@ -13,6 +13,8 @@ export type {
   DestinationPolicy,
   DestinationState,
   DestinationSummary,
+  EgressSource,
+  PoolMember,
   SchedulerEvent,
   SchedulerEventType,
   SchedulerOptions,
