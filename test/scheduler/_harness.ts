@@ -161,8 +161,11 @@ export interface CountingPeer extends AsyncDisposable {
   open: number;
   maxOpen: number;
   sessions: number;
-  /** Accepted messages: envelope sender, recipients, and the time the DATA ended (real ms). */
-  messages: { from: string; to: string[]; body: string }[];
+  /** Per client (source) address: open sessions now and the most at once. */
+  openBy: Map<string, number>;
+  maxOpenBy: Map<string, number>;
+  /** Accepted messages: envelope sender, recipients, body, the client's address and EHLO name. */
+  messages: { from: string; to: string[]; body: string; source: string; ehlo: string }[];
   /** Reply to each RCPT (default 250). */
   rcpt: (to: string) => string;
 }
@@ -175,6 +178,8 @@ export async function countingPeer(dataDelayMs: number): Promise<CountingPeer> {
     open: 0,
     maxOpen: 0,
     sessions: 0,
+    openBy: new Map(),
+    maxOpenBy: new Map(),
     messages: [],
     rcpt: () => "250 2.1.5 ok",
     async [Symbol.asyncDispose]() {
@@ -187,8 +192,13 @@ export async function countingPeer(dataDelayMs: number): Promise<CountingPeer> {
     peer.sessions++;
     peer.open++;
     peer.maxOpen = Math.max(peer.maxOpen, peer.open);
+    const source = (sock.remoteAddress ?? "").replace(/^::ffff:/, "");
+    const nowBy = (peer.openBy.get(source) ?? 0) + 1;
+    peer.openBy.set(source, nowBy);
+    peer.maxOpenBy.set(source, Math.max(peer.maxOpenBy.get(source) ?? 0, nowBy));
     sock.on("close", () => {
       peer.open--;
+      peer.openBy.set(source, (peer.openBy.get(source) ?? 1) - 1);
       sockets.delete(sock);
     });
     sock.on("error", () => {});
@@ -196,6 +206,7 @@ export async function countingPeer(dataDelayMs: number): Promise<CountingPeer> {
     let inData = false;
     let from = "";
     let to: string[] = [];
+    let ehlo = "";
     sock.write("220 counting.test ESMTP\r\n");
     sock.on("data", (chunk) => {
       buf += chunk.toString("latin1");
@@ -206,7 +217,7 @@ export async function countingPeer(dataDelayMs: number): Promise<CountingPeer> {
           const body = buf.slice(0, end + 2);
           buf = buf.slice(end + 5);
           inData = false;
-          const msg = { from, to, body };
+          const msg = { from, to, body, source, ehlo };
           setTimeout(() => {
             peer.messages.push(msg);
             if (!sock.destroyed) sock.write("250 2.0.0 queued\r\n");
@@ -219,6 +230,7 @@ export async function countingPeer(dataDelayMs: number): Promise<CountingPeer> {
         buf = buf.slice(nl + 2);
         if (process.env.PEER_DEBUG) console.log(`peer ${peer.sessions} <`, line);
         const verb = line.slice(0, 4).toUpperCase();
+        if (verb === "EHLO" || verb === "HELO") ehlo = line.slice(5).trim();
         if (verb === "EHLO") sock.write("250-counting.test\r\n250 8BITMIME\r\n");
         else if (verb === "HELO") sock.write("250 counting.test\r\n");
         else if (verb === "MAIL") {
