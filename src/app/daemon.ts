@@ -20,6 +20,7 @@ import {
 import { type Listener, type ListenerOptions, startListener } from "../listener/index.ts";
 import { Engine } from "./engine.ts";
 import { injectHandler } from "./inject.ts";
+import { QueueOps, queueRoutes } from "./queue.ts";
 
 export interface DaemonOptions {
   log: Logger;
@@ -88,6 +89,15 @@ export class Daemon {
           "POST /api/v1/inject",
           injectHandler(engine.pipeline, { hostname: config.hostname, maxMessageBytes }),
         );
+        const queueOps = new QueueOps({
+          spool: engine.spool,
+          scheduler: engine.scheduler,
+          deliveryLog: engine.deliveryLog,
+          hostname: config.hostname,
+          metrics: engine.metrics,
+          log: log.withTag("queue"),
+        });
+        for (const [key, handler] of Object.entries(queueRoutes(queueOps))) control.addRoute(key, handler);
       }
       for (const l of config.listen) {
         listeners.push(

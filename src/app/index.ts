@@ -1,3 +1,4 @@
 export { Daemon, runDaemon } from "./daemon.ts";
 export { Engine } from "./engine.ts";
 export { DkimSigner, formatTxtRecord, generateKey } from "../dkim/index.ts";
+export * from "./queue.ts";

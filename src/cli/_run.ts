@@ -13,7 +13,10 @@ function plain(text: string, stream: NodeJS.WriteStream): string {
   return stream.isTTY ? text : text.replace(/\x1b\[[0-9;]*m/g, "");
 }
 
-async function resolveSub(cmd: CommandDef, argv: string[]): Promise<[CommandDef, CommandDef | undefined]> {
+async function resolveSub(
+  cmd: CommandDef,
+  argv: string[],
+): Promise<[CommandDef, CommandDef | undefined, string[]]> {
   let current = cmd;
   let parent: CommandDef | undefined;
   let rest = argv;
@@ -22,7 +25,7 @@ async function resolveSub(cmd: CommandDef, argv: string[]): Promise<[CommandDef,
       typeof current.subCommands === "function" ? await current.subCommands() : await current.subCommands;
     const i = rest.findIndex((a) => !a.startsWith("-"));
     const name = i >= 0 ? rest[i]! : undefined;
-    if (!subs || !name || !(name in subs)) return [current, parent];
+    if (!subs || !name || !(name in subs)) return [current, parent, rest];
     const next = (subs as Record<string, unknown>)[name];
     const resolved = (
       typeof next === "function" ? await (next as () => unknown)() : await next
@@ -49,7 +52,9 @@ export async function run(main: CommandDef, argv: string[]): Promise<number> {
       process.stdout.write(plain(`${await renderUsage(main)}\n`, process.stdout));
       return EXIT.usage;
     }
-    const { result } = await runCommand(main, { rawArgs: argv });
+    // Run the leaf command ourselves: citty drops the return value of nested subcommands.
+    const [leaf, , rest] = await resolveSub(main, argv);
+    const { result } = await runCommand(leaf, { rawArgs: rest });
     return typeof result === "number" ? result : EXIT.ok;
   } catch (err) {
     return reportError(err, main, argv);

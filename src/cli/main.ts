@@ -19,6 +19,7 @@ export const main = defineCommand({
     serve: () => import("./serve.ts").then((m) => m.default),
     "check-config": () => import("./checkConfig.ts").then((m) => m.default),
     dkim: () => import("./dkim.ts").then((m) => m.default),
+    queue: () => import("./queue.ts").then((m) => m.default),
   },
 });
 

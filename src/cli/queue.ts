@@ -17,7 +17,7 @@ import {
   SORT_KEYS,
   type Selector,
   type SortKey,
-} from "../app/queue.ts";
+} from "../app/index.ts";
 import { findConfigPath, loadConfig } from "../config/index.ts";
 import { EXIT, formatBytes, isMessageId, MtaError, UsageError } from "../lib/index.ts";
 import { configArg } from "./_args.ts";
