@@ -7,6 +7,7 @@
  * Usage: bun bench/inject.ts [--quick]
  * Prints a table; never pass/fail.
  */
+import { readFileSync } from "node:fs";
 import * as os from "node:os";
 import { parseCidr } from "../src/lib/index.ts";
 import type { AcceptResult, Acceptor } from "../src/listener/index.ts";
@@ -52,9 +53,26 @@ const listener = await startListener(
 
 const rows: string[][] = [];
 
+/** TcpExt ListenOverflows: connections the kernel dropped because the accept queue was full. */
+function listenOverflows(): number {
+  try {
+    const lines = readFileSync("/proc/net/netstat", "utf8").split("\n");
+    for (let i = 0; i + 1 < lines.length; i += 2) {
+      const names = lines[i]!.split(/\s+/);
+      const values = lines[i + 1]!.split(/\s+/);
+      const k = names.indexOf("ListenOverflows");
+      if (names[0] === "TcpExt:" && k > 0) return Number(values[k]);
+    }
+  } catch {
+    // Not Linux: unknown.
+  }
+  return Number.NaN;
+}
+
 async function inject(sizeBytes: number, sessions: number, messages: number, reuse: boolean): Promise<void> {
   if (!smtpSource) return;
   const before = acceptor.count;
+  const overflows0 = listenOverflows();
   const cpu0 = process.cpuUsage();
   const t0 = performance.now();
   const args = [smtpSource, "-N", "-s", String(sessions), "-m", String(messages), "-l", String(sizeBytes)];
@@ -78,6 +96,7 @@ async function inject(sizeBytes: number, sessions: number, messages: number, reu
     (listenerCpuMs / Math.max(1, accepted)).toFixed(3),
     (sourceCpuMs / Math.max(1, accepted)).toFixed(3),
     wallS.toFixed(2),
+    String(listenOverflows() - overflows0),
     code === 0 ? "ok" : `rc=${code} ${err}`,
   ]);
 }
@@ -135,12 +154,14 @@ await new Promise((r) => process.stdin.on("end", r).resume());
 const cases: [number, number, number, boolean][] = quick
   ? [
       [1000, 50, 5000, false],
+      [1000, 1000, 5000, false],
       [100_000, 50, 500, false],
     ]
   : [
       [1000, 50, 20_000, false],
       [1000, 1000, 20_000, false],
       [1000, 50, 50_000, true],
+      [1000, 1000, 50_000, true],
       [100_000, 50, 3_000, false],
       [100_000, 1000, 3_000, false],
     ];
@@ -163,6 +184,7 @@ if (rows.length) {
     "listener CPU ms/msg",
     "smtp-source CPU ms/msg",
     "wall s",
+    "listen overflows",
     "result",
   ];
   console.log(`| ${head.join(" | ")} |\n|${head.map(() => "---").join("|")}|`);

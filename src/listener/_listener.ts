@@ -68,6 +68,8 @@ interface AuthExchange {
 
 /** Above this many unprocessed input bytes the socket is paused while the session is busy. */
 const MAX_BUFFERED_INPUT_BYTES = 64 * 1024;
+/** Hard cap on unprocessed input (pausing keeps it far below; this only guards against a broken pause). */
+const MAX_UNREAD_INPUT_BYTES = 4 * 1024 * 1024;
 const utf8 = new TextDecoder("utf-8", { fatal: true });
 
 class Session {
@@ -269,6 +271,18 @@ class SmtpServer implements Listener {
       s.inbufOwned = false;
     }
     s.inOff = 0;
+    if (s.inbuf.length > MAX_UNREAD_INPUT_BYTES) {
+      // Reading should have been paused long before this; never let a peer grow our memory.
+      this.log.warn("input not consumed; dropping session", {
+        listener: this.name,
+        session: s.id,
+        client: s.ip,
+      });
+      s.closed = true;
+      socket.terminate();
+      this.onCloseSession(s);
+      return;
+    }
     this.run(s);
   }
 
@@ -283,6 +297,10 @@ class SmtpServer implements Listener {
     const s = socket.data as Session | undefined;
     if (!s || s.closed) return;
     s.closed = true;
+    this.onCloseSession(s);
+  }
+
+  private onCloseSession(s: Session): void {
     s.inbuf = undefined;
     s.dot = undefined;
     s.txn = undefined;
