@@ -203,4 +203,60 @@ describe("limits and hygiene", () => {
     expect(sent).toBeLessThan(200_000_000);
     c.close();
   });
+
+  test("the global connection limit gets 421 4.7.0 too", async () => {
+    await using t = await started({ maxConnections: 1 });
+    const a = await t.client();
+    const b = await Client.connect(t.listener.port);
+    expect((await b.reply()).code).toBe(421);
+    await b.closed();
+    a.close();
+  });
+
+  test("a session stalled in DATA past the data timeout gets 421 4.4.2 and nothing is accepted (manual clock)", async () => {
+    const clock = new ManualClock();
+    await using t = await started({ commandTimeoutMs: 1_000_000, dataTimeoutMs: 60_000 }, clock);
+    const c = await t.client();
+    c.send("MAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\nDATA\r\npartial line");
+    for (let i = 0; i < 3; i++) await c.reply();
+    clock.advance(60_001);
+    expect((await c.reply(3000)).text).toBe("421 4.4.2 mx.test Error: timeout exceeded");
+    await c.closed();
+    expect(t.acceptor.messages.length).toBe(0);
+  });
+
+  test("random byte streams never crash the listener; every session answers or closes", async () => {
+    await using t = await started({ maxErrors: 5, rejectBareNewlines: true });
+    let seed = 12345;
+    const rnd = (n: number) => (seed = (seed * 1103515245 + 12345) & 0x7fffffff) % n;
+    const pieces = [
+      "\r\n",
+      "\n",
+      "\r",
+      ".",
+      "DATA\r\n",
+      "BDAT 5\r\n",
+      "MAIL FROM:<a@b.c>\r\n",
+      "RCPT TO:<d@e.f>\r\n",
+      "\x00",
+      "\xff",
+    ];
+    for (let round = 0; round < 30; round++) {
+      const c = await t.client();
+      const parts: Buffer[] = [];
+      for (let i = 0; i < 60; i++) {
+        if (rnd(3) === 0) parts.push(Buffer.from(pieces[rnd(pieces.length)]!, "latin1"));
+        else parts.push(Buffer.from(Array.from({ length: rnd(20) }, () => rnd(256))));
+      }
+      c.send(Buffer.concat(parts));
+      await sleep(5);
+      c.close();
+    }
+    // Still healthy.
+    const c = await t.client();
+    expect((await c.cmd("NOOP")).code).toBe(250);
+    c.close();
+    await sleep(50);
+    expect(t.listener.connections()).toBe(0);
+  });
 });
