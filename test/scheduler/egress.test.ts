@@ -25,9 +25,10 @@ test("the sink sees the pool's source addresses with their EHLO names, in propor
   };
   await using h = await harness({
     port: peer.port,
-    // One message per connection worker: every message is one source choice.
-    policy: { maxConnections: 50, initialWindow: 50, maxMessagesPerConnection: 1 },
-    overrides: { pools, defaultPool: "main", maxConnections: 100 },
+    // One message per connection worker: every message is one source choice. The caps are above the
+    // message count, so they never steer a choice (a source at its cap is skipped).
+    policy: { maxConnections: 100, initialWindow: 100, maxMessagesPerConnection: 1 },
+    overrides: { pools, defaultPool: "main", maxConnections: 200 },
   });
   for (let i = 0; i < 80; i++) await h.send({ to: [`u${i}@dest.test`] });
   await h.scheduler.idle();
