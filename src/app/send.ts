@@ -72,9 +72,12 @@ interface Sink {
   readonly inFlight: number;
   readonly batchSize: number;
   submit(items: SendItem[]): Promise<SubmitOutcome[]>;
+  waitForRoom?(): Promise<void>;
 }
 
 const INJECT_BATCH = 100;
+/** Local mode: at most this many of this run's messages queued and not yet delivered before reading on. */
+const LOCAL_BACKLOG = 5_000;
 
 function controlBase(config: Config): string | undefined {
   const a = config.control.address;
@@ -187,8 +190,26 @@ class LocalSink implements Sink {
   readonly batchSize = 64;
   /** Ids of this run's messages, to count what is still deferred at the end. */
   readonly ids: string[] = [];
+  private readonly base: number;
 
-  constructor(readonly engine: Engine) {}
+  constructor(readonly engine: Engine) {
+    this.base = engine.spool.messageCount;
+  }
+
+  /**
+   * Back-pressure: accepting is much faster than delivering, so without a bound the whole batch would
+   * pile up in the spool's RAM index and body cache. Waits while more than LOCAL_BACKLOG of this run's
+   * messages are queued, unless the scheduler is idle (everything left is deferred: waiting is useless).
+   */
+  async waitForRoom(): Promise<void> {
+    while (this.engine.spool.messageCount - this.base > LOCAL_BACKLOG) {
+      const idle = await Promise.race([
+        this.engine.scheduler.idle().then(() => true),
+        Bun.sleep(20).then(() => false),
+      ]);
+      if (idle) return;
+    }
+  }
 
   async submit(items: SendItem[]): Promise<SubmitOutcome[]> {
     const results = await Promise.all(
@@ -436,6 +457,7 @@ export async function send(args: SendArgs, config: Config, io: SendIo): Promise<
         run(group);
         group = [];
         while (inFlight.size >= sink.inFlight) await Promise.race(inFlight);
+        await sink.waitForRoom?.();
       }
     }
     if (group.length > 0 && !unavailable) run(group);
