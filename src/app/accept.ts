@@ -3,7 +3,8 @@
  * inject API) to messages durably in the spool and queued for delivery.
  *
  * Owns: splitting recipients by destination (one spool message per recipient domain, as AsyncOS
- * splinters), DKIM signing once before the append, the reception line in the delivery log.
+ * splinters), DKIM signing once before the append, the reception line in the delivery log, and the
+ * `X-MTA-Pool` header: taken out of the message (before signing) into the `pool` attribute.
  * Invariant: `ok: true` is returned only after every part's append resolved (its bytes are on stable
  * storage); a spool error gives `452 4.3.1`, never `250`.
  */
@@ -14,7 +15,45 @@ import { domainOf, reply } from "../smtp/index.ts";
 import type { NewMessage, Spool } from "../spool/index.ts";
 
 export interface AcceptSink {
-  enqueue(slot: number): void;
+  enqueue(slot: number, hint?: { pool?: string }): void;
+}
+
+const LATIN1 = new TextDecoder("latin1");
+
+/**
+ * Removes every `X-MTA-Pool` header field (with its folded lines) from the header section and
+ * returns the first one's value; the message is returned unchanged when there is none.
+ */
+export function takePoolHeader(message: Uint8Array): { message: Uint8Array; pool?: string } {
+  // The header section ends at the first empty line; only it is decoded (latin1: byte offsets hold).
+  const limit = Math.min(message.length, 256 * 1024);
+  const head = LATIN1.decode(message.subarray(0, limit));
+  const end = head.search(/\r?\n\r?\n/);
+  const header = end < 0 ? head : head.slice(0, end + 1);
+  if (!/(^|\n)x-mta-pool[ \t]*:/i.test(header)) return { message };
+  const field = /(^|\n)(x-mta-pool[ \t]*:([^\n]*\n?(?:[ \t][^\n]*\n?)*))/gi;
+  let pool: string | undefined;
+  const cuts: [number, number][] = [];
+  for (let m = field.exec(header); m; m = field.exec(header)) {
+    const start = m.index + m[1]!.length;
+    pool ??= m[3]!.replace(/\r?\n[ \t]*/g, " ").trim();
+    cuts.push([start, start + m[2]!.length]);
+    field.lastIndex = start + m[2]!.length - 1;
+  }
+  const parts: Uint8Array[] = [];
+  let at = 0;
+  for (const [a, b] of cuts) {
+    parts.push(message.subarray(at, a));
+    at = b;
+  }
+  parts.push(message.subarray(at));
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let o = 0;
+  for (const p of parts) {
+    out.set(p, o);
+    o += p.length;
+  }
+  return pool ? { message: out, pool } : { message: out };
 }
 
 export interface AcceptDeps {
@@ -67,7 +106,9 @@ export class AcceptPipeline implements Acceptor {
 
   /** Shared by SMTP and the HTTP inject API: append every part durably, then queue it. */
   async submit(sub: Submission): Promise<AcceptResult> {
-    const body = this.deps.sign ? this.deps.sign(sub.message) : sub.message;
+    const taken = takePoolHeader(sub.message);
+    if (taken.pool !== undefined) sub = { ...sub, attributes: { ...sub.attributes, pool: taken.pool } };
+    const body = this.deps.sign ? this.deps.sign(taken.message) : taken.message;
     const byDestination = new Map<string, Submission["recipients"]>();
     for (const r of sub.recipients) {
       const d = domainOf(r.address);
@@ -93,7 +134,7 @@ export class AcceptPipeline implements Acceptor {
     for (let i = 0; i < stored.length; i++) {
       const { id, slot } = stored[i]!;
       const part = parts[i]!;
-      this.deps.queue?.enqueue(slot);
+      this.deps.queue?.enqueue(slot, sub.attributes.pool ? { pool: sub.attributes.pool } : undefined);
       this.deps.deliveryLog.write({
         type: "reception",
         id,

@@ -13,10 +13,10 @@ import { Deliverer } from "../deliverer/index.ts";
 import { createResolver } from "../dns/index.ts";
 import { DkimSigner, readKeyFile } from "../dkim/index.ts";
 import { DeliveryLog, type Logger, Metrics, registerProcessMetrics } from "../observe/index.ts";
-import { type DestinationPolicy, Scheduler } from "../scheduler/index.ts";
+import { type DestinationPolicy, type PoolMember, Scheduler } from "../scheduler/index.ts";
 import { Spool } from "../spool/index.ts";
 import { AcceptPipeline } from "./accept.ts";
-import { makeRouter } from "./routing.ts";
+import { hasRollups, makeRouter } from "./routing.ts";
 
 export interface EngineOptions {
   log: Logger;
@@ -27,6 +27,7 @@ export interface EngineOptions {
 
 /** The effective policy of a destination: its own entry over `default`. */
 export function policyFor(config: Config, destination: string): DestinationPolicy {
+  // `destination` is a site: a domain, or the name of an MX rollup entry.
   const domains = config.delivery.domains;
   const def = domains.default;
   const own: DomainPolicy = domains[destination] ?? {};
@@ -42,7 +43,27 @@ export function policyFor(config: Config, destination: string): DestinationPolic
   if (messageRate) p.messageRate = { count: messageRate.count, perMs: messageRate.perMs };
   if (connectionRate) p.connectionRate = { count: connectionRate.count, perMs: connectionRate.perMs };
   if (retryMs) p.retryMs = retryMs;
+  const pool = own.pool ?? def.pool;
+  if (pool) p.pool = pool;
   return p;
+}
+
+/**
+ * Egress pools for the scheduler: `delivery.pools` with their sources resolved; without a pool named
+ * "default", every source with weight 1 becomes the default pool (none when there are no sources).
+ */
+export function egressPools(config: Config): { pools: Record<string, PoolMember[]>; defaultPool?: string } {
+  const { sources, pools } = config.delivery;
+  const source = (name: string) => {
+    const s = sources[name]!;
+    return { name, address: s.address, ...(s.ehloName ? { ehloName: s.ehloName } : {}) };
+  };
+  const out: Record<string, PoolMember[]> = {};
+  for (const [name, members] of Object.entries(pools))
+    out[name] = members.map((m) => ({ source: source(m.source), weight: m.weight }));
+  if (!out.default && Object.keys(sources).length > 0)
+    out.default = Object.keys(sources).map((name) => ({ source: source(name), weight: 1 }));
+  return out.default ? { pools: out, defaultPool: "default" } : { pools: out };
 }
 
 /** Loads and checks every DKIM key of the configuration; throws DkimKeyError (exit 78) on a bad one. */
@@ -128,6 +149,10 @@ export class Engine {
       delayWarningMs: config.delivery.delayWarningMs,
       maxConnections: config.delivery.maxConnections,
       policyFor: (d) => policyFor(engine.config, d),
+      ...egressPools(config),
+      maxConnectionsPerSource: config.delivery.maxConnectionsPerSource,
+      maxReadyPerSite: config.delivery.maxReadyPerSite,
+      rollup: hasRollups(config),
       onEvent: (e) => deliveryLog.write({ ...e }),
       onDestinationEvent: (e) => deliveryLog.write({ ...e }),
       log: log.withTag("scheduler"),

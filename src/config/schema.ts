@@ -6,6 +6,7 @@
  * Does not own: conversion into typed values (build.ts), YAML positions (load.ts).
  * Keep `mta.example.yaml` in step: a test loads it and checks that it names every key.
  */
+import { isIP } from "node:net";
 import * as v from "valibot";
 import { parseAddressValue, parseCidrValue, parseDuration, parseRate, parseSizeValue } from "./_values.ts";
 
@@ -98,7 +99,33 @@ export const DomainPolicySchema = v.strictObject({
   tls: v.optional(TlsMode),
   tls_verify: v.optional(Bool),
   retry: v.optional(v.array(Duration)),
+  /** MX rollup: an entry with `mx` is a site shared by every domain whose MX host matches a pattern. */
+  mx: v.optional(
+    v.array(
+      v.pipe(
+        v.string(),
+        v.regex(/^(\*\.)?[A-Za-z0-9.-]+\.?$/, 'expected an MX host name or pattern such as "*.google.com"'),
+      ),
+    ),
+  ),
+  pool: v.optional(v.string("expected the name of a pool in delivery.pools")),
 });
+
+const IpText = v.pipe(
+  v.string(),
+  v.check(
+    (x) => isIP(x) !== 0,
+    (i) => `expected a local IP address such as "192.0.2.10", got ${show(i.input)}`,
+  ),
+);
+export const SourceSchema = v.strictObject({
+  address: IpText,
+  ehlo: v.optional(v.pipe(v.string(), v.regex(/^[A-Za-z0-9.-]+$/, "expected a host name"))),
+});
+const PoolMemberSchema = v.union(
+  [v.string(), v.strictObject({ source: v.string(), weight: v.optional(Positive, 1) })],
+  (i) => `expected a source name or { source, weight }, got ${show(i.input)}`,
+);
 
 const DEFAULT_POLICY = {
   max_connections: 20,
@@ -137,41 +164,51 @@ export const ConfigSchema = v.strictObject({
     {},
   ),
   delivery: v.optional(
-    v.strictObject({
-      routes: v.optional(v.record(v.string(), Route), {}),
-      retry: v.optional(v.pipe(v.array(Duration), v.minLength(1, "expected at least one duration")), [
-        "5m",
-        "10m",
-        "30m",
-        "1h",
-        "2h",
-        "4h",
-      ]),
-      max_age: v.optional(Duration, "5d"),
-      port: v.optional(
-        v.pipe(v.number("expected a port number"), v.integer(), v.minValue(1), v.maxValue(65535)),
-        25,
+    v.pipe(
+      v.strictObject({
+        routes: v.optional(v.record(v.string(), Route), {}),
+        retry: v.optional(v.pipe(v.array(Duration), v.minLength(1, "expected at least one duration")), [
+          "5m",
+          "10m",
+          "30m",
+          "1h",
+          "2h",
+          "4h",
+        ]),
+        max_age: v.optional(Duration, "5d"),
+        port: v.optional(
+          v.pipe(v.number("expected a port number"), v.integer(), v.minValue(1), v.maxValue(65535)),
+          25,
+        ),
+        delay_warning: v.optional(Duration, "0"),
+        max_connections: v.optional(Positive, 10000),
+        idle_timeout: v.optional(Duration, "5s"),
+        timeouts: v.optional(
+          v.strictObject({
+            connect: v.optional(Duration, "30s"),
+            greeting: v.optional(Duration, "5m"),
+            ehlo: v.optional(Duration, "5m"),
+            mail: v.optional(Duration, "5m"),
+            rcpt: v.optional(Duration, "5m"),
+            data_init: v.optional(Duration, "2m"),
+            data_block: v.optional(Duration, "3m"),
+            data_done: v.optional(Duration, "10m"),
+            rset: v.optional(Duration, "1m"),
+            quit: v.optional(Duration, "10s"),
+          }),
+          {},
+        ),
+        domains: v.optional(v.record(v.string(), DomainPolicySchema), { default: DEFAULT_POLICY }),
+        sources: v.optional(v.record(v.string(), SourceSchema), {}),
+        pools: v.optional(v.record(v.string(), v.array(PoolMemberSchema)), {}),
+        max_connections_per_source: v.optional(Positive, 20000),
+        max_ready_per_site: v.optional(Positive, 10000),
+      }),
+      v.check(
+        (d) => egressProblems(d).length === 0,
+        (i) => egressProblems(i.input as EgressRaw).join("; "),
       ),
-      delay_warning: v.optional(Duration, "0"),
-      max_connections: v.optional(Positive, 10000),
-      idle_timeout: v.optional(Duration, "5s"),
-      timeouts: v.optional(
-        v.strictObject({
-          connect: v.optional(Duration, "30s"),
-          greeting: v.optional(Duration, "5m"),
-          ehlo: v.optional(Duration, "5m"),
-          mail: v.optional(Duration, "5m"),
-          rcpt: v.optional(Duration, "5m"),
-          data_init: v.optional(Duration, "2m"),
-          data_block: v.optional(Duration, "3m"),
-          data_done: v.optional(Duration, "10m"),
-          rset: v.optional(Duration, "1m"),
-          quit: v.optional(Duration, "10s"),
-        }),
-        {},
-      ),
-      domains: v.optional(v.record(v.string(), DomainPolicySchema), { default: DEFAULT_POLICY }),
-    }),
+    ),
     {},
   ),
   dkim: v.optional(
@@ -206,6 +243,29 @@ export const ConfigSchema = v.strictObject({
     {},
   ),
 });
+
+interface EgressRaw {
+  sources?: Record<string, unknown>;
+  pools?: Record<string, (string | { source: string })[]>;
+  domains?: Record<string, { pool?: string }>;
+}
+
+/** Pools name existing sources; domain policies name existing pools. */
+function egressProblems(d: EgressRaw): string[] {
+  const out: string[] = [];
+  const sources = d.sources ?? {};
+  const pools = d.pools ?? {};
+  for (const [name, members] of Object.entries(pools))
+    for (const m of members) {
+      const src = typeof m === "string" ? m : m.source;
+      if (!(src in sources))
+        out.push(`delivery.pools.${name}: no source named ${show(src)} in delivery.sources`);
+    }
+  for (const [name, p] of Object.entries(d.domains ?? {}))
+    if (p.pool !== undefined && !(p.pool in pools))
+      out.push(`delivery.domains.${name}.pool: no pool named ${show(p.pool)} in delivery.pools`);
+  return out;
+}
 
 export type RawConfig = v.InferOutput<typeof ConfigSchema>;
 export { DEFAULT_POLICY };

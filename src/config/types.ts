@@ -54,6 +54,15 @@ export interface DomainPolicy {
   tls?: TlsMode;
   tlsVerify?: boolean;
   retryMs?: number[];
+  /** MX rollup: host names or `*.suffix` patterns; lower case, no trailing dot. */
+  mx?: string[];
+  /** Egress pool name (in `DeliveryConfig.pools`). */
+  pool?: string;
+}
+
+export interface SourceConfig {
+  address: string;
+  ehloName?: string;
 }
 
 export interface DeliveryConfig {
@@ -79,8 +88,15 @@ export interface DeliveryConfig {
   };
   /** Per-domain policies; `default` always present with every field set. */
   domains: Record<string, DomainPolicy> & {
-    default: Required<Omit<DomainPolicy, "messageRate" | "connectionRate" | "retryMs">> & DomainPolicy;
+    default: Required<Omit<DomainPolicy, "messageRate" | "connectionRate" | "retryMs" | "mx" | "pool">> &
+      DomainPolicy;
   };
+  /** Egress sources by name. */
+  sources: Record<string, SourceConfig>;
+  /** Egress pools by name: sources with weights. */
+  pools: Record<string, { source: string; weight: number }[]>;
+  maxConnectionsPerSource: number;
+  maxReadyPerSite: number;
 }
 
 export interface Config {
@@ -125,6 +141,8 @@ function policy(p: NonNullable<RawConfig["delivery"]["domains"]>[string]): Domai
   if (p.tls !== undefined) out.tls = p.tls;
   if (p.tls_verify !== undefined) out.tlsVerify = p.tls_verify;
   if (p.retry !== undefined) out.retryMs = p.retry.map(dur);
+  if (p.mx !== undefined) out.mx = p.mx.map((x) => x.toLowerCase().replace(/\.$/, ""));
+  if (p.pool !== undefined) out.pool = p.pool;
   return out;
 }
 
@@ -214,6 +232,22 @@ export function buildConfig(raw: RawConfig, source: string, baseDir: string): Co
         quitMs: dur(d.timeouts.quit),
       },
       domains: domains as DeliveryConfig["domains"],
+      sources: Object.fromEntries(
+        Object.entries(d.sources).map(([name, x]) => [
+          name,
+          x.ehlo === undefined ? { address: x.address } : { address: x.address, ehloName: x.ehlo },
+        ]),
+      ),
+      pools: Object.fromEntries(
+        Object.entries(d.pools).map(([name, members]) => [
+          name,
+          members.map((m) =>
+            typeof m === "string" ? { source: m, weight: 1 } : { source: m.source, weight: m.weight },
+          ),
+        ]),
+      ),
+      maxConnectionsPerSource: d.max_connections_per_source,
+      maxReadyPerSite: d.max_ready_per_site,
     },
     dkim: {
       keys: raw.dkim.keys.map((k) => ({
