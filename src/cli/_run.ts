@@ -38,7 +38,8 @@ async function resolveSub(
 
 export async function run(main: CommandDef, argv: string[]): Promise<number> {
   try {
-    if (argv.includes("--help") || argv.includes("-h")) {
+    // `mta send` parses sendmail-style flags itself (its -h is not help) and prints its own usage.
+    if (argv[0] !== "send" && (argv.includes("--help") || argv.includes("-h"))) {
       const [cmd, parent] = await resolveSub(main, argv);
       process.stdout.write(plain(`${await renderUsage(cmd, parent)}\n`, process.stdout));
       return EXIT.ok;

@@ -4,6 +4,7 @@
  * Owns: argv → command, exit code. Each subcommand lives in its own file and only wires
  * arguments to app/ and config/.
  */
+import { basename } from "node:path";
 import { defineCommand } from "citty";
 import pkg from "../../package.json" with { type: "json" };
 import { run } from "./_run.ts";
@@ -20,8 +21,11 @@ export const main = defineCommand({
     "check-config": () => import("./checkConfig.ts").then((m) => m.default),
     dkim: () => import("./dkim.ts").then((m) => m.default),
     queue: () => import("./queue.ts").then((m) => m.default),
+    send: () => import("./send.ts").then((m) => m.default),
   },
 });
 
-const code = await run(main, process.argv.slice(2));
-process.exitCode = code;
+// Invoked through a symlink named sendmail (/usr/sbin/sendmail -> mta): behave as `mta send`.
+// process.argv0 keeps the name it was called by; execPath would resolve the link.
+const argv = process.argv.slice(2);
+process.exitCode = await run(main, basename(process.argv0) === "sendmail" ? ["send", ...argv] : argv);
