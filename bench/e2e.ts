@@ -1,0 +1,128 @@
+/**
+ * End to end: load generator → `mta serve` → smtp-sink, and the same through Postfix in the same run.
+ * Usage: bun bench/e2e.ts [count=20000] [--no-postfix]
+ *
+ * - 1 destination: Postfix's smtp-source → mta (route k1.test → one smtp-sink), as bench/postfix does.
+ * - 100 and 10,000 destinations: smtp-source cannot vary the domain, so bench/_injector.ts sends
+ *   `<seq>b@d<seq % K>.test`; a DNS server on loopback answers MX mx.dN.test → A 127.(..).(..).(..),
+ *   one address per destination, and a single smtp-sink listening on 0.0.0.0 receives them all (it only
+ *   receives; every connection goes to 127/8). Postfix's figure for 100 uses its anchor script (100
+ *   next hops chosen by the local part, bench/postfix/bench-e2e.sh); there is none for 10,000.
+ * Wall time runs from the first injected message to the sink's count reaching N.
+ */
+import { spawn } from "bun";
+import { fstatSync, openSync, readSync } from "node:fs";
+import { join } from "node:path";
+import { startDnsServer } from "../test/support/dnsServer.ts";
+import { inject } from "./_injector.ts";
+import {
+  cpuSeconds,
+  freePort,
+  median,
+  postfixAnchor,
+  postfixInstalled,
+  printTable,
+  type Row,
+  rssBytes,
+  SMTP_SINK,
+  SMTP_SOURCE,
+  setupPostfix,
+  smtpSource,
+  startBenchMta,
+  stopPostfix,
+  tmp,
+} from "./_support.ts";
+
+const count = Number(process.argv[2] ?? 20_000);
+const withPostfix = !process.argv.includes("--no-postfix") && postfixInstalled();
+if (!SMTP_SINK || !SMTP_SOURCE) {
+  console.log("smtp-sink/smtp-source are not installed (apt-get install postfix): nothing to measure");
+  process.exit(0);
+}
+
+/** A counting smtp-sink (-c); `received()` reads its running counter. */
+function startCountingSink(dir: string, listen: string) {
+  const out = join(dir, `sink-${Math.random().toString(36).slice(2)}.out`);
+  const fd = openSync(out, "w+");
+  const proc = spawn([SMTP_SINK!, "-u", "nobody", "-c", "-m", "5000", listen, "4096"], { stdout: fd, stderr: "ignore" });
+  const buf = Buffer.alloc(4096);
+  const received = () => {
+    const size = fstatSync(fd).size;
+    const n = readSync(fd, buf, 0, Math.min(buf.length, size), Math.max(0, size - buf.length));
+    const all = buf.subarray(0, n).toString();
+    const m = [...all.matchAll(/mesg=(\d+)/g)];
+    return m.length ? Number(m[m.length - 1]![1]) : 0;
+  };
+  return { proc, received, [Symbol.dispose]: () => proc.kill("SIGKILL") };
+}
+
+function ipFor(i: number): string {
+  return `127.${10 + Math.floor(i / 65536)}.${Math.floor(i / 256) % 256}.${(i % 256) + 1 > 255 ? 1 : (i % 256) + 1}`;
+}
+
+async function waitCount(received: () => number, n: number, timeoutMs: number): Promise<number> {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    const got = received();
+    if (got >= n || Date.now() > end) return got;
+    await Bun.sleep(20);
+  }
+}
+
+const rows: Row[] = [];
+for (const dests of [1, 100, 10_000]) {
+  using dir = tmp("mta-bench-e2e-");
+  const sinkPort = freePort();
+  using sink = startCountingSink(dir.path, dests === 1 ? `127.0.0.1:${sinkPort}` : `0.0.0.0:${sinkPort}`);
+  await Bun.sleep(300);
+  const zone: Record<string, { mx?: { exchange: string; preference: number }[]; a?: string[] }> = {};
+  for (let i = 0; i < (dests === 1 ? 0 : dests); i++) {
+    zone[`d${i}.test`] = { mx: [{ exchange: `mx.d${i}.test`, preference: 10 }] };
+    zone[`mx.d${i}.test`] = { a: [ipFor(i)] };
+  }
+  await using dns = await startDnsServer(zone);
+  await using mta = await startBenchMta(
+    dir.path,
+    [
+      "hostname: bench.mta.test",
+      `spool: { dir: ${join(dir.path, "spool")}, sync: true }`,
+      "listen: [{ address: 127.0.0.1:0, max_connections_per_ip: 5000 }]",
+      "control: { address: 127.0.0.1:0 }",
+      `dns: { servers: ["127.0.0.1:${dns.port}"] }`,
+      `delivery: { port: ${sinkPort}, routes: { k1.test: "127.0.0.1:${sinkPort}" }, max_connections: 5000, domains: { default: { max_connections: 50 } } }`,
+      `log: { level: info, format: json, deliveries: "" }`,
+    ].join("\n"),
+  );
+  const cpu0 = cpuSeconds(mta.pid);
+  const t0 = performance.now();
+  let injectedAt: number;
+  if (dests === 1) {
+    const src = smtpSource({ host: "127.0.0.1", port: mta.smtpPort, count, sizeBytes: 1000, sessions: 50, to: "b@k1.test" });
+    injectedAt = src.wallS;
+  } else {
+    const r = await inject({ host: "127.0.0.1", port: mta.smtpPort, count, sessions: 50, sizeBytes: 1000, domain: (s) => `d${s % dests}.test` });
+    injectedAt = r.wallS;
+  }
+  const got = await waitCount(sink.received, count, 120_000);
+  const wallS = (performance.now() - t0) / 1000;
+  const cpuMs = ((cpuSeconds(mta.pid) - cpu0) * 1000) / count;
+  const rss = rssBytes(mta.pid);
+  let pf: number | undefined;
+  if (withPostfix && dests <= 100) {
+    if (rows.length === 0) setupPostfix();
+    const pfRates: number[] = [];
+    for (let rep = 0; rep < 3; rep++) {
+      pfRates.push(postfixAnchor("bench-e2e.sh", ["1000", String(Math.min(count, 10_000)), "50", String(dests), String(rep)]).rate);
+    }
+    pf = median(pfRates);
+  }
+  rows.push({
+    figure: "end to end",
+    conditions: `1 KB, ${dests.toLocaleString("en-US")} destination${dests > 1 ? "s" : ""}, ${count.toLocaleString("en-US")} msgs, 50 inbound sessions, fdatasync on; received ${got}; injection ${injectedAt.toFixed(1)} s; mta CPU ${cpuMs.toFixed(3)} ms/msg, RSS ${Math.round(rss / 2 ** 20)} MiB`,
+    mta: got / wallS,
+    postfix: pf,
+    unit: "msgs/s",
+  });
+}
+if (withPostfix) stopPostfix();
+printTable("End to end (generator → mta serve / Postfix → smtp-sink)", rows);
