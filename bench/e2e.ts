@@ -44,7 +44,10 @@ if (!SMTP_SINK || !SMTP_SOURCE) {
 function startCountingSink(dir: string, listen: string) {
   const out = join(dir, `sink-${Math.random().toString(36).slice(2)}.out`);
   const fd = openSync(out, "w+");
-  const proc = spawn([SMTP_SINK!, "-u", "nobody", "-c", "-m", "5000", listen, "4096"], { stdout: fd, stderr: "ignore" });
+  const proc = spawn([SMTP_SINK!, "-u", "nobody", "-c", "-m", "5000", listen, "4096"], {
+    stdout: fd,
+    stderr: "ignore",
+  });
   const buf = Buffer.alloc(4096);
   const received = () => {
     const size = fstatSync(fd).size;
@@ -97,10 +100,24 @@ for (const dests of [1, 100, 10_000]) {
   const t0 = performance.now();
   let injectedAt: number;
   if (dests === 1) {
-    const src = smtpSource({ host: "127.0.0.1", port: mta.smtpPort, count, sizeBytes: 1000, sessions: 50, to: "b@k1.test" });
+    const src = smtpSource({
+      host: "127.0.0.1",
+      port: mta.smtpPort,
+      count,
+      sizeBytes: 1000,
+      sessions: 50,
+      to: "b@k1.test",
+    });
     injectedAt = src.wallS;
   } else {
-    const r = await inject({ host: "127.0.0.1", port: mta.smtpPort, count, sessions: 50, sizeBytes: 1000, domain: (s) => `d${s % dests}.test` });
+    const r = await inject({
+      host: "127.0.0.1",
+      port: mta.smtpPort,
+      count,
+      sessions: 50,
+      sizeBytes: 1000,
+      domain: (s) => `d${s % dests}.test`,
+    });
     injectedAt = r.wallS;
   }
   const got = await waitCount(sink.received, count, 120_000);
@@ -112,7 +129,15 @@ for (const dests of [1, 100, 10_000]) {
     if (rows.length === 0) setupPostfix();
     const pfRates: number[] = [];
     for (let rep = 0; rep < 3; rep++) {
-      pfRates.push(postfixAnchor("bench-e2e.sh", ["1000", String(Math.min(count, 10_000)), "50", String(dests), String(rep)]).rate);
+      pfRates.push(
+        postfixAnchor("bench-e2e.sh", [
+          "1000",
+          String(Math.min(count, 10_000)),
+          "50",
+          String(dests),
+          String(rep),
+        ]).rate,
+      );
     }
     pf = median(pfRates);
   }
