@@ -53,7 +53,7 @@ for (const c of cases) {
         "control: { address: 127.0.0.1:0 }",
         // Deliveries go to a closed port: the destination is suspended at once and nothing leaves.
         "delivery: { routes: { k1.test: 127.0.0.1:9 }, retry: [1h] }",
-        `log: { level: warn, format: json, deliveries: "" }`,
+        `log: { level: info, format: json, deliveries: "" }`,
       ].join("\n"),
     );
     const cpu0 = cpuSeconds(mta.pid);
