@@ -20,6 +20,7 @@ export const main = defineCommand({
     serve: () => import("./serve.ts").then((m) => m.default),
     "check-config": () => import("./checkConfig.ts").then((m) => m.default),
     dkim: () => import("./dkim.ts").then((m) => m.default),
+    "hash-password": () => import("./hashPassword.ts").then((m) => m.default),
     queue: () => import("./queue.ts").then((m) => m.default),
     send: () => import("./send.ts").then((m) => m.default),
   },
