@@ -154,7 +154,8 @@ export class Deliverer {
       if (pooled) {
         this.active++;
         try {
-          if (await reset(pooled, t)) {
+          // After a complete transaction the server's state is already reset: no RSET round trip.
+          if (pooled.clean || (await reset(pooled, t))) {
             this.m?.reused.inc();
             const out = await this.run(key, pooled, msg);
             if (out) return out;

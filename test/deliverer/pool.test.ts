@@ -54,7 +54,7 @@ async function waitFor(cond: () => boolean, what: string): Promise<void> {
   if (!cond()) throw new Error(`timed out waiting for ${what}`);
 }
 
-test("the next message to the same destination reuses the idle connection after RSET", async () => {
+test("the next message to the same destination reuses the idle connection, without RSET after a complete transaction", async () => {
   const p = await peer();
   const d = new Deliverer({
     timeouts: FAST,
@@ -66,7 +66,8 @@ test("the next message to the same destination reuses the idle connection after 
     expect((await d.deliver(target(p), message(i))).recipients[0]!.kind).toBe("delivered");
   expect(p.sessions.length).toBe(1);
   expect(p.sessions[0]!.messages.map((m) => m.rcpts[0]!.to)).toEqual(["r0@x.test", "r1@x.test", "r2@x.test"]);
-  expect(p.sessions[0]!.commands.filter((c) => c === "RSET").length).toBe(2);
+  // The reply to the end of data resets the server's state (RFC 5321 §4.1.1.4): no RSET round trip.
+  expect(p.sessions[0]!.commands.filter((c) => c === "RSET").length).toBe(0);
   expect(d.idleConnections()).toBe(1);
   expect(d.activeConnections()).toBe(0);
   await d.close();
@@ -119,9 +120,13 @@ test("an idle connection the server closes leaves the pool at once", async () =>
   await d.close();
 });
 
-test("a reused connection that turns out dead is retried once on a fresh connection", async () => {
-  // The first session drops the connection when it is reused (at RSET): the message must still arrive.
-  const p = await peer({ rset: (s) => (s.id === 0 ? "drop" : "250 ok") });
+test("after an unfinished transaction a reused connection gets RSET; if it turns out dead, a fresh one", async () => {
+  // Session 0 refuses the only recipient (the transaction never reaches the end of data, so the next
+  // message on that connection needs RSET), then drops the connection at RSET: the message must still arrive.
+  const p = await peer({
+    rset: (s) => (s.id === 0 ? "drop" : "250 ok"),
+    rcpt: (to) => (to === "r0@x.test" ? "550 5.1.1 no such user" : "250 ok"),
+  });
   const d = new Deliverer({
     timeouts: FAST,
     maxMessagesPerConnection: 10,
