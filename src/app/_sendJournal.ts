@@ -9,28 +9,9 @@
  * the daemon's inject API (which answers after its own fdatasync). A crash between the two re-sends that
  * message on the next run (at least once), never loses one.
  */
-import { dlopen, FFIType } from "bun:ffi";
 import { closeSync, fdatasyncSync, fstatSync, mkdirSync, openSync, readSync, writeSync } from "node:fs";
 import { join } from "node:path";
-
-const LOCK_EX = 2;
-const LOCK_NB = 4;
-
-type FlockFn = (fd: number, op: number) => number;
-let flockFn: FlockFn | null | undefined;
-
-function flock(): FlockFn | null {
-  if (flockFn !== undefined) return flockFn;
-  try {
-    const lib = dlopen(process.platform === "darwin" ? "libc.dylib" : "libc.so.6", {
-      flock: { args: [FFIType.i32, FFIType.i32], returns: FFIType.i32 },
-    });
-    flockFn = (fd, op) => lib.symbols.flock(fd, op) as number;
-  } catch {
-    flockFn = null;
-  }
-  return flockFn;
-}
+import { loadFlock, tryLockExclusive } from "../lib/index.ts";
 
 export class JournalBusyError extends Error {
   override name = "JournalBusyError";
@@ -56,10 +37,9 @@ export class BatchJournal {
     mkdirSync(dir, { recursive: true });
     const path = join(dir, `${batchId}.journal`);
     const fd = openSync(path, "a+", 0o640);
-    const lock = flock();
-    if (lock) {
+    if (loadFlock()) {
       const deadline = Date.now() + waitMs;
-      while (lock(fd, LOCK_EX | LOCK_NB) !== 0) {
+      while (!tryLockExclusive(fd)) {
         if (Date.now() >= deadline) {
           closeSync(fd);
           throw new JournalBusyError(`batch ${batchId} is being sent by another process (${path} is locked)`);

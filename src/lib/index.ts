@@ -4,3 +4,4 @@ export * from "./clock.ts";
 export * from "./errors.ts";
 export * from "./ids.ts";
 export * from "./net.ts";
+export * from "./flock.ts";

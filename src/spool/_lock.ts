@@ -7,29 +7,10 @@
  * loaded, a pid file whose holder is checked with `kill(pid, 0)` stands in (weaker: a recycled pid
  * can look alive).
  */
-import { dlopen, FFIType } from "bun:ffi";
 import * as fs from "node:fs";
 import { join } from "node:path";
+import { loadFlock, tryLockExclusive } from "../lib/index.ts";
 import { SpoolLockedError } from "./errors.ts";
-
-const LOCK_EX = 2;
-const LOCK_NB = 4;
-
-type FlockFn = (fd: number, op: number) => number;
-let flockFn: FlockFn | null | undefined;
-
-function loadFlock(): FlockFn | null {
-  if (flockFn !== undefined) return flockFn;
-  try {
-    const lib = dlopen(process.platform === "darwin" ? "libc.dylib" : "libc.so.6", {
-      flock: { args: [FFIType.i32, FFIType.i32], returns: FFIType.i32 },
-    });
-    flockFn = (fd, op) => lib.symbols.flock(fd, op) as number;
-  } catch {
-    flockFn = null;
-  }
-  return flockFn;
-}
 
 function readPid(path: string): number | undefined {
   try {
@@ -57,10 +38,9 @@ export interface SpoolLock {
 
 export function takeLock(dir: string): SpoolLock {
   const path = join(dir, "LOCK");
-  const flock = loadFlock();
-  if (flock) {
+  if (loadFlock()) {
     const fd = fs.openSync(path, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o644);
-    if (flock(fd, LOCK_EX | LOCK_NB) !== 0) {
+    if (!tryLockExclusive(fd)) {
       fs.closeSync(fd);
       throw new SpoolLockedError(dir, readPid(path));
     }
