@@ -63,8 +63,8 @@ export interface AcceptDeps {
   deliveryLog: DeliveryLog;
   log: Logger;
   metrics: Metrics;
-  /** Signs the message (DKIM) or returns it unchanged. */
-  sign?: (message: Uint8Array) => Uint8Array;
+  /** Signs the message (DKIM) or returns it unchanged; may sign on another thread. */
+  sign?: (message: Uint8Array) => Uint8Array | Promise<Uint8Array>;
 }
 
 export interface Submission {
@@ -108,7 +108,7 @@ export class AcceptPipeline implements Acceptor {
   async submit(sub: Submission): Promise<AcceptResult> {
     const taken = takePoolHeader(sub.message);
     if (taken.pool !== undefined) sub = { ...sub, attributes: { ...sub.attributes, pool: taken.pool } };
-    const body = this.deps.sign ? this.deps.sign(taken.message) : taken.message;
+    const body = this.deps.sign ? await this.deps.sign(taken.message) : taken.message;
     const byDestination = new Map<string, Submission["recipients"]>();
     for (const r of sub.recipients) {
       const d = domainOf(r.address);

@@ -1,6 +1,11 @@
-/** `mta check-config`: validate the configuration and print the effective one (defaults filled in). */
+/**
+ * `mta check-config`: validate the configuration and print the effective one (defaults filled in).
+ * DKIM keys are loaded and checked too, as `mta serve` would at start: an operator expects
+ * check-config to catch a malformed key before a restart does.
+ */
 import { defineCommand } from "citty";
-import { findConfigPath, loadConfig, renderConfigYaml } from "../config/index.ts";
+import { dkimProblems } from "../app/index.ts";
+import { ConfigError, findConfigPath, loadConfig, renderConfigYaml } from "../config/index.ts";
 import { EXIT } from "../lib/index.ts";
 import { configArg } from "./_args.ts";
 
@@ -16,7 +21,13 @@ export default defineCommand({
   },
   run({ args }) {
     const file = findConfigPath(args.config);
-    const { raw } = loadConfig(file);
+    const { config, raw, problemAt } = loadConfig(file);
+    const problems = dkimProblems(config);
+    if (problems.length > 0)
+      throw new ConfigError(
+        file,
+        problems.map((p) => problemAt(p.path, p.message)),
+      );
     if (!args.quiet) {
       process.stdout.write(
         args.json ? `${JSON.stringify(raw, null, 2)}\n` : `# ${file}: ok\n${renderConfigYaml(raw)}`,

@@ -37,8 +37,11 @@ export function loadKey(spec: {
   selector: string;
   privateKeyPem: string;
   algorithm?: DkimAlgorithm;
+  keyFile?: string;
 }): LoadedKey {
-  const where = `DKIM key ${spec.selector}._domainkey.${spec.domain}`;
+  const where = spec.keyFile
+    ? `DKIM key file ${spec.keyFile} (${spec.selector}._domainkey.${spec.domain})`
+    : `DKIM key ${spec.selector}._domainkey.${spec.domain}`;
   const domain = spec.domain.toLowerCase().replace(/\.$/, "");
   if (!DOMAIN_RE.test(domain)) throw new DkimKeyError(`${where}: "${spec.domain}" is not a domain name`);
   if (!SELECTOR_RE.test(spec.selector))

@@ -20,3 +20,4 @@ export {
   DkimSigner,
   fromDomain,
 } from "./signer.ts";
+export { type DkimPoolOptions, DkimSignerPool } from "./pool.ts";

@@ -23,6 +23,8 @@ export interface DkimKeySpec {
   privateKeyPem: string;
   /** Inferred from the key when absent; a mismatch is a `DkimKeyError`. */
   algorithm?: DkimAlgorithm;
+  /** Where the PEM came from; named in every `DkimKeyError` about this key. */
+  keyFile?: string;
 }
 
 export type DkimCanonicalization = "relaxed/relaxed" | "relaxed/simple" | "simple/simple" | "simple/relaxed";
@@ -209,15 +211,29 @@ export class DkimSigner {
     }
   }
 
+  /** The algorithms of all keys, one entry per key. */
+  get algorithms(): DkimAlgorithm[] {
+    return [...this.keysByDomain.values()].flatMap((keys) => keys.map((k) => k.algorithm));
+  }
+
+  /** The keys that sign this message: none without exactly one `From:` with a domain that has a key. */
+  private keysForMessage(parsed: ReturnType<typeof parseMessage>): readonly LoadedKey[] {
+    const froms = parsed.fields.filter((f) => f.key === "from");
+    if (froms.length !== 1) return [];
+    const from = froms[0]!;
+    const domain = fromDomain(from.raw.slice(from.raw.indexOf(":") + 1));
+    return domain ? this.keysFor(domain) : [];
+  }
+
+  /** Whether `sign` would add a signature; reads only the header section. */
+  wouldSign(message: Uint8Array): boolean {
+    return this.keysForMessage(parseMessage(message)).length > 0;
+  }
+
   /** Returns the message with DKIM-Signature header(s) prepended, or the same bytes when no key matches. */
   sign(message: Uint8Array, nowMs: number = Date.now()): Uint8Array {
     const parsed = parseMessage(message);
-    const froms = parsed.fields.filter((f) => f.key === "from");
-    if (froms.length !== 1) return message;
-    const from = froms[0]!;
-    const domain = fromDomain(from.raw.slice(from.raw.indexOf(":") + 1));
-    if (!domain) return message;
-    const keys = this.keysFor(domain);
+    const keys = this.keysForMessage(parsed);
     if (keys.length === 0) return message;
 
     const { eol } = parsed;
