@@ -156,3 +156,19 @@ export function fmt(n: number): string {
 export function mib(bytes: number): string {
   return `${(bytes / 1024 / 1024).toFixed(1)} MiB`;
 }
+
+/** The daemon's control API (its port is only known from the start line, so the CLI cannot find it). */
+export async function api(
+  controlPort: number,
+  method: "GET" | "POST",
+  path: string,
+  body?: unknown,
+): Promise<unknown> {
+  const r = await fetch(`http://127.0.0.1:${controlPort}${path}`, {
+    method,
+    headers: body === undefined ? {} : { "content-type": "application/json" },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  if (!r.ok) throw new Error(`${method} ${path}: ${r.status} ${await r.text()}`);
+  return r.json();
+}
