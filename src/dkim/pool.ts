@@ -51,10 +51,15 @@ interface Thread {
  */
 function workerUrl(): URL {
   const here = new URL(import.meta.url);
-  return here.pathname.includes("/$bunfs/") || here.pathname.startsWith("/~BUN/")
-    ? new URL("./dkim/_worker.ts", here)
-    : new URL("./_worker.ts", here);
+  return compiled() ? new URL("./dkim/_worker.ts", here) : new URL("./_worker.ts", here);
 }
+
+function compiled(): boolean {
+  const path = new URL(import.meta.url).pathname;
+  return path.includes("/$bunfs/") || path.startsWith("/~BUN/");
+}
+
+const BUILD_HINT = " (is src/dkim/_worker.ts an entrypoint in build.ts?)";
 
 export interface DkimPoolOptions {
   /** The worker module; see `workerUrl`. */
@@ -123,7 +128,8 @@ export class DkimSignerPool {
       if (this.closed && thread.pending.size === 0) worker.terminate();
     };
     worker.onerror = (event: ErrorEvent) => {
-      this.drop(thread, `DKIM worker failed: ${event.message}`);
+      const hint = !thread.ready && compiled() && !this.opts.workerUrl ? BUILD_HINT : "";
+      this.drop(thread, `DKIM worker failed: ${event.message}${hint}`);
     };
     worker.postMessage({ type: "init", options } satisfies PoolRequest);
   }
