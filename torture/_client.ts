@@ -150,6 +150,8 @@ export function startInjector(opts: {
   prefix?: string;
   domain?: string;
   replyTimeoutMs?: number;
+  /** Stop after issuing this many tokens. */
+  max?: number;
 }): { stats: InjectorStats; stop: () => Promise<void> } {
   const stats: InjectorStats = {
     acked: new Map(),
@@ -162,7 +164,7 @@ export function startInjector(opts: {
   let seq = 0;
   const prefix = opts.prefix ?? "c";
   const session = async (): Promise<void> => {
-    while (!stopping) {
+    while (!stopping && seq < (opts.max ?? Number.POSITIVE_INFINITY)) {
       let conn: SmtpConn;
       try {
         const o = await SmtpConn.open(opts.port());
@@ -176,7 +178,7 @@ export function startInjector(opts: {
       try {
         const ehlo = await conn.cmd("EHLO injector.test");
         if (ehlo.code !== 250) throw new Error(ehlo.text);
-        while (!stopping) {
+        while (!stopping && seq < (opts.max ?? Number.POSITIVE_INFINITY)) {
           const token = `${prefix}${seq++}`;
           const m = await conn.cmd("MAIL FROM:<app@app.test>");
           const r = await conn.cmd(`RCPT TO:<${token}@${opts.domain ?? "torture.test"}>`);
