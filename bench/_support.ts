@@ -57,7 +57,10 @@ export interface BenchMta extends AsyncDisposable {
 export async function startBenchMta(dir: string, yaml: string): Promise<BenchMta> {
   if (!existsSync(MTA)) throw new Error("dist/mta is missing: run `npm run build` first");
   const file = join(dir, "mta.yaml");
-  await Bun.write(file, yaml);
+  // Benchmarks send traffic to loopback only: unless the config names its DNS servers, lookups go to a
+  // loopback port where nothing answers, never to the machine's resolver.
+  const safe = /^dns:/m.test(yaml) ? yaml : `${yaml}\ndns: { servers: ["127.0.0.1:9"], timeout: 1s, attempts: 1 }`;
+  await Bun.write(file, safe);
   const proc = spawn([MTA, "serve", "-c", file], { stdout: "ignore", stderr: "pipe", stdin: "ignore" });
   const lines: string[] = [];
   const reader = (async () => {

@@ -9,7 +9,7 @@
 import { readFileSync } from "node:fs";
 import pkg from "../../package.json" with { type: "json" };
 import { type Config, ConfigError, type ListenerConfig, loadConfig } from "../config/index.ts";
-import { EXIT, errorMessage, formatHostPort } from "../lib/index.ts";
+import { EXIT, errorMessage, formatHostPort, UnavailableError } from "../lib/index.ts";
 import {
   type ControlServer,
   createLogger,
@@ -54,6 +54,14 @@ export function listenerOptions(l: ListenerConfig, hostname: string): ListenerOp
   return opts;
 }
 
+function startControlServerOr(where: string, opts: Parameters<typeof startControlServer>[0]): ControlServer {
+  try {
+    return startControlServer(opts);
+  } catch (err) {
+    throw new UnavailableError(`cannot serve control.address ${where}: ${errorMessage(err)}`, { cause: err });
+  }
+}
+
 function sameValue(a: unknown, b: unknown): boolean {
   const text = (v: unknown) => JSON.stringify(v, (_k, x) => (typeof x === "bigint" ? x.toString() : x));
   return text(a) === text(b);
@@ -77,7 +85,8 @@ export class Daemon {
     const listeners: Listener[] = [];
     try {
       if (config.control.address) {
-        control = startControlServer({
+        const where = formatHostPort(config.control.address);
+        control = startControlServerOr(where, {
           host: config.control.address.host,
           port: config.control.address.port,
           token: config.control.token,
@@ -99,13 +108,23 @@ export class Daemon {
         });
         for (const [key, handler] of Object.entries(queueRoutes(queueOps))) control.addRoute(key, handler);
       }
-      for (const l of config.listen) {
-        listeners.push(
-          await startListener(listenerOptions(l, config.hostname), engine.pipeline, {
-            log: log.withTag("smtp"),
-            metrics: engine.metrics,
-          }),
-        );
+      for (const [i, l] of config.listen.entries()) {
+        const where = `listen[${i}] ${formatHostPort(l.address)}`;
+        try {
+          listeners.push(
+            await startListener(listenerOptions(l, config.hostname), engine.pipeline, {
+              log: log.withTag("smtp"),
+              metrics: engine.metrics,
+            }),
+          );
+        } catch (err) {
+          throw new UnavailableError(
+            `cannot listen on ${where}: ${errorMessage(err)} (address in use or not local?)`,
+            {
+              cause: err,
+            },
+          );
+        }
       }
     } catch (err) {
       for (const l of listeners) await l.close({ graceMs: 0 });

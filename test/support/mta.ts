@@ -54,9 +54,14 @@ export interface StartedMta extends AsyncDisposable {
   stop: (signal?: NodeJS.Signals) => Promise<number>;
 }
 
-/** Default test config: JSON logs, ports chosen by the kernel, spool in the temp dir. */
+/**
+ * Default test config: JSON logs, ports chosen by the kernel, spool in the temp dir, and DNS pointed at
+ * a loopback port where nothing answers (unless `extra` sets dns:), so that no test ever asks the
+ * machine's resolver: tests send traffic to loopback only.
+ */
 export function testConfig(dir: string, extra = ""): string {
   return [
+    /^dns:/m.test(extra) ? "" : 'dns: { servers: ["127.0.0.1:9"], timeout: 1s, attempts: 1 }',
     "hostname: mta.test",
     `spool: { dir: ${join(dir, "spool")} }`,
     "listen: [{ address: 127.0.0.1:0 }]",
