@@ -35,6 +35,8 @@ beforeAll(async () => {
     [
       "hostname: mta.test",
       `spool: { dir: ${join(dir, "spool")}, sync: false }`,
+      // Loopback only: DNS lookups go to a port where nothing answers, never to the machine's resolver.
+      'dns: { servers: ["127.0.0.1:9"], timeout: 1s, attempts: 1 }',
       `log: { deliveries: ${join(dir, "deliveries.jsonl")} }`,
     ].join("\n"),
     join(dir, "mta.yaml"),
