@@ -59,9 +59,16 @@ export async function startBenchMta(dir: string, yaml: string): Promise<BenchMta
   const file = join(dir, "mta.yaml");
   // Benchmarks send traffic to loopback only: unless the config names its DNS servers, lookups go to a
   // loopback port where nothing answers, never to the machine's resolver.
-  const safe = /^dns:/m.test(yaml) ? yaml : `${yaml}\ndns: { servers: ["127.0.0.1:9"], timeout: 1s, attempts: 1 }`;
+  const safe = /^dns:/m.test(yaml)
+    ? yaml
+    : `${yaml}\ndns: { servers: ["127.0.0.1:9"], timeout: 1s, attempts: 1 }`;
   await Bun.write(file, safe);
-  const proc = spawn([MTA, "serve", "-c", file], { stdout: "ignore", stderr: "pipe", stdin: "ignore" });
+  const proc = spawn([MTA, "serve", "-c", file], {
+    stdout: "ignore",
+    stderr: "pipe",
+    stdin: "ignore",
+    env: { ...process.env, MTA_LOOPBACK_ONLY: "1" },
+  });
   const lines: string[] = [];
   const reader = (async () => {
     let buf = "";

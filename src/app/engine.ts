@@ -9,6 +9,7 @@
  */
 import { availableParallelism } from "node:os";
 import pkg from "../../package.json" with { type: "json" };
+import { isLoopback } from "../lib/index.ts";
 import type { Config, DomainPolicy } from "../config/index.ts";
 import { Deliverer } from "../deliverer/index.ts";
 import { createResolver } from "../dns/index.ts";
@@ -193,8 +194,15 @@ export class Engine {
     });
     for (const d of r.damaged) log.warn("damaged spool record skipped", { ...d });
     const deliveryLog = new DeliveryLog(config.log.deliveriesFile);
+    // MTA_LOOPBACK_ONLY=1 (tests, benchmarks, sandboxes): nothing leaves 127.0.0.0/8 and ::1, not even
+    // a DNS question to the machine's resolver.
+    const loopbackOnly = process.env.MTA_LOOPBACK_ONLY === "1";
+    const dnsServers = loopbackOnly
+      ? config.dns.servers.filter((s) => isLoopback(s.host))
+      : config.dns.servers;
+    if (loopbackOnly && dnsServers.length === 0) dnsServers.push({ host: "127.0.0.1", port: 9 });
     const resolver = createResolver({
-      servers: config.dns.servers,
+      servers: dnsServers,
       timeoutMs: config.dns.timeoutMs,
       attempts: config.dns.attempts,
       metrics,
@@ -204,6 +212,7 @@ export class Engine {
       timeouts: { ...t, idleMs: config.delivery.idleTimeoutMs },
       maxMessagesPerConnection: config.delivery.domains.default.maxMessagesPerConnection,
       idleTimeoutMs: config.delivery.idleTimeoutMs,
+      ...(loopbackOnly ? { allowAddress: isLoopback } : {}),
       log: log.withTag("deliverer"),
       metrics,
     });

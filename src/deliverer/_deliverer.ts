@@ -37,6 +37,8 @@ export interface DelivererOptions {
   maxMessagesPerConnection: number;
   idleTimeoutMs: number;
   maxIdlePerKey?: number;
+  /** Which remote addresses may be connected to (default: any); a refused one is a site failure. */
+  allowAddress?: (ip: string) => boolean;
   log: Logger;
   metrics?: Metrics;
   clock?: Clock;
@@ -147,6 +149,10 @@ export class Deliverer {
     if (msg.recipients.length === 0) return { recipients: [], connectionFailed: false, durationMs: 0 };
 
     for (const host of target.hosts) {
+      if (this.opts.allowAddress && !this.opts.allowAddress(host.ip)) {
+        siteFailure = reply(421, "4.4.1", `${host.ip}: address not allowed by this process's policy`);
+        continue;
+      }
       const key = poolKey(target, host);
       // A pooled connection first; if it turns out dead (RSET fails, or it dies before MAIL's reply),
       // the message goes once more on a fresh connection to the same host.

@@ -193,3 +193,20 @@ test("metrics count connections, reuse and recipient results", async () => {
   expect(text).toContain("mta_deliverer_connections_idle 1");
   await d.close();
 });
+
+test("an address the process may not reach is never connected to: a site failure, no session at the peer", async () => {
+  const p = await peer();
+  const d = new Deliverer({
+    timeouts: FAST,
+    maxMessagesPerConnection: 10,
+    idleTimeoutMs: 5000,
+    allowAddress: (ip) => ip !== "127.0.0.1",
+    log: silentLogger(),
+  });
+  const r = await d.deliver(target(p), message(0));
+  expect(r.connectionFailed).toBe(true);
+  expect(r.recipients[0]!.kind).toBe("transient");
+  expect(r.recipients[0]!.reply.lines.join(" ")).toContain("not allowed");
+  expect(p.sessions).toHaveLength(0);
+  await d.close();
+});
