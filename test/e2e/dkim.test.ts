@@ -280,6 +280,9 @@ describe("bad DKIM keys", () => {
         ),
       });
       const port = mta.smtpPorts[0]!;
+      // runDaemon installs its signal handlers just after the "started" line; one round trip to the
+      // control endpoint makes sure the SIGHUP below is not delivered before them.
+      expect((await fetch(`http://127.0.0.1:${mta.controlPort}/healthz`)).status).toBe(200);
 
       const bad = brokenKey("reload-bad.pem");
       writeFileSync(
