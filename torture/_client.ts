@@ -22,18 +22,23 @@ export class SmtpConn {
 
   private constructor(private readonly socket: Socket<undefined>) {}
 
-  /** Connects and waits for the greeting (any code: the caller checks it). */
+  /**
+   * Connects to 127.0.0.1:`port`, from `localAddress` when given (another loopback address, so limits
+   * per client address can be exercised), and waits for the greeting (any code: the caller checks it).
+   */
   static async open(
     port: number,
-    host = "127.0.0.1",
+    localAddress?: string,
     timeoutMs = 5_000,
   ): Promise<{ conn: SmtpConn; greeting: Reply }> {
     let conn: SmtpConn | undefined;
     let early = "";
     // A refused connection rejects Bun.connect itself; connectError only needs to exist.
     const socket = await Bun.connect({
-      hostname: host,
+      hostname: "127.0.0.1",
       port,
+      // Bun honours localAddress for an IP target (the type declarations do not list it).
+      ...(localAddress ? { localAddress } : {}),
       socket: {
         data(_s, chunk) {
           if (conn) conn.onData(chunk.toString("latin1"));
