@@ -2,7 +2,8 @@
  * Durable injection: Postfix's smtp-source → `mta serve` (spool.sync: true, delivery deferred to a dead
  * route so nothing leaves), and the same load against Postfix in the same run (bench/postfix, "hold" mode:
  * accepted, fsync'd queue file, never delivered).
- * Usage: bun bench/durable-inject.ts [count=20000] [--no-postfix]
+ * Usage: bun bench/durable-inject.ts [count=20000] [--no-postfix] [--reps 3] [--json]
+ * (--json also prints the rows as one `BENCH_JSON [...]` line, for bench/all.ts)
  * Prints: msgs/s and mta CPU ms per message for 1 KB and 100 KB, 50 and 1,000 sessions.
  */
 import { join } from "node:path";
@@ -22,7 +23,8 @@ import {
   tmp,
 } from "./_support.ts";
 
-const count = Number(process.argv[2] ?? 20_000);
+const count = Number(/^\d+$/.test(process.argv[2] ?? "") ? process.argv[2] : 20_000);
+const json = process.argv.includes("--json");
 const withPostfix = !process.argv.includes("--no-postfix") && postfixInstalled();
 if (!SMTP_SOURCE) {
   console.log("smtp-source is not installed (apt-get install postfix): nothing to measure");
@@ -35,7 +37,7 @@ const cases = [
   { size: 100_000, sessions: 50 },
   { size: 100_000, sessions: 1000 },
 ];
-const reps = 3;
+const reps = Number(process.argv[process.argv.indexOf("--reps") + 1] ?? 3) || 3;
 const rows: Row[] = [];
 
 for (const c of cases) {
@@ -91,3 +93,4 @@ for (const c of cases) {
 }
 if (withPostfix) stopPostfix();
 printTable("Durable injection (smtp-source → mta serve / Postfix)", rows);
+if (json) console.log(`BENCH_JSON ${JSON.stringify(rows)}`);

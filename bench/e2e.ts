@@ -1,6 +1,7 @@
 /**
  * End to end: load generator → `mta serve` → smtp-sink, and the same through Postfix in the same run.
- * Usage: bun bench/e2e.ts [count=20000] [--no-postfix]
+ * Usage: bun bench/e2e.ts [count=20000] [--no-postfix] [--reps 3] [--json]
+ * (--json also prints the rows as one `BENCH_JSON [...]` line, for bench/all.ts)
  *
  * - 1 destination: Postfix's smtp-source → mta (route k1.test → one smtp-sink), as bench/postfix does.
  * - 100 and 10,000 destinations: smtp-source cannot vary the domain, so bench/_injector.ts sends
@@ -33,7 +34,9 @@ import {
   tmp,
 } from "./_support.ts";
 
-const count = Number(process.argv[2] ?? 20_000);
+const count = Number(/^\d+$/.test(process.argv[2] ?? "") ? process.argv[2] : 20_000);
+const json = process.argv.includes("--json");
+const reps = Number(process.argv[process.argv.indexOf("--reps") + 1] ?? 3) || 3;
 const withPostfix = !process.argv.includes("--no-postfix") && postfixInstalled();
 if (!SMTP_SINK || !SMTP_SOURCE) {
   console.log("smtp-sink/smtp-source are not installed (apt-get install postfix): nothing to measure");
@@ -128,7 +131,7 @@ for (const dests of [1, 100, 10_000]) {
   if (withPostfix && dests <= 100) {
     if (rows.length === 0) setupPostfix();
     const pfRates: number[] = [];
-    for (let rep = 0; rep < 3; rep++) {
+    for (let rep = 0; rep < reps; rep++) {
       pfRates.push(
         postfixAnchor("bench-e2e.sh", [
           "1000",
@@ -151,3 +154,4 @@ for (const dests of [1, 100, 10_000]) {
 }
 if (withPostfix) stopPostfix();
 printTable("End to end (generator → mta serve / Postfix → smtp-sink)", rows);
+if (json) console.log(`BENCH_JSON ${JSON.stringify(rows)}`);
