@@ -1,7 +1,7 @@
 /**
  * `npm run bench`: every comparison benchmark for mta and Postfix in one run, one table.
  *
- *   bun build.ts && bun bench/all.ts [--quick] [--no-wait] [--no-postfix]
+ *   bun build.ts && bun bench/all.ts [--quick] [--no-wait] [--max-wait-min 20] [--no-postfix]
  *
  * Sets Postfix up on 127.0.0.1:2525 (bench/postfix/setup-postfix.sh: rewrites /etc/postfix; root, on a
  * development or CI machine only), then runs as child processes, each printing a `BENCH_JSON` line:
@@ -9,7 +9,7 @@
  * bench/queue-depth.ts. Prints the table (figure, conditions, mta, Postfix, ratio = mta / Postfix) and
  * writes it to docs/benchmarks.md with the date, the machine and the conditions, plus two plots:
  * docs/bench-queue-depth.svg and docs/bench-concurrency.svg. Stops Postfix at the end.
- * Before a full run it waits (up to 20 min, checking every 30 s) for the 1-minute load to drop below 0.7
+ * Before a full run it waits (up to --max-wait-min, default 20 min, checking every 30 s) for the 1-minute load to drop below 0.7
  * and says in the document whether it did. Figures only; never passes or fails. Loopback only.
  */
 import { spawn } from "bun";
@@ -23,6 +23,7 @@ import type { QueueDepthResult } from "./queue-depth.ts";
 const quick = process.argv.includes("--quick");
 const noWait = process.argv.includes("--no-wait") || quick;
 const withPostfix = !process.argv.includes("--no-postfix") && postfixInstalled() && process.getuid?.() === 0;
+const maxWaitMin = Number(process.argv[process.argv.indexOf("--max-wait-min") + 1] ?? 20) || 20;
 const startedAt = new Date();
 
 function log(s: string): void {
@@ -38,7 +39,8 @@ async function waitQuiet(): Promise<{ quiet: boolean; waitedS: number; load: num
   for (;;) {
     const l = load1();
     if (l < 0.7) return { quiet: true, waitedS: (Date.now() - t0) / 1000, load: l };
-    if (Date.now() - t0 > 20 * 60_000) return { quiet: false, waitedS: (Date.now() - t0) / 1000, load: l };
+    if (Date.now() - t0 > maxWaitMin * 60_000)
+      return { quiet: false, waitedS: (Date.now() - t0) / 1000, load: l };
     log(`1-minute load ${l}: waiting for < 0.7 (30 s)`);
     await Bun.sleep(30_000);
   }
