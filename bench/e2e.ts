@@ -8,10 +8,11 @@
  *   `<seq>b@d<seq % K>.test`; a DNS server on loopback answers MX mx.dN.test → A 127.(..).(..).(..),
  *   one address per destination, and a single smtp-sink listening on 0.0.0.0 receives them all (it only
  *   receives; every connection goes to 127/8). Postfix's figure for 100 uses its anchor script (100
- *   next hops chosen by the local part, bench/postfix/bench-e2e.sh); there is none for 10,000.
+ *   next hops chosen by the local part, bench/postfix/bench-e2e.sh); for 10,000, a hash
+ *   transport table sends each domain to its own address on the same sink, fed by the same injector.
  * Wall time runs from the first injected message to the sink's count reaching N.
  */
-import { spawn } from "bun";
+import { spawn, spawnSync } from "bun";
 import { fstatSync, openSync, readSync } from "node:fs";
 import { join } from "node:path";
 import { startDnsServer } from "../test/support/dnsServer.ts";
@@ -75,6 +76,44 @@ async function waitCount(received: () => number, n: number, timeoutMs: number): 
   }
 }
 
+/**
+ * Postfix with `dests` destinations (its anchor scripts spell out at most 100 next hops): a hash transport
+ * table sends d<i>.test to [ipFor(i)]:sinkPort (the same sink, listening on 0.0.0.0), the same injector
+ * sends to 127.0.0.1:2525, wall time from the first message to the sink's count growing by `count`.
+ * The transport table and delivery settings are put back afterwards. Returns msgs/s.
+ */
+async function postfixManyDestinations(
+  dests: number,
+  sinkPort: number,
+  received: () => number,
+): Promise<number> {
+  const sh = (cmd: string) => spawnSync(["bash", "-c", cmd], { stdout: "pipe", stderr: "pipe" });
+  setupPostfix();
+  const lines: string[] = [];
+  for (let i = 0; i < dests; i++) lines.push(`d${i}.test smtp:[${ipFor(i)}]:${sinkPort}`);
+  await Bun.write("/etc/postfix/bench_many", `${lines.join("\n")}\n`);
+  sh(
+    "postmap hash:/etc/postfix/bench_many && postconf -e 'transport_maps = hash:/etc/postfix/bench_many' 'smtpd_recipient_restrictions = permit_mynetworks, reject' 'defer_transports =' && postsuper -d ALL >/dev/null 2>&1; postfix reload >/dev/null 2>&1; sleep 1.5",
+  );
+  const base = received();
+  const t0 = performance.now();
+  await inject({
+    host: "127.0.0.1",
+    port: 2525,
+    count,
+    sessions: 50,
+    sizeBytes: 1000,
+    domain: (s) => `d${s % dests}.test`,
+  });
+  const got = (await waitCount(received, base + count, 120_000)) - base;
+  const rate = got / ((performance.now() - t0) / 1000);
+  sh(
+    "postconf -e 'transport_maps = regexp:/etc/postfix/bench_transport' && postsuper -d ALL >/dev/null 2>&1; postfix reload >/dev/null 2>&1",
+  );
+  console.error(`postfix, ${dests} destinations: ${got}/${count} received, ${rate.toFixed(0)} msgs/s`);
+  return rate;
+}
+
 const rows: Row[] = [];
 for (const dests of [1, 100, 10_000]) {
   using dir = tmp("mta-bench-e2e-");
@@ -128,6 +167,7 @@ for (const dests of [1, 100, 10_000]) {
   const cpuMs = ((cpuSeconds(mta.pid) - cpu0) * 1000) / count;
   const rss = rssBytes(mta.pid);
   let pf: number | undefined;
+  if (withPostfix && dests > 100) pf = await postfixManyDestinations(dests, sinkPort, sink.received);
   if (withPostfix && dests <= 100) {
     if (rows.length === 0) setupPostfix();
     const pfRates: number[] = [];
