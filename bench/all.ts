@@ -305,8 +305,15 @@ try {
   if (withPostfix) stopPostfix();
 }
 
+function debianVersion(): string {
+  try {
+    return `Debian ${readFileSync("/etc/debian_version", "utf8").trim()}`;
+  } catch {
+    return "not Debian";
+  }
+}
 const c = cpus();
-const machineText = `${c.length} × ${c[0]?.model ?? "cpu"} (shared virtual machine), ${Math.round(totalmem() / 2 ** 30)} GiB RAM, Linux ${readFileSync("/proc/sys/kernel/osrelease", "utf8").trim()}, Bun ${Bun.version}, ${readFileSync("/etc/debian_version", "utf8").trim() ? `Debian ${readFileSync("/etc/debian_version", "utf8").trim()}` : ""}, Postfix ${withPostfix ? Bun.spawnSync(["postconf", "-h", "mail_version"]).stdout.toString().trim() || "?" : "not run"}`;
+const machineText = `${c.length} × ${c[0]?.model ?? "cpu"} (shared virtual machine), ${Math.round(totalmem() / 2 ** 30)} GiB RAM, Linux ${readFileSync("/proc/sys/kernel/osrelease", "utf8").trim()}, Bun ${Bun.version}, ${debianVersion()}, Postfix ${withPostfix ? Bun.spawnSync(["postconf", "-h", "mail_version"]).stdout.toString().trim() || "?" : "not run"}`;
 const table = tableMarkdown();
 console.log(`\n## mta vs Postfix (${quick ? "QUICK run: small sizes, not for citing" : "full run"})\n`);
 console.log(table);
