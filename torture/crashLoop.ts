@@ -139,7 +139,7 @@ export async function crashLoop(o: CrashLoopOptions, log: Log): Promise<Scenario
   log(`crash loop: ${summary}`);
   log(
     `  ${fmt(sink.received.length)} deliveries at the sink; ${fmt(unackedDelivered)} delivered whose 250 was cut by a kill; ` +
-      `${fmt(injector.stats.unconfirmed.size)} in flight at the end; refused: ${refused}; ${Math.round((Date.now() - started) / 1000)} s, ` +
+      `${fmt(injector.stats.unconfirmed.size)} sent whose reply a kill cut off; refused: ${refused}; ${Math.round((Date.now() - started) / 1000)} s, ` +
       `${o.sessions} sessions, ${o.sizeBytes} B messages, lives ${o.minLifeMs}-${o.maxLifeMs} ms, seed ${o.seed}`,
   );
   return {
