@@ -330,7 +330,7 @@ export async function hostileClients(o: HostileClientsOptions, log: Log): Promis
         );
         c.globalHeld += g.held;
         c.globalRefused += g.refused;
-        await Bun.sleep(300); // closes reach the daemon
+        await Bun.sleep(1000); // the closes reach the daemon and free its slots
         floodActive = false;
         await Bun.sleep(3000);
       }
