@@ -224,6 +224,7 @@ export class Engine {
       hostname: config.hostname,
       retryMs: config.delivery.retryMs,
       maxAgeMs: config.delivery.maxAgeMs,
+      siteBackoffMs: config.delivery.siteBackoffMs,
       delayWarningMs: config.delivery.delayWarningMs,
       maxConnections: config.delivery.maxConnections,
       policyFor: (d) => policyFor(engine.config, d),

@@ -176,6 +176,10 @@ export const ConfigSchema = v.strictObject({
           "4h",
         ]),
         max_age: v.optional(Duration, "5d"),
+        site_backoff: v.optional(
+          v.pipe(v.array(Duration), v.minLength(1, "expected at least one duration")),
+          ["1m", "5m", "15m", "30m"],
+        ),
         port: v.optional(
           v.pipe(v.number("expected a port number"), v.integer(), v.minValue(1), v.maxValue(65535)),
           25,

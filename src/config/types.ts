@@ -69,6 +69,8 @@ export interface DeliveryConfig {
   routes: Record<string, RouteConfig>;
   retryMs: number[];
   maxAgeMs: number;
+  /** Suspension of a destination after whole-site failures in a row: 1st, 2nd, ...; the last repeats. */
+  siteBackoffMs: number[];
   /** TCP port of the remote mail exchangers found through MX (25; other values only for test setups). */
   port: number;
   delayWarningMs: number;
@@ -215,6 +217,7 @@ export function buildConfig(raw: RawConfig, source: string, baseDir: string): Co
       routes,
       retryMs: d.retry.map(dur),
       maxAgeMs: dur(d.max_age),
+      siteBackoffMs: d.site_backoff.map(dur),
       port: d.port,
       delayWarningMs: dur(d.delay_warning),
       maxConnections: d.max_connections,
