@@ -10,7 +10,8 @@ const outfile = outIndex > 0 ? process.argv[outIndex + 1]! : "dist/mta";
 mkdirSync(dirname(outfile), { recursive: true });
 
 const result = await Bun.build({
-  entrypoints: ["src/cli/main.ts"],
+  // The DKIM signing worker is a second entrypoint so that it is embedded in the executable.
+  entrypoints: ["src/cli/main.ts", "src/dkim/_worker.ts"],
   compile: { outfile },
   minify: true,
   bytecode: true,

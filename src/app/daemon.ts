@@ -132,14 +132,17 @@ export class Daemon {
       await engine.stop();
       throw err;
     }
-    const daemon = new Daemon(config, log, engine, control, listeners);
-    log.info(`mta ${pkg.version} started`, {
-      spool: config.spool.dir,
-      messages: engine.spool.recovery.messages,
-      listeners: listeners.map((l) => formatHostPort({ host: l.host, port: l.port })),
-      control: control ? formatHostPort({ host: control.host, port: control.port }) : "off",
+    return new Daemon(config, log, engine, control, listeners);
+  }
+
+  /** The "started" log line, with the bound addresses (tests and scripts read the ports from it). */
+  announce(): void {
+    this.log.info(`mta ${pkg.version} started`, {
+      spool: this.config.spool.dir,
+      messages: this.engine.spool.recovery.messages,
+      listeners: this.listeners.map((l) => formatHostPort({ host: l.host, port: l.port })),
+      control: this.control ? formatHostPort({ host: this.control.host, port: this.control.port }) : "off",
     });
-    return daemon;
   }
 
   /** Applies a new, already validated configuration; says which changes need a restart. */
@@ -193,5 +196,7 @@ export async function runDaemon(configFile: string): Promise<number> {
         log.error(`configuration reload failed; keeping the running configuration\n${detail}`);
       }
     });
+    // Only now, with every signal handled, say that we are up.
+    daemon.announce();
   });
 }

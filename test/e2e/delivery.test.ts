@@ -135,7 +135,7 @@ describe.skipIf(!SWAKS)("mail through mta serve", () => {
     await using sink = await startSink({ dir: dir.path });
     await using again = await startMta({
       dir: dir.path,
-      config: config.replace("127.0.0.1:9", `127.0.0.1:${sink.port}`),
+      config: config.replace("example.net: '127.0.0.1:9'", `example.net: '127.0.0.1:${sink.port}'`),
     });
     expect(again.logLines().find((l) => l.msg === "spool open")?.messages).toBe(5);
     const dumps = await sink.waitFor(5, 20_000);
