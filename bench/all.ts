@@ -24,7 +24,7 @@ const quick = process.argv.includes("--quick");
 const noWait = process.argv.includes("--no-wait") || quick;
 const withPostfix = !process.argv.includes("--no-postfix") && postfixInstalled() && process.getuid?.() === 0;
 const maxWaitMin = Number(process.argv[process.argv.indexOf("--max-wait-min") + 1] ?? 20) || 20;
-const startedAt = new Date();
+let startedAt = new Date();
 
 function log(s: string): void {
   console.error(`[bench/all ${new Date().toISOString().slice(11, 19)}] ${s}`);
@@ -109,6 +109,7 @@ function tableMarkdown(): string {
 // ---- run ----
 mkdirSync(join(ROOT, "docs"), { recursive: true });
 const quiet = noWait ? { quiet: false, waitedS: 0, load: load1() } : await waitQuiet();
+startedAt = new Date();
 log(`starting: quick=${quick}, postfix=${withPostfix}, load ${quiet.load}`);
 const loads: string[] = [];
 try {
