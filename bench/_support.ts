@@ -4,7 +4,7 @@
  * Benchmarks print numbers with their conditions; they never pass or fail.
  */
 import { spawn, spawnSync } from "bun";
-import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, fstatSync, mkdtempSync, openSync, readFileSync, readSync, rmSync } from "node:fs";
 import { cpus, tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { freePort, SMTP_SINK, SMTP_SOURCE } from "../test/support/sink.ts";
@@ -232,4 +232,37 @@ export function median(xs: number[]): number {
   if (s.length === 0) return Number.NaN;
   const m = Math.floor(s.length / 2);
   return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+}
+
+/** A counting smtp-sink (-c) on `listen`; `received()` reads its running counter from the end of its output. */
+export function startCountingSink(dir: string, listen: string) {
+  const out = join(dir, `sink-${Math.random().toString(36).slice(2)}.out`);
+  const fd = openSync(out, "w+");
+  const proc = spawn([SMTP_SINK!, "-u", "nobody", "-c", "-m", "5000", listen, "4096"], {
+    stdout: fd,
+    stderr: "ignore",
+  });
+  const buf = Buffer.alloc(4096);
+  const received = () => {
+    const size = fstatSync(fd).size;
+    const n = readSync(fd, buf, 0, Math.min(buf.length, size), Math.max(0, size - buf.length));
+    const m = [
+      ...buf
+        .subarray(0, n)
+        .toString()
+        .matchAll(/mesg=(\d+)/g),
+    ];
+    return m.length ? Number(m[m.length - 1]![1]) : 0;
+  };
+  return { proc, received, [Symbol.dispose]: () => proc.kill("SIGKILL") };
+}
+
+/** Polls `received()` until it reaches `n` or `timeoutMs` passes; returns the last count. */
+export async function waitCount(received: () => number, n: number, timeoutMs: number): Promise<number> {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    const got = received();
+    if (got >= n || Date.now() > end) return got;
+    await Bun.sleep(20);
+  }
 }

@@ -12,8 +12,7 @@
  *   transport table sends each domain to its own address on the same sink, fed by the same injector.
  * Wall time runs from the first injected message to the sink's count reaching N.
  */
-import { spawn, spawnSync } from "bun";
-import { fstatSync, openSync, readSync } from "node:fs";
+import { spawnSync } from "bun";
 import { join } from "node:path";
 import { startDnsServer } from "../test/support/dnsServer.ts";
 import { inject } from "./_injector.ts";
@@ -33,6 +32,8 @@ import {
   startBenchMta,
   stopPostfix,
   tmp,
+  startCountingSink,
+  waitCount,
 } from "./_support.ts";
 
 const count = Number(/^\d+$/.test(process.argv[2] ?? "") ? process.argv[2] : 20_000);
@@ -44,36 +45,8 @@ if (!SMTP_SINK || !SMTP_SOURCE) {
   process.exit(0);
 }
 
-/** A counting smtp-sink (-c); `received()` reads its running counter. */
-function startCountingSink(dir: string, listen: string) {
-  const out = join(dir, `sink-${Math.random().toString(36).slice(2)}.out`);
-  const fd = openSync(out, "w+");
-  const proc = spawn([SMTP_SINK!, "-u", "nobody", "-c", "-m", "5000", listen, "4096"], {
-    stdout: fd,
-    stderr: "ignore",
-  });
-  const buf = Buffer.alloc(4096);
-  const received = () => {
-    const size = fstatSync(fd).size;
-    const n = readSync(fd, buf, 0, Math.min(buf.length, size), Math.max(0, size - buf.length));
-    const all = buf.subarray(0, n).toString();
-    const m = [...all.matchAll(/mesg=(\d+)/g)];
-    return m.length ? Number(m[m.length - 1]![1]) : 0;
-  };
-  return { proc, received, [Symbol.dispose]: () => proc.kill("SIGKILL") };
-}
-
 function ipFor(i: number): string {
   return `127.${10 + Math.floor(i / 65536)}.${Math.floor(i / 256) % 256}.${(i % 256) + 1 > 255 ? 1 : (i % 256) + 1}`;
-}
-
-async function waitCount(received: () => number, n: number, timeoutMs: number): Promise<number> {
-  const end = Date.now() + timeoutMs;
-  for (;;) {
-    const got = received();
-    if (got >= n || Date.now() > end) return got;
-    await Bun.sleep(20);
-  }
 }
 
 /**

@@ -23,7 +23,7 @@
  * Prints figures with their conditions; never passes or fails. Loopback only.
  */
 import { spawn, spawnSync } from "bun";
-import { fstatSync, openSync, readdirSync, readFileSync, readSync } from "node:fs";
+import { readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { Spool } from "../src/spool/index.ts";
 import {
@@ -40,6 +40,8 @@ import {
   smtpSource,
   startBenchMta,
   tmp,
+  startCountingSink,
+  waitCount,
 } from "./_support.ts";
 
 export interface DepthPoint {
@@ -74,38 +76,6 @@ export interface QueueDepthResult {
     pssPerIdleSessionB: number;
     processLimit: string;
   };
-}
-
-/** A counting smtp-sink (-c); `received()` reads its running counter from the end of its output. */
-export function startCountingSink(dir: string, listen: string) {
-  const out = join(dir, `sink-${Math.random().toString(36).slice(2)}.out`);
-  const fd = openSync(out, "w+");
-  const proc = spawn([SMTP_SINK!, "-u", "nobody", "-c", "-m", "5000", listen, "4096"], {
-    stdout: fd,
-    stderr: "ignore",
-  });
-  const buf = Buffer.alloc(4096);
-  const received = () => {
-    const size = fstatSync(fd).size;
-    const n = readSync(fd, buf, 0, Math.min(buf.length, size), Math.max(0, size - buf.length));
-    const m = [
-      ...buf
-        .subarray(0, n)
-        .toString()
-        .matchAll(/mesg=(\d+)/g),
-    ];
-    return m.length ? Number(m[m.length - 1]![1]) : 0;
-  };
-  return { proc, received, [Symbol.dispose]: () => proc.kill("SIGKILL") };
-}
-
-async function waitCount(received: () => number, n: number, timeoutMs: number): Promise<number> {
-  const end = Date.now() + timeoutMs;
-  for (;;) {
-    const got = received();
-    if (got >= n || Date.now() > end) return got;
-    await Bun.sleep(20);
-  }
 }
 
 /** Opens `n` SMTP sessions (greeting + EHLO) from a child process and keeps them idle until released. */
