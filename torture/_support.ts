@@ -8,9 +8,9 @@
  */
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { runMta, type StartedMta, startMta } from "../test/support/mta.ts";
+import { deliveryLog, runMta, type StartedMta, startMta } from "../test/support/mta.ts";
 
-export { runMta, type StartedMta, startMta };
+export { deliveryLog, runMta, type StartedMta, startMta };
 
 /** What a scenario reports: one line for the summary table, the details it printed, and the verdict. */
 export interface ScenarioResult {
@@ -121,18 +121,6 @@ export function tortureConfig(
     `log: { level: ${opts.level ?? "info"}, format: json, deliveries: ${join(dir, "deliveries.jsonl")} }`,
     `delivery: { routes: { ${routes} }, retry: [1s]${opts.delivery ? `, ${opts.delivery}` : ""} }`,
   ].join("\n");
-}
-
-/** Lines of the delivery log of a scenario dir. */
-export function deliveryLog(dir: string): Record<string, unknown>[] {
-  try {
-    return readFileSync(join(dir, "deliveries.jsonl"), "utf8")
-      .split("\n")
-      .filter(Boolean)
-      .map((l) => JSON.parse(l));
-  } catch {
-    return [];
-  }
 }
 
 export async function until(fn: () => boolean | Promise<boolean>, timeoutMs: number): Promise<boolean> {

@@ -1,8 +1,6 @@
 import { describe, expect, test } from "bun:test";
 import { spawnSync } from "bun";
-import { readFileSync } from "node:fs";
-import { join } from "node:path";
-import { startMta, tempDir, testConfig } from "../support/mta.ts";
+import { deliveryLog, startMta, tempDir, testConfig } from "../support/mta.ts";
 import { startSink } from "../support/sink.ts";
 
 const SWAKS = Bun.which("swaks");
@@ -13,17 +11,6 @@ function swaks(port: number, args: string[]): { code: number; out: string } {
     stderr: "pipe",
   });
   return { code: r.exitCode ?? -1, out: r.stdout.toString() + r.stderr.toString() };
-}
-
-function deliveryLog(dir: string): Record<string, unknown>[] {
-  try {
-    return readFileSync(join(dir, "deliveries.jsonl"), "utf8")
-      .split("\n")
-      .filter(Boolean)
-      .map((l) => JSON.parse(l));
-  } catch {
-    return [];
-  }
 }
 
 async function waitFor<T>(fn: () => T | undefined, timeoutMs = 10_000): Promise<T> {

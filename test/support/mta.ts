@@ -5,7 +5,7 @@
  * spool and log dir, whose bound ports are read from its JSON start line), `tempDir`.
  */
 import { type Subprocess, spawn, spawnSync } from "bun";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 
@@ -170,4 +170,16 @@ export async function startMta(opts: {
       }
     },
   };
+}
+
+/** The delivery log (`deliveries.jsonl` in `dir`, as testConfig writes it), one object per line. */
+export function deliveryLog(dir: string): Record<string, unknown>[] {
+  try {
+    return readFileSync(join(dir, "deliveries.jsonl"), "utf8")
+      .split("\n")
+      .filter(Boolean)
+      .map((l) => JSON.parse(l));
+  } catch {
+    return [];
+  }
 }
