@@ -91,9 +91,14 @@ export async function startSink(opts: { dir: string; host?: string; args?: strin
     dumps,
     async waitFor(n, timeoutMs = 10_000) {
       const end = Date.now() + timeoutMs;
+      let previous = "";
       for (;;) {
         const d = dumps();
-        if (d.length >= n) return d;
+        // smtp-sink creates a dump file before it writes it: done when n are there, none empty, and
+        // nothing changed since the last look.
+        const now = d.join("\0");
+        if (d.length >= n && d.every((x) => x.length > 0) && now === previous) return d;
+        previous = now;
         if (Date.now() > end) throw new Error(`smtp-sink received ${d.length} of ${n} messages`);
         await Bun.sleep(25);
       }
