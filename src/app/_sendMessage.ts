@@ -8,7 +8,7 @@
  * Invariant: the header is handled as Latin-1 so every byte of the body and of 8-bit header text survives.
  */
 import { latin1Decoder } from "../lib/index.ts";
-import { messageIdFor } from "./compose.ts";
+import { messageIdFor, rfc5322Date } from "./compose.ts";
 
 const CR = 13;
 const LF = 10;
@@ -220,8 +220,7 @@ export function prepareMessage(input: Uint8Array, o: PrepareOptions): PreparedMe
   const has = (name: string) => kept.some((f) => lower(f) === name);
   const mid = kept.find((f) => lower(f) === "message-id");
   const from = kept.find((f) => lower(f) === "from");
-  if (!has("date"))
-    add.push(`Date: ${new Date(o.nowMs ?? Date.now()).toUTCString().replace("GMT", "+0000")}`);
+  if (!has("date")) add.push(`Date: ${rfc5322Date(o.nowMs ?? Date.now())}`);
   if (!mid) add.push(`Message-ID: ${messageIdFor(o.hostname)}`);
   if (!from && o.sender)
     add.push(`From: ${o.fullName ? `${quoteDisplayName(o.fullName)} <${o.sender}>` : o.sender}`);

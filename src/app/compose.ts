@@ -19,6 +19,11 @@ export interface MessageParts {
 
 const CRLF = "\r\n";
 
+/** An RFC 5322 date-time in UTC, e.g. `Thu, 26 Nov 2026 05:29:06 +0000`. */
+export function rfc5322Date(ms: number): string {
+  return new Date(ms).toUTCString().replace("GMT", "+0000");
+}
+
 export function messageIdFor(hostname: string): string {
   return `<${Date.now().toString(36)}.${randomBytes(8).toString("hex")}@${hostname}>`;
 }
@@ -81,7 +86,7 @@ export function composeMessage(p: MessageParts, hostname: string, nowMs = Date.n
   if (p.from && !has("from")) h.push(`From: ${encodeHeaderValue(p.from)}`);
   if (p.to?.length && !has("to")) h.push(`To: ${p.to.join(", ")}`);
   if (p.subject !== undefined && !has("subject")) h.push(`Subject: ${encodeHeaderValue(p.subject)}`);
-  if (!has("date")) h.push(`Date: ${new Date(nowMs).toUTCString().replace("GMT", "+0000")}`);
+  if (!has("date")) h.push(`Date: ${rfc5322Date(nowMs)}`);
   if (!has("message-id")) h.push(`Message-ID: ${messageIdFor(hostname)}`);
   for (const [k, v] of Object.entries(p.headers ?? {})) h.push(`${k}: ${encodeHeaderValue(v)}`);
   h.push("MIME-Version: 1.0");
@@ -115,8 +120,7 @@ export function addMissingHeaders(
   const head = text.slice(0, end);
   const present = (name: string) => new RegExp(`^${name}:`, "im").test(head);
   const add: string[] = [];
-  if (!present("date"))
-    add.push(`Date: ${new Date(opts.nowMs ?? Date.now()).toUTCString().replace("GMT", "+0000")}`);
+  if (!present("date")) add.push(`Date: ${rfc5322Date(opts.nowMs ?? Date.now())}`);
   if (!present("message-id")) add.push(`Message-ID: ${messageIdFor(opts.hostname)}`);
   if (!present("from") && opts.from) add.push(`From: ${opts.from}`);
   if (add.length === 0) return message;
