@@ -81,6 +81,8 @@ export class Cluster {
   private readonly modeListeners: ((m: ClusterMode) => void)[] = [];
   private closed = false;
   private readonly m;
+  /** The divisor of every local share. */
+  readonly nodesAlive: () => number;
 
   private constructor(readonly opts: ClusterOptions) {
     const k = keys(opts.keyPrefix);
@@ -126,7 +128,12 @@ export class Cluster {
       canBeat: () => this.leasesInRedis,
       log,
     });
-    const nodesAlive = () => this.registry.aliveCount;
+    // Outside shared mode the divisor never drops below the nodes seen before the outage: a node
+    // that has not come back yet is still delivering at its share.
+    const nodesAlive = () =>
+      this.current === "shared"
+        ? this.registry.aliveCount
+        : Math.max(this.registry.aliveCount, this.before.length + 1);
     this.leases = new LeaseManager(this.link, k, {
       node: opts.node,
       instance: this.instance,
@@ -136,6 +143,7 @@ export class Cluster {
       log,
       onLostLease: () => this.m.lost?.inc(),
     });
+    this.nodesAlive = nodesAlive;
     this.rates = new SharedRates(this.link, k, { mode: () => this.current, nodesAlive, log });
     this.state = new SharedState(this.link, k, { node: opts.node, instance: this.instance, log });
     this.registry.onBeat(() => this.beaten());
@@ -154,27 +162,39 @@ export class Cluster {
     }
   }
 
-  /**
-   * Connects (one attempt; Redis down means local-share mode, not a refusal to start) and registers.
-   * Throws ClusterError when another running node already has this node's name.
-   */
+  /** A node not connected yet: register listeners (state, mode) first, then `start`. */
+  static create(opts: ClusterOptions): Cluster {
+    return new Cluster(opts);
+  }
+
+  /** `create` then `start`. */
   static async start(opts: ClusterOptions): Promise<Cluster> {
     const c = new Cluster(opts);
-    c.leases.start();
-    c.registry.start();
-    await c.link.start();
-    if (c.link.up) await c.joining;
+    await c.start();
+    return c;
+  }
+
+  /**
+   * Connects (one attempt; Redis down means local-share mode, not a refusal to start), reads the
+   * shared state (listeners hear every hold already in force) and registers.
+   * Throws ClusterError when another running node already has this node's name.
+   */
+  async start(): Promise<void> {
+    const opts = this.opts;
+    this.leases.start();
+    this.registry.start();
+    await this.link.start();
+    if (this.link.up) await this.joining;
     else
       opts.log.warn("Redis is unreachable at start: delivering at this node's share of every limit", {
-        reason: c.link.reason,
-        nodesAlive: c.registry.aliveCount,
+        reason: this.link.reason,
+        nodesAlive: this.registry.aliveCount,
       });
-    if (c.registry.conflict) {
-      const err = new ClusterError("config", c.registry.conflict.message);
-      await c.close();
+    if (this.registry.conflict) {
+      const err = new ClusterError("config", this.registry.conflict.message);
+      await this.close();
       throw err;
     }
-    return c;
   }
 
   get node(): string {
@@ -200,7 +220,7 @@ export class Cluster {
       node: this.opts.node,
       mode: this.current,
       redis: this.link.up ? "up" : `down: ${this.link.reason}`,
-      nodesAlive: this.registry.aliveCount,
+      nodesAlive: this.nodesAlive(),
       leases: this.leases.held,
     };
   }
@@ -232,11 +252,10 @@ export class Cluster {
       this.setMode("rejoining", "Redis answers");
       await this.leases.toShared();
       if (session !== this.session || !this.link.up) return;
+      await this.state.resync();
+      if (session !== this.session || !this.link.up) return;
       this.leasesInRedis = true;
       await this.registry.beat();
-      if (session !== this.session || !this.link.up) return;
-      await this.state.resync();
-      this.beaten();
     })().catch((err) => this.opts.log.error("rejoining failed", { error: errorMessage(err) }));
   }
 

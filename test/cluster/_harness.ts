@@ -6,7 +6,7 @@
  */
 import { type Subprocess, spawn } from "bun";
 import { join } from "node:path";
-import { Cluster, type ClusterOptions } from "../../src/cluster/index.ts";
+import { Cluster, type ClusterOptions, type StateChange } from "../../src/cluster/index.ts";
 import { silentLogger } from "../../src/observe/index.ts";
 
 export function nodeOptions(url: string, over: Partial<ClusterOptions> = {}): ClusterOptions {
@@ -29,8 +29,11 @@ export function nodeOptions(url: string, over: Partial<ClusterOptions> = {}): Cl
 export async function startNode(
   url: string,
   over: Partial<ClusterOptions> = {},
+  onState?: (c: StateChange) => void,
 ): Promise<Cluster & AsyncDisposable> {
-  const c = await Cluster.start(nodeOptions(url, over));
+  const c = Cluster.create(nodeOptions(url, over));
+  if (onState) c.state.onChange(onState);
+  await c.start();
   return Object.assign(c, { [Symbol.asyncDispose]: () => c.close() });
 }
 

@@ -1,0 +1,75 @@
+import { expect, test } from "bun:test";
+import { startRedis } from "../support/redis.ts";
+import { startNode, until } from "./_harness.ts";
+
+/** Takes events as fast as allowed for `ms`, sleeping the wait the limiter names; returns how many. */
+async function drive(take: () => Promise<number>, ms: number): Promise<number> {
+  const end = performance.now() + ms;
+  let n = 0;
+  while (performance.now() < end) {
+    const wait = await take();
+    if (wait === 0) n++;
+    else await Bun.sleep(Math.min(wait, end - performance.now()));
+  }
+  return n;
+}
+
+test("a message rate is one bucket for every node: 50/s from three nodes is 50/s in all", async () => {
+  await using redis = await startRedis();
+  const nodes = await Promise.all(["a", "b", "c"].map((node) => startNode(redis.url, { node })));
+  try {
+    const rate = { count: 50, perMs: 1000 };
+    const ms = 3000;
+    const counts = await Promise.all(
+      nodes.map((n) => drive(() => n.rates.take("example.com", "msg", rate), ms)),
+    );
+    const total = counts.reduce((a, b) => a + b, 0);
+    // GCRA from an empty bucket: a burst of 50, then one every 20 ms: 50 + 3 s x 50/s = 200.
+    console.log(`50/s over 3 s from 3 nodes: ${counts.join(" + ")} = ${total} (GCRA allows 200)`);
+    expect(total).toBeGreaterThanOrEqual(192);
+    expect(total).toBeLessThanOrEqual(201);
+    // Each node got a fair part (none was starved).
+    for (const c of counts) expect(c).toBeGreaterThan(30);
+  } finally {
+    for (const n of nodes) await n.close();
+  }
+});
+
+test("connection and message rates of a site are separate buckets, and sites do not share", async () => {
+  await using redis = await startRedis();
+  await using a = await startNode(redis.url, { node: "a" });
+  const one = { count: 1, perMs: 60_000 };
+  expect(await a.rates.take("example.com", "msg", one)).toBe(0);
+  const wait = await a.rates.take("example.com", "msg", one);
+  expect(wait).toBeGreaterThan(59_000);
+  expect(wait).toBeLessThanOrEqual(60_000);
+  expect(await a.rates.take("example.com", "conn", one)).toBe(0);
+  expect(await a.rates.take("example.org", "msg", one)).toBe(0);
+});
+
+test("the rate lives on Redis's clock: a node whose wall clock is wrong changes nothing", async () => {
+  await using redis = await startRedis();
+  await using a = await startNode(redis.url, { node: "a" });
+  const one = { count: 1, perMs: 10_000 };
+  expect(await a.rates.take("example.com", "msg", one)).toBe(0);
+  const realNow = Date.now;
+  Date.now = () => realNow() + 3_600_000; // this node thinks it is an hour later
+  try {
+    expect(await a.rates.take("example.com", "msg", one)).toBeGreaterThan(9000);
+  } finally {
+    Date.now = realNow;
+  }
+});
+
+test("with Redis down a node takes rate / nodes alive locally", async () => {
+  await using redis = await startRedis();
+  await using a = await startNode(redis.url, { node: "a" });
+  await using b = await startNode(redis.url, { node: "b" });
+  await until(() => a.registry.aliveCount === 2, 3000, "two nodes");
+  await redis.kill();
+  await until(() => a.mode === "local", 3000, "local mode");
+  const n = await drive(() => a.rates.take("example.com", "msg", { count: 40, perMs: 1000 }), 1000);
+  // Share: 20/s, burst 20: 20 + 1 s x 20/s = 40 (within a couple for timer granularity).
+  expect(n).toBeGreaterThanOrEqual(37);
+  expect(n).toBeLessThanOrEqual(41);
+});
