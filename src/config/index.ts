@@ -11,4 +11,12 @@ export {
   renderConfigYaml,
 } from "./load.ts";
 export type { RawConfig } from "./schema.ts";
-export type { Config, DeliveryConfig, DomainPolicy, ListenerConfig, RouteConfig, TlsMode } from "./types.ts";
+export type {
+  ClusterConfig,
+  Config,
+  DeliveryConfig,
+  DomainPolicy,
+  ListenerConfig,
+  RouteConfig,
+  TlsMode,
+} from "./types.ts";

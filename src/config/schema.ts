@@ -134,6 +134,91 @@ const DEFAULT_POLICY = {
   tls_verify: false,
 };
 
+/** redis://[user[:password]@]host[:port][/db] or rediss:// (TLS). */
+export function redisUrlProblem(x: unknown): string | undefined {
+  if (typeof x !== "string") return `expected a redis:// or rediss:// URL, got ${show(x)}`;
+  let u: URL;
+  try {
+    u = new URL(x);
+  } catch {
+    return `expected a URL such as "redis://127.0.0.1:6379", got ${show(x)}`;
+  }
+  if (u.protocol !== "redis:" && u.protocol !== "rediss:")
+    return `expected redis:// or rediss:// (TLS), got ${show(u.protocol.replace(/:$/, "://"))}`;
+  if (!u.hostname) return "expected a host name or address after redis://";
+  if (u.pathname !== "" && u.pathname !== "/" && !/^\/\d{1,2}$/.test(u.pathname))
+    return `expected a database number after the host (e.g. /0), got ${show(u.pathname)}`;
+  if (u.search || u.hash) return "expected no ?query or #fragment in the Redis URL";
+  return undefined;
+}
+const RedisUrl = v.custom<string>(
+  (x) => redisUrlProblem(x) === undefined,
+  (i) => redisUrlProblem(i.input) ?? "bad Redis URL",
+);
+
+const ClusterSchema = v.pipe(
+  v.strictObject({
+    redis: RedisUrl,
+    password_file: v.optional(v.string("expected the path of a file holding the Redis password")),
+    tls: v.optional(
+      v.strictObject({
+        ca: v.optional(v.string("expected the path of a PEM CA certificate")),
+        server_name: v.optional(v.pipe(v.string(), v.regex(/^[A-Za-z0-9.-]+$/, "expected a host name"))),
+        verify: v.optional(Bool, true),
+      }),
+    ),
+    node: v.optional(
+      v.pipe(
+        v.string(),
+        v.regex(
+          /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/,
+          "expected a node name: letters, digits, . _ - (at most 63)",
+        ),
+      ),
+    ),
+    advertise: v.optional(AddressText),
+    lease: v.optional(Duration, "10s"),
+    timeout: v.optional(Duration, "1s"),
+    key_prefix: v.optional(
+      v.pipe(v.string(), v.regex(/^[A-Za-z0-9._:-]{0,32}$/, "expected at most 32 letters, digits, . _ : -")),
+      "mta:",
+    ),
+    expected_nodes: v.optional(Positive, 1),
+  }),
+  v.forward(
+    v.check(
+      (c) => leaseProblem(c.lease) === undefined,
+      (i) => leaseProblem((i.input as { lease?: string }).lease) ?? "",
+    ),
+    ["lease"],
+  ),
+  v.forward(
+    v.check(
+      (c) => timeoutProblem(c.lease, c.timeout) === undefined,
+      (i) => {
+        const c = i.input as { lease?: string; timeout?: string };
+        return timeoutProblem(c.lease, c.timeout) ?? "";
+      },
+    ),
+    ["timeout"],
+  ),
+);
+
+/** A lease of 1 s .. 30 s: short enough that a dead node's slots come back soon, long enough to renew. */
+function leaseProblem(lease: string | undefined): string | undefined {
+  const ms = parseDuration(lease ?? "10s") ?? 10_000;
+  return ms < 1000 || ms > 30_000 ? `expected 1s to 30s, got ${show(lease)}` : undefined;
+}
+
+/** A Redis command must time out well within one renewal period (a third of the lease). */
+function timeoutProblem(lease: string | undefined, timeout: string | undefined): string | undefined {
+  const leaseMs = parseDuration(lease ?? "10s") ?? 10_000;
+  const ms = parseDuration(timeout ?? "1s") ?? 1000;
+  return ms < 50 || ms > leaseMs / 3
+    ? `expected 50ms to a third of the lease (${Math.floor(leaseMs / 3)} ms), got ${show(timeout)}`
+    : undefined;
+}
+
 export const ConfigSchema = v.strictObject({
   hostname: v.optional(v.pipe(v.string(), v.regex(/^[A-Za-z0-9.-]+$/, "expected a host name"))),
   spool: v.optional(
@@ -238,6 +323,7 @@ export const ConfigSchema = v.strictObject({
     }),
     {},
   ),
+  cluster: v.optional(ClusterSchema),
   log: v.optional(
     v.strictObject({
       level: v.optional(v.picklist(["silent", "error", "warn", "info", "debug", "trace"]), "info"),

@@ -101,6 +101,22 @@ export interface DeliveryConfig {
   maxReadyPerSite: number;
 }
 
+/** Several nodes sharing limits and state through Redis (absent: a single node, no Redis at all). */
+export interface ClusterConfig {
+  /** redis:// or rediss:// URL as written (a password may be in it; password_file is better). */
+  redisUrl: string;
+  passwordFile?: string;
+  tls?: { caFile?: string; serverName?: string; verify: boolean };
+  /** This node's name; default the machine's host name. */
+  node: string;
+  /** The control address other nodes reach this one at; default control.address. */
+  advertise?: HostPort;
+  leaseMs: number;
+  timeoutMs: number;
+  keyPrefix: string;
+  expectedNodes: number;
+}
+
 export interface Config {
   /** Absolute path of the file this was loaded from ("" for built-in). */
   source: string;
@@ -116,6 +132,7 @@ export interface Config {
   control: { address?: HostPort; token?: string };
   dns: { servers: HostPort[]; timeoutMs: number; attempts: number; prefer: "ipv4" | "ipv6" };
   delivery: DeliveryConfig;
+  cluster?: ClusterConfig;
   dkim: {
     keys: { domain: string; selector: string; keyFile: string }[];
     headers?: string[];
@@ -265,6 +282,30 @@ export function buildConfig(raw: RawConfig, source: string, baseDir: string): Co
     },
     log: { level: raw.log.level, format: raw.log.format, deliveriesFile: path(raw.log.deliveries) },
   };
+  if (raw.cluster) {
+    const c = raw.cluster;
+    const cluster: ClusterConfig = {
+      redisUrl: c.redis,
+      node:
+        c.node ??
+        (osHostname()
+          .replace(/[^A-Za-z0-9._-]/g, "-")
+          .slice(0, 63) ||
+          "mta"),
+      leaseMs: dur(c.lease),
+      timeoutMs: dur(c.timeout),
+      keyPrefix: c.key_prefix,
+      expectedNodes: c.expected_nodes,
+    };
+    if (c.password_file !== undefined) cluster.passwordFile = path(c.password_file);
+    if (c.tls) {
+      cluster.tls = { verify: c.tls.verify };
+      if (c.tls.ca !== undefined) cluster.tls.caFile = path(c.tls.ca);
+      if (c.tls.server_name !== undefined) cluster.tls.serverName = c.tls.server_name;
+    }
+    if (c.advertise !== undefined) cluster.advertise = parseAddressValue(c.advertise)!;
+    config.cluster = cluster;
+  }
   if (raw.dkim.headers) config.dkim.headers = raw.dkim.headers;
   if (raw.control.address) config.control.address = parseAddressValue(raw.control.address)!;
   if (raw.control.token) config.control.token = raw.control.token;
