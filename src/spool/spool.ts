@@ -705,12 +705,14 @@ export class Spool {
     const id = newMessageId(now);
     const parts = splitId(id)!;
     const arrivalMs = msg.arrivalMs ?? now;
+    const attempts = msg.attempts ?? 0;
+    const nextAttemptMs = msg.nextAttemptMs ?? arrivalMs;
     const rec: MessageRecord = {
       idMs: parts.ms,
       idCounter: parts.counter,
       arrivalMs,
-      attempts: 0,
-      nextAttemptMs: arrivalMs,
+      attempts,
+      nextAttemptMs,
       sender: msg.sender,
       destination: msg.destination,
       recipients: msg.recipients.map((r) => ({ ...r, state: STATE_PENDING })),
@@ -729,8 +731,8 @@ export class Spool {
       idx.outSeg[slot] = 0;
       idx.dest[slot] = destId;
       idx.arrival[slot] = arrivalMs;
-      idx.attempts[slot] = 0;
-      idx.nextAttempt[slot] = arrivalMs;
+      idx.attempts[slot] = attempts;
+      idx.nextAttempt[slot] = nextAttemptMs;
       idx.size[slot] = msg.body.length;
       idx.rcptCount[slot] = n;
       idx.pending[slot] = n;

@@ -20,14 +20,20 @@ export interface NewMessage {
   sender: string;
   /** Opaque queue key (the scheduler uses the recipients' domain); one per message. */
   destination: string;
-  /** At least one. */
-  recipients: RecipientSpec[];
+  /** At least one; `lastReply` for a message moved here with its history. */
+  recipients: (RecipientSpec & { lastReply?: string })[];
   /** Free attributes: envid, ret, listener, client ip, pool, batch id ... */
   attributes?: Record<string, string>;
   /** Exact message bytes; must not be changed by the caller after `append`. */
   body: Uint8Array;
   /** Default: clock.now(). */
   arrivalMs?: number;
+  /**
+   * A message that already has a history (moved here from another node): attempts made so far
+   * (default 0) and when the next one is due (default: its arrival).
+   */
+  attempts?: number;
+  nextAttemptMs?: number;
 }
 
 export type RecipientState = "pending" | "delivered" | "failed";
