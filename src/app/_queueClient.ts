@@ -17,6 +17,10 @@
  *   POST /api/v1/queue/bounce   { id?, destination?, sender?, state?, olderThanMs?, yes? }
  *   POST /api/v1/queue/delete   (same as bounce)
  *   GET  /api/v1/spool/stats    GET /api/v1/spool/verify    POST /api/v1/spool/compact
+ * In a cluster (app/cluster.ts registers them):
+ *   POST /api/v1/queue/transfer        { to, id?, destination?, sender?, state?, olderThanMs? }
+ *   GET  /api/v1/cluster/summary?sort=&top=   GET /api/v1/cluster/nodes
+ *   POST /api/v1/cluster/transfer-in   (node to node: a batch of messages)
  */
 import { existsSync } from "node:fs";
 import { join } from "node:path";
@@ -38,6 +42,8 @@ import {
   type SortKey,
   type StatsResult,
 } from "./_queueOps.ts";
+import type { TransferBatch, TransferReply, TransferResult } from "./_transfer.ts";
+import type { ClusterSummary } from "./_fleet.ts";
 
 export interface QueueClient {
   /** "daemon": through the control API; "local": on the spool directory. */
@@ -57,11 +63,15 @@ export interface QueueClient {
   stats(): Promise<StatsResult>;
   verify(): Promise<VerifyReport>;
   compact(): Promise<CompactReport>;
+  /** Moves the matching messages to another node of the cluster (a running daemon in a cluster only). */
+  transfer(to: string, sel?: Selector): Promise<TransferResult>;
+  /** Every live node's summary, merged (a running daemon in a cluster only). */
+  clusterSummary(opts?: { sort?: SortKey; top?: number }): Promise<ClusterSummary>;
 }
 
 // ------------------------------------------------------------------ server side
 
-function num(url: URL, name: string): number | undefined {
+export function num(url: URL, name: string): number | undefined {
   const v = url.searchParams.get(name);
   if (v === null || v === "") return undefined;
   const n = Number(v);
@@ -70,12 +80,12 @@ function num(url: URL, name: string): number | undefined {
   return n;
 }
 
-function str(url: URL, name: string): string | undefined {
+export function str(url: URL, name: string): string | undefined {
   const v = url.searchParams.get(name);
   return v === null || v === "" ? undefined : v;
 }
 
-async function jsonBody(req: Request): Promise<Record<string, unknown>> {
+export async function jsonBody(req: Request): Promise<Record<string, unknown>> {
   const text = await req.text();
   if (text.trim() === "") return {};
   let v: unknown;
@@ -89,14 +99,14 @@ async function jsonBody(req: Request): Promise<Record<string, unknown>> {
   return v as Record<string, unknown>;
 }
 
-function optString(b: Record<string, unknown>, k: string): string | undefined {
+export function optString(b: Record<string, unknown>, k: string): string | undefined {
   const v = b[k];
   if (v === undefined || v === null) return undefined;
   if (typeof v !== "string") throw new QueueError("usage", `"${k}" must be a string`, 400);
   return v;
 }
 
-function optNumber(b: Record<string, unknown>, k: string): number | undefined {
+export function optNumber(b: Record<string, unknown>, k: string): number | undefined {
   const v = b[k];
   if (v === undefined || v === null) return undefined;
   if (typeof v !== "number" || !Number.isFinite(v))
@@ -104,7 +114,7 @@ function optNumber(b: Record<string, unknown>, k: string): number | undefined {
   return v;
 }
 
-function selectorFrom(b: Record<string, unknown>): Selector {
+export function selectorFrom(b: Record<string, unknown>): Selector {
   const sel: Selector = {};
   const id = optString(b, "id");
   const destination = optString(b, "destination");
@@ -119,7 +129,7 @@ function selectorFrom(b: Record<string, unknown>): Selector {
   return sel;
 }
 
-function handle(fn: (req: Request, url: URL) => unknown): RouteHandler {
+export function handle(fn: (req: Request, url: URL) => unknown): RouteHandler {
   return async (req, url) => {
     try {
       return jsonResponse(await fn(req, url));
@@ -183,10 +193,25 @@ export function queueRoutes(ops: QueueOps): Record<string, RouteHandler> {
       const b = await jsonBody(req);
       return ops.delete(selectorFrom(b), { yes: b.yes === true });
     }),
+    // Replaced by app/cluster.ts's routes on a node with a cluster: section.
+    "POST /api/v1/queue/transfer": handle(() => {
+      throw notInCluster();
+    }),
+    "GET /api/v1/cluster/summary": handle(() => {
+      throw notInCluster();
+    }),
     "GET /api/v1/spool/stats": handle(() => ops.stats()),
     "GET /api/v1/spool/verify": handle(() => ops.verify()),
     "POST /api/v1/spool/compact": handle(() => ops.compact()),
   };
+}
+
+function notInCluster(): QueueError {
+  return new QueueError(
+    "usage",
+    "this node is not part of a cluster (its configuration has no cluster: section)",
+    400,
+  );
 }
 
 // ------------------------------------------------------------------ HTTP client
@@ -217,7 +242,12 @@ export class HttpQueueClient implements QueueClient {
     this.base = `http://${formatHostPort({ host: h, port })}`;
   }
 
-  private async call<T>(method: "GET" | "POST", path: string, body?: unknown): Promise<T> {
+  private async call<T>(
+    method: "GET" | "POST",
+    path: string,
+    body?: unknown,
+    timeoutMs?: number,
+  ): Promise<T> {
     const headers: Record<string, string> = {};
     if (this.token) headers.authorization = `Bearer ${this.token}`;
     if (body !== undefined) headers["content-type"] = "application/json";
@@ -227,6 +257,7 @@ export class HttpQueueClient implements QueueClient {
         method,
         headers,
         ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
+        ...(timeoutMs !== undefined ? { signal: AbortSignal.timeout(timeoutMs) } : {}),
       });
     } catch (err) {
       throw new QueueError(
@@ -308,6 +339,23 @@ export class HttpQueueClient implements QueueClient {
   }
   compact(): Promise<CompactReport> {
     return this.call("POST", "/api/v1/spool/compact");
+  }
+  transfer(to: string, sel: Selector = {}): Promise<TransferResult> {
+    return this.call("POST", "/api/v1/queue/transfer", { to, ...sel });
+  }
+  clusterSummary(opts: { sort?: SortKey; top?: number } = {}): Promise<ClusterSummary> {
+    const q = new URLSearchParams();
+    if (opts.sort !== undefined) q.set("sort", opts.sort);
+    if (opts.top !== undefined) q.set("top", String(opts.top));
+    return this.call("GET", `/api/v1/cluster/summary?${q}`);
+  }
+  /** Node to node: one node's whole summary, with a deadline. */
+  nodeSummary(timeoutMs: number): Promise<QueueSummary> {
+    return this.call("GET", "/api/v1/queue/summary", undefined, timeoutMs);
+  }
+  /** Node to node: one batch of a transfer. */
+  transferIn(batch: TransferBatch, timeoutMs: number): Promise<TransferReply> {
+    return this.call("POST", "/api/v1/cluster/transfer-in", batch, timeoutMs);
   }
 }
 
@@ -401,6 +449,12 @@ export class LocalQueueClient implements QueueClient {
   }
   compact(): Promise<CompactReport> {
     return this.locked((o) => o.compact());
+  }
+  async transfer(_to: string): Promise<TransferResult> {
+    throw daemonNeeded("transfer");
+  }
+  async clusterSummary(): Promise<ClusterSummary> {
+    throw daemonNeeded("summary --cluster");
   }
 }
 

@@ -62,6 +62,11 @@ export interface QueueOpsOptions {
   metrics?: Metrics;
   /** How long a bounce/delete waits for attempts in flight to a destination to end. Default 30 s. */
   drainTimeoutMs?: number;
+  /** Told of the operator's suspend/resume after the scheduler applied them (a cluster publishes them). */
+  onAdmin?: {
+    suspended(destination: string, forMs: number | undefined, reason: string): void;
+    resumed(destination: string): void;
+  };
 }
 
 export const SORT_KEYS = ["messages", "recipients", "bytes", "oldest", "next", "destination"] as const;
@@ -226,6 +231,52 @@ function eightBit(bytes: Uint8Array): boolean {
   return false;
 }
 
+/** Totals, order and `top` of summary rows (one node's, or a fleet's merged rows). */
+export function summarize<R extends SummaryRow>(
+  rows: R[],
+  sort: SortKey,
+  top: number | undefined,
+  nowMs: number,
+) {
+  const totals = {
+    destinations: 0,
+    messages: 0,
+    recipients: 0,
+    bytes: 0,
+    oldestMs: null as number | null,
+    activeConnections: 0,
+  };
+  for (const r of rows) {
+    if (r.messages > 0) totals.destinations++;
+    totals.messages += r.messages;
+    totals.recipients += r.recipients;
+    totals.bytes += r.bytes;
+    totals.activeConnections += r.activeConnections;
+    if (r.oldestMs !== null && (totals.oldestMs === null || r.oldestMs < totals.oldestMs))
+      totals.oldestMs = r.oldestMs;
+  }
+  const byTime = (a: number | null, b: number | null) => (a ?? Infinity) - (b ?? Infinity);
+  const cmp: Record<SortKey, (a: SummaryRow, b: SummaryRow) => number> = {
+    messages: (a, b) => b.messages - a.messages,
+    recipients: (a, b) => b.recipients - a.recipients,
+    bytes: (a, b) => b.bytes - a.bytes,
+    oldest: (a, b) => byTime(a.oldestMs, b.oldestMs),
+    next: (a, b) => byTime(a.nextAttemptMs, b.nextAttemptMs),
+    destination: () => 0,
+  };
+  rows.sort(
+    (a, b) => cmp[sort](a, b) || (a.destination < b.destination ? -1 : a.destination > b.destination ? 1 : 0),
+  );
+  const n = top ?? rows.length;
+  return {
+    nowMs,
+    sort,
+    totals,
+    omitted: Math.max(0, rows.length - n),
+    destinations: rows.slice(0, n),
+  };
+}
+
 export class QueueOps {
   readonly spool: Spool;
   private readonly scheduler: LiveScheduler | undefined;
@@ -331,44 +382,7 @@ export class QueueOps {
         lastError: null,
       }));
     }
-    const totals = {
-      destinations: 0,
-      messages: 0,
-      recipients: 0,
-      bytes: 0,
-      oldestMs: null as number | null,
-      activeConnections: 0,
-    };
-    for (const r of rows) {
-      if (r.messages > 0) totals.destinations++;
-      totals.messages += r.messages;
-      totals.recipients += r.recipients;
-      totals.bytes += r.bytes;
-      totals.activeConnections += r.activeConnections;
-      if (r.oldestMs !== null && (totals.oldestMs === null || r.oldestMs < totals.oldestMs))
-        totals.oldestMs = r.oldestMs;
-    }
-    const byTime = (a: number | null, b: number | null) => (a ?? Infinity) - (b ?? Infinity);
-    const cmp: Record<SortKey, (a: SummaryRow, b: SummaryRow) => number> = {
-      messages: (a, b) => b.messages - a.messages,
-      recipients: (a, b) => b.recipients - a.recipients,
-      bytes: (a, b) => b.bytes - a.bytes,
-      oldest: (a, b) => byTime(a.oldestMs, b.oldestMs),
-      next: (a, b) => byTime(a.nextAttemptMs, b.nextAttemptMs),
-      destination: () => 0,
-    };
-    rows.sort(
-      (a, b) =>
-        cmp[sort](a, b) || (a.destination < b.destination ? -1 : a.destination > b.destination ? 1 : 0),
-    );
-    const top = opts.top ?? rows.length;
-    return {
-      nowMs: now,
-      sort,
-      totals,
-      omitted: Math.max(0, rows.length - top),
-      destinations: rows.slice(0, top),
-    };
+    return summarize(rows, sort, opts.top, now);
   }
 
   private heldDestinations(): Set<string> {
@@ -547,14 +561,35 @@ export class QueueOps {
     if (!destination) throw new QueueError("usage", "suspend needs a destination", 400);
     if (forMs !== undefined && !(Number.isFinite(forMs) && forMs > 0))
       throw new QueueError("usage", "for must be a positive duration", 400);
-    this.needScheduler("suspend").suspend(destination, forMs, reason ?? "suspended by operator");
+    const why = reason ?? "suspended by operator";
+    this.needScheduler("suspend").suspend(destination, forMs, why);
+    this.opts.onAdmin?.suspended(destination, forMs, why);
     return { destination, untilMs: forMs === undefined ? null : this.clock.now() + forMs };
   }
 
   resume(destination: string): { destination: string } {
     if (!destination) throw new QueueError("usage", "resume needs a destination", 400);
     this.needScheduler("resume").resume(destination);
+    this.opts.onAdmin?.resumed(destination);
     return { destination };
+  }
+
+  /** Live slots matching `sel` now, in slot order (for actions built on top, e.g. a transfer). */
+  selectSlots(sel: Selector): number[] {
+    return this.select(sel, this.clock.now());
+  }
+
+  /**
+   * Holds `destinations` still while an action changes their messages (see the invariants) and
+   * resolves with the function that lets them go; offline there is nothing to hold.
+   */
+  hold(destinations: string[]): Promise<() => void> {
+    return this.scheduler ? this.holdDestinations(this.scheduler, destinations) : Promise.resolve(() => {});
+  }
+
+  /** Queues a message appended by an action built on top (the running scheduler takes it). */
+  enqueue(slot: number): void {
+    this.scheduler?.enqueue(slot);
   }
 
   bounce(sel: Selector, opts: { yes?: boolean } = {}): Promise<ActionResult> {

@@ -18,6 +18,7 @@ import {
   startControlServer,
 } from "../observe/index.ts";
 import { type Listener, type ListenerOptions, startListener } from "../listener/index.ts";
+import type { ClusterNode } from "./cluster.ts";
 import { Engine } from "./engine.ts";
 import { injectHandler } from "./inject.ts";
 import { QueueOps, queueRoutes } from "./queue.ts";
@@ -76,14 +77,30 @@ export class Daemon {
     readonly engine: Engine,
     readonly control: ControlServer | undefined,
     readonly listeners: Listener[],
+    readonly cluster: ClusterNode | undefined,
   ) {}
 
   static async start(config: Config, opts: DaemonOptions): Promise<Daemon> {
     const { log } = opts;
     const engine = await Engine.start(config, { log });
     let control: ControlServer | undefined;
+    let cluster: ClusterNode | undefined;
     const listeners: Listener[] = [];
     try {
+      // Only a node with a cluster: section loads the cluster code (and Redis's client).
+      if (config.cluster) {
+        const { ClusterNode } = await import("./cluster.ts");
+        cluster = ClusterNode.create(config, { log: log.withTag("cluster"), metrics: engine.metrics });
+      }
+      const queueOps = new QueueOps({
+        spool: engine.spool,
+        scheduler: engine.scheduler,
+        deliveryLog: engine.deliveryLog,
+        hostname: config.hostname,
+        metrics: engine.metrics,
+        log: log.withTag("queue"),
+        ...(cluster ? { onAdmin: cluster.onAdmin } : {}),
+      });
       if (config.control.address) {
         const where = formatHostPort(config.control.address);
         control = startControlServerOr(where, {
@@ -92,22 +109,18 @@ export class Daemon {
           token: config.control.token,
           log: log.withTag("control"),
           metrics: engine.metrics,
+          ...(cluster ? { health: () => cluster!.health() } : {}),
         });
         const maxMessageBytes = Math.max(...config.listen.map((l) => l.maxMessageBytes), 1);
         control.addRoute(
           "POST /api/v1/inject",
           injectHandler(engine.pipeline, { hostname: config.hostname, maxMessageBytes }),
         );
-        const queueOps = new QueueOps({
-          spool: engine.spool,
-          scheduler: engine.scheduler,
-          deliveryLog: engine.deliveryLog,
-          hostname: config.hostname,
-          metrics: engine.metrics,
-          log: log.withTag("queue"),
-        });
         for (const [key, handler] of Object.entries(queueRoutes(queueOps))) control.addRoute(key, handler);
+        if (cluster)
+          for (const [key, handler] of Object.entries(cluster.routes())) control.addRoute(key, handler);
       }
+      await cluster?.start(engine, queueOps, control);
       for (const [i, l] of config.listen.entries()) {
         const where = `listen[${i}] ${formatHostPort(l.address)}`;
         try {
@@ -130,9 +143,10 @@ export class Daemon {
       for (const l of listeners) await l.close({ graceMs: 0 });
       await control?.stop();
       await engine.stop();
+      await cluster?.stop();
       throw err;
     }
-    return new Daemon(config, log, engine, control, listeners);
+    return new Daemon(config, log, engine, control, listeners, cluster);
   }
 
   /** The "started" log line, with the bound addresses (tests and scripts read the ports from it). */
@@ -142,6 +156,7 @@ export class Daemon {
       messages: this.engine.spool.recovery.messages,
       listeners: this.listeners.map((l) => formatHostPort({ host: l.host, port: l.port })),
       control: this.control ? formatHostPort({ host: this.control.host, port: this.control.port }) : "off",
+      ...(this.cluster ? { cluster: `${this.cluster.cluster.node} (${this.cluster.cluster.mode})` } : {}),
     });
   }
 
@@ -153,6 +168,7 @@ export class Daemon {
     if (config.spool.dir !== this.config.spool.dir) needsRestart.push("spool.dir");
     if (!sameValue(config.control, this.config.control)) needsRestart.push("control");
     if (!sameValue(config.listen, this.config.listen)) needsRestart.push("listen");
+    if (!sameValue(config.cluster, this.config.cluster)) needsRestart.push("cluster");
     this.config = config;
     this.log.info("configuration reloaded", needsRestart.length ? { needsRestart } : {});
   }
@@ -164,6 +180,7 @@ export class Daemon {
       await Promise.all(this.listeners.map((l) => l.close({ graceMs })));
       await this.control?.stop();
       await this.engine.stop(graceMs);
+      await this.cluster?.stop(); // after the last connection: its leases go back to the fleet
       this.log.info("stopped");
     })();
     return this.stopping;

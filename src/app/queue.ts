@@ -25,6 +25,8 @@ export {
   type StatsResult,
   type SummaryRow,
 } from "./_queueOps.ts";
+export type { ClusterSummary, FleetNode, FleetRow } from "./_fleet.ts";
+export type { TransferResult } from "./_transfer.ts";
 export {
   HttpQueueClient,
   LocalQueueClient,

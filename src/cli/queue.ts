@@ -10,10 +10,12 @@ import { defineCommand } from "citty";
 import ms from "ms";
 import {
   type ActionResult,
+  type ClusterSummary,
   MESSAGE_STATES,
   type MessageState,
   openQueueClient,
   type QueueClient,
+  type QueueSummary,
   SORT_KEYS,
   type Selector,
   type SortKey,
@@ -128,14 +130,61 @@ const summary = defineCommand({
     ...common,
     top: { type: "string", description: "Show only the first N destinations" },
     sort: { type: "string", default: "messages", description: `Sort by ${SORT_KEYS.join(", ")}` },
+    cluster: {
+      type: "boolean",
+      description: "Every live node of the cluster, merged (nodes that do not answer are marked)",
+    },
   },
   async run({ args }) {
     if (!SORT_KEYS.includes(args.sort as SortKey))
       throw new UsageError(`--sort must be one of ${SORT_KEYS.join(", ")}, not "${args.sort}"`);
     const top = wholeNumber(args.top, "--top");
+    if (args.cluster && args.local)
+      throw new UsageError("--cluster asks the daemon; it cannot go with --local");
     const c = await client(args);
-    const s = await c.summary({ sort: args.sort as SortKey, ...(top !== undefined ? { top } : {}) });
+    const opts = { sort: args.sort as SortKey, ...(top !== undefined ? { top } : {}) };
+    if (args.cluster) {
+      const s = await c.clusterSummary(opts);
+      if (args.json) return printJson(s);
+      print(
+        table(
+          ["NODE", "CONTROL", "MSGS", "RCPTS", "BYTES", "CONNS", "STATUS"],
+          s.nodes.map((n) =>
+            n.ok && n.totals
+              ? [
+                  n.name,
+                  n.control,
+                  n.totals.messages,
+                  n.totals.recipients,
+                  formatBytes(n.totals.bytes),
+                  n.totals.activeConnections,
+                  "ok",
+                ]
+              : [n.name, n.control || "-", "-", "-", "-", "-", `did not answer: ${n.error ?? "?"}`],
+          ),
+        ),
+      );
+      print("");
+      print(destinationTable(s, true));
+      if (s.omitted > 0) print(`(${s.omitted} more destination(s); --top to show more)`);
+      if (s.note) print(`(${s.note})`);
+      if (s.unanswered.length > 0)
+        print(
+          `(${s.unanswered.length} node(s) did not answer; their mail is not counted: ${s.unanswered.join(", ")})`,
+        );
+      return EXIT.ok;
+    }
+    const s = await c.summary(opts);
     if (args.json) return printJson(s);
+    print(destinationTable(s, false));
+    if (s.omitted > 0) print(`(${s.omitted} more destination(s); --top to show more)`);
+    if (c.mode === "local") print("(no daemon answered: read from the spool directory)");
+  },
+});
+
+/** The summary's table: a row per destination and a total (with the nodes holding each, for a fleet). */
+function destinationTable(s: QueueSummary | ClusterSummary, fleet: boolean): string {
+  {
     const rows = s.destinations.map((r) => [
       r.destination,
       r.messages,
@@ -148,6 +197,7 @@ const summary = defineCommand({
         ? `${r.state} (${r.reason}${r.untilMs !== null ? `, until ${when(r.untilMs, s.nowMs).slice(3)}` : ""})`
         : r.state,
       r.lastError ?? "",
+      ...(fleet ? [("nodes" in r ? (r.nodes as string[]) : []).join(",")] : []),
     ]);
     const t = s.totals;
     rows.push([
@@ -160,15 +210,55 @@ const summary = defineCommand({
       t.activeConnections,
       "",
       "",
+      ...(fleet ? [""] : []),
     ]);
-    print(
-      table(
-        ["DESTINATION", "MSGS", "RCPTS", "BYTES", "OLDEST", "NEXT", "CONNS", "STATE", "LAST ERROR"],
-        rows,
-      ),
+    return table(
+      [
+        "DESTINATION",
+        "MSGS",
+        "RCPTS",
+        "BYTES",
+        "OLDEST",
+        "NEXT",
+        "CONNS",
+        "STATE",
+        "LAST ERROR",
+        ...(fleet ? ["NODES"] : []),
+      ],
+      rows,
     );
-    if (s.omitted > 0) print(`(${s.omitted} more destination(s); --top to show more)`);
-    if (c.mode === "local") print("(no daemon answered: read from the spool directory)");
+  }
+}
+
+const transfer = defineCommand({
+  meta: {
+    name: "transfer",
+    description:
+      "Move queued messages to another node of the cluster, schedule and attempts kept (needs the daemon)",
+  },
+  args: {
+    ...common,
+    to: { type: "string", description: "The node to move them to (its cluster.node name)" },
+    ...selectorArgs,
+  },
+  async run({ args }) {
+    if (!args.to) throw new UsageError("transfer needs --to NODE: the node to move the messages to");
+    if (args.local) throw new UsageError("transfer goes through the daemon; it cannot go with --local");
+    const sel = selector(args);
+    const c = await client(args);
+    const r = await c.transfer(args.to, sel);
+    if (args.json) printJson(r);
+    else {
+      print(
+        `${r.moved} of ${r.matched} message(s) moved to ${r.to} (${r.recipients} recipient(s) in ${r.batches} batch(es)${
+          r.alreadyThere > 0 ? `; ${r.alreadyThere} were already there from an earlier run` : ""
+        })`,
+      );
+      for (const f of r.failed.slice(0, 20)) print(`not moved: ${f.id}: ${f.error}`);
+      if (r.failed.length > 20) print(`(${r.failed.length - 20} more not moved)`);
+    }
+    // Some are still here: run it again later (EX_TEMPFAIL).
+    return r.failed.length > 0 ? EXIT.tempFail : EXIT.ok;
   },
 });
 
@@ -422,6 +512,7 @@ export default defineCommand({
     resume,
     bounce: action("bounce"),
     delete: action("delete"),
+    transfer,
     stats,
     verify,
     compact,

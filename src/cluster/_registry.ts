@@ -37,7 +37,7 @@ export interface NodeInfo {
 export interface RegistryOptions {
   name: string;
   instance: string;
-  control: string;
+  control: () => string;
   version: string;
   heartbeatMs: number;
   deadAfterMs: number;
@@ -119,7 +119,7 @@ export class Registry {
     const me = {
       name: o.name,
       instance: o.instance,
-      control: o.control,
+      control: o.control(),
       version: o.version,
       startedMs: this.startedMs,
       queue: o.queueTotals(),

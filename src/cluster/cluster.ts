@@ -35,8 +35,8 @@ export interface ClusterOptions {
   keyPrefix: string;
   /** A Redis command unanswered this long takes the node to local mode. */
   commandTimeoutMs: number;
-  /** host:port other nodes reach this node's control API at ("" = none). */
-  control: string;
+  /** host:port other nodes reach this node's control API at ("" = none); asked at every heartbeat. */
+  control: () => string;
   version: string;
   queueTotals: () => QueueTotals;
   /** File keeping the number of nodes last seen alive between runs ("" = none). */
@@ -191,7 +191,7 @@ export class Cluster {
         nodesAlive: this.registry.aliveCount,
       });
     if (this.registry.conflict) {
-      const err = new ClusterError("config", this.registry.conflict.message);
+      const err = new ClusterError("config", `cluster: ${this.registry.conflict.message}`);
       await this.close();
       throw err;
     }

@@ -19,7 +19,8 @@ export interface ControlOptions {
   metrics: Metrics;
   /** Routes by "METHOD /path" (exact path) or "METHOD /prefix/*". */
   routes?: Record<string, RouteHandler>;
-  health?: () => { ok: boolean; detail?: Record<string, unknown> };
+  /** `status` overrides "ok"/"unhealthy" (e.g. "degraded": serving, with a dependency down). */
+  health?: () => { ok: boolean; status?: string; detail?: Record<string, unknown> };
 }
 
 export interface ControlServer {
@@ -64,7 +65,10 @@ export function startControlServer(opts: ControlOptions): ControlServer {
       const url = new URL(req.url);
       if (url.pathname === "/healthz") {
         const h = opts.health?.() ?? { ok: true };
-        return jsonResponse({ status: h.ok ? "ok" : "unhealthy", ...h.detail }, h.ok ? 200 : 503);
+        return jsonResponse(
+          { status: h.status ?? (h.ok ? "ok" : "unhealthy"), ...h.detail },
+          h.ok ? 200 : 503,
+        );
       }
       if (needsToken && opts.token && req.headers.get("authorization") !== `Bearer ${opts.token}`) {
         return jsonError(401, "missing or wrong bearer token");

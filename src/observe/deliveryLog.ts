@@ -3,7 +3,8 @@
  *
  * Owns: the append-only log file (`log.deliveries`), buffered writes, reopen on SIGHUP (for logrotate).
  * Events: reception, delivery, transient-failure, bounce, expiration, dsn, delay-warning, admin-bounce,
- * admin-delete, and per destination: suspension, resumption, rule.
+ * admin-delete, transfer-out and transfer-in (a message moved to or from another node of a cluster),
+ * and per destination: suspension, resumption, rule.
  * Invariant: a line is written after the spool recorded the event it describes, never before.
  */
 import { closeSync, mkdirSync, openSync, writeSync } from "node:fs";
@@ -19,6 +20,8 @@ export type DeliveryEventType =
   | "delay-warning"
   | "admin-bounce"
   | "admin-delete"
+  | "transfer-out"
+  | "transfer-in"
   | "suspension"
   | "resumption"
   | "rule";

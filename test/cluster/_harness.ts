@@ -16,7 +16,7 @@ export function nodeOptions(url: string, over: Partial<ClusterOptions> = {}): Cl
     leaseMs: 1000,
     keyPrefix: "mta:",
     commandTimeoutMs: 300,
-    control: "",
+    control: () => "",
     version: "test",
     queueTotals: () => ({ messages: 0, recipients: 0, bytes: 0, activeConnections: 0 }),
     stateFile: "",

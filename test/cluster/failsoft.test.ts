@@ -106,7 +106,7 @@ test("Redis down at start: the node starts in local mode with the share it last 
 
 test("a second running node with the same name is refused at start", async () => {
   await using redis = await startRedis();
-  await using a = await startNode(redis.url, { node: "twin", control: "127.0.0.1:8025" });
+  await using a = await startNode(redis.url, { node: "twin", control: () => "127.0.0.1:8025" });
   expect(a.mode).toBe("shared");
   await expect(startNode(redis.url, { node: "twin" })).rejects.toThrow(
     /node name "twin" is in use by another running node \(control 127\.0\.0\.1:8025/,

@@ -64,7 +64,7 @@ test("the rate lives on Redis's clock: a node whose wall clock is wrong changes 
 test("with Redis down a node takes rate / nodes alive locally", async () => {
   await using redis = await startRedis();
   await using a = await startNode(redis.url, { node: "a" });
-  await using b = await startNode(redis.url, { node: "b" });
+  await using _b = await startNode(redis.url, { node: "b" });
   await until(() => a.registry.aliveCount === 2, 3000, "two nodes");
   await redis.kill();
   await until(() => a.mode === "local", 3000, "local mode");
