@@ -77,6 +77,7 @@ export function mergeSummaries(
       }
       cur.lastError ??= r.lastError;
     }
+  for (const r of rows.values()) r.nodes.sort();
   const s = summarize([...rows.values()], sort, top, nowMs);
   return {
     ...s,

@@ -31,8 +31,16 @@ const SUMMARY_TIMEOUT_MS = 3000;
 /** How long one transfer batch may take at the receiver (it syncs the spool once per batch). */
 const BATCH_TIMEOUT_MS = 60_000;
 
-/** The Redis URL with the password from `password_file`, and the TLS options (files read now). */
-function connection(config: NonNullable<Config["cluster"]>): { url: string; tls?: Bun.TLSOptions } {
+export interface RedisConnection {
+  url: string;
+  tls?: Bun.TLSOptions;
+}
+
+/**
+ * The Redis URL with the password from `password_file`, and the TLS options: files read now, before
+ * the spool opens, so that a bad file stops the start at once (UnavailableError, exit 69).
+ */
+export function redisConnection(config: NonNullable<Config["cluster"]>): RedisConnection {
   const u = new URL(config.redisUrl);
   if (config.passwordFile) {
     let text: string;
@@ -77,10 +85,14 @@ export class ClusterNode {
     private readonly log: Logger,
   ) {}
 
-  /** Builds the node (nothing connects yet); throws UnavailableError for an unreadable file. */
-  static create(config: Config, opts: { log: Logger; metrics: Metrics }): ClusterNode {
+  /** Builds the node (nothing connects yet). */
+  static create(
+    config: Config,
+    redis: RedisConnection,
+    opts: { log: Logger; metrics: Metrics },
+  ): ClusterNode {
     const c = config.cluster!;
-    const { url, tls } = connection(c);
+    const { url, tls } = redis;
     let node!: ClusterNode;
     const cluster = Cluster.create({
       url,

@@ -82,16 +82,19 @@ export class Daemon {
 
   static async start(config: Config, opts: DaemonOptions): Promise<Daemon> {
     const { log } = opts;
+    // Only a node with a cluster: section loads the cluster code (and Redis's client).
+    const clusterMod = config.cluster ? await import("./cluster.ts") : undefined;
+    const redis = clusterMod?.redisConnection(config.cluster!);
     const engine = await Engine.start(config, { log });
     let control: ControlServer | undefined;
     let cluster: ClusterNode | undefined;
     const listeners: Listener[] = [];
     try {
-      // Only a node with a cluster: section loads the cluster code (and Redis's client).
-      if (config.cluster) {
-        const { ClusterNode } = await import("./cluster.ts");
-        cluster = ClusterNode.create(config, { log: log.withTag("cluster"), metrics: engine.metrics });
-      }
+      if (clusterMod && redis)
+        cluster = clusterMod.ClusterNode.create(config, redis, {
+          log: log.withTag("cluster"),
+          metrics: engine.metrics,
+        });
       const queueOps = new QueueOps({
         spool: engine.spool,
         scheduler: engine.scheduler,

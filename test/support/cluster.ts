@@ -1,0 +1,98 @@
+/**
+ * Several `mta serve` processes (dist/mta) against one real redis-server: the cluster end-to-end tests.
+ *
+ * Owns: `clusterConfig` (the test config plus a cluster: section), `startNodes`, `inject` (messages
+ * through the control API), `healthz`, `api` (a JSON call to a node's control API).
+ */
+import { join } from "node:path";
+import { type StartedMta, startMta, testConfig } from "./mta.ts";
+import { freePort } from "./sink.ts";
+
+export function clusterConfig(
+  dir: string,
+  redisUrl: string,
+  node: string,
+  opts: { lease?: string; timeout?: string; extra?: string; cluster?: string; controlPort?: number } = {},
+): string {
+  return testConfig(
+    dir,
+    [
+      "cluster:",
+      `  redis: ${redisUrl}`,
+      `  node: ${node}`,
+      `  lease: ${opts.lease ?? "2s"}`,
+      `  timeout: ${opts.timeout ?? "300ms"}`,
+      ...(opts.cluster ? [opts.cluster] : []),
+      opts.extra ?? "",
+    ].join("\n"),
+  ).replace("control: { address: 127.0.0.1:0 }", `control: { address: 127.0.0.1:${opts.controlPort ?? 0} }`);
+}
+
+/** `n` nodes named node-a, node-b, ...; each in its own sub-directory of `dir`. */
+export async function startNodes(
+  dir: string,
+  redisUrl: string,
+  n: number,
+  opts: { lease?: string; timeout?: string; extra?: string | ((node: string) => string) } = {},
+): Promise<(StartedMta & { node: string })[]> {
+  const names = Array.from({ length: n }, (_, i) => `node-${String.fromCharCode(97 + i)}`);
+  return Promise.all(
+    names.map(async (node) => {
+      const d = join(dir, node);
+      await Bun.write(join(d, ".keep"), "");
+      const extra = typeof opts.extra === "function" ? opts.extra(node) : opts.extra;
+      const mta = await startMta({
+        dir: d,
+        // A fixed control port: `mta queue` reaches the daemon through control.address.
+        config: clusterConfig(d, redisUrl, node, {
+          controlPort: freePort(),
+          ...(opts.lease ? { lease: opts.lease } : {}),
+          ...(opts.timeout ? { timeout: opts.timeout } : {}),
+          ...(extra !== undefined ? { extra } : {}),
+        }),
+        env: { MTA_LOOPBACK_ONLY: "1" },
+      });
+      return Object.assign(mta, { node });
+    }),
+  );
+}
+
+export async function api<T = Record<string, unknown>>(
+  mta: StartedMta,
+  method: "GET" | "POST",
+  path: string,
+  body?: unknown,
+): Promise<{ status: number; json: T }> {
+  const res = await fetch(`http://127.0.0.1:${mta.controlPort}${path}`, {
+    method,
+    ...(body !== undefined
+      ? { body: JSON.stringify(body), headers: { "content-type": "application/json" } }
+      : {}),
+  });
+  return { status: res.status, json: (await res.json()) as T };
+}
+
+export async function healthz(mta: StartedMta): Promise<{ status: number; json: Record<string, unknown> }> {
+  return api(mta, "GET", "/healthz");
+}
+
+/** Injects `count` messages (subjects "<tag> <i>") to `to(i)` through the control API, 500 a request. */
+export async function inject(
+  mta: StartedMta,
+  count: number,
+  to: (i: number) => string,
+  tag = "msg",
+): Promise<void> {
+  for (let start = 0; start < count; start += 500) {
+    const messages = [];
+    for (let i = start; i < Math.min(count, start + 500); i++)
+      messages.push({
+        sender: "app@origin.test",
+        recipients: [to(i)],
+        subject: `${tag} ${i}`,
+        text: `body ${i}\n`,
+      });
+    const r = await api(mta, "POST", "/api/v1/inject", { messages });
+    if (r.status !== 200) throw new Error(`inject answered ${r.status}: ${JSON.stringify(r.json)}`);
+  }
+}
