@@ -230,6 +230,7 @@ export class ClusterNode {
       live.unshift({
         name: this.cluster.node,
         instance: this.cluster.instance,
+        owner: this.cluster.registry.owner,
         control: this.control,
         version: pkg.version,
         startedMs: 0,

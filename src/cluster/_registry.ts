@@ -2,14 +2,16 @@
  * The node registry: every node's heartbeat, and the list of nodes alive.
  *
  * Owns: this node's registration in Redis (name, instance, control address, version, queue totals),
- * the heartbeat timer, the last list of live nodes seen, and the number of nodes last seen alive,
- * kept in a small file so that a node that starts while Redis is down still knows its share.
+ * the heartbeat timer, the last list of live nodes seen, and a small state file next to the spool:
+ * the number of nodes last seen alive (so that a node that starts while Redis is down still knows
+ * its share) and the spool's identity (`owner`: a node restarted after kill -9 takes its name back
+ * at once from the dead instance instead of waiting for its registration to expire).
  * Does not own: what the share is used for (leases.ts, rates.ts).
  * Invariants: a name belongs to one running instance: a heartbeat that finds another live instance
  * under this node's name is refused (the node stays in local-share mode and says so); a node not
  * heard from within `deadAfterMs` is not counted alive.
  */
-import { renameSync, readFileSync, writeFileSync } from "node:fs";
+import { readFileSync, renameSync, writeFileSync } from "node:fs";
 import { errorMessage } from "../lib/index.ts";
 import type { Logger } from "../observe/index.ts";
 import { type RedisLink, RedisDownError } from "./_link.ts";
@@ -25,6 +27,8 @@ export interface QueueTotals {
 export interface NodeInfo {
   name: string;
   instance: string;
+  /** The identity of its spool (a restarted node has a new instance, the same owner). */
+  owner: string;
   /** host:port of its control API ("" = none). */
   control: string;
   version: string;
@@ -69,6 +73,8 @@ export class Registry {
   private timer: ReturnType<typeof setInterval> | undefined;
   private alive: NodeInfo[] = [];
   private lastCount: number;
+  /** The spool's identity (from the state file), or this instance's when there is none. */
+  readonly owner: string;
   private startedMs = Date.now();
   /** Set while another instance holds this node's name. */
   conflict: NameConflictError | undefined;
@@ -82,7 +88,10 @@ export class Registry {
     private readonly k: Keys,
     private readonly opts: RegistryOptions,
   ) {
-    this.lastCount = Math.max(1, readCount(opts.stateFile) ?? opts.expectedNodes);
+    const state = readState(opts.stateFile);
+    this.lastCount = Math.max(1, state.nodesAlive ?? opts.expectedNodes);
+    this.owner = state.owner ?? (opts.stateFile ? crypto.randomUUID() : opts.instance);
+    if (state.owner === undefined) writeState(opts.stateFile, { nodesAlive: this.lastCount, owner: this.owner }, opts.log);
   }
 
   /** Nodes alive at the last heartbeat (this one included once registered). */
@@ -119,6 +128,7 @@ export class Registry {
     const me = {
       name: o.name,
       instance: o.instance,
+      owner: this.owner,
       control: o.control(),
       version: o.version,
       startedMs: this.startedMs,
@@ -129,7 +139,7 @@ export class Registry {
       reply = (await this.link.run(
         HEARTBEAT,
         [this.k.node(o.name), this.k.nodes],
-        [o.name, o.instance, JSON.stringify(me), o.deadAfterMs, this.k.node("")],
+        [o.name, o.instance, JSON.stringify(me), o.deadAfterMs, this.k.node(""), this.owner],
       )) as unknown[];
     } catch (err) {
       if (!(err instanceof RedisDownError)) o.log.error("heartbeat failed", { error: errorMessage(err) });
@@ -159,7 +169,7 @@ export class Registry {
     if (count !== this.lastCount) {
       o.log.info("nodes alive", { count, nodes: nodes.map((n) => n.name) });
       this.lastCount = count;
-      writeCount(o.stateFile, count, o.log);
+      writeState(o.stateFile, { nodesAlive: count, owner: this.owner }, o.log);
     }
     for (const cb of this.listeners) cb();
   }
@@ -194,23 +204,27 @@ function parseJson(x: unknown): unknown {
   }
 }
 
-function readCount(file: string): number | undefined {
-  if (!file) return undefined;
+function readState(file: string): { nodesAlive?: number; owner?: string } {
+  if (!file) return {};
   try {
-    const n = (JSON.parse(readFileSync(file, "utf8")) as { nodesAlive?: unknown }).nodesAlive;
-    return typeof n === "number" && Number.isInteger(n) && n >= 1 ? n : undefined;
+    const j = JSON.parse(readFileSync(file, "utf8")) as { nodesAlive?: unknown; owner?: unknown };
+    const n = j.nodesAlive;
+    return {
+      ...(typeof n === "number" && Number.isInteger(n) && n >= 1 ? { nodesAlive: n } : {}),
+      ...(typeof j.owner === "string" && j.owner ? { owner: j.owner } : {}),
+    };
   } catch {
-    return undefined;
+    return {};
   }
 }
 
-function writeCount(file: string, count: number, log: Logger): void {
+function writeState(file: string, state: { nodesAlive: number; owner: string }, log: Logger): void {
   if (!file) return;
   try {
     const tmp = `${file}.tmp`;
-    writeFileSync(tmp, `${JSON.stringify({ nodesAlive: count, atMs: Date.now() })}\n`, { mode: 0o600 });
+    writeFileSync(tmp, `${JSON.stringify({ ...state, atMs: Date.now() })}\n`, { mode: 0o600 });
     renameSync(tmp, file);
   } catch (err) {
-    log.warn("cannot keep the number of nodes alive", { file, error: errorMessage(err) });
+    log.warn("cannot write the cluster state file", { file, error: errorMessage(err) });
   }
 }

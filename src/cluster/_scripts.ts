@@ -209,7 +209,8 @@ return out
  * A node's heartbeat: registers it (refused when a different, live instance holds the name) and
  * answers with every live node.
  * KEYS: this node's key, the nodes set. ARGV: name, instance, JSON registration, deadAfterMs,
- * node key prefix ("P node:").
+ * node key prefix ("P node:"), owner (the spool's identity: an instance with the same owner is this
+ * node's own predecessor, dead since this one holds the spool's lock, and is replaced at once).
  * Reply: {1, nowMs, json, json, ...} with every live node's registration (this one included), or
  * {0, nowMs, json of the instance that holds the name}.
  */
@@ -222,7 +223,7 @@ local dead = tonumber(ARGV[4])
 local cur = redis.call('GET', KEYS[1])
 if cur then
   local ok, c = pcall(cjson.decode, cur)
-  if ok and c.instance ~= instance then
+  if ok and c.instance ~= instance and c.owner ~= ARGV[6] then
     return {0, now, cur}
   end
 end

@@ -16,6 +16,7 @@ const ALLOWED: Record<string, string[] | "*"> = {
   bounce: ["smtp", "lib"],
   dkim: ["smtp", "lib"],
   observe: ["lib"],
+  cluster: ["lib", "observe"],
   lib: [],
 };
 
