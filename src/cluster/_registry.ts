@@ -91,7 +91,8 @@ export class Registry {
     const state = readState(opts.stateFile);
     this.lastCount = Math.max(1, state.nodesAlive ?? opts.expectedNodes);
     this.owner = state.owner ?? (opts.stateFile ? crypto.randomUUID() : opts.instance);
-    if (state.owner === undefined) writeState(opts.stateFile, { nodesAlive: this.lastCount, owner: this.owner }, opts.log);
+    if (state.owner === undefined)
+      writeState(opts.stateFile, { nodesAlive: this.lastCount, owner: this.owner }, opts.log);
   }
 
   /** Nodes alive at the last heartbeat (this one included once registered). */

@@ -118,9 +118,11 @@ return released
 );
 
 /**
- * GCRA (generic cell rate algorithm) on Redis's clock: one event if allowed now.
- * KEYS: the rate's key. ARGV: intervalMs (perMs / count), toleranceMs (intervalMs x (count - 1)).
- * Reply: {1, "0"} when taken, else {0, "<ms to wait>"} (strings: Lua numbers lose their fraction in replies).
+ * GCRA (generic cell rate algorithm) on Redis's clock: up to n events if allowed now.
+ * KEYS: the rate's key. ARGV: intervalMs (perMs / count), toleranceMs (intervalMs x (count - 1)), n.
+ * The k-th event (1-based) is allowed when tat + (k - 1) x interval - tolerance <= now.
+ * Reply: {k, "0"} with k >= 1 events taken, else {0, "<ms to wait>"} (strings: Lua numbers lose
+ * their fraction in replies).
  */
 export const GCRA_TAKE = script(
   "gcra-take",
@@ -129,15 +131,17 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 local interval = tonumber(ARGV[1])
 local tolerance = tonumber(ARGV[2])
+local n = tonumber(ARGV[3] or '1')
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tat < now then tat = now end
-local allowedAt = tat - tolerance
-if allowedAt > now then
-  return {0, tostring(allowedAt - now)}
+local k = math.floor((now + tolerance - tat) / interval) + 1
+if k < 1 then
+  return {0, tostring(tat - tolerance - now)}
 end
-local newTat = tat + interval
+if k > n then k = n end
+local newTat = tat + k * interval
 redis.call('SET', KEYS[1], string.format('%.3f', newTat), 'PX', math.ceil(newTat - now) + 1000)
-return {1, '0'}
+return {k, '0'}
 `,
 );
 

@@ -13,6 +13,6 @@ export {
   NameConflictError,
 } from "./cluster.ts";
 export { type ClusterMode, Lease, type LeaseRequest, localShare } from "./_leases.ts";
-export type { RateSpec } from "./_rates.ts";
+export { type RateSpec, SharedRateLimiter } from "./_rates.ts";
 export type { NodeInfo, QueueTotals } from "./_registry.ts";
 export { HOLD_KINDS, type HoldKind, type SharedHold, type StateChange } from "./_state.ts";

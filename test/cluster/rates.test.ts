@@ -73,3 +73,58 @@ test("with Redis down a node takes rate / nodes alive locally", async () => {
   expect(n).toBeGreaterThanOrEqual(37);
   expect(n).toBeLessThanOrEqual(41);
 });
+
+test("the synchronous limiter the scheduler asks keeps 50/s across three nodes without waiting on Redis per message", async () => {
+  await using redis = await startRedis();
+  const nodes = await Promise.all(["a", "b", "c"].map((node) => startNode(redis.url, { node })));
+  try {
+    const rate = { count: 50, perMs: 1000 };
+    const ms = 3000;
+    // Each node runs its own limiter like a site would: ask, sleep the wait (or until woken), take.
+    const counts = await Promise.all(
+      nodes.map(async (n) => {
+        let wake: (() => void) | undefined;
+        const lim = n.rates.limiter("example.com", "msg", rate, () => wake?.());
+        const end = performance.now() + ms;
+        let taken = 0;
+        while (performance.now() < end) {
+          const w = lim.take();
+          if (w === 0) {
+            taken++;
+            continue;
+          }
+          await new Promise<void>((r) => {
+            wake = r;
+            setTimeout(r, Math.min(w, end - performance.now()));
+          });
+        }
+        return taken;
+      }),
+    );
+    const total = counts.reduce((a, b) => a + b, 0);
+    console.log(
+      `sync limiter, 50/s over 3 s from 3 nodes: ${counts.join(" + ")} = ${total} (GCRA allows 200)`,
+    );
+    expect(total).toBeGreaterThanOrEqual(190);
+    expect(total).toBeLessThanOrEqual(201);
+  } finally {
+    for (const n of nodes) await n.close();
+  }
+});
+
+test("at a high rate the limiter takes events in batches: far fewer Redis requests than events", async () => {
+  await using redis = await startRedis();
+  await using a = await startNode(redis.url, { node: "a" });
+  const lim = a.rates.limiter("example.com", "msg", { count: 20_000, perMs: 1000 }, () => {});
+  let taken = 0;
+  const end = performance.now() + 500;
+  while (performance.now() < end) {
+    if (lim.take() === 0) taken++;
+    else await Bun.sleep(1);
+  }
+  const requests = a.rates.sharedTakes;
+  console.log(`20,000/s for 0.5 s: ${taken} events in ${requests} Redis requests`);
+  expect(taken).toBeGreaterThan(1000);
+  expect(taken).toBeLessThanOrEqual(20_000 + 10_000);
+  expect(requests).toBeLessThan(taken / 10);
+});
