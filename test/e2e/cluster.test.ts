@@ -267,3 +267,76 @@ test("a Redis address outside loopback is refused under MTA_LOOPBACK_ONLY, an un
   expect(deliveryLog(dir.path)).toEqual([]);
   expect(testConfig(dir.path)).not.toContain("cluster");
 }, 30_000);
+
+test("Redis over TLS with a password file: the node verifies Redis's certificate against cluster.tls.ca", async () => {
+  using dir = tempDir();
+  const cert = join(dir.path, "redis.crt");
+  const key = join(dir.path, "redis.key");
+  const gen = Bun.spawnSync([
+    "openssl",
+    "req",
+    "-x509",
+    "-newkey",
+    "rsa:2048",
+    "-nodes",
+    "-days",
+    "2",
+    "-subj",
+    "/CN=redis.test",
+    "-addext",
+    "subjectAltName=DNS:redis.test,IP:127.0.0.1",
+    "-keyout",
+    key,
+    "-out",
+    cert,
+  ]);
+  expect(gen.exitCode).toBe(0);
+  await using redis = await startRedis({ password: "s3cret", tls: { certFile: cert, keyFile: key } });
+  writeFileSync(join(dir.path, "redis.password"), "s3cret\n", { mode: 0o600 });
+  const tlsSection = [
+    `  password_file: ${join(dir.path, "redis.password")}`,
+    "  tls:",
+    `    ca: ${cert}`,
+    "    server_name: redis.test",
+  ].join("\n");
+  await using mta = await startMta({
+    dir: dir.path,
+    config: clusterConfig(dir.path, `rediss://127.0.0.1:${redis.tlsPort}`, "secure", { cluster: tlsSection }),
+    env,
+  });
+  await until(async () => ((await healthz(mta)).json.status === "ok" ? 1 : undefined));
+  expect(redis.cli("EXISTS", "mta:node:secure")).toBe("1");
+  // The connections are TLS ones, and named after the node.
+  const clients = redis
+    .cli("CLIENT", "LIST")
+    .split("\n")
+    .filter((l) => / name=mta:secure /.test(l));
+  expect(clients.length).toBe(2);
+  await mta.stop();
+
+  // A wrong password: the node starts anyway, degraded, and says why in its log.
+  writeFileSync(join(dir.path, "redis.password"), "wrong\n");
+  await using bad = await startMta({
+    dir: dir.path,
+    config: clusterConfig(dir.path, `rediss://127.0.0.1:${redis.tlsPort}`, "secure", { cluster: tlsSection }),
+    env,
+  });
+  expect((await healthz(bad)).json.status).toBe("degraded");
+  expect(
+    bad
+      .logLines()
+      .some((l) => l.msg === "cannot reach Redis; retrying" && /password and TLS/.test(String(l.reason))),
+  ).toBe(true);
+  await bad.stop();
+
+  // The right password but no CA: a self-signed certificate is not trusted.
+  writeFileSync(join(dir.path, "redis.password"), "s3cret\n");
+  await using untrusted = await startMta({
+    dir: dir.path,
+    config: clusterConfig(dir.path, `rediss://127.0.0.1:${redis.tlsPort}`, "secure", {
+      cluster: `  password_file: ${join(dir.path, "redis.password")}`,
+    }),
+    env,
+  });
+  expect((await healthz(untrusted)).json.status).toBe("degraded");
+}, 30_000);

@@ -18,6 +18,8 @@ export const REDIS_CLI = Bun.which("redis-cli") ?? "/usr/bin/redis-cli";
 
 export interface RedisServer extends AsyncDisposable {
   readonly port: number;
+  /** The TLS port when started with `tls` (0 otherwise). */
+  readonly tlsPort: number;
   readonly url: string;
   readonly dir: string;
   readonly running: boolean;
@@ -48,7 +50,12 @@ async function freePort(): Promise<number> {
 }
 
 export function redisCli(port: number, ...args: string[]): string {
-  const r = spawnSync([REDIS_CLI, "-h", "127.0.0.1", "-p", String(port), ...args], {
+  return redisCliAuth(port, undefined, ...args);
+}
+
+function redisCliAuth(port: number, password: string | undefined, ...args: string[]): string {
+  const auth = password === undefined ? [] : ["--no-auth-warning", "-a", password];
+  const r = spawnSync([REDIS_CLI, "-h", "127.0.0.1", "-p", String(port), ...auth, ...args], {
     stdout: "pipe",
     stderr: "pipe",
   });
@@ -56,23 +63,37 @@ export function redisCli(port: number, ...args: string[]): string {
   return r.stdout.toString().trim();
 }
 
-async function waitReady(port: number, proc: Subprocess, timeoutMs = 10_000): Promise<void> {
+async function waitReady(
+  port: number,
+  password: string | undefined,
+  proc: Subprocess,
+  timeoutMs = 10_000,
+): Promise<void> {
   const deadline = performance.now() + timeoutMs;
   for (;;) {
     if (proc.exitCode !== null)
       throw new Error(`redis-server exited with ${proc.exitCode} before it answered on port ${port}`);
     try {
-      if (redisCli(port, "PING") === "PONG") return;
+      if (redisCliAuth(port, password, "PING") === "PONG") return;
     } catch {}
     if (performance.now() > deadline) throw new Error(`redis-server did not answer on port ${port}`);
     await Bun.sleep(20);
   }
 }
 
-export async function startRedis(opts: { extraArgs?: string[] } = {}): Promise<RedisServer> {
+export async function startRedis(
+  opts: {
+    extraArgs?: string[];
+    /** requirepass. */
+    password?: string;
+    /** A TLS port next to the plain one, with this certificate and key (PEM files). */
+    tls?: { certFile: string; keyFile: string };
+  } = {},
+): Promise<RedisServer> {
   const dir = mkdtempSync(join(tmpdir(), "mta-redis-"));
   let proc: Subprocess | undefined;
   let port = 0;
+  let tlsPort = 0;
   const launch = async () => {
     proc = spawn(
       [
@@ -94,15 +115,29 @@ export async function startRedis(opts: { extraArgs?: string[] } = {}): Promise<R
         // DEBUG SLEEP for pause tests, from loopback only.
         "--enable-debug-command",
         "local",
+        ...(opts.password !== undefined ? ["--requirepass", opts.password] : []),
+        ...(opts.tls
+          ? [
+              "--tls-port",
+              String(tlsPort),
+              "--tls-cert-file",
+              opts.tls.certFile,
+              "--tls-key-file",
+              opts.tls.keyFile,
+              "--tls-auth-clients",
+              "no",
+            ]
+          : []),
         ...(opts.extraArgs ?? []),
       ],
       { stdin: "ignore", stdout: "ignore", stderr: "pipe" },
     );
-    await waitReady(port, proc);
+    await waitReady(port, opts.password, proc);
   };
   // The port is free when asked; another process may take it before redis binds it: try again.
   for (let attempt = 0; ; attempt++) {
     port = await freePort();
+    if (opts.tls) tlsPort = await freePort();
     try {
       await launch();
       break;
@@ -115,6 +150,9 @@ export async function startRedis(opts: { extraArgs?: string[] } = {}): Promise<R
     get port() {
       return port;
     },
+    get tlsPort() {
+      return tlsPort;
+    },
     get url() {
       return `redis://127.0.0.1:${port}`;
     },
@@ -122,11 +160,11 @@ export async function startRedis(opts: { extraArgs?: string[] } = {}): Promise<R
     get running() {
       return proc !== undefined && proc.exitCode === null && proc.signalCode === null;
     },
-    cli: (...args) => redisCli(port, ...args),
+    cli: (...args) => redisCliAuth(port, opts.password, ...args),
     async stop() {
       if (!proc || !server.running) return;
       try {
-        redisCli(port, "SHUTDOWN", "NOSAVE");
+        redisCliAuth(port, opts.password, "SHUTDOWN", "NOSAVE");
       } catch {}
       await proc.exited;
     },
