@@ -223,6 +223,11 @@ export class LeaseManager {
   }
 
   private sendRelease(leases: Lease[]): void {
+    void this.releaseInRedis(leases);
+  }
+
+  /** One LEASE_RELEASE for `leases`; a failure is harmless (each expires by itself). */
+  private async releaseInRedis(leases: Lease[]): Promise<void> {
     const keys: string[] = [];
     const args: (string | number)[] = [this.k.events];
     for (const l of leases)
@@ -230,8 +235,8 @@ export class LeaseManager {
         keys.push(key);
         args.push(l.member, l.limits[i]!);
       });
-    if (!this.link.up || keys.length === 0) return; // it expires by itself
-    this.link.run(LEASE_RELEASE, keys, args).catch(() => {});
+    if (!this.link.up || keys.length === 0) return;
+    await this.link.run(LEASE_RELEASE, keys, args).catch(() => {});
   }
 
   private lose(lease: Lease, reason: string): void {
@@ -411,15 +416,6 @@ export class LeaseManager {
       l.released = true;
       this.remove(l);
     }
-    if (shared.length > 0 && this.link.up) {
-      const keys: string[] = [];
-      const args: (string | number)[] = [this.k.events];
-      for (const l of shared)
-        l.keys.forEach((key, i) => {
-          keys.push(key);
-          args.push(l.member, l.limits[i]!);
-        });
-      await this.link.run(LEASE_RELEASE, keys, args).catch(() => {});
-    }
+    await this.releaseInRedis(shared);
   }
 }

@@ -9,6 +9,7 @@ import { join } from "node:path";
 import { api, clusterConfig, healthz, inject, startNodes } from "../support/cluster.ts";
 import { deliveryLog, runMta, startMta, tempDir, testConfig } from "../support/mta.ts";
 import { startRedis } from "../support/redis.ts";
+import { selfSignedCert } from "../listener/_harness.ts";
 import { freePort, startSink } from "../support/sink.ts";
 
 async function until<T>(fn: () => T | undefined | Promise<T | undefined>, timeoutMs = 10_000): Promise<T> {
@@ -270,34 +271,17 @@ test("a Redis address outside loopback is refused under MTA_LOOPBACK_ONLY, an un
 
 test("Redis over TLS with a password file: the node verifies Redis's certificate against cluster.tls.ca", async () => {
   using dir = tempDir();
-  const cert = join(dir.path, "redis.crt");
-  const key = join(dir.path, "redis.key");
-  const gen = Bun.spawnSync([
-    "openssl",
-    "req",
-    "-x509",
-    "-newkey",
-    "rsa:2048",
-    "-nodes",
-    "-days",
-    "2",
-    "-subj",
-    "/CN=redis.test",
-    "-addext",
-    "subjectAltName=DNS:redis.test,IP:127.0.0.1",
-    "-keyout",
-    key,
-    "-out",
-    cert,
-  ]);
-  expect(gen.exitCode).toBe(0);
+  const tls = selfSignedCert();
+  using _cleanup = { [Symbol.dispose]: tls.dispose };
+  const cert = tls.certFile;
+  const key = tls.keyFile;
   await using redis = await startRedis({ password: "s3cret", tls: { certFile: cert, keyFile: key } });
   writeFileSync(join(dir.path, "redis.password"), "s3cret\n", { mode: 0o600 });
   const tlsSection = [
     `  password_file: ${join(dir.path, "redis.password")}`,
     "  tls:",
     `    ca: ${cert}`,
-    "    server_name: redis.test",
+    "    server_name: localhost",
   ].join("\n");
   await using mta = await startMta({
     dir: dir.path,

@@ -180,7 +180,11 @@ export class Client {
   }
 }
 
-/** A self-signed certificate for CN=localhost in a temp dir (removed by the caller with `dispose`). */
+/**
+ * A self-signed certificate for CN=localhost (also named in subjectAltName, with IP 127.0.0.1, so a
+ * verifying client accepts it given the certificate as its CA) in a temp dir (removed by the caller
+ * with `dispose`).
+ */
 export function selfSignedCert(): {
   cert: string;
   key: string;
@@ -201,6 +205,8 @@ export function selfSignedCert(): {
       "-nodes",
       "-subj",
       "/CN=localhost",
+      "-addext",
+      "subjectAltName=DNS:localhost,IP:127.0.0.1",
       "-days",
       "2",
       "-keyout",
