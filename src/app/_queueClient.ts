@@ -21,6 +21,7 @@
  *   POST /api/v1/queue/transfer        { to, id?, destination?, sender?, state?, olderThanMs? }
  *   GET  /api/v1/cluster/summary?sort=&top=   GET /api/v1/cluster/nodes
  *   POST /api/v1/cluster/transfer-in   (node to node: a batch of messages)
+ *   POST /api/v1/cluster/drain         { to } (daemon.ts: stop taking mail, move everything, stop)
  */
 import { existsSync } from "node:fs";
 import { join } from "node:path";
@@ -65,6 +66,8 @@ export interface QueueClient {
   compact(): Promise<CompactReport>;
   /** Moves the matching messages to another node of the cluster (a running daemon in a cluster only). */
   transfer(to: string, sel?: Selector): Promise<TransferResult>;
+  /** Stops taking mail, moves everything to `to`, then stops the daemon (a cluster daemon only). */
+  drain(to: string): Promise<TransferResult>;
   /** Every live node's summary, merged (a running daemon in a cluster only). */
   clusterSummary(opts?: { sort?: SortKey; top?: number }): Promise<ClusterSummary>;
 }
@@ -198,6 +201,9 @@ export function queueRoutes(ops: QueueOps): Record<string, RouteHandler> {
       throw notInCluster();
     }),
     "GET /api/v1/cluster/summary": handle(() => {
+      throw notInCluster();
+    }),
+    "POST /api/v1/cluster/drain": handle(() => {
       throw notInCluster();
     }),
     "GET /api/v1/spool/stats": handle(() => ops.stats()),
@@ -343,6 +349,9 @@ export class HttpQueueClient implements QueueClient {
   transfer(to: string, sel: Selector = {}): Promise<TransferResult> {
     return this.call("POST", "/api/v1/queue/transfer", { to, ...sel });
   }
+  drain(to: string): Promise<TransferResult> {
+    return this.call("POST", "/api/v1/cluster/drain", { to });
+  }
   clusterSummary(opts: { sort?: SortKey; top?: number } = {}): Promise<ClusterSummary> {
     const q = new URLSearchParams();
     if (opts.sort !== undefined) q.set("sort", opts.sort);
@@ -452,6 +461,9 @@ export class LocalQueueClient implements QueueClient {
   }
   async transfer(_to: string): Promise<TransferResult> {
     throw daemonNeeded("transfer");
+  }
+  async drain(_to: string): Promise<TransferResult> {
+    throw daemonNeeded("drain");
   }
   async clusterSummary(): Promise<ClusterSummary> {
     throw daemonNeeded("summary --cluster");

@@ -181,6 +181,12 @@ export class ClusterNode {
     return { ok: true, status: h.status, detail: { cluster: h } };
   }
 
+  /** Throws the QueueError a transfer to `name` would meet first (itself, unknown, no control API). */
+  checkPeer(name: string): void {
+    if (!name) throw new QueueError("usage", "drain needs a destination node: to", 400);
+    this.peer(name);
+  }
+
   private peer(name: string): NodeInfo {
     if (name === this.cluster.node)
       throw new QueueError("usage", `${name} is this node: a node cannot transfer to itself`, 400);

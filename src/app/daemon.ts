@@ -13,6 +13,7 @@ import { EXIT, errorMessage, formatHostPort, UnavailableError } from "../lib/ind
 import {
   type ControlServer,
   createLogger,
+  jsonError,
   type Logger,
   setLogLevel,
   startControlServer,
@@ -21,6 +22,9 @@ import { type Listener, type ListenerOptions, startListener } from "../listener/
 import type { ClusterNode } from "./cluster.ts";
 import { Engine } from "./engine.ts";
 import { injectHandler } from "./inject.ts";
+import { handle, jsonBody, optString } from "./_queueClient.ts";
+import { QueueError } from "./_queueOps.ts";
+import type { TransferResult } from "./_transfer.ts";
 import { QueueOps, queueRoutes } from "./queue.ts";
 
 export interface DaemonOptions {
@@ -70,6 +74,9 @@ function sameValue(a: unknown, b: unknown): boolean {
 
 export class Daemon {
   private stopping: Promise<void> | undefined;
+  /** Set by runDaemon: what a finished drain calls to stop the process as SIGTERM would. */
+  onStopRequest: (() => void) | undefined;
+  private draining: Promise<TransferResult> | undefined;
 
   private constructor(
     public config: Config,
@@ -89,6 +96,8 @@ export class Daemon {
     let control: ControlServer | undefined;
     let cluster: ClusterNode | undefined;
     const listeners: Listener[] = [];
+    // The daemon object exists only at the end; routes reach it through this.
+    let daemon: Daemon | undefined;
     try {
       if (clusterMod && redis)
         cluster = clusterMod.ClusterNode.create(config, redis, {
@@ -115,13 +124,22 @@ export class Daemon {
           ...(cluster ? { health: () => cluster!.health() } : {}),
         });
         const maxMessageBytes = Math.max(...config.listen.map((l) => l.maxMessageBytes), 1);
-        control.addRoute(
-          "POST /api/v1/inject",
-          injectHandler(engine.pipeline, { hostname: config.hostname, maxMessageBytes }),
+        const inject = injectHandler(engine.pipeline, { hostname: config.hostname, maxMessageBytes });
+        control.addRoute("POST /api/v1/inject", (req) =>
+          daemon?.isDraining ? jsonError(503, "this node is draining: it takes no new mail") : inject(req),
         );
         for (const [key, handler] of Object.entries(queueRoutes(queueOps))) control.addRoute(key, handler);
-        if (cluster)
+        if (cluster) {
           for (const [key, handler] of Object.entries(cluster.routes())) control.addRoute(key, handler);
+          control.addRoute(
+            "POST /api/v1/cluster/drain",
+            handle(async (req) => {
+              const to = optString(await jsonBody(req), "to") ?? "";
+              if (!daemon) throw new QueueError("unavailable", "the daemon is still starting", 503);
+              return daemon.drain(to);
+            }),
+          );
+        }
       }
       await cluster?.start(engine, queueOps, control);
       for (const [i, l] of config.listen.entries()) {
@@ -149,7 +167,42 @@ export class Daemon {
       await cluster?.stop();
       throw err;
     }
-    return new Daemon(config, log, engine, control, listeners, cluster);
+    daemon = new Daemon(config, log, engine, control, listeners, cluster);
+    return daemon;
+  }
+
+  get isDraining(): boolean {
+    return this.draining !== undefined;
+  }
+
+  /**
+   * Drain to another node: stop taking mail (listeners close, the inject API answers 503), move
+   * every queued message to `to`, then stop as SIGTERM would. When some could not be moved the
+   * daemon keeps running without listeners (it says so; run the drain again, or restart it).
+   */
+  drain(to: string): Promise<TransferResult> {
+    if (!this.cluster) throw new QueueError("usage", "drain needs a cluster: section", 400);
+    const cluster = this.cluster;
+    // Check the target before anything closes: a typo must not leave the node deaf.
+    cluster.checkPeer(to);
+    const run = async () => {
+      this.log.info("draining", { to });
+      await Promise.all(this.listeners.map((l) => l.close({ graceMs: 1500 })));
+      const r = await cluster.transfer(to, {});
+      if (r.failed.length === 0) {
+        this.log.info("drained; stopping", { to, moved: r.moved });
+        setTimeout(() => this.onStopRequest?.(), 50);
+      } else
+        this.log.error("drain left messages here; not taking mail, not stopping", {
+          to,
+          moved: r.moved,
+          left: r.failed.length,
+        });
+      return r;
+    };
+    const p = (this.draining ?? Promise.resolve(undefined)).then(run, run);
+    this.draining = p;
+    return p;
   }
 
   /** The "started" log line, with the bound addresses (tests and scripts read the ports from it). */
@@ -206,6 +259,7 @@ export async function runDaemon(configFile: string): Promise<number> {
         },
       );
     };
+    daemon.onStopRequest = () => stop("a finished drain");
     process.on("SIGTERM", () => stop("SIGTERM"));
     process.on("SIGINT", () => stop("SIGINT"));
     process.on("SIGHUP", () => {

@@ -498,6 +498,36 @@ const compact = defineCommand({
   },
 });
 
+const drain = defineCommand({
+  meta: {
+    name: "drain",
+    description: "Stop taking mail, move every queued message to another node, then stop the daemon",
+  },
+  args: {
+    ...common,
+    to: { type: "string", description: "The node to move them to (its cluster.node name)" },
+  },
+  async run({ args }) {
+    if (!args.to) throw new UsageError("drain needs --to NODE: the node to move the messages to");
+    if (args.local) throw new UsageError("drain goes through the daemon; it cannot go with --local");
+    const c = await client(args);
+    const r = await c.drain(args.to);
+    if (args.json) printJson(r);
+    else if (r.failed.length === 0)
+      print(
+        `drained: ${r.moved} message(s) moved to ${r.to} (${r.recipients} recipient(s)); the daemon is stopping`,
+      );
+    else {
+      print(
+        `${r.moved} of ${r.matched} message(s) moved to ${r.to}; the daemon takes no mail and keeps running`,
+      );
+      for (const f of r.failed.slice(0, 20)) print(`not moved: ${f.id}: ${f.error}`);
+      if (r.failed.length > 20) print(`(${r.failed.length - 20} more not moved)`);
+    }
+    return r.failed.length > 0 ? EXIT.tempFail : EXIT.ok;
+  },
+});
+
 export default defineCommand({
   meta: {
     name: "queue",
@@ -513,6 +543,7 @@ export default defineCommand({
     bounce: action("bounce"),
     delete: action("delete"),
     transfer,
+    drain,
     stats,
     verify,
     compact,

@@ -164,7 +164,7 @@ export class Registry {
       const n = parseJson(j) as NodeInfo | undefined;
       if (n && typeof n.name === "string") nodes.push(n);
     }
-    this.alive = nodes;
+    this.alive = nodes.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
     this.beatsSinceUp++;
     const count = Math.max(1, nodes.length);
     if (count !== this.lastCount) {

@@ -242,3 +242,28 @@ test("transfer needs the node to be alive: a node killed -9 leaves the registry 
     await a!.stop();
   }
 }, 30_000);
+
+test("drain: a typo changes nothing; then the node stops taking mail, moves everything and exits", async () => {
+  using dir = tempDir();
+  await using redis = await startRedis();
+  await using sink = await startSink({ dir: dir.path });
+  const [a, b] = await startNodes(dir.path, redis.url, 2, { extra: routes(sink.port) });
+  try {
+    await inject(a!, 50, (i) => `r${i}@example.net`);
+    const typo = runMta(["queue", "drain", "--to", "node-x", "-c", a!.configFile]);
+    expect(typo.code).toBe(69);
+    expect(typo.stderr.trim()).toBe("mta: no live node named node-x (alive: node-a, node-b)");
+    // Still taking mail.
+    await inject(a!, 1, () => "late@example.net", "late");
+    const r = runMta(["queue", "drain", "--to", "node-b", "-c", a!.configFile]);
+    expect(r.code).toBe(0);
+    expect(r.stdout.trim()).toBe(
+      "drained: 51 message(s) moved to node-b (51 recipient(s)); the daemon is stopping",
+    );
+    expect(await a!.proc.exited).toBe(0);
+    expect(a!.logLines().some((l) => l.msg === "drained; stopping")).toBe(true);
+    await sink.waitFor(51, 30_000);
+  } finally {
+    await Promise.all([a!.stop(), b!.stop()]);
+  }
+}, 60_000);
