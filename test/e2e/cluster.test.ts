@@ -51,13 +51,13 @@ test("a node started while Redis is down delivers, says degraded, and is shared 
 
   await redis.start();
   await until(async () => ((await healthz(mta)).json.status === "ok" ? true : undefined), 10_000);
+  await until(async () =>
+    (await api(mta, "GET", "/api/v1/cluster/nodes")).json.mode === "shared" ? 1 : undefined,
+  );
   const nodes = await api<{ mode: string; nodes: { name: string; control: string }[] }>(
     mta,
     "GET",
     "/api/v1/cluster/nodes",
-  );
-  await until(async () =>
-    (await api(mta, "GET", "/api/v1/cluster/nodes")).json.mode === "shared" ? 1 : undefined,
   );
   expect(nodes.json.nodes.map((n) => [n.name, n.control])).toEqual([
     ["solo", `127.0.0.1:${mta.controlPort}`],

@@ -250,6 +250,9 @@ test("drain: a typo changes nothing; then the node stops taking mail, moves ever
   const [a, b] = await startNodes(dir.path, redis.url, 2, { extra: routes(sink.port) });
   try {
     await inject(a!, 50, (i) => `r${i}@example.net`);
+    await until(async () =>
+      (await api(a!, "GET", "/api/v1/cluster/nodes")).json.nodesAlive === 2 ? 1 : undefined,
+    );
     const typo = runMta(["queue", "drain", "--to", "node-x", "-c", a!.configFile]);
     expect(typo.code).toBe(69);
     expect(typo.stderr.trim()).toBe("mta: no live node named node-x (alive: node-a, node-b)");
