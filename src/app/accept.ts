@@ -110,8 +110,16 @@ export class AcceptPipeline implements Acceptor {
     if (taken.pool !== undefined) sub = { ...sub, attributes: { ...sub.attributes, pool: taken.pool } };
     const body = this.deps.sign ? await this.deps.sign(taken.message) : taken.message;
     const byDestination = new Map<string, Submission["recipients"]>();
+    // One copy per recipient, as Postfix's cleanup does: the same address given twice (in RCPT or in
+    // the inject API) is delivered once, with the first one's DSN parameters. The domain compares
+    // case-insensitively, the local part exactly (RFC 5321 §2.4: only the receiving host may fold it).
+    const seen = new Set<string>();
     for (const r of sub.recipients) {
       const d = domainOf(r.address);
+      const at = r.address.lastIndexOf("@");
+      const key = `${at >= 0 ? r.address.slice(0, at) : r.address}@${d}`;
+      if (seen.has(key)) continue;
+      seen.add(key);
       const list = byDestination.get(d);
       if (list) list.push(r);
       else byDestination.set(d, [r]);
@@ -138,6 +146,9 @@ export class AcceptPipeline implements Acceptor {
       this.deps.deliveryLog.write({
         type: "reception",
         id,
+        // A message to several domains is several queue entries; the SMTP reply may name only the
+        // first ones (its line is limited to 512 octets), so every entry says which transaction it was.
+        ...(stored.length > 1 ? { transaction: stored[0]!.id } : {}),
         sender: part.sender,
         recipients: part.recipients.map((r) => r.address),
         destination: part.destination,
