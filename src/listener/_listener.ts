@@ -567,7 +567,11 @@ class SmtpServer implements Listener {
       case "HELP":
         return this.junk(
           s,
-          reply(214, "2.0.0", "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS AUTH"),
+          reply(
+            214,
+            "2.0.0",
+            "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS AUTH",
+          ),
         );
       case "STARTTLS":
         return this.starttls(s, arg);

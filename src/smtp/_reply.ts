@@ -40,7 +40,8 @@ function fitLine(text: string): string {
   let out = "";
   let octets = 0;
   for (const ch of text) {
-    const n = ch.codePointAt(0)! < 0x80 ? 1 : ch.codePointAt(0)! < 0x800 ? 2 : ch.codePointAt(0)! < 0x10000 ? 3 : 4;
+    const n =
+      ch.codePointAt(0)! < 0x80 ? 1 : ch.codePointAt(0)! < 0x800 ? 2 : ch.codePointAt(0)! < 0x10000 ? 3 : 4;
     if (octets + n > MAX_TEXT_OCTETS - 3) break;
     out += ch;
     octets += n;
