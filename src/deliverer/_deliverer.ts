@@ -16,7 +16,7 @@ import {
   type OpenSession,
   type OutboundMessage,
   openSession,
-  preflight,
+  planContent,
   type RecipientResult,
   reset,
   type Timeouts,
@@ -229,12 +229,12 @@ export class Deliverer {
       connectionFailed: false,
       durationMs: 0,
     };
-    const refused = preflight(s.caps, msg);
-    if (refused) {
+    const plan = planContent(s.caps, msg);
+    if (Array.isArray(plan)) {
       this.keepOrQuit(key, s);
-      return { ...base, recipients: refused };
+      return { ...base, recipients: plan };
     }
-    const out = await transaction(s, msg, this.opts.timeouts);
+    const out = await transaction(s, msg, plan, this.opts.timeouts);
     if (out.kind === "site") {
       s.conn.destroy();
       return undefined;

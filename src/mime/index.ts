@@ -94,8 +94,11 @@ export function prepareForStorage(message: Uint8Array, opts: { binary: boolean }
  * 7-bit octets. Stored mail already fits unless it reached the spool before these rules; content that
  * needs binary transport (NUL) is the caller's to check in `scan` first.
  */
-export function prepareForTransport(message: Uint8Array, opts: { sevenBit: boolean }): Prepared {
-  const scan = scanContent(message);
+export function prepareForTransport(
+  message: Uint8Array,
+  opts: { sevenBit: boolean; scan?: ContentScan },
+): Prepared {
+  const scan = opts.scan ?? scanContent(message);
   const reencode = scan.longLine || (opts.sevenBit && scan.eightBit);
   if (!reencode && !scan.bareNewline) return { ok: true, message, changed: false, scan };
   return convert(message, scan, { sevenBit: opts.sevenBit, convert: reencode });
