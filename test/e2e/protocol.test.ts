@@ -19,16 +19,6 @@ function py(script: string, env: Record<string, string>): Record<string, unknown
   return JSON.parse(r.stdout.toString());
 }
 
-async function waitFor<T>(fn: () => T | undefined, timeoutMs = 20_000): Promise<T> {
-  const end = Date.now() + timeoutMs;
-  for (;;) {
-    const v = fn();
-    if (v !== undefined) return v;
-    if (Date.now() > end) throw new Error("timed out");
-    await Bun.sleep(50);
-  }
-}
-
 /** Every RCPT address smtp-sink recorded, over all its dumps (one X-Rcpt-Args line per RCPT). */
 function rcptsOf(dumps: string[]): string[] {
   return dumps.flatMap((d) => [...d.matchAll(/^X-Rcpt-Args: <([^>]*)>/gm)].map((m) => m[1]!));

@@ -55,7 +55,7 @@ def authenticator(server, session, envelope, mechanism, auth_data):
     ok = auth is not None and auth_data.login.decode() == auth[0] and auth_data.password.decode() == auth[1]
     if not ok:
         record({"auth_failed": auth_data.login.decode()})
-    return AuthResult(success=ok)
+    return AuthResult(success=ok, handled=False)
 
 
 kwargs = {"enable_SMTPUTF8": smtputf8, "decode_data": False}
