@@ -112,10 +112,35 @@ function joinFields(fields: Field[]): string {
 }
 
 /**
+ * Where a structured field may take whitespace that it does not have (RFC 5322 §3.2.2: CFWS is allowed
+ * around the items of these lists), so that a long line without any can still be folded: after the
+ * comma between addresses, between two msg-ids, after the semicolon before a MIME parameter. What
+ * the field means is unchanged; its bytes are not, which is why this runs before DKIM signing only.
+ */
+const STRUCTURED: Record<string, RegExp> = {
+  from: /,/g,
+  sender: /,/g,
+  "reply-to": /,/g,
+  to: /,/g,
+  cc: /,/g,
+  bcc: /,/g,
+  "resent-from": /,/g,
+  "resent-sender": /,/g,
+  "resent-to": /,/g,
+  "resent-cc": /,/g,
+  "resent-bcc": /,/g,
+  references: />(?=<)/g,
+  "in-reply-to": />(?=<)/g,
+  "content-type": /;/g,
+  "content-disposition": /;/g,
+};
+
+/**
  * Folds one physical line longer than 998 octets at its last space or tab within the limit (RFC 5322
  * §2.2.3: folding inserts CRLF before whitespace; unfolding removes it, so the value is unchanged).
+ * A structured field with no whitespace to fold at gets a space inserted where its syntax allows one.
  */
-function foldLine(line: string): string {
+function foldLine(line: string, name: string): string {
   const out: string[] = [];
   let rest = line;
   while (rest.length > MAX_LINE_OCTETS) {
@@ -127,11 +152,22 @@ function foldLine(line: string): string {
         break;
       }
     }
-    if (at < 0)
-      throw new ConversionError(
-        "unfoldable-header",
-        `a header line of ${line.length} octets has no whitespace to fold it at within ${MAX_LINE_OCTETS}`,
-      );
+    if (at < 0) {
+      const sep = STRUCTURED[name];
+      let after = -1;
+      if (sep) {
+        const head = rest.slice(0, MAX_LINE_OCTETS - 1);
+        for (const m of head.matchAll(sep)) if (m.index! > 0) after = m.index! + 1;
+      }
+      if (after < 0)
+        throw new ConversionError(
+          "unfoldable-header",
+          `a header line of ${line.length} octets has no whitespace to fold it at within ${MAX_LINE_OCTETS}`,
+        );
+      out.push(rest.slice(0, after));
+      rest = ` ${rest.slice(after)}`;
+      continue;
+    }
     out.push(rest.slice(0, at));
     rest = rest.slice(at);
   }
@@ -147,7 +183,10 @@ function fixFields(fields: Field[], ctx: Ctx): void {
         `the ${f.name || "header"} field holds 8-bit octets, which cannot be converted to 7-bit`,
       );
     if (hasLongLine(f.raw)) {
-      f.raw = f.raw.split("\r\n").map(foldLine).join("\r\n");
+      f.raw = f.raw
+        .split("\r\n")
+        .map((l) => foldLine(l, f.name))
+        .join("\r\n");
       ctx.changed = true;
     }
   }

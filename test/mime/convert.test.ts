@@ -125,6 +125,24 @@ describe("prepareForStorage", () => {
     expect(pyLeaves(p.message).headers.references).toBe(refs);
   });
 
+  test("an address list or msg-id list without whitespace is folded after a comma or between ids; the addresses are the same", () => {
+    const to = Array.from({ length: 80 }, (_, i) => `user${i}@d${i}.example`).join(",");
+    const refs = Array.from({ length: 60 }, (_, i) => `<id${i}.${"r".repeat(20)}@h.test>`).join("");
+    const m = bytes(`From: a@b.test\r\nTo: ${to}\r\nReferences: ${refs}\r\n\r\nbody\r\n`);
+    const p = prepareForStorage(m, { binary: false });
+    if (!p.ok) throw new Error(p.reason);
+    expectFits(p.message, false);
+    const r = spawnSync(
+      [
+        PY,
+        "-c",
+        "import sys,email,json; from email.utils import getaddresses; m=email.message_from_bytes(sys.stdin.buffer.read()); print(json.dumps([a for _, a in getaddresses(m.get_all('To'))]+[''.join(m['References'].split())]))",
+      ],
+      { stdin: Buffer.from(p.message) },
+    );
+    expect(JSON.parse(r.stdout.toString())).toEqual([...to.split(","), refs]);
+  });
+
   test("a header line that cannot be folded, NUL, and re-encoding a DKIM-signed message are refused", () => {
     const noSpace = prepareForStorage(bytes(`X-Long: ${"y".repeat(1200)}\r\n\r\nb\r\n`), { binary: false });
     expect(noSpace.ok || noSpace.problem).toBe("unfoldable-header");
