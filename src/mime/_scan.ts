@@ -17,8 +17,6 @@ export interface ContentScan {
   bareNewline: boolean;
   /** A line longer than `MAX_LINE_OCTETS`. */
   longLine: boolean;
-  /** The header section carries a DKIM-Signature or ARC-Message-Signature field. */
-  signed: boolean;
 }
 
 export function scanContent(m: Uint8Array): ContentScan {
@@ -41,11 +39,14 @@ export function scanContent(m: Uint8Array): ContentScan {
     } else if (b === 0) nul = true;
   }
   if (n - lineStart > MAX_LINE_OCTETS) longLine = true;
-  return { eightBit, nul, bareNewline, longLine, signed: isSigned(m) };
+  return { eightBit, nul, bareNewline, longLine };
 }
 
-/** Whether the header section (up to the first empty line) has a DKIM or ARC message signature. */
-function isSigned(m: Uint8Array): boolean {
+/**
+ * Whether the header section (up to the first empty line) has a DKIM or ARC message signature: a
+ * re-encoding would break it. Asked only when a conversion is about to happen.
+ */
+export function isSigned(m: Uint8Array): boolean {
   const limit = Math.min(m.length, 256 * 1024);
   const head = Buffer.from(m.buffer, m.byteOffset, limit).toString("latin1");
   const end = head.indexOf("\r\n\r\n");

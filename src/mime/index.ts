@@ -2,7 +2,7 @@
  * Message content as MIME sees it (RFC 2045, 2046, 5322, 6152, 3030): what kind of octets a message
  * holds, and lossless conversions so that it fits what a transport may carry.
  *
- * Owns: `scanContent` (8-bit, NUL, bare CR/LF, long lines, signed), `prepareForStorage` (what the
+ * Owns: `scanContent` (8-bit, NUL, bare CR/LF, long lines), `prepareForStorage` (what the
  * accept pipeline does before signing and storing) and `prepareForTransport` (what the deliverer does
  * for a next hop), the quoted-printable and base64 codecs.
  * Does not own: SMTP framing (smtp/), when a conversion is allowed (the callers), DKIM (dkim/).
@@ -17,7 +17,7 @@
  *   signature. It is refused at reception, or failed for a next hop that cannot take it as it is.
  */
 import { ConversionError, type ConversionProblem, convertMessage, normalizeNewlines } from "./_convert.ts";
-import { type ContentScan, MAX_LINE_OCTETS, scanContent } from "./_scan.ts";
+import { type ContentScan, isSigned, MAX_LINE_OCTETS, scanContent } from "./_scan.ts";
 
 export { decodeQuotedPrintable, encodeBase64, encodeQuotedPrintable } from "./_codec.ts";
 export { type ContentScan, MAX_LINE_OCTETS, scanContent };
@@ -49,7 +49,7 @@ function convert(
     changed = true;
   }
   if (opts.convert) {
-    if (scan.signed)
+    if (isSigned(message))
       return {
         ok: false,
         problem: "signed",
