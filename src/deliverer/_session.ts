@@ -260,55 +260,41 @@ const NON_ASCII = /[^\x00-\x7f]/;
  *   sender has none), and a server without it gets nothing (5.6.7, RFC 6531 §3.2).
  */
 export function planContent(caps: ServerCapabilities, msg: OutboundMessage): WirePlan | RecipientResult[] {
+  const refuse = (code: number, enhanced: string, text: string) =>
+    allRecipients(msg, "permanent", reply(code, enhanced, text));
   const smtputf8 =
     msg.needsSmtputf8 || NON_ASCII.test(msg.sender) || msg.recipients.some((r) => NON_ASCII.test(r.address));
   if (smtputf8 && !caps.smtputf8)
-    return allRecipients(
-      msg,
-      "permanent",
-      reply(553, "5.6.7", "message needs SMTPUTF8 but the server does not support it"),
-    );
+    return refuse(553, "5.6.7", "message needs SMTPUTF8 but the server does not support it");
   const scan = scanContent(msg.body);
   let plan: WirePlan;
   if (msg.binary || scan.nul) {
     if (!caps.chunking || !caps.binarymime)
-      return allRecipients(
-        msg,
-        "permanent",
-        reply(
-          554,
-          "5.6.3",
-          "binary content (BODY=BINARYMIME) but the server does not offer CHUNKING and BINARYMIME (RFC 3030)",
-        ),
+      return refuse(
+        554,
+        "5.6.3",
+        "binary content (BODY=BINARYMIME) but the server does not offer CHUNKING and BINARYMIME (RFC 3030)",
       );
     plan = { body: msg.body, bodyType: "BINARYMIME", smtputf8, bdat: true };
   } else {
     const sevenBit = !caps.eightBitMime;
     const p = prepareForTransport(msg.body, { sevenBit, scan });
     if (!p.ok)
-      return allRecipients(
-        msg,
-        "permanent",
-        reply(
-          554,
-          "5.6.3",
-          sevenBit && scan.eightBit
-            ? `8-bit content, the server does not offer 8BITMIME, and ${p.reason} (RFC 6152)`
-            : `content cannot be sent as it is: ${p.reason}`,
-        ),
+      return refuse(
+        554,
+        "5.6.3",
+        sevenBit && scan.eightBit
+          ? `8-bit content, the server does not offer 8BITMIME, and ${p.reason} (RFC 6152)`
+          : `content cannot be sent as it is: ${p.reason}`,
       );
     const eightBit = !sevenBit && (scan.eightBit || msg.eightBit);
     plan = { body: p.message, bodyType: eightBit ? "8BITMIME" : undefined, smtputf8, bdat: false };
   }
   if (caps.sizeBytes > 0 && plan.body.length > caps.sizeBytes)
-    return allRecipients(
-      msg,
-      "permanent",
-      reply(
-        552,
-        "5.3.4",
-        `message of ${plan.body.length} bytes exceeds the server's SIZE limit of ${caps.sizeBytes}`,
-      ),
+    return refuse(
+      552,
+      "5.3.4",
+      `message of ${plan.body.length} bytes exceeds the server's SIZE limit of ${caps.sizeBytes}`,
     );
   return plan;
 }

@@ -3,9 +3,9 @@
  *
  * Owns: one small `Session` state object per connection, driven by the socket's data/drain/close
  * handlers (no per-session async loop); the RFC 5321 state machine with PIPELINING, SIZE, 8BITMIME,
- * SMTPUTF8, ENHANCEDSTATUSCODES, STARTTLS, AUTH PLAIN/LOGIN, CHUNKING (BDAT) and DSN; relay policy;
- * limits (size, recipients, line length, errors, connections per listener and per IP); timeouts;
- * backpressure; graceful close.
+ * SMTPUTF8, ENHANCEDSTATUSCODES, STARTTLS, AUTH PLAIN/LOGIN, CHUNKING (BDAT), BINARYMIME and DSN;
+ * relay policy and `<postmaster>`; limits (size, recipients, line length, errors, junk commands,
+ * connections per listener and per IP); timeouts; backpressure; graceful close.
  * Does not own: what "accepted" means (the `Acceptor`), protocol syntax (smtp/).
  *
  * Implementation summary:
@@ -16,12 +16,14 @@
  * - While the Acceptor or a password check runs, the session is `busy`: input is kept, not processed.
  * - When `socket.write` takes less than asked, the rest waits in `pending`, reading is paused, and no
  *   command is processed until `drain` has written it: a client that does not read cannot grow our buffers.
- * - Only `<CRLF>.<CRLF>` ends DATA; with `rejectBareNewlines` a bare CR or LF anywhere gets
- *   `521 5.5.2` and the session ends (as Postfix's `smtpd_forbid_bare_newline`).
+ * - Only `<CRLF>.<CRLF>` ends DATA; with `rejectBareNewlines` a bare CR or LF anywhere (commands, DATA,
+ *   BDAT without BINARYMIME) gets `521 5.5.2` and the session ends (as Postfix's
+ *   `smtpd_forbid_bare_newline`). Message content rules (NUL, long lines) are the Acceptor's (app/).
  * - After `STARTTLS`, bytes the client pipelined behind it in plaintext are dropped (CVE-2011-0411),
  *   and the plain socket's handlers ignore the encrypted bytes they keep receiving (a Bun trait).
  * - Timeouts: one sweep timer per listener compares each session's deadline with the clock.
- * Invariant: `250` after DATA/BDAT LAST is sent only when the Acceptor returned `ok: true`.
+ * Invariants: `250` after DATA/BDAT LAST is sent only when the Acceptor returned `ok: true`; every reply
+ * line is at most 512 octets (formatReply cuts, `queuedReply` counts the ids it cannot name).
  */
 import type { Socket, SocketHandler, TCPSocketListener } from "bun";
 import {
