@@ -140,7 +140,7 @@ class Session {
  * "queued as <id>" still find the first id, and the delivery log's reception records name every id,
  * each with `transaction` set to the first one (app/accept.ts).
  */
-export function queuedReply(ids: readonly string[]): SmtpReply {
+function queuedReply(ids: readonly string[]): SmtpReply {
   let text = "Ok: queued as";
   // `250 2.0.0 ` + text + CRLF, with room left for " (and 99999 more)".
   const room = MAX_REPLY_LINE_OCTETS - 12 - 18;
