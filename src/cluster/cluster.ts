@@ -24,6 +24,7 @@ import { RedisLink } from "./_link.ts";
 import { SharedRates } from "./_rates.ts";
 import { NameConflictError, type NodeInfo, type QueueTotals, Registry } from "./_registry.ts";
 import { keys } from "./_scripts.ts";
+import { SiteSlots } from "./_slots.ts";
 import { SharedState } from "./_state.ts";
 
 export interface ClusterOptions {
@@ -79,6 +80,7 @@ export class Cluster {
   /** Leases are in Redis (after toShared): the registry may announce this node. */
   private leasesInRedis = false;
   private readonly modeListeners: ((m: ClusterMode) => void)[] = [];
+  private readonly siteSlots = new Map<string, Set<SiteSlots>>();
   private closed = false;
   private readonly m;
   /** The divisor of every local share. */
@@ -147,6 +149,9 @@ export class Cluster {
     this.rates = new SharedRates(this.link, k, { mode: () => this.current, nodesAlive, log });
     this.state = new SharedState(this.link, k, { node: opts.node, instance: this.instance, log });
     this.registry.onBeat(() => this.beaten());
+    this.leases.onFree((site) => {
+      for (const s of this.siteSlots.get(site) ?? []) s.freed();
+    });
     if (mt) {
       mt.gauge("mta_cluster_redis_up", "1 while this node reaches Redis", (set) => set(this.link.up ? 1 : 0));
       mt.gauge("mta_cluster_mode", "1 for this node's current cluster mode", (set) => {
@@ -207,6 +212,26 @@ export class Cluster {
 
   onMode(cb: (m: ClusterMode) => void): void {
     this.modeListeners.push(cb);
+  }
+
+  /**
+   * The connection slots of `site` (and of `source` x site) on this node, for the scheduler's site:
+   * see SiteSlots. `onChange` is called when the count may have changed.
+   */
+  slots(
+    site: string,
+    source: { address: string; limit: number } | undefined,
+    onChange: () => void,
+  ): SiteSlots {
+    const s = new SiteSlots(this.leases, site, source, onChange, (x) => {
+      const set = this.siteSlots.get(site);
+      set?.delete(x);
+      if (set?.size === 0) this.siteSlots.delete(site);
+    });
+    let set = this.siteSlots.get(site);
+    if (!set) this.siteSlots.set(site, (set = new Set()));
+    set.add(s);
+    return s;
   }
 
   /** Nodes alive at the last heartbeat. */

@@ -15,4 +15,5 @@ export {
 export { type ClusterMode, Lease, type LeaseRequest, localShare } from "./_leases.ts";
 export { type RateSpec, SharedRateLimiter } from "./_rates.ts";
 export type { NodeInfo, QueueTotals } from "./_registry.ts";
+export { SiteSlots } from "./_slots.ts";
 export { HOLD_KINDS, type HoldKind, type SharedHold, type StateChange } from "./_state.ts";
