@@ -279,6 +279,7 @@ function toNewMessage(x: unknown, i: number): { id: string; msg: NewMessage } {
 }
 
 const MAX_REMEMBERED = 1_000_000;
+const MAX_BATCH_MESSAGES = 1000;
 
 export class TransferReceiver {
   /** "<node>/<id>" of every message accepted, oldest first, for batches sent twice. */
@@ -307,6 +308,9 @@ export class TransferReceiver {
     if (to !== this.opts.node)
       throw new QueueError("usage", `this is node ${this.opts.node}, not ${to}: transfer refused`, 409);
     if (!Array.isArray(b.messages)) throw bad("messages must be a list");
+    // Senders send 100 a batch; a bound keeps one request from holding the spool and RAM hostage.
+    if (b.messages.length > MAX_BATCH_MESSAGES)
+      throw bad(`at most ${MAX_BATCH_MESSAGES} messages a batch, got ${b.messages.length}`);
     const parsed = b.messages.map((m, i) => toNewMessage(m, i));
     const reply: TransferReply = { accepted: [], refused: [] };
     const sp = this.opts.ops.spool;

@@ -145,6 +145,8 @@ test("a node refuses a batch meant for another node or coming from itself, and m
     }
     r = await api(b!, "POST", "/api/v1/cluster/transfer-in", "not an object");
     expect(r.status).toBe(400);
+    r = await post({ from: { node: "node-x", instance }, to: "node-a", messages: Array(1001).fill(good) });
+    expect(r).toEqual({ status: 400, json: { error: "transfer: at most 1000 messages a batch, got 1001" } });
     // A good one is taken once, however often it is sent.
     const first = await post({ from: { node: "node-x", instance }, to: "node-a", messages: [good] });
     const second = await post({ from: { node: "node-x", instance }, to: "node-a", messages: [good] });
