@@ -7,7 +7,8 @@ import { parseSendArgs, runSend, type SendIo, send } from "../../src/app/send.ts
 import { type Config, loadConfig } from "../../src/config/index.ts";
 import { silentLogger } from "../../src/observe/index.ts";
 import { Spool } from "../../src/spool/index.ts";
-import { freePort, SMTP_SINK, startSink } from "../support/sink.ts";
+import { freePort, startSink } from "../support/sink.ts";
+import { lacking } from "../support/peers.ts";
 
 function tmp(): { dir: string } & Disposable {
   const dir = mkdtempSync(join(tmpdir(), "mta-send-"));
@@ -62,7 +63,7 @@ function jsonl(file: string, n: number, from = 0): void {
 
 const subjects = (dumps: string[]) => dumps.map((d) => /^Subject: (.*)$/m.exec(d)?.[1]?.trim() ?? "?");
 
-describe.skipIf(!SMTP_SINK)("mta send without a daemon (local engine)", () => {
+describe.skipIf(lacking("smtp-sink"))("mta send without a daemon (local engine)", () => {
   test("a message on stdin is enqueued and delivered; exit 0 and silent; Date/Message-ID/From added", async () => {
     using t = tmp();
     await using sink = await startSink({ dir: t.dir });
@@ -155,7 +156,7 @@ describe.skipIf(!SMTP_SINK)("mta send without a daemon (local engine)", () => {
   });
 });
 
-describe.skipIf(!SMTP_SINK)("mta send with a daemon", () => {
+describe.skipIf(lacking("smtp-sink"))("mta send with a daemon", () => {
   test("injects through the control API, returns after the daemon made it durable; --batch-id re-run skips", async () => {
     using t = tmp();
     await using sink = await startSink({ dir: t.dir });

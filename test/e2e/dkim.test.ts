@@ -12,9 +12,8 @@ import { dkimVerify } from "mailauth/lib/dkim/verify.js";
 import { startTxtServer, type TxtServer } from "../dkim/_dns.ts";
 import { runMta, startMta, type TempDir, tempDir, testConfig } from "../support/mta.ts";
 import { type ScriptedPeer, startScriptedPeer } from "../support/scriptedPeer.ts";
-import { SMTP_SINK, startSink } from "../support/sink.ts";
-
-const SWAKS = Bun.which("swaks");
+import { lacking } from "../support/peers.ts";
+import { startSink } from "../support/sink.ts";
 
 let dir: TempDir;
 let dns: TxtServer;
@@ -119,7 +118,7 @@ function subjectOf(m: Buffer): string {
   return /\r\nSubject: ([^\r]*)/.exec(m.toString("latin1"))?.[1] ?? "";
 }
 
-describe.skipIf(!SWAKS)("DKIM through mta serve", () => {
+describe.skipIf(lacking("swaks"))("DKIM through mta serve", () => {
   test("swaks → mta serve → peer: dual RSA-2048 + Ed25519 signatures verify; subdomains sign with the parent, other domains pass unsigned", async () => {
     using run = tempDir();
     await using peer = await startScriptedPeer();
@@ -167,7 +166,7 @@ describe.skipIf(!SWAKS)("DKIM through mta serve", () => {
     expect((await verify(unsigned)).map((v) => v.result)).toEqual(["none"]);
   }, 30_000);
 
-  test.skipIf(!SMTP_SINK)(
+  test.skipIf(lacking("smtp-sink"))(
     "a signed message arrives at Postfix's smtp-sink and still verifies (its LF dump turned back into CRLF)",
     async () => {
       using run = tempDir();
@@ -266,7 +265,7 @@ describe("bad DKIM keys", () => {
     );
   });
 
-  test.skipIf(!SWAKS)(
+  test.skipIf(lacking("swaks"))(
     "SIGHUP with a broken key keeps the old keys (log line) and signing goes on; a good new key takes over",
     async () => {
       using run = tempDir();

@@ -9,20 +9,13 @@ import { spawn, spawnSync } from "bun";
 import { readdirSync, readFileSync, symlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { MTA, tempDir } from "../support/mta.ts";
-import { freePort, SMTP_SINK, type Sink, startSink } from "../support/sink.ts";
+import { lacking, peer } from "../support/peers.ts";
+import { freePort, type Sink, startSink } from "../support/sink.ts";
 
 const BIN = process.env.MTA_SEND_BIN ?? MTA;
-const hasSend = (() => {
-  try {
-    const r = spawnSync([BIN, "send", "--help"], { stdout: "pipe", stderr: "pipe" });
-    return r.exitCode === 0 && r.stdout.toString().toLowerCase().includes("send");
-  } catch {
-    return false;
-  }
-})();
-if (!hasSend) console.warn(`test/e2e/send: ${BIN} has no 'send' command; skipping`);
-const PYTHON = Bun.which("python3");
-const SCRIPT = Bun.which("script");
+const PYTHON = peer("python3");
+// The progress bar needs a pty (script); without it that part of the batch test is left out.
+const SCRIPT = lacking("script") ? undefined : peer("script");
 const BIG = Number(process.env.MTA_SEND_E2E_MESSAGES ?? 10_000);
 
 function setup(dir: string, sinkPort: number): { config: string; bin: string; env: Record<string, string> } {
@@ -85,7 +78,7 @@ function writeBatch(file: string, n: number): void {
   writeFileSync(file, parts.join(""));
 }
 
-describe.skipIf(!hasSend || !SMTP_SINK)("sendmail compatibility through the symlink", () => {
+describe.skipIf(lacking("smtp-sink"))("sendmail compatibility through the symlink", () => {
   test("cron's own invocation: sendmail -FCronDaemon -i -B8BITMIME -oem root", async () => {
     using dir = tempDir();
     await using sink = await startSink({ dir: dir.path });
@@ -109,7 +102,7 @@ describe.skipIf(!hasSend || !SMTP_SINK)("sendmail compatibility through the syml
     expect(d).toContain("r\xc3\xa9sultat\n.\nstill here"); // -i: the lone dot is data (smtp-sink dumps LF)
   });
 
-  test.skipIf(!PYTHON)(
+  test.skipIf(lacking("python3"))(
     "Python's subprocess, as a web application calls it: sendmail -t -oi, Bcc removed",
     async () => {
       using dir = tempDir();
@@ -148,7 +141,7 @@ print(p.returncode, p.stderr.decode())
   });
 });
 
-describe.skipIf(!hasSend || !SMTP_SINK)(`a ${BIG.toLocaleString("en-US")}-message JSONL batch`, () => {
+describe.skipIf(lacking("smtp-sink"))(`a ${BIG.toLocaleString("en-US")}-message JSONL batch`, () => {
   test("delivered to smtp-sink with progress on a pty; a re-run with the same --batch-id sends nothing twice", async () => {
     using dir = tempDir();
     await using sink = await startSink({ dir: dir.path });
