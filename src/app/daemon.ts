@@ -19,6 +19,7 @@ import {
 } from "../observe/index.ts";
 import { type Listener, type ListenerOptions, startListener } from "../listener/index.ts";
 import { Engine } from "./engine.ts";
+import { startProblems } from "./preflight.ts";
 import { injectHandler } from "./inject.ts";
 import { QueueOps, queueRoutes } from "./queue.ts";
 
@@ -172,7 +173,14 @@ export class Daemon {
 
 /** `mta serve`: loads the configuration, runs the daemon until SIGTERM/SIGINT, returns the exit code. */
 export async function runDaemon(configFile: string): Promise<number> {
-  const { config } = loadConfig(configFile);
+  const { config, problemAt } = loadConfig(configFile);
+  // What check-config checks, serve checks: refused here, with the YAML path and line, before any bind.
+  const problems = startProblems(config);
+  if (problems.length > 0)
+    throw new ConfigError(
+      configFile,
+      problems.map((p) => problemAt(p.path, p.message)),
+    );
   const log = createLogger({ level: config.log.level, format: config.log.format });
   const daemon = await Daemon.start(config, { log });
   return new Promise<number>((resolve) => {
@@ -182,7 +190,7 @@ export async function runDaemon(configFile: string): Promise<number> {
         () => resolve(EXIT.ok),
         (err) => {
           log.error("stop failed", { error: errorMessage(err) });
-          resolve(EXIT.runtime);
+          resolve(EXIT.software);
         },
       );
     };

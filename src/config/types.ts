@@ -131,7 +131,7 @@ export interface Config {
   };
 }
 
-const dur = (x: string) => parseDuration(x)!;
+const dur = (x: string | number) => parseDuration(x)!;
 
 function policy(p: NonNullable<RawConfig["delivery"]["domains"]>[string]): DomainPolicy {
   const out: DomainPolicy = {};

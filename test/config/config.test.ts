@@ -108,15 +108,14 @@ describe("configuration", () => {
     expect(config.delivery.domains.default.maxConnections).toBe(20);
   });
 
-  test("YAML syntax errors, plain passwords and unreadable TLS files are reported", () => {
+  test("YAML syntax errors and plain passwords are reported; the files named are not read here", () => {
     expect(problemsOf("listen: [\n")[0]!.line).toBeGreaterThan(0);
     const p = problemsOf(
       "listen:\n  - address: 127.0.0.1:25\n    auth: required\n    users: { bob: hunter2 }\n    tls: { cert: /nonexistent/c.pem, key: /nonexistent/k.pem }\n",
     );
-    const paths = p.map((x) => x.path);
-    expect(paths).toContain("listen[0].users.bob");
-    expect(paths).toContain("listen[0].tls.cert");
-    expect(paths).toContain("listen[0].tls.key");
+    // TLS files are checked by serve and check-config (app/preflight.ts), not by every command that
+    // loads the file: `mta send` run by any user must be able to load it.
+    expect(p.map((x) => x.path)).toEqual(["listen[0].users.bob"]);
   });
 
   test("the config file is found via --config, MTA_CONFIG, then the search path", () => {
