@@ -154,7 +154,12 @@ export function queueRoutes(ops: QueueOps): Record<string, RouteHandler> {
       return ops.list(sel);
     }),
     "GET /api/v1/queue/messages/*": handle((_req, url) => {
-      const id = decodeURIComponent(url.pathname.slice("/api/v1/queue/messages/".length));
+      let id: string;
+      try {
+        id = decodeURIComponent(url.pathname.slice("/api/v1/queue/messages/".length));
+      } catch {
+        throw new QueueError("usage", "the message id in the path is not valid percent-encoding", 400);
+      }
       const body = url.searchParams.get("body");
       return ops.show(id, { body: body === "1" || body === "true" });
     }),

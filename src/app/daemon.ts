@@ -9,7 +9,7 @@
 import { readFileSync } from "node:fs";
 import pkg from "../../package.json" with { type: "json" };
 import { type Config, ConfigError, type ListenerConfig, loadConfig } from "../config/index.ts";
-import { EXIT, errorMessage, formatHostPort, UnavailableError } from "../lib/index.ts";
+import { EXIT, errnoOf, errnoText, errorMessage, formatHostPort, UnavailableError } from "../lib/index.ts";
 import {
   type ControlServer,
   createLogger,
@@ -55,11 +55,16 @@ export function listenerOptions(l: ListenerConfig, hostname: string): ListenerOp
   return opts;
 }
 
+/** Why a bind failed, in words: errno's meaning when there is one, Bun's message otherwise. */
+function bindReason(err: unknown): string {
+  return errnoOf(err) ? errnoText(err) : errorMessage(err);
+}
+
 function startControlServerOr(where: string, opts: Parameters<typeof startControlServer>[0]): ControlServer {
   try {
     return startControlServer(opts);
   } catch (err) {
-    throw new UnavailableError(`cannot serve control.address ${where}: ${errorMessage(err)}`, { cause: err });
+    throw new UnavailableError(`control.address ${where}: cannot listen: ${bindReason(err)}`, { cause: err });
   }
 }
 
@@ -110,7 +115,7 @@ export class Daemon {
         for (const [key, handler] of Object.entries(queueRoutes(queueOps))) control.addRoute(key, handler);
       }
       for (const [i, l] of config.listen.entries()) {
-        const where = `listen[${i}] ${formatHostPort(l.address)}`;
+        const where = `listen[${i}].address ${formatHostPort(l.address)}`;
         try {
           listeners.push(
             await startListener(listenerOptions(l, config.hostname), engine.pipeline, {
@@ -119,12 +124,7 @@ export class Daemon {
             }),
           );
         } catch (err) {
-          throw new UnavailableError(
-            `cannot listen on ${where}: ${errorMessage(err)} (address in use or not local?)`,
-            {
-              cause: err,
-            },
-          );
+          throw new UnavailableError(`${where}: cannot listen: ${bindReason(err)}`, { cause: err });
         }
       }
     } catch (err) {

@@ -16,7 +16,12 @@ import { createResolver } from "../dns/index.ts";
 import { type DkimOptions, DkimSigner, DkimSignerPool, readKeyFile } from "../dkim/index.ts";
 import { errorMessage, fileError } from "../lib/index.ts";
 import { DeliveryLog, type Logger, Metrics, registerProcessMetrics } from "../observe/index.ts";
-import { type DestinationPolicy, type PoolMember, Scheduler } from "../scheduler/index.ts";
+import {
+  type DestinationPolicy,
+  type PoolMember,
+  Scheduler,
+  type SchedulerEvent,
+} from "../scheduler/index.ts";
 import { Spool } from "../spool/index.ts";
 import { AcceptPipeline } from "./accept.ts";
 import { hasRollups, makeRouter } from "./routing.ts";
@@ -26,6 +31,8 @@ export interface EngineOptions {
   metrics?: Metrics;
   /** false: open the spool and accept, but deliver nothing (the scheduler is not started). */
   deliver?: boolean;
+  /** Also told every message event the delivery log gets (`mta send` counts its own results). */
+  onEvent?: (e: SchedulerEvent) => void;
 }
 
 /** The effective policy of a destination: its own entry over `default`. */
@@ -245,7 +252,10 @@ export class Engine {
       maxConnectionsPerSource: config.delivery.maxConnectionsPerSource,
       maxReadyPerSite: config.delivery.maxReadyPerSite,
       rollup: hasRollups(config),
-      onEvent: (e) => deliveryLog.write({ ...e }),
+      onEvent: (e) => {
+        deliveryLog.write({ ...e });
+        opts.onEvent?.(e);
+      },
       onDestinationEvent: (e) => deliveryLog.write({ ...e }),
       log: log.withTag("scheduler"),
       metrics,

@@ -270,9 +270,10 @@ const flush = defineCommand({
     const c = await client(args);
     const r = await c.flush(target);
     if (args.json) return printJson(r);
+    const lifted = r.backoffLifted.length ? `; backoff lifted for ${r.backoffLifted.join(", ")}` : "";
     print(
       r.live
-        ? `${r.flushed} message(s) due now`
+        ? `${r.flushed} message(s) due now${lifted}`
         : `${r.flushed} message(s) marked due now; the daemon tries them when it starts`,
     );
   },

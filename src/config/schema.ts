@@ -307,6 +307,13 @@ export const ConfigSchema = v.strictObject({
     }),
     {},
   ),
+  send: v.optional(
+    v.strictObject({
+      // Postfix's myorigin: appended to bare local parts (`root`) in mail submitted with `mta send`.
+      origin: v.optional(HostName),
+    }),
+    {},
+  ),
   log: v.optional(
     v.strictObject({
       level: v.optional(

@@ -7,3 +7,4 @@ export * from "./net.ts";
 export * from "./flock.ts";
 export * from "./duration.ts";
 export * from "./words.ts";
+export * from "./passwd.ts";

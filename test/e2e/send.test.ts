@@ -150,7 +150,7 @@ describe.skipIf(lacking("smtp-sink"))(`a ${BIG.toLocaleString("en-US")}-message 
     writeBatch(batch, BIG);
     let progressOut = "";
     if (SCRIPT) {
-      const cmd = `${BIN} send -c ${s.config} --batch-id big ${batch}`;
+      const cmd = `${BIN} send -c ${s.config} --batch-id big --batch ${batch}`;
       const r = spawnSync([SCRIPT, "-qec", cmd, "/dev/null"], { env: s.env, stdout: "pipe", stderr: "pipe" });
       progressOut = r.stdout.toString();
       expect(r.exitCode).toBe(0);
@@ -158,14 +158,14 @@ describe.skipIf(lacking("smtp-sink"))(`a ${BIG.toLocaleString("en-US")}-message 
       expect(progressOut).toContain(`${BIG.toLocaleString("en-US")} accepted`);
       expect(progressOut).toContain("100%");
     } else {
-      const r = spawnSync([BIN, "send", "-c", s.config, "--batch-id", "big", batch], {
+      const r = spawnSync([BIN, "send", "-c", s.config, "--batch-id", "big", "--batch", batch], {
         env: s.env,
         stderr: "pipe",
       });
       expect(r.exitCode).toBe(0);
     }
     await waitCount(sink, BIG);
-    const again = spawnSync([BIN, "send", "-c", s.config, "--batch-id", "big", "--json", batch], {
+    const again = spawnSync([BIN, "send", "-c", s.config, "--batch-id", "big", "--json", "--batch", batch], {
       env: s.env,
       stdout: "pipe",
       stderr: "pipe",
@@ -192,7 +192,7 @@ describe.skipIf(lacking("smtp-sink"))(`a ${BIG.toLocaleString("en-US")}-message 
         return 0;
       }
     };
-    const first = spawn([BIN, "send", "-c", s.config, "--batch-id", "k", batch], {
+    const first = spawn([BIN, "send", "-c", s.config, "--batch-id", "k", "--batch", batch], {
       env: s.env,
       stderr: "pipe",
     });
@@ -203,7 +203,7 @@ describe.skipIf(lacking("smtp-sink"))(`a ${BIG.toLocaleString("en-US")}-message 
     const done = journaled();
     expect(done).toBeGreaterThan(0);
     expect(done).toBeLessThan(BIG);
-    const second = spawnSync([BIN, "send", "-c", s.config, "--batch-id", "k", "--json", batch], {
+    const second = spawnSync([BIN, "send", "-c", s.config, "--batch-id", "k", "--json", "--batch", batch], {
       env: s.env,
       stdout: "pipe",
       stderr: "pipe",
