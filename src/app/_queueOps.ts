@@ -22,7 +22,14 @@ import {
   statusFromReply,
   wantsDsn,
 } from "../bounce/index.ts";
-import { type Clock, errorMessage, MAX_DURATION_MS, MtaError, systemClock } from "../lib/index.ts";
+import {
+  type Clock,
+  errorMessage,
+  hasEightBit,
+  MAX_DURATION_MS,
+  MtaError,
+  systemClock,
+} from "../lib/index.ts";
 import type { Counter, DeliveryLog, Logger, Metrics } from "../observe/index.ts";
 import type { DestinationSummary } from "../scheduler/index.ts";
 import type { CompactReport, Spool, SpoolStats, StoredMessage, VerifyReport } from "../spool/index.ts";
@@ -221,11 +228,6 @@ const ADMIN_DELETE_REPLY = "554 5.0.0 message deleted by the administrator";
 function domainOf(address: string): string {
   const at = address.lastIndexOf("@");
   return (at >= 0 ? address.slice(at + 1) : address).toLowerCase();
-}
-
-function eightBit(bytes: Uint8Array): boolean {
-  for (let i = 0; i < bytes.length; i++) if (bytes[i]! > 0x7f) return true;
-  return false;
 }
 
 export class QueueOps {
@@ -767,7 +769,7 @@ export class QueueOps {
         sender: "",
         destination: domainOf(m.sender),
         recipients: [{ address: m.sender }],
-        attributes: { dsn: m.id, body: eightBit(bytes) ? "8BITMIME" : "7BIT" },
+        attributes: { dsn: m.id, body: hasEightBit(bytes) ? "8BITMIME" : "7BIT" },
         body: bytes,
       });
       this.opts.deliveryLog?.write({

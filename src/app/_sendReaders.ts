@@ -15,7 +15,7 @@ import { errnoText } from "../lib/index.ts";
 import { parseMailbox } from "../smtp/index.ts";
 import { composeMessage } from "./compose.ts";
 import { checkItem, decodeBase64Message, type InjectItem } from "./inject.ts";
-import { prepareMessage, substitute } from "./_sendMessage.ts";
+import { ADDRESS_FIELDS, prepareMessage, qualifyAddressList, substitute } from "./_sendMessage.ts";
 
 export interface SendItem {
   /** Where the item came from, for messages: `file:line`, `file#n`, `stdin`. */
@@ -376,15 +376,18 @@ function qualifyItem(value: unknown, origin: string): unknown {
   return v;
 }
 
-/** The address header fields of a composed or raw message with bare local parts qualified. */
-function qualifyHeaders(message: Uint8Array, origin: string): Uint8Array {
-  return prepareMessage(message, {
-    hostname: "",
-    origin,
-    sender: "",
-    extractRecipients: false,
-    removeBcc: false,
-  }).message;
+/** Parts' address headers (`from`, `headers` such as Reply-To) with bare local parts qualified. */
+function qualifyParts(it: JsonItem, origin: string): { from?: string; headers?: Record<string, string> } {
+  const out: { from?: string; headers?: Record<string, string> } = {};
+  if (it.from !== undefined) out.from = qualifyAddressList(it.from, origin);
+  if (it.headers !== undefined)
+    out.headers = Object.fromEntries(
+      Object.entries(it.headers).map(([k, v]) => [
+        k,
+        ADDRESS_FIELDS.has(k.toLowerCase()) ? qualifyAddressList(v, origin) : v,
+      ]),
+    );
+  return out;
 }
 
 /** One JSON Lines item: one message, or with `substitutions` one message per recipient. */
@@ -416,18 +419,18 @@ export function jsonItems(value: unknown, source: string, keyPlace: string, ctx:
       mid = p.originalMessageId;
       if (p.eightBit && !attributes.body) attributes.body = "8BITMIME";
     } else {
+      const q = qualifyParts(it, ctx.origin);
       message = composeMessage(
         {
-          from: it.from ?? sender,
+          from: q.from ?? sender,
           to: recipients,
           ...(it.subject !== undefined ? { subject: it.subject } : {}),
           ...(it.text !== undefined ? { text: it.text } : {}),
           ...(it.html !== undefined ? { html: it.html } : {}),
-          ...(it.headers !== undefined ? { headers: it.headers } : {}),
+          ...(q.headers !== undefined ? { headers: q.headers } : {}),
         },
         ctx.hostname,
       );
-      message = qualifyHeaders(message, ctx.origin);
       mid = headerValue(it.headers, "message-id");
     }
     if (ctx.bodyType) attributes.body = ctx.bodyType;

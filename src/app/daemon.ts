@@ -20,7 +20,7 @@ import {
 import { type Listener, type ListenerOptions, startListener } from "../listener/index.ts";
 import { Engine } from "./engine.ts";
 import { startProblems } from "./preflight.ts";
-import { injectHandler } from "./inject.ts";
+import { injectHandler, injectLimitBytes } from "./inject.ts";
 import { QueueOps, queueRoutes } from "./queue.ts";
 
 export interface DaemonOptions {
@@ -99,7 +99,7 @@ export class Daemon {
           log: log.withTag("control"),
           metrics: engine.metrics,
         });
-        const maxMessageBytes = Math.max(...config.listen.map((l) => l.maxMessageBytes), 1);
+        const maxMessageBytes = injectLimitBytes(config);
         control.addRoute(
           "POST /api/v1/inject",
           injectHandler(engine.pipeline, { hostname: config.hostname, maxMessageBytes }),

@@ -8,6 +8,8 @@
  * message's bytes in base64>"` (any bytes: 8-bit ISO-8859-1, binary MIME parts), or parts (`subject`,
  * `text`, `html`, `headers`, `from`).
  */
+import type { Config } from "../config/index.ts";
+import { hasEightBit } from "../lib/index.ts";
 import { jsonError, jsonResponse } from "../observe/index.ts";
 import type { AcceptPipeline } from "./accept.ts";
 import { addMissingHeaders, composeMessage } from "./compose.ts";
@@ -71,6 +73,19 @@ export function checkItem(item: unknown, maxBytes: number): string | undefined {
   return undefined;
 }
 
+/** listen[].max_message_size's default, for a daemon without SMTP listeners. */
+const DEFAULT_MAX_MESSAGE_BYTES = 25_000_000;
+
+/**
+ * The largest message the inject API (and `mta send`, in either mode) accepts: the largest listener's
+ * max_message_size, or that key's default when there is no listener (an API-only daemon).
+ */
+export function injectLimitBytes(config: Config): number {
+  return config.listen.length > 0
+    ? Math.max(...config.listen.map((l) => l.maxMessageBytes))
+    : DEFAULT_MAX_MESSAGE_BYTES;
+}
+
 const BASE64 = /^[A-Za-z0-9+/]*={0,2}$/;
 
 /** Decoded size of a base64 text, without decoding it. */
@@ -108,11 +123,6 @@ export function itemToMessage(item: InjectItem, hostname: string): Uint8Array {
     },
     hostname,
   );
-}
-
-function hasEightBit(bytes: Uint8Array): boolean {
-  for (let i = 0; i < bytes.length; i++) if (bytes[i]! > 127) return true;
-  return false;
 }
 
 export function injectHandler(

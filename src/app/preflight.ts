@@ -124,7 +124,7 @@ export function directoryProblem(dir: string): string | undefined {
   return why ? `${dir}: ${why} (the user running mta must be able to write it)` : undefined;
 }
 
-/** The spool's segments directory holds only segment files (a directory named x.seg would stop the scan). */
+/** Every name the spool takes for a segment (`<20 digits>.seg`) is a readable, writable file. */
 function segmentsProblem(dir: string): string | undefined {
   const segments = join(dir, "segments");
   let names: string[];
@@ -135,7 +135,7 @@ function segmentsProblem(dir: string): string | undefined {
     return errnoOf(err) === "ENOENT" ? undefined : `${segments}: ${errnoText(err)}`;
   }
   for (const name of names) {
-    if (!name.endsWith(".seg")) continue;
+    if (!/^\d{20}\.seg$/.test(name)) continue; // what the spool reads as a segment
     const p = join(segments, name);
     try {
       if (!statSync(p).isFile()) return `${p} is not a segment file (move it out of the spool)`;

@@ -29,6 +29,7 @@ import {
 } from "../lib/index.ts";
 import { createLogger, type Logger, Metrics } from "../observe/index.ts";
 import { Engine } from "./engine.ts";
+import { injectLimitBytes } from "./inject.ts";
 import { parseSendArgs, type SendArgs } from "./_sendArgs.ts";
 import { BatchJournal, JournalBusyError } from "./_sendJournal.ts";
 import {
@@ -135,6 +136,25 @@ function answerOf(v: unknown): { index: number; ids?: string[]; error?: string }
   return out;
 }
 
+/**
+ * `{ "messages": [...] }` for POST /api/v1/inject, each message as `messageBase64` (its exact bytes,
+ * 8-bit or not; it is already prepared: CRLF, headers). Built from parts into a Blob: JSON.stringify
+ * would scan megabytes of base64 for characters to escape, and there are none.
+ */
+function injectBody(items: readonly SendItem[]): Blob {
+  const parts: string[] = ['{"messages":['];
+  items.forEach((it, k) => {
+    const head = JSON.stringify({ sender: it.sender, recipients: it.recipients, attributes: it.attributes });
+    parts.push(k > 0 ? "," : "", head.slice(0, -1), ',"messageBase64":"');
+    parts.push(
+      Buffer.from(it.message.buffer, it.message.byteOffset, it.message.byteLength).toString("base64"),
+    );
+    parts.push('"}');
+  });
+  parts.push("]}");
+  return new Blob(parts, { type: "application/json" });
+}
+
 class DaemonSink implements Sink {
   readonly mode = "daemon";
   readonly inFlight = 4;
@@ -154,20 +174,14 @@ class DaemonSink implements Sink {
     let pending = items.map((_, i) => i);
     // A 400/413 names one bad item: mark it and send the rest again (the API is all-or-nothing per request).
     while (pending.length > 0) {
-      // messageBase64: the exact bytes, 8-bit or not (the message is already prepared: CRLF, headers).
-      const messages = pending.map((i) => ({
-        sender: items[i]!.sender,
-        recipients: items[i]!.recipients,
-        messageBase64: Buffer.from(items[i]!.message).toString("base64"),
-        attributes: items[i]!.attributes,
-      }));
+      const body = injectBody(pending.map((i) => items[i]!));
       let res: Response;
       let text: string;
       try {
         res = await fetch(this.url, {
           method: "POST",
           headers: this.headers,
-          body: JSON.stringify({ messages }),
+          body,
         });
         text = await res.text();
       } catch (err) {
@@ -175,17 +189,17 @@ class DaemonSink implements Sink {
           out[i] = { ok: false, unavailable: `daemon unreachable: ${errorMessage(err)}` };
         return out;
       }
-      let body: InjectAnswer = {};
+      let answer: InjectAnswer = {};
       try {
         const parsed = JSON.parse(text) as unknown;
-        if (parsed && typeof parsed === "object") body = parsed as InjectAnswer;
+        if (parsed && typeof parsed === "object") answer = parsed as InjectAnswer;
       } catch {
         for (const i of pending)
           out[i] = { ok: false, unavailable: `daemon answered ${res.status} without a JSON body` };
         return out;
       }
       if (res.status === 200 || res.status === 503) {
-        for (const a of Array.isArray(body.messages) ? body.messages.map(answerOf) : []) {
+        for (const a of Array.isArray(answer.messages) ? answer.messages.map(answerOf) : []) {
           const i = a ? pending[a.index] : undefined;
           if (a === undefined || i === undefined) continue;
           out[i] = a.ids
@@ -196,8 +210,8 @@ class DaemonSink implements Sink {
           out[i] ??= { ok: false, unavailable: `daemon answered ${res.status} without this item` };
         return out;
       }
-      const index = typeof body.index === "number" ? body.index : undefined;
-      const error = typeof body.error === "string" ? body.error : `HTTP ${res.status}`;
+      const index = typeof answer.index === "number" ? answer.index : undefined;
+      const error = typeof answer.error === "string" ? answer.error : `HTTP ${res.status}`;
       if ((res.status === 400 || res.status === 413) && index !== undefined && pending[index] !== undefined) {
         out[pending[index]!] = { ok: false, bad: `daemon refused it: ${error}` };
         pending = pending.filter((_, k) => k !== index);
@@ -363,7 +377,8 @@ export async function send(args: SendArgs, config: Config, io: SendIo): Promise<
     sender = qualify(args.sender, origin);
     if (sender === undefined) throw new UsageError(`-f ${JSON.stringify(args.sender)} is not an address`);
   }
-  const maxMessageBytes = Math.max(25_000_000, ...config.listen.map((l) => l.maxMessageBytes));
+  // The same limit as the daemon's inject API: what local mode accepts, a daemon accepts too.
+  const maxMessageBytes = injectLimitBytes(config);
   const ctx: ReadContext = {
     hostname: config.hostname,
     origin,

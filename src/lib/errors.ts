@@ -99,7 +99,7 @@ const ERRNO_TEXT: Record<string, string> = {
   ENOENT: "no such file or directory",
   EACCES: "permission denied",
   EPERM: "operation not permitted",
-  EISDIR: "is a directory",
+  EISDIR: "is a directory (a file was expected)",
   ENOTDIR: "not a directory",
   EEXIST: "already exists",
   ENOSPC: "no space left on device",

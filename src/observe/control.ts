@@ -89,6 +89,9 @@ export function startControlServer(opts: ControlOptions): ControlServer {
     port: opts.port,
     // Bun answers a larger body with a bare 413; ours (below) says why, in JSON.
     maxRequestBodySize: maxBody * 2,
+    // Bun closes a connection idle for 10 s by default, and a request is idle while its handler runs:
+    // an inject of many large messages waits for fdatasync, a bounce drains for up to 30 s.
+    idleTimeout: 120,
     fetch: async (req) => {
       const url = new URL(req.url);
       if (url.pathname === "/healthz") {

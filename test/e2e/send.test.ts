@@ -1,7 +1,6 @@
 /**
- * `mta send` and `sendmail` end to end: the compiled binary, a sendmail symlink, real callers (cron's
- * flags, Python's subprocess), Postfix's smtp-sink as the receiving MX, a pty for the progress bar,
- * and SIGKILL half-way through a batch.
+ * `mta send --batch` end to end at size: the compiled binary, Postfix's smtp-sink as the receiving MX,
+ * a pty for the progress bar, and SIGKILL half-way through a batch (sendmail's callers: sendmail.test.ts).
  * MTA_SEND_BIN may name another build of the binary (default dist/mta).
  */
 import { describe, expect, test } from "bun:test";
@@ -13,7 +12,6 @@ import { lacking, peer } from "../support/peers.ts";
 import { freePort, type Sink, startSink } from "../support/sink.ts";
 
 const BIN = process.env.MTA_SEND_BIN ?? MTA;
-const PYTHON = peer("python3");
 // The progress bar needs a pty (script); without it that part of the batch test is left out.
 const SCRIPT = lacking("script") ? undefined : peer("script");
 const BIG = Number(process.env.MTA_SEND_E2E_MESSAGES ?? 10_000);
@@ -77,69 +75,6 @@ function writeBatch(file: string, n: number): void {
     );
   writeFileSync(file, parts.join(""));
 }
-
-describe.skipIf(lacking("smtp-sink"))("sendmail compatibility through the symlink", () => {
-  test("cron's own invocation: sendmail -FCronDaemon -i -B8BITMIME -oem root", async () => {
-    using dir = tempDir();
-    await using sink = await startSink({ dir: dir.path });
-    const s = setup(dir.path, sink.port);
-    const r = spawnSync([s.bin, "-FCronDaemon", "-i", "-B8BITMIME", "-oem", "root"], {
-      env: s.env,
-      stdin: Buffer.from(
-        "Content-Type: text/plain; charset=UTF-8\nSubject: Cron <cron@host> /usr/local/bin/job\n\nr\xc3\xa9sultat\n.\nstill here\n",
-        "latin1",
-      ),
-      stdout: "pipe",
-      stderr: "pipe",
-    });
-    expect(r.stderr.toString()).toBe("");
-    expect(r.stdout.toString()).toBe("");
-    expect(r.exitCode).toBe(0);
-    const [d] = await sink.waitFor(1);
-    expect(d).toContain("X-Mail-Args: <cron@mta.test> BODY=8BITMIME");
-    expect(d).toContain("X-Rcpt-Args: <root@mta.test>");
-    expect(d).toContain("From: CronDaemon <cron@mta.test>");
-    expect(d).toContain("r\xc3\xa9sultat\n.\nstill here"); // -i: the lone dot is data (smtp-sink dumps LF)
-  });
-
-  test.skipIf(lacking("python3"))(
-    "Python's subprocess, as a web application calls it: sendmail -t -oi, Bcc removed",
-    async () => {
-      using dir = tempDir();
-      await using sink = await startSink({ dir: dir.path });
-      const s = setup(dir.path, sink.port);
-      const py = `
-import subprocess
-from email.message import EmailMessage
-m = EmailMessage()
-m["From"] = "Web <web@x.test>"
-m["To"] = "a@y.test, B <b@y.test>"
-m["Bcc"] = "secret@y.test"
-m["Subject"] = "Password reset"
-m.set_content("Click the link.")
-p = subprocess.run(["sendmail", "-t", "-oi", "-f", "bounces@x.test"], input=m.as_bytes(), capture_output=True)
-print(p.returncode, p.stderr.decode())
-`;
-      const r = spawnSync([PYTHON!, "-c", py], { env: s.env, stdout: "pipe", stderr: "pipe" });
-      expect(r.stdout.toString().trim()).toBe("0");
-      const dumps = await sink.waitFor(1);
-      const all = dumps.join("\n");
-      expect(all).toContain("X-Mail-Args: <bounces@x.test>");
-      for (const rcpt of ["a@y.test", "b@y.test", "secret@y.test"]) expect(all).toContain(`<${rcpt}>`);
-      expect(all).not.toMatch(/^Bcc:/im);
-      expect(all).not.toContain("secret@y.test\r\n\r\n");
-      expect(all).toMatch(/^Message-ID: </m);
-    },
-  );
-
-  test("a usage error exits 64, a missing config 78", () => {
-    using dir = tempDir();
-    const s = setup(dir.path, freePort());
-    expect(spawnSync([s.bin, "-bs"], { env: s.env, stderr: "pipe" }).exitCode).toBe(64);
-    const env = { ...s.env, MTA_CONFIG: join(dir.path, "missing.yaml") };
-    expect(spawnSync([s.bin, "root"], { env, stdin: Buffer.from("x\n"), stderr: "pipe" }).exitCode).toBe(78);
-  });
-});
 
 describe.skipIf(lacking("smtp-sink"))(`a ${BIG.toLocaleString("en-US")}-message JSONL batch`, () => {
   test("delivered to smtp-sink with progress on a pty; a re-run with the same --batch-id sends nothing twice", async () => {

@@ -5,7 +5,7 @@
  * spool and log dir, whose bound ports are read from its JSON start line), `tempDir`.
  */
 import { type Subprocess, spawn, spawnSync } from "bun";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 
@@ -17,24 +17,47 @@ export interface RunResult {
   stderr: string;
 }
 
+/** `cmd` run as the unprivileged user nobody (uid and gid 65534, no supplementary groups). */
+export function asNobody(cmd: string[]): string[] {
+  return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", ...cmd];
+}
+
 export function runMta(
   args: string[],
-  opts: { env?: Record<string, string>; cwd?: string; stdin?: string } = {},
+  opts: {
+    env?: Record<string, string>;
+    cwd?: string;
+    /** Text or bytes on standard input, or an open file descriptor (e.g. a directory's). */
+    stdin?: string | Uint8Array | number;
+    /** Run as nobody (setpriv). */
+    nobody?: boolean;
+  } = {},
 ): RunResult {
-  const r = spawnSync([MTA, ...args], {
+  const cmd = opts.nobody ? asNobody([MTA, ...args]) : [MTA, ...args];
+  const r = spawnSync(cmd, {
     env: { ...process.env, ...opts.env },
     cwd: opts.cwd,
-    stdin: opts.stdin === undefined ? "ignore" : Buffer.from(opts.stdin),
+    stdin:
+      opts.stdin === undefined
+        ? "ignore"
+        : typeof opts.stdin === "number"
+          ? opts.stdin
+          : Buffer.from(opts.stdin as string),
   });
   return { code: r.exitCode ?? -1, stdout: r.stdout.toString(), stderr: r.stderr.toString() };
 }
+
+/** A line that looks like a stack frame or a source position: what a user must never see. */
+export const STACK_FRAME = /^\s+at |\$bunfs|\b[\w/.-]+\.(ts|js|mjs):\d+|^\s*\d+ \| |^error: |Bun v\d/m;
 
 export interface TempDir extends Disposable {
   path: string;
 }
 
-export function tempDir(prefix = "mta-test-"): TempDir {
+/** A fresh directory under the system's temp dir; `open: true` lets other users (nobody) in. */
+export function tempDir(prefix = "mta-test-", opts: { open?: boolean } = {}): TempDir {
   const path = mkdtempSync(join(tmpdir(), prefix));
+  if (opts.open) chmodSync(path, 0o755);
   return { path, [Symbol.dispose]: () => rmSync(path, { recursive: true, force: true }) };
 }
 
