@@ -241,6 +241,12 @@ export function reportError(err: unknown, path: readonly string[] = []): number 
     process.stderr.write(`mta: ${file}: ${errnoText(err)}\n`);
     return errnoExit(errno, op);
   }
+  if (errno) {
+    // A failed system call with no path (a descriptor: standard input, a socket): still not a bug.
+    const syscall = String((err as { syscall?: unknown }).syscall ?? "");
+    process.stderr.write(`mta: ${syscall ? `${syscall}: ` : ""}${errnoText(err)}\n`);
+    return errnoExit(errno, "read");
+  }
   return reportInternal(err);
 }
 

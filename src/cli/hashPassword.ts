@@ -8,7 +8,7 @@
  * silently truncated.
  */
 import { defineCommand } from "citty";
-import { EXIT, MtaError, UsageError } from "../lib/index.ts";
+import { EXIT, fileError, MtaError, UsageError } from "../lib/index.ts";
 
 const MAX_PASSWORD_BYTES = 1024;
 
@@ -72,7 +72,10 @@ export default defineCommand({
       password = await promptHidden("Password: ");
       if (password && (await promptHidden("Again: ")) !== password)
         throw new MtaError("data", "the two passwords differ; nothing was hashed");
-    } else password = await firstLine();
+    } else
+      password = await firstLine().catch((err) => {
+        throw fileError(err, "standard input", "read");
+      });
     if (!password)
       throw new MtaError(
         "usage",

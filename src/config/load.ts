@@ -227,6 +227,9 @@ export function parseConfigText(text: string, file: string): LoadedConfig {
         message: `expected a mapping of keys at the top level (hostname:, spool:, listen:, ...), got ${show(input)}`,
       },
     ]);
+  // A section whose keys are all commented out (`send:` alone) is its defaults, as if absent.
+  for (const [k, val] of Object.entries(input))
+    if (val === null) delete (input as Record<string, unknown>)[k];
   const push = (path: readonly PathKey[], message: string, key = false) => {
     const node = nodeAt(doc, path, key);
     const pos = node?.range ? lineCounter.linePos(node.range[0]) : undefined;

@@ -123,3 +123,71 @@ describe("configuration", () => {
     expect(findConfigPath(undefined, { MTA_CONFIG: "/c/d.yaml" })).toBe("/c/d.yaml");
   });
 });
+
+/** Every key path of the schema (arrays at index 0, records under "example.test"), for wrong-type probes. */
+function schemaPaths(schema: unknown, path: (string | number)[] = [], out: (string | number)[][] = []) {
+  const s = schema as {
+    type?: string;
+    entries?: Record<string, unknown>;
+    wrapped?: unknown;
+    item?: unknown;
+    value?: unknown;
+    options?: unknown[];
+    pipe?: unknown[];
+  };
+  if (!s || typeof s !== "object") return out;
+  if (s.wrapped) return schemaPaths(s.wrapped, path, out);
+  if (s.pipe) return schemaPaths(s.pipe[0], path, out);
+  if (s.entries)
+    for (const [k, v] of Object.entries(s.entries)) {
+      out.push([...path, k]);
+      schemaPaths(v, [...path, k], out);
+    }
+  if (s.item) schemaPaths(s.item, [...path, 0], out);
+  if (s.value) schemaPaths(s.value, [...path, "example.test"], out);
+  if (s.options) for (const o of s.options) schemaPaths(o, path, out);
+  return out;
+}
+
+function withValue(path: (string | number)[], value: unknown): Record<string, unknown> {
+  const root: Record<string, unknown> = {};
+  let cur: Record<string | number, unknown> = root;
+  path.forEach((k, i) => {
+    if (i === path.length - 1) {
+      cur[k] = value;
+      return;
+    }
+    const next = typeof path[i + 1] === "number" ? [] : {};
+    if (cur[k] === undefined) cur[k] = next;
+    cur = cur[k] as Record<string | number, unknown>;
+  });
+  return root;
+}
+
+test("a wrong type at any key is told in our words, never the validation library's", () => {
+  const paths = schemaPaths(ConfigSchema);
+  expect(paths.length).toBeGreaterThan(80);
+  const messages = new Set<string>();
+  for (const path of paths)
+    for (const bad of [[["x"]], { x: 1 }, "not-valid value", -1]) {
+      let problems: { path: string; message: string }[] = [];
+      try {
+        parseConfigText(JSON.stringify(withValue(path, bad)), "/tmp/t.yaml");
+      } catch (err) {
+        if (!(err instanceof ConfigError)) throw err;
+        problems = err.problems;
+      }
+      for (const p of problems) {
+        messages.add(p.message);
+        expect({ at: path.join("."), bad, message: p.message }).toEqual({
+          at: path.join("."),
+          bad,
+          message: expect.stringMatching(
+            /^(expected |missing|unknown key |the same address|auth is |delivery\.)/,
+          ),
+        });
+        expect(p.message).not.toMatch(/Expected|received|Invalid|unknown \||\(unknown/);
+      }
+    }
+  expect(messages.size).toBeGreaterThan(30);
+});
