@@ -28,8 +28,8 @@ export function startProblems(config: Config): StartProblem[] {
   const control = config.control.address;
   if (control && !isLoopback(control.host) && !config.control.token)
     push(
-      ["control", "token"],
-      `control.address ${formatHostPort(control)} is not loopback: set control.token (a bearer token)`,
+      ["control", "address"],
+      `${formatHostPort(control)} is not loopback: set control.token (a bearer token), or listen on 127.0.0.1`,
     );
 
   config.listen.forEach((l, i) => {
@@ -113,7 +113,7 @@ export function directoryProblem(dir: string): string | undefined {
   try {
     st = statSync(dir);
   } catch (err) {
-    if (errnoOf(err) !== "ENOENT") return `${dir}: ${errnoText(err)}`;
+    if (errnoOf(err) !== "ENOENT" && errnoOf(err) !== "ENOTDIR") return `${dir}: ${errnoText(err)}`;
     const base = existingAncestor(dir);
     if (!statSync(base).isDirectory()) return `${dir} cannot be created: ${base} is not a directory`;
     const why = writable(base);
@@ -155,7 +155,8 @@ export function fileProblem(file: string): string | undefined {
     accessSync(file, constants.W_OK);
     return undefined;
   } catch (err) {
-    if (errnoOf(err) !== "ENOENT") return `${file}: ${errnoText(err)}`;
+    // ENOTDIR: a plain file stands where a directory of the path should be; said below.
+    if (errnoOf(err) !== "ENOENT" && errnoOf(err) !== "ENOTDIR") return `${file}: ${errnoText(err)}`;
   }
   const dir = dirname(file);
   const d = directoryProblem(dir);

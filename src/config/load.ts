@@ -260,6 +260,9 @@ export function parseConfigText(text: string, file: string): LoadedConfig {
   semanticChecks(result.output, push);
   if (problems.length) throw new ConfigError(file, sortByLine(problems));
   const problemAt = (path: readonly PathKey[], message: string): ConfigProblem => {
+    // A key the file does not set has no line of its own: its default is what is wrong.
+    if (!doc.hasIn(path as PathKey[]))
+      return { path: formatPath(path), message: `${message} (the default: set ${formatPath(path)} to change it)` };
     const node = nodeAt(doc, path, false);
     const pos = node?.range ? lineCounter.linePos(node.range[0]) : undefined;
     return { path: formatPath(path), line: pos?.line, column: pos?.col, message };

@@ -10,7 +10,7 @@ import { spawn } from "bun";
 import { chownSync, closeSync, mkdirSync, openSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { MTA, runMta, STACK_FRAME, startMta, tempDir, testConfig } from "../support/mta.ts";
-import { lacking } from "../support/peers.ts";
+import { lacking, peer } from "../support/peers.ts";
 import { selfSignedCert } from "../listener/_harness.ts";
 import { freePort } from "../support/sink.ts";
 import { startScriptedPeer } from "../support/scriptedPeer.ts";
@@ -248,7 +248,7 @@ describe("check-config is serve's start minus binding", () => {
     return { check: runMta(["check-config", "-c", config]), serve: runMta(["serve", "-c", config]) };
   }
 
-  test("a non-loopback control address without a token: both exit 78 naming control.token", () => {
+  test("a non-loopback control address without a token: both exit 78 naming the key and control.token", () => {
     using dir = tempDir();
     const config = join(dir.path, "mta.yaml");
     writeFileSync(
@@ -258,7 +258,7 @@ describe("check-config is serve's start minus binding", () => {
     const { check, serve } = both(config);
     expect(check.code).toBe(78);
     expect(check.stderr).toMatch(
-      /\n {2}\d+:\d+ {2}control\.token: control\.address 0\.0\.0\.0:0 is not loopback: set control\.token/,
+      /\n {2}\d+:\d+ {2}control\.address: 0\.0\.0\.0:0 is not loopback: set control\.token/,
     );
     expect(serve).toEqual({ ...check, stdout: "" });
   });
@@ -488,6 +488,41 @@ describe("misleading words corrected", () => {
       `mta: listen[0].address [::1]:${mta.smtpPorts[0]}: cannot listen: address already in use\n`,
     );
   });
+
+  test.skipIf(lacking("script"))(
+    "hash-password on a terminal prompts twice, never echoes; from a pipe it reads a line",
+    async () => {
+      // A real pty (script): the prompts appear, the password typed after them never does.
+      const p = spawn([peer("script")!, "-qec", `${MTA} hash-password`, "/dev/null"], {
+        stdin: "pipe",
+        stdout: "pipe",
+        stderr: "pipe",
+      });
+      let out = "";
+      const reading = (async () => {
+        for await (const c of p.stdout) out += new TextDecoder().decode(c);
+      })();
+      const waitFor = async (text: string) => {
+        for (let i = 0; i < 400 && !out.includes(text); i++) await Bun.sleep(25);
+        expect(out).toContain(text);
+      };
+      await waitFor("Password: ");
+      p.stdin.write("hunter2-secret\r");
+      await waitFor("Again: ");
+      p.stdin.write("hunter2-secret\r");
+      await waitFor("$argon2id$");
+      p.stdin.end();
+      expect(await p.exited).toBe(0);
+      await reading;
+      expect(out).not.toContain("hunter2");
+      const hash = /\$argon2id\$\S+/.exec(out)![0];
+      expect(await Bun.password.verify("hunter2-secret", hash)).toBe(true);
+      const piped = runMta(["hash-password"], { stdin: "from-a-pipe\nignored\n" });
+      expect(piped.code).toBe(0);
+      expect(await Bun.password.verify("from-a-pipe", piped.stdout.trim())).toBe(true);
+      expect(runMta(["hash-password"], { stdin: "" })).toMatchObject({ code: 64 });
+    },
+  );
 
   test("queue flush of a destination in backoff says that it lifted it and how many go now", async () => {
     using dir = tempDir();
