@@ -16,30 +16,13 @@ function problemsOf(text: string) {
   throw new Error("expected a ConfigError");
 }
 
-/** Every key name the schema knows, walking objects, arrays, records and wrappers. */
-function schemaKeys(schema: unknown, out = new Set<string>()): Set<string> {
-  const s = schema as {
-    type?: string;
-    entries?: Record<string, unknown>;
-    wrapped?: unknown;
-    item?: unknown;
-    value?: unknown;
-    options?: unknown[];
-    pipe?: unknown[];
-  };
-  if (!s || typeof s !== "object") return out;
-  if (s.entries) {
-    for (const [k, v] of Object.entries(s.entries)) {
-      out.add(k);
-      schemaKeys(v, out);
-    }
-  }
-  if (s.wrapped) schemaKeys(s.wrapped, out);
-  if (s.item) schemaKeys(s.item, out);
-  if (s.value) schemaKeys(s.value, out);
-  if (s.options) for (const o of s.options) schemaKeys(o, out);
-  if (s.pipe) for (const p of s.pipe.slice(1)) schemaKeys(p, out);
-  return out;
+/** Every key name the schema knows (the last name of every path schemaPaths finds). */
+function schemaKeys(schema: unknown): Set<string> {
+  return new Set(
+    schemaPaths(schema)
+      .map((p) => p[p.length - 1])
+      .filter((k): k is string => typeof k === "string" && k !== "example.test"),
+  );
 }
 
 describe("configuration", () => {

@@ -7,7 +7,7 @@ import { describe, expect, test } from "bun:test";
 import { spawn, spawnSync } from "bun";
 import { readdirSync, readFileSync, symlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { MTA, tempDir } from "../support/mta.ts";
+import { MTA, sendConfig, tempDir } from "../support/mta.ts";
 import { lacking, peer } from "../support/peers.ts";
 import { freePort, type Sink, startSink } from "../support/sink.ts";
 
@@ -18,18 +18,7 @@ const BIG = Number(process.env.MTA_SEND_E2E_MESSAGES ?? 10_000);
 
 function setup(dir: string, sinkPort: number): { config: string; bin: string; env: Record<string, string> } {
   const config = join(dir, "mta.yaml");
-  writeFileSync(
-    config,
-    [
-      "hostname: mta.test",
-      `spool: { dir: ${join(dir, "spool")} }`,
-      "listen: []",
-      `control: { address: 127.0.0.1:${freePort()} }`,
-      'dns: { servers: ["127.0.0.1:9"] }',
-      `delivery: { routes: { y.test: "127.0.0.1:${sinkPort}", mta.test: "127.0.0.1:${sinkPort}" } }`,
-      `log: { level: error, format: json, deliveries: ${join(dir, "deliveries.jsonl")} }`,
-    ].join("\n"),
-  );
+  writeFileSync(config, sendConfig(dir, { routes: { "y.test": sinkPort, "mta.test": sinkPort } }));
   const binDir = join(dir, "bin");
   spawnSync(["mkdir", "-p", binDir]);
   symlinkSync(BIN, join(binDir, "sendmail"));

@@ -23,6 +23,7 @@ import {
   MTA,
   STACK_FRAME,
   type StartedMta,
+  sendConfig,
   startMta,
   tempDir,
 } from "../support/mta.ts";
@@ -60,16 +61,12 @@ function setup(
   const config = join(dir, "mta.yaml");
   writeFileSync(
     config,
-    [
-      "hostname: mta.test",
-      `spool: { dir: ${join(dir, "spool")} }`,
-      "listen: []",
-      `control: { address: 127.0.0.1:${controlPort} }`,
-      'dns: { servers: ["127.0.0.1:9"], timeout: 1s, attempts: 1 }',
-      `delivery: { routes: { mta.test: "127.0.0.1:${sinkPort}", example.test: "127.0.0.1:${sinkPort}", y.test: "127.0.0.1:${sinkPort}" }, retry: [1h] }`,
-      `log: { level: info, format: json, deliveries: ${join(dir, "log", "deliveries.jsonl")} }`,
-      opts.extra ?? "",
-    ].join("\n"),
+    sendConfig(dir, {
+      routes: { "mta.test": sinkPort, "example.test": sinkPort, "y.test": sinkPort },
+      controlPort,
+      deliveries: join(dir, "log", "deliveries.jsonl"),
+      ...(opts.extra !== undefined ? { extra: opts.extra } : {}),
+    }),
   );
   chmodSync(config, 0o644);
   if (opts.nobodyOwnsSpool) {

@@ -8,6 +8,7 @@ import { type Subprocess, spawn, spawnSync } from "bun";
 import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
+import { freePort } from "./sink.ts";
 
 export const MTA = resolve(import.meta.dir, "../../dist/mta");
 
@@ -91,6 +92,30 @@ export function testConfig(dir: string, extra = ""): string {
     "control: { address: 127.0.0.1:0 }",
     `log: { level: info, format: json, deliveries: ${join(dir, "deliveries.jsonl")} }`,
     extra,
+  ].join("\n");
+}
+
+/**
+ * A configuration for `mta send` tests: hostname mta.test (so bare names become name@mta.test), no SMTP
+ * listener, a fixed control port (a daemon started on this file is found by `mta send`), each routed
+ * domain sent to a loopback port, DNS at a port where nothing answers.
+ */
+export function sendConfig(
+  dir: string,
+  opts: { routes: Record<string, number>; controlPort?: number; deliveries?: string; extra?: string },
+): string {
+  const routes = Object.entries(opts.routes)
+    .map(([domain, port]) => `${domain}: "127.0.0.1:${port}"`)
+    .join(", ");
+  return [
+    "hostname: mta.test",
+    `spool: { dir: ${join(dir, "spool")} }`,
+    "listen: []",
+    `control: { address: 127.0.0.1:${opts.controlPort ?? freePort()} }`,
+    'dns: { servers: ["127.0.0.1:9"], timeout: 1s, attempts: 1 }',
+    `delivery: { routes: { ${routes} }, retry: [1h] }`,
+    `log: { level: info, format: json, deliveries: ${opts.deliveries ?? join(dir, "deliveries.jsonl")} }`,
+    opts.extra ?? "",
   ].join("\n");
 }
 
