@@ -11,7 +11,7 @@
 import type { Config } from "../config/index.ts";
 import { hasEightBit } from "../lib/index.ts";
 import { jsonError, jsonResponse } from "../observe/index.ts";
-import type { AcceptPipeline } from "./accept.ts";
+import { type AcceptPipeline, contentRefusal } from "./accept.ts";
 import { addMissingHeaders, composeMessage } from "./compose.ts";
 import { toCrlf as bytesToCrlf } from "./_sendMessage.ts";
 
@@ -148,9 +148,16 @@ export function injectHandler(
       const problem = checkItem(items[i], opts.maxMessageBytes);
       if (problem) return jsonError(problem.includes("over the limit") ? 413 : 400, problem, { index: i });
     }
+    // Content that the spool would refuse (NUL, an unfoldable header line) is a bad item like any other:
+    // found before anything is appended.
+    const composed = (items as InjectItem[]).map((item) => itemToMessage(item, opts.hostname));
+    for (let i = 0; i < composed.length; i++) {
+      const refusal = contentRefusal(composed[i]!, (items[i] as InjectItem).attributes?.body);
+      if (refusal) return jsonError(400, refusal.lines.join(" "), { index: i });
+    }
     const results = await Promise.all(
-      (items as InjectItem[]).map((item) => {
-        const message = itemToMessage(item, opts.hostname);
+      (items as InjectItem[]).map((item, i) => {
+        const message = composed[i]!;
         const attributes: Record<string, string> = { listener: "api", ...(item.attributes ?? {}) };
         // RFC 6152: 8-bit content travels as BODY=8BITMIME unless the caller said otherwise.
         if (!attributes.body && hasEightBit(message)) attributes.body = "8BITMIME";

@@ -262,7 +262,10 @@ export function parseConfigText(text: string, file: string): LoadedConfig {
   const problemAt = (path: readonly PathKey[], message: string): ConfigProblem => {
     // A key the file does not set has no line of its own: its default is what is wrong.
     if (!doc.hasIn(path as PathKey[]))
-      return { path: formatPath(path), message: `${message} (the default: set ${formatPath(path)} to change it)` };
+      return {
+        path: formatPath(path),
+        message: `${message} (the default: set ${formatPath(path)} to change it)`,
+      };
     const node = nodeAt(doc, path, false);
     const pos = node?.range ? lineCounter.linePos(node.range[0]) : undefined;
     return { path: formatPath(path), line: pos?.line, column: pos?.col, message };

@@ -9,7 +9,7 @@ import { readdirSync, readFileSync, symlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { MTA, sendConfig, tempDir } from "../support/mta.ts";
 import { lacking, peer } from "../support/peers.ts";
-import { freePort, type Sink, startSink } from "../support/sink.ts";
+import { type Sink, startSink } from "../support/sink.ts";
 
 const BIN = process.env.MTA_SEND_BIN ?? MTA;
 // The progress bar needs a pty (script); without it that part of the batch test is left out.
