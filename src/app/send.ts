@@ -15,7 +15,6 @@
  * no message at all; 69 spool or daemon unavailable; 64 usage. "Nothing was sent" is never 0 (except
  * a --dry-run, or a re-run whose items the journal already holds).
  */
-import { existsSync } from "node:fs";
 import type { Config } from "../config/index.ts";
 import { findConfigPath, loadConfig } from "../config/index.ts";
 import {
@@ -575,13 +574,13 @@ export async function send(args: SendArgs, config: Config, io: SendIo): Promise<
 }
 
 /**
- * A recipient that names a file here (`x.eml`, `./mail/`) is still a recipient, as in sendmail: say so
- * on stderr, in case files were meant (they need --batch). Bare words (`root`) are never questioned.
+ * A recipient that looks like a path (`x.eml`, `./mail/`, `/tmp/a.eml`) is still a recipient, as in
+ * sendmail: say so on stderr, in case files were meant (they need --batch). Bare words (`root`, even
+ * where a directory /root exists) are never questioned.
  */
 function noteFileLikeRecipients(recipients: readonly string[], origin: string, io: SendIo): void {
   for (const r of recipients) {
     if (r.includes("@") || !(r.includes("/") || /\.(eml|mbox|mbx|jsonl|ndjson|json)$/i.test(r))) continue;
-    if (!existsSync(r)) continue;
     io.stderr.write(
       `mta send: note: ${JSON.stringify(r)} is a recipient (${r}@${origin}); to send the file, use mta send --batch ${r}\n`,
     );
