@@ -9,7 +9,7 @@
 import { readFileSync } from "node:fs";
 import pkg from "../../package.json" with { type: "json" };
 import { type Config, ConfigError, type ListenerConfig, loadConfig } from "../config/index.ts";
-import { EXIT, errorMessage, formatHostPort, UnavailableError } from "../lib/index.ts";
+import { EXIT, errnoOf, errnoText, errorMessage, formatHostPort, UnavailableError } from "../lib/index.ts";
 import {
   type ControlServer,
   createLogger,
@@ -21,10 +21,11 @@ import {
 import { type Listener, type ListenerOptions, startListener } from "../listener/index.ts";
 import type { ClusterNode } from "./cluster.ts";
 import { Engine } from "./engine.ts";
-import { injectHandler } from "./inject.ts";
 import { handle, jsonBody, optString } from "./_queueClient.ts";
 import { QueueError } from "./_queueOps.ts";
 import type { TransferResult } from "./_transfer.ts";
+import { startProblems } from "./preflight.ts";
+import { injectHandler, injectLimitBytes } from "./inject.ts";
 import { QueueOps, queueRoutes } from "./queue.ts";
 
 export interface DaemonOptions {
@@ -60,11 +61,16 @@ export function listenerOptions(l: ListenerConfig, hostname: string): ListenerOp
   return opts;
 }
 
+/** Why a bind failed, in words: errno's meaning when there is one, Bun's message otherwise. */
+function bindReason(err: unknown): string {
+  return errnoOf(err) ? errnoText(err) : errorMessage(err);
+}
+
 function startControlServerOr(where: string, opts: Parameters<typeof startControlServer>[0]): ControlServer {
   try {
     return startControlServer(opts);
   } catch (err) {
-    throw new UnavailableError(`cannot serve control.address ${where}: ${errorMessage(err)}`, { cause: err });
+    throw new UnavailableError(`control.address ${where}: cannot listen: ${bindReason(err)}`, { cause: err });
   }
 }
 
@@ -124,7 +130,7 @@ export class Daemon {
           metrics: engine.metrics,
           ...(cluster ? { health: () => cluster!.health() } : {}),
         });
-        const maxMessageBytes = Math.max(...config.listen.map((l) => l.maxMessageBytes), 1);
+        const maxMessageBytes = injectLimitBytes(config);
         const inject = injectHandler(engine.pipeline, { hostname: config.hostname, maxMessageBytes });
         control.addRoute("POST /api/v1/inject", (req) =>
           daemon?.isDraining ? jsonError(503, "this node is draining: it takes no new mail") : inject(req),
@@ -144,7 +150,7 @@ export class Daemon {
       }
       await cluster?.start(engine, queueOps, control);
       for (const [i, l] of config.listen.entries()) {
-        const where = `listen[${i}] ${formatHostPort(l.address)}`;
+        const where = `listen[${i}].address ${formatHostPort(l.address)}`;
         try {
           listeners.push(
             await startListener(listenerOptions(l, config.hostname), engine.pipeline, {
@@ -153,12 +159,7 @@ export class Daemon {
             }),
           );
         } catch (err) {
-          throw new UnavailableError(
-            `cannot listen on ${where}: ${errorMessage(err)} (address in use or not local?)`,
-            {
-              cause: err,
-            },
-          );
+          throw new UnavailableError(`${where}: cannot listen: ${bindReason(err)}`, { cause: err });
         }
       }
     } catch (err) {
@@ -246,7 +247,14 @@ export class Daemon {
 
 /** `mta serve`: loads the configuration, runs the daemon until SIGTERM/SIGINT, returns the exit code. */
 export async function runDaemon(configFile: string): Promise<number> {
-  const { config } = loadConfig(configFile);
+  const { config, problemAt } = loadConfig(configFile);
+  // What check-config checks, serve checks: refused here, with the YAML path and line, before any bind.
+  const problems = startProblems(config);
+  if (problems.length > 0)
+    throw new ConfigError(
+      configFile,
+      problems.map((p) => problemAt(p.path, p.message)),
+    );
   const log = createLogger({ level: config.log.level, format: config.log.format });
   const daemon = await Daemon.start(config, { log });
   return new Promise<number>((resolve) => {
@@ -256,7 +264,7 @@ export async function runDaemon(configFile: string): Promise<number> {
         () => resolve(EXIT.ok),
         (err) => {
           log.error("stop failed", { error: errorMessage(err) });
-          resolve(EXIT.runtime);
+          resolve(EXIT.software);
         },
       );
     };
