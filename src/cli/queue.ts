@@ -245,11 +245,10 @@ const transfer = defineCommand({
   },
   args: {
     ...common,
-    to: { type: "string", description: "The node to move them to (its cluster.node name)" },
+    to: { type: "string", required: true, description: "The node to move them to (its cluster.node name)" },
     ...selectorArgs,
   },
   async run({ args }) {
-    if (!args.to) throw new UsageError("transfer needs --to NODE: the node to move the messages to");
     if (args.local) throw new UsageError("transfer goes through the daemon; it cannot go with --local");
     const sel = selector(args);
     const c = await client(args);
@@ -514,10 +513,9 @@ const drain = defineCommand({
   },
   args: {
     ...common,
-    to: { type: "string", description: "The node to move them to (its cluster.node name)" },
+    to: { type: "string", required: true, description: "The node to move them to (its cluster.node name)" },
   },
   async run({ args }) {
-    if (!args.to) throw new UsageError("drain needs --to NODE: the node to move the messages to");
     if (args.local) throw new UsageError("drain goes through the daemon; it cannot go with --local");
     const c = await client(args);
     const r = await c.drain(args.to);

@@ -188,7 +188,16 @@ test("the cluster commands at their edges: one line, the right exit code", async
   try {
     const cfg = a!.configFile;
     const cases: [string[], number, RegExp][] = [
-      [["queue", "transfer", "-c", cfg], 64, /^mta: transfer needs --to NODE/],
+      [["queue", "transfer", "-c", cfg], 64, /^mta: queue transfer: missing option --to /],
+      [["queue", "transfer", "--to", "-c", cfg], 64, /^mta: queue transfer: /],
+      [["queue", "transfer", "--to", "node-b", "--bogus", "-c", cfg], 64, /unknown option --bogus/],
+      [["queue", "transfer", "--to", "node-b", "extra", "-c", cfg], 64, /^mta: queue transfer: /],
+      [["queue", "drain", "-c", cfg], 64, /^mta: queue drain: missing option --to /],
+      [
+        ["queue", "drain", "--to", "node-a", "-c", cfg],
+        64,
+        /node-a is this node: a node cannot transfer to itself/,
+      ],
       [
         ["queue", "transfer", "--to", "node-a", "-c", cfg],
         64,
@@ -248,25 +257,44 @@ test("without a cluster section the cluster commands say so; without a daemon th
   expect(r.stderr).toMatch(/^mta: transfer needs a running daemon/);
 }, 30_000);
 
-test("a Redis address outside loopback is refused under MTA_LOOPBACK_ONLY, an unreadable password file named", () => {
+test("serve and check-config refuse a Redis outside loopback under MTA_LOOPBACK_ONLY, and unreadable cluster files", () => {
   using dir = tempDir();
   const cfg = join(dir.path, "mta.yaml");
-  writeFileSync(cfg, clusterConfig(dir.path, "redis://192.0.2.1:6379", "x"));
-  let r = runMta(["serve", "-c", cfg], { env });
-  expect(r.code).toBe(69);
-  expect(r.stderr.trim()).toBe(
-    "mta: cluster.redis 192.0.2.1 is not a loopback address, and MTA_LOOPBACK_ONLY=1 allows nothing else",
+  writeFileSync(join(dir.path, "empty.password"), "\n");
+  writeFileSync(join(dir.path, "ca.pem"), "not a certificate\n");
+  writeFileSync(
+    cfg,
+    clusterConfig(dir.path, "redis://192.0.2.1:6379", "x", {
+      cluster: [`  password_file: ${dir.path}/empty.password`, "  tls:", `    ca: ${dir.path}/ca.pem`].join(
+        "\n",
+      ),
+    }),
   );
+  for (const args of [["serve"], ["check-config"]]) {
+    const r = runMta([...args, "-c", cfg], { env });
+    expect({ args, code: r.code }).toEqual({ args, code: 78 });
+    const lines = r.stderr.trim().split("\n");
+    expect(lines[0]).toBe(`mta: configuration error in ${cfg}: 3 problems`);
+    expect(
+      lines
+        .slice(1)
+        .map((l) => l.replace(/^\s*\d+:\d+\s+/, ""))
+        .sort(),
+    ).toEqual([
+      `cluster.password_file: ${dir.path}/empty.password: the first line (the password) is empty`,
+      "cluster.redis: 192.0.2.1 is not a loopback address, and MTA_LOOPBACK_ONLY=1 allows nothing else",
+      expect.stringMatching(new RegExp(`^cluster\\.tls\\.ca: ${dir.path}/ca\\.pem: not a PEM certificate`)),
+    ]);
+  }
   writeFileSync(
     cfg,
     clusterConfig(dir.path, "redis://127.0.0.1:6379", "x", { cluster: `  password_file: ${dir.path}/nope` }),
   );
-  r = runMta(["serve", "-c", cfg], { env });
-  expect(r.code).toBe(69);
-  expect(r.stderr.trim()).toMatch(/^mta: cluster\.password_file \/.*\/nope: ENOENT/);
-  // And the delivery log of a node that never started is untouched.
+  const r = runMta(["serve", "-c", cfg], { env });
+  expect(r.code).toBe(78);
+  expect(r.stderr).toMatch(/cluster\.password_file: cannot read \/.*\/nope: no such file or directory/);
+  // A node that never started wrote nothing.
   expect(deliveryLog(dir.path)).toEqual([]);
-  expect(testConfig(dir.path)).not.toContain("cluster");
 }, 30_000);
 
 test("Redis over TLS with a password file: the node verifies Redis's certificate against cluster.tls.ca", async () => {

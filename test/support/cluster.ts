@@ -28,15 +28,23 @@ export function clusterConfig(
   ).replace("control: { address: 127.0.0.1:0 }", `control: { address: 127.0.0.1:${opts.controlPort ?? 0} }`);
 }
 
-/** `n` nodes named node-a, node-b, ...; each in its own sub-directory of `dir`. */
+/**
+ * `n` nodes named node-a, node-b, ...; each in its own sub-directory of `dir`. Resolves once every
+ * node has seen all `n` alive in the registry (unless `waitAlive` is false, e.g. with Redis down).
+ */
 export async function startNodes(
   dir: string,
   redisUrl: string,
   n: number,
-  opts: { lease?: string; timeout?: string; extra?: string | ((node: string) => string) } = {},
+  opts: {
+    lease?: string;
+    timeout?: string;
+    extra?: string | ((node: string) => string);
+    waitAlive?: boolean;
+  } = {},
 ): Promise<(StartedMta & { node: string })[]> {
   const names = Array.from({ length: n }, (_, i) => `node-${String.fromCharCode(97 + i)}`);
-  return Promise.all(
+  const nodes = await Promise.all(
     names.map(async (node) => {
       const d = join(dir, node);
       await Bun.write(join(d, ".keep"), "");
@@ -55,6 +63,18 @@ export async function startNodes(
       return Object.assign(mta, { node });
     }),
   );
+  if (opts.waitAlive !== false) {
+    const end = Date.now() + 10_000;
+    for (const m of nodes)
+      for (;;) {
+        const r = await api(m, "GET", "/api/v1/cluster/nodes").catch(() => undefined);
+        if (r?.json.nodesAlive === n) break;
+        if (Date.now() > end)
+          throw new Error(`${m.node} did not see ${n} nodes alive: ${JSON.stringify(r?.json)}`);
+        await Bun.sleep(20);
+      }
+  }
+  return nodes;
 }
 
 export async function api<T = Record<string, unknown>>(
