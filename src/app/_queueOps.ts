@@ -235,11 +235,6 @@ function domainOf(address: string): string {
   return (at >= 0 ? address.slice(at + 1) : address).toLowerCase();
 }
 
-function eightBit(bytes: Uint8Array): boolean {
-  for (let i = 0; i < bytes.length; i++) if (bytes[i]! > 0x7f) return true;
-  return false;
-}
-
 /** Totals, order and `top` of summary rows (one node's, or a fleet's merged rows). */
 export function summarize<R extends SummaryRow>(
   rows: R[],
