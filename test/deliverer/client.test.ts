@@ -259,8 +259,9 @@ test("opportunistic STARTTLS encrypts when offered and reports the cipher", asyn
   const r = await deliverer().deliver({ ...target(p), tls: "opportunistic" }, message(["a@x.test"]));
   expect(r.recipients[0]!.kind).toBe("delivered");
   expect(p.sessions[0]!.tls).toBe(true);
-  expect(r.tls?.protocol).toMatch(/TLS/);
-  expect(r.tls?.cipher.length).toBeGreaterThan(0);
+  expect(r.tls?.version).toMatch(/TLS/);
+  expect(r.tls?.cipher?.length).toBeGreaterThan(0);
+  expect(r.tls).toMatchObject({ policy: "opportunistic", verified: false });
   expect(p.sessions[0]!.commands.filter((c) => c.startsWith("EHLO")).length).toBe(2);
   expect(p.sessions[0]!.messages[0]!.body.toString()).toBe(BODY);
 });
@@ -269,7 +270,12 @@ test("a failed TLS handshake: opportunistic retries the host in plain text, requ
   const p = await peer({ tls: "fail" });
   const r = await deliverer().deliver({ ...target(p), tls: "opportunistic" }, message(["a@x.test"]));
   expect(r.recipients[0]!.kind).toBe("delivered");
-  expect(r.tls).toBeUndefined();
+  // Delivered in plain text (no version), with the failed handshake on the way reported.
+  expect(r.tls).toEqual({
+    policy: "opportunistic",
+    verified: false,
+    failures: [{ result: "validation-failure", mx: "mx0.test", ip: "127.0.0.1" }],
+  });
   expect(p.sessions.length).toBe(2);
   const q = await peer({ tls: "fail" });
   const r2 = await deliverer().deliver({ ...target(q), tls: "required" }, message(["a@x.test"]));
