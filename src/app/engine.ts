@@ -10,7 +10,7 @@
 import { availableParallelism } from "node:os";
 import pkg from "../../package.json" with { type: "json" };
 import { isLoopback } from "../lib/index.ts";
-import type { Config, DomainPolicy } from "../config/index.ts";
+import type { Config, DomainPolicy, DomainTlsMode } from "../config/index.ts";
 import { Deliverer } from "../deliverer/index.ts";
 import { createResolver } from "../dns/index.ts";
 import { type DkimOptions, DkimSigner, DkimSignerPool, readKeyFile } from "../dkim/index.ts";
@@ -18,7 +18,9 @@ import { errorMessage } from "../lib/index.ts";
 import { DeliveryLog, type Logger, Metrics, registerProcessMetrics } from "../observe/index.ts";
 import { type DestinationPolicy, type PoolMember, Scheduler } from "../scheduler/index.ts";
 import { Spool } from "../spool/index.ts";
+import { readCaBundle, TlsPolicies } from "../tlspolicy/index.ts";
 import { AcceptPipeline } from "./accept.ts";
+import { PolicyDeliverer } from "./tlsDelivery.ts";
 import { hasRollups, makeRouter } from "./routing.ts";
 
 export interface EngineOptions {
@@ -26,6 +28,10 @@ export interface EngineOptions {
   metrics?: Metrics;
   /** false: open the spool and accept, but deliver nothing (the scheduler is not started). */
   deliver?: boolean;
+}
+
+function schedulerTls(mode: DomainTlsMode): DestinationPolicy["tls"] {
+  return mode === "off" || mode === "required" ? mode : "opportunistic";
 }
 
 /** The effective policy of a destination: its own entry over `default`. */
@@ -37,7 +43,8 @@ export function policyFor(config: Config, destination: string): DestinationPolic
   const p: DestinationPolicy = {
     maxConnections: own.maxConnections ?? def.maxConnections,
     maxMessagesPerConnection: own.maxMessagesPerConnection ?? def.maxMessagesPerConnection,
-    tls: own.tls ?? def.tls,
+    // The scheduler knows route-level TLS only; DANE/MTA-STS/overrides are applied by PolicyDeliverer.
+    tls: schedulerTls(own.tls ?? def.tls),
     tlsVerify: own.tlsVerify ?? def.tlsVerify,
   };
   const messageRate = own.messageRate ?? def.messageRate;
@@ -152,9 +159,66 @@ export function dkimProblems(config: Config): { path: (string | number)[]; messa
   return problems;
 }
 
+/** `mta check-config`: the CA bundle of tls_policy must be readable PEM. */
+export function tlsPolicyProblems(config: Config): { path: (string | number)[]; message: string }[] {
+  try {
+    readCaBundle(config.tlsPolicy.caFile || undefined);
+    return [];
+  } catch (err) {
+    return [
+      { path: ["tls_policy", "ca_file"], message: errorMessage(err).replace(/^tls_policy\.ca_file: /, "") },
+    ];
+  }
+}
+
+/** The outbound TLS policy handle: MTA-STS cache and TLS-RPT store in the spool directory. */
+function openTlsPolicies(
+  config: Config,
+  resolver: ReturnType<typeof createResolver>,
+  opts: {
+    ca: string | undefined;
+    loopbackOnly: boolean;
+    log: Logger;
+    metrics: Metrics;
+    submit: AcceptPipeline["submit"];
+  },
+): TlsPolicies {
+  const t = config.tlsPolicy;
+  const host = config.hostname;
+  return TlsPolicies.open({
+    spoolDir: config.spool.dir,
+    resolver,
+    prefer: config.dns.prefer,
+    ...(opts.loopbackOnly ? { allowAddress: isLoopback } : {}),
+    ...(opts.ca !== undefined ? { ca: opts.ca } : {}),
+    dane: t.dane,
+    mtaSts: t.mtaSts,
+    tlsRpt: {
+      enabled: t.tlsRpt.enabled,
+      intervalMs: t.tlsRpt.intervalMs,
+      organization: t.tlsRpt.organization || host,
+      contact: t.tlsRpt.contact || `postmaster@${host}`,
+      submitter: host,
+      from: t.tlsRpt.from || `tlsrpt-noreply@${host}`,
+      submitMail: async (m) => {
+        const r = await opts.submit({
+          sender: m.sender,
+          recipients: [{ address: m.recipient }],
+          attributes: { listener: "tls-rpt" },
+          message: m.message,
+        });
+        if (!r.ok) throw new Error(`spool refused the report: ${r.reply.code}`);
+      },
+    },
+    log: opts.log,
+    metrics: opts.metrics,
+  });
+}
+
 export class Engine {
   private stopping: Promise<void> | undefined;
   private signer: DkimSignerPool | undefined;
+  tlsPolicies: TlsPolicies | undefined;
 
   private constructor(
     public config: Config,
@@ -174,6 +238,7 @@ export class Engine {
     if (!opts.metrics) registerProcessMetrics(metrics, pkg.version);
     // Before the lock: a bad key is a config error, not a half-start.
     const signer = makeSignerPool(config, log.withTag("dkim"));
+    const ca = readCaBundle(config.tlsPolicy.caFile || undefined);
     const spool = await Spool.open({
       dir: config.spool.dir,
       sync: config.spool.sync,
@@ -205,6 +270,7 @@ export class Engine {
       servers: dnsServers,
       timeoutMs: config.dns.timeoutMs,
       attempts: config.dns.attempts,
+      dnssec: config.dns.dnssec,
       metrics,
     });
     const t = config.delivery.timeouts;
@@ -213,13 +279,21 @@ export class Engine {
       maxMessagesPerConnection: config.delivery.domains.default.maxMessagesPerConnection,
       idleTimeoutMs: config.delivery.idleTimeoutMs,
       ...(loopbackOnly ? { allowAddress: isLoopback } : {}),
+      rememberBrokenTlsMs: config.tlsPolicy.rememberBrokenTlsMs,
       log: log.withTag("deliverer"),
       metrics,
+    });
+    const tlsPolicies = openTlsPolicies(config, resolver, {
+      ca,
+      loopbackOnly,
+      log: log.withTag("tlspolicy"),
+      metrics,
+      submit: (sub) => engine.pipeline.submit(sub),
     });
     const route = makeRouter(config, resolver);
     const scheduler = new Scheduler({
       spool,
-      deliverer,
+      deliverer: new PolicyDeliverer(deliverer, tlsPolicies, () => engine.config),
       route: (d) => route(d),
       hostname: config.hostname,
       retryMs: config.delivery.retryMs,
@@ -259,6 +333,7 @@ export class Engine {
       delivering,
     );
     engine.signer = signer;
+    engine.tlsPolicies = tlsPolicies;
     if (delivering) scheduler.start();
     return engine;
   }
@@ -282,6 +357,7 @@ export class Engine {
   async stop(graceMs = 1500): Promise<void> {
     this.stopping ??= (async () => {
       if (this.delivering) await this.scheduler.stop(graceMs);
+      await this.tlsPolicies?.close();
       this.signer?.close();
       await this.deliverer.close();
       this.deliveryLog.close();

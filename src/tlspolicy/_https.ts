@@ -154,7 +154,10 @@ function requestOnce(ip: string, req: HttpsRequest, timeoutMs: number): Promise<
 
 /** Why the server's certificate is not acceptable for `host`, or undefined when it is (RFC 6125). */
 function certificateProblem(socket: tls.TLSSocket, host: string): string | undefined {
-  if (!socket.authorized) return `certificate not trusted: ${String(socket.authorizationError ?? "unknown")}`;
+  const error = String(socket.authorizationError ?? "");
+  // A name mismatch is reported by the TLS stack too; the check below says it better.
+  if (!socket.authorized && error !== "ERR_TLS_CERT_ALTNAME_INVALID")
+    return `certificate not trusted: ${error || "unknown"}`;
   const peer = socket.getPeerCertificate();
   if (!peer?.raw) return "no certificate";
   const cert = new X509Certificate(peer.raw);

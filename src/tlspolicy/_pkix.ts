@@ -43,7 +43,10 @@ export function checkPkix(
       detail: `${e.message} (valid until ${leaf.validTo})`,
     };
   if (e && !NAME.has(e.code)) return { ok: false, resultType: "certificate-not-trusted", detail: e.message };
-  if (leaf.checkHost(host, { partialWildcards: false }) === undefined)
+  const named = /^[\d.]+$|:/.test(host)
+    ? leaf.checkIP(host) !== undefined
+    : leaf.checkHost(host, { partialWildcards: false }) !== undefined;
+  if (!named)
     return {
       ok: false,
       resultType: "certificate-host-mismatch",

@@ -166,7 +166,9 @@ export async function planTls(input: PlanInput, deps: PlanDeps): Promise<TlsPlan
       };
     }, "required");
   const relaxed = input.tlsRequiredNo === true && mode === "auto";
-  if (mode === "opportunistic" || !input.viaMx || relaxed)
+  // `auto` applies the recipient domain's published policies, which name MX hosts: a static route
+  // (a smarthost) is outside them. An explicit `dane` or `sts` is applied to the route's hosts as given.
+  if (mode === "opportunistic" || (mode === "auto" && !input.viaMx) || relaxed)
     return fixed(
       (h) => opportunistic(h.name),
       relaxed ? "opportunistic (TLS-Required: No)" : "opportunistic",

@@ -12,7 +12,7 @@
 import fs from "node:fs";
 import { join } from "node:path";
 import type { Resolver } from "../dns/index.ts";
-import { type Clock, systemClock } from "../lib/index.ts";
+import { type Clock, errorMessage, MtaError, systemClock } from "../lib/index.ts";
 import type { Logger, Metrics } from "../observe/index.ts";
 import { type PlanInput, planTls, type TlsPlan } from "./_plan.ts";
 import { type MailReport, TlsReports } from "./_rpt.ts";
@@ -41,8 +41,14 @@ const SYSTEM_BUNDLES = [
  */
 export function readCaBundle(file: string | undefined): string | undefined {
   if (file) {
-    const text = fs.readFileSync(file, "utf8");
-    if (!text.includes("-----BEGIN CERTIFICATE-----")) throw new Error(`${file}: no PEM certificate in it`);
+    let text: string;
+    try {
+      text = fs.readFileSync(file, "utf8");
+    } catch (err) {
+      throw new MtaError("config", `tls_policy.ca_file: cannot read ${file}: ${errorMessage(err)}`);
+    }
+    if (!text.includes("-----BEGIN CERTIFICATE-----"))
+      throw new MtaError("config", `tls_policy.ca_file: ${file} holds no PEM certificate`);
     return text;
   }
   for (const f of SYSTEM_BUNDLES) {
@@ -82,7 +88,6 @@ export interface AttemptTlsOutcome {
     policy: string;
     verified: boolean;
     failures?: { result: string; mx: string; ip: string }[];
-    [k: string]: unknown;
   };
   tlsSessions?: { host: string; ip: string; policy: string; result: string; detail?: string }[];
 }
