@@ -1,0 +1,316 @@
+/**
+ * TLS-RPT through the compiled binary: sessions that succeed and fail in every way mta can see them
+ * (MTA-STS, DANE with unbound validating, a policy host that fails), then the daily report (a 6 s
+ * period here) arrives at a Postfix smtp-sink mailbox as RFC 8460 JSON, gzip, DKIM-signed, and by
+ * HTTPS POST; its counts are checked against the delivery log.
+ */
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { spawnSync } from "bun";
+import { join } from "node:path";
+import { gunzipSync } from "node:zlib";
+import { dkimVerify } from "mailauth/lib/dkim/verify.js";
+import { startTxtServer, type TxtServer } from "../dkim/_dns.ts";
+import { type HttpsServer, startHttpsServer, stsPolicyResponse } from "../support/httpsServer.ts";
+import { deliveryLog, runMta, type StartedMta, startMta, tempDir, testConfig } from "../support/mta.ts";
+import { freePort, type Sink, startSink } from "../support/sink.ts";
+import { createTestCa, selfSignedFor, type TestCa, tlsaDigest } from "../support/testCa.ts";
+import { startTlsPeer, type TlsPeer } from "../support/tlsPeer.ts";
+import { breakSignature, startUnbound, type Unbound } from "../support/unbound.ts";
+
+const INTERVAL_MS = 6000;
+const dir = tempDir("mta-e2e-tlsrpt-");
+let ca: TestCa;
+let unbound: Unbound;
+let web: HttpsServer;
+let mailbox: Sink;
+let dkimDns: TxtServer;
+const peers: TlsPeer[] = [];
+let mta: StartedMta;
+let port = 0;
+
+beforeAll(async () => {
+  ca = createTestCa(dir.path);
+  port = freePort("127.0.0.81");
+  const mx1 = ca.issue("mx1.sts.test");
+  const dane1 = selfSignedFor(dir.path, "mx1.dane.test");
+  const dane0 = selfSignedFor(dir.path, "mx0.dane.test");
+  const other = selfSignedFor(dir.path, "mx0.dane.test");
+  const fetchMx = ca.issue("mx.fetch.test");
+  const bogusMx = selfSignedFor(dir.path, "mx.bogus.test");
+  peers.push(
+    await startTlsPeer({ host: "127.0.0.81", port, dir: dir.path, cert: mx1 }), // sts: good
+    await startTlsPeer({ host: "127.0.0.82", port, dir: dir.path }), // sts: hides STARTTLS, preferred
+    await startTlsPeer({ host: "127.0.0.83", port, dir: dir.path, cert: dane1 }), // dane: matches
+    await startTlsPeer({ host: "127.0.0.84", port, dir: dir.path, cert: other }), // dane: preferred, wrong key
+    await startTlsPeer({ host: "127.0.0.85", port, dir: dir.path, cert: fetchMx }),
+    await startTlsPeer({ host: "127.0.0.86", port, dir: dir.path, cert: bogusMx }),
+  );
+  const policyHost = ca.issue("mta-sts.sts.test", {
+    sans: ["mta-sts.sts.test", "mta-sts.fetch.test", "reports.test"],
+  });
+  web = await startHttpsServer({
+    cert: policyHost.chainPem,
+    key: policyHost.keyPem,
+    handler: (_req, log) => {
+      if (log.host.startsWith("mta-sts.sts.test"))
+        return stsPolicyResponse({ mode: "enforce", mx: ["mx1.sts.test", "mx2.sts.test"], maxAgeS: 86400 });
+      if (log.path === "/tlsrpt") return new Response("thanks", { status: 201 });
+      return new Response("no policy here", { status: 404 }); // mta-sts.fetch.test: a broken policy host
+    },
+  });
+  mailbox = await startSink({ dir: dir.path, host: "127.0.0.89" });
+  const rua = 'IN TXT "v=TLSRPTv1; rua=mailto:tlsrpt@reports.test"';
+  const tlsa = (pem: string) => `IN TLSA 3 1 1 ${tlsaDigest(pem, 1, 1, dir.path)}`;
+  unbound = await startUnbound(dir.path, [
+    {
+      name: "sts.test",
+      signed: false,
+      records: [
+        "@ IN MX 10 mx1",
+        "@ IN MX 5 mx2",
+        "mx1 IN A 127.0.0.81",
+        "mx2 IN A 127.0.0.82",
+        '_mta-sts IN TXT "v=STSv1; id=1;"',
+        "mta-sts IN A 127.0.0.1",
+        `_smtp._tls ${rua}`,
+      ],
+    },
+    {
+      name: "dane.test",
+      signed: true,
+      records: [
+        "@ IN MX 10 mx1",
+        "@ IN MX 5 mx0",
+        "mx1 IN A 127.0.0.83",
+        "mx0 IN A 127.0.0.84",
+        `_${port}._tcp.mx1 ${tlsa(dane1.certPem)}`,
+        `_${port}._tcp.mx0 ${tlsa(dane0.certPem)}`,
+        `_smtp._tls IN TXT "v=TLSRPTv1; rua=mailto:tlsrpt@reports.test,https://reports.test:${web.port}/tlsrpt"`,
+        "reports IN A 127.0.0.1",
+      ],
+    },
+    {
+      name: "fetch.test",
+      signed: false,
+      records: [
+        "@ IN MX 10 mx",
+        "mx IN A 127.0.0.85",
+        '_mta-sts IN TXT "v=STSv1; id=9;"',
+        "mta-sts IN A 127.0.0.1",
+        `_smtp._tls ${rua}`,
+      ],
+    },
+    {
+      name: "bogus.test",
+      signed: true,
+      records: [
+        "@ IN MX 10 mx",
+        "mx IN A 127.0.0.86",
+        `_${port}._tcp.mx ${tlsa(bogusMx.certPem)}`,
+        `_smtp._tls ${rua}`,
+      ],
+      tamper: breakSignature("TLSA"),
+    },
+    { name: "reports.test", signed: false, records: ["@ IN A 127.0.0.1"] },
+  ]);
+  // Reports are DKIM-signed like any mail: a key for the reporting host's domain.
+  dkimDns = await startTxtServer();
+  const keyFile = join(dir.path, "rpt.mta.test.pem");
+  const k = runMta([
+    "dkim",
+    "keygen",
+    "--domain",
+    "mta.test",
+    "--selector",
+    "rpt",
+    "--type",
+    "ed25519",
+    "--out",
+    keyFile,
+  ]);
+  expect(k.code).toBe(0);
+  dkimDns.set("rpt._domainkey.mta.test", [...k.stdout.matchAll(/"([^"]*)"/g)].map((m) => m[1]).join(""));
+  mta = await startMta({
+    dir: dir.path,
+    config: testConfig(
+      dir.path,
+      [
+        `dns: { servers: ["127.0.0.1:${unbound.port}"], timeout: 2s, attempts: 1, dnssec: true }`,
+        "delivery:",
+        `  port: ${port}`,
+        "  retry: [1h]",
+        `  routes: { reports.test: "127.0.0.89:${mailbox.port}" }`,
+        "  domains: { default: { max_messages_per_connection: 1 } }",
+        `tls_policy: { ca_file: ${ca.certFile}, mta_sts: { port: ${web.port} }, tls_rpt: { interval: ${INTERVAL_MS / 1000}s, organization: "Test Sender", contact: ops@mta.test } }`,
+        `dkim: { keys: [{ domain: mta.test, selector: rpt, key_file: ${keyFile} }] }`,
+      ].join("\n"),
+    ),
+  });
+}, 60_000);
+
+afterAll(async () => {
+  await mta?.stop();
+  for (const p of peers) await p[Symbol.asyncDispose]();
+  await web.stop();
+  await mailbox[Symbol.asyncDispose]();
+  await dkimDns.close();
+  await unbound[Symbol.asyncDispose]();
+  dir[Symbol.dispose]();
+});
+
+function swaks(to: string[]): void {
+  const r = spawnSync(
+    [
+      "swaks",
+      "--server",
+      `127.0.0.1:${mta.smtpPorts[0]}`,
+      "--helo",
+      "client.test",
+      "--from",
+      "app@sender.test",
+      "--to",
+      to.join(","),
+    ],
+    { stdout: "pipe", stderr: "pipe" },
+  );
+  expect(r.stdout.toString()).toMatch(/250 2\.0\.0 Ok: queued as/);
+}
+
+interface Report {
+  "report-id": string;
+  policies: {
+    policy: {
+      "policy-type": string;
+      "policy-domain": string;
+      "policy-string"?: string[];
+      "mx-host"?: string[];
+    };
+    summary: { "total-successful-session-count": number; "total-failure-session-count": number };
+    "failure-details"?: {
+      "result-type": string;
+      "failed-session-count": number;
+      "receiving-mx-hostname"?: string;
+    }[];
+  }[];
+}
+
+/** Python's email parser reads the report message: headers, the attachment's type and name, its JSON. */
+function parseReport(raw: string) {
+  const py = spawnSync(
+    [
+      "/usr/bin/python3",
+      "-c",
+      [
+        "import sys, json, gzip, email",
+        "from email import policy",
+        "m = email.message_from_bytes(sys.stdin.buffer.read(), policy=policy.default)",
+        "out = {k: str(m[k]) for k in ('Subject', 'TLS-Report-Domain', 'TLS-Report-Submitter', 'From', 'DKIM-Signature')}",
+        "out['type'] = m.get_content_type(); out['report-type'] = m.get_param('report-type')",
+        "for p in m.walk():",
+        "    if p.get_content_type() == 'application/tlsrpt+gzip':",
+        "        out['filename'] = p.get_filename()",
+        "        out['report'] = json.loads(gzip.decompress(p.get_payload(decode=True)))",
+        "print(json.dumps(out))",
+      ].join("\n"),
+    ],
+    { stdin: Buffer.from(raw, "latin1"), stdout: "pipe", stderr: "pipe" },
+  );
+  if (py.exitCode !== 0) throw new Error(py.stderr.toString());
+  return JSON.parse(py.stdout.toString()) as Record<string, string> & { report: Report };
+}
+
+describe("TLS-RPT through mta serve", () => {
+  test("after a period with successes and failures, each policy domain gets its report, counts as in the delivery log", async () => {
+    // Start right after a period boundary so that every session falls into one period.
+    const into = Date.now() % INTERVAL_MS;
+    if (into > 1000) await Bun.sleep(INTERVAL_MS - into + 50);
+    swaks(["a@sts.test", "b@sts.test"]);
+    swaks(["c@sts.test"]);
+    swaks(["d@dane.test"]);
+    swaks(["e@dane.test"]);
+    swaks(["f@fetch.test"]);
+    swaks(["g@bogus.test"]);
+    // Seven messages to four domains; the reports (one per policy domain) come after the period.
+    const dumps = (await mailbox.waitFor(4, 30_000)).map(parseReport);
+    const byDomain = Object.fromEntries(dumps.map((d) => [d["TLS-Report-Domain"], d]));
+    expect(Object.keys(byDomain).sort()).toEqual(["bogus.test", "dane.test", "fetch.test", "sts.test"]);
+
+    const log = deliveryLog(dir.path).filter((l) => l.type === "delivery" || l.type === "transient-failure");
+    for (const [domain, mail] of Object.entries(byDomain)) {
+      // RFC 8460 §5.3: subject, headers, media type and file name.
+      expect(mail.Subject).toMatch(
+        new RegExp(`^Report Domain: ${domain.replace(".", "\\.")} Submitter: mta\\.test Report-ID: <[^>]+>$`),
+      );
+      expect(mail["TLS-Report-Submitter"]).toBe("mta.test");
+      expect(mail.type).toBe("multipart/report");
+      expect(mail["report-type"]).toBe("tlsrpt");
+      expect(mail.filename).toMatch(
+        new RegExp(`^mta\\.test!${domain.replace(".", "\\.")}!\\d+!\\d+\\.json\\.gz$`),
+      );
+      // The counts: successes are delivered attempts (one connection each), failures what the log
+      // lists; the log has a line per recipient, TLS-RPT a count per session: one per attempt.
+      const attempts = new Map(
+        log.filter((l) => l.destination === domain).map((l) => [`${l.id}/${l.attempt}`, l]),
+      );
+      const lines = [...attempts.values()];
+      const expected = new Map<string, number>();
+      for (const l of lines)
+        for (const f of (l.tls as { failures?: { result: string }[] })?.failures ?? [])
+          expected.set(f.result, (expected.get(f.result) ?? 0) + 1);
+      const deliveries = lines.filter((l) => l.type === "delivery").length;
+      const report = mail.report;
+      const success = report.policies.reduce((n, p) => n + p.summary["total-successful-session-count"], 0);
+      const failed = new Map<string, number>();
+      for (const p of report.policies)
+        for (const f of p["failure-details"] ?? [])
+          failed.set(f["result-type"], (failed.get(f["result-type"]) ?? 0) + f["failed-session-count"]);
+      expect({ domain, success, failed: Object.fromEntries(failed) }).toEqual({
+        domain,
+        success: deliveries,
+        failed: Object.fromEntries(expected),
+      });
+      expect(report.policies.every((p) => p.policy["policy-domain"] === domain)).toBe(true);
+    }
+    // What each domain saw, concretely.
+    expect(byDomain["sts.test"]!.report.policies).toEqual([
+      expect.objectContaining({
+        policy: expect.objectContaining({
+          "policy-type": "sts",
+          "mx-host": ["mx1.sts.test", "mx2.sts.test"],
+        }),
+        summary: { "total-successful-session-count": 2, "total-failure-session-count": 2 },
+        "failure-details": [
+          expect.objectContaining({
+            "result-type": "starttls-not-supported",
+            "receiving-mx-hostname": "mx2.sts.test",
+            "failed-session-count": 2,
+          }),
+        ],
+      }),
+    ]);
+    const dane = byDomain["dane.test"]!.report.policies;
+    expect(dane.map((p) => p.policy["policy-type"])).toEqual(["tlsa", "tlsa"]);
+    expect(
+      dane.find((p) => p.policy["mx-host"]?.[0] === "mx0.dane.test")!["failure-details"]![0],
+    ).toMatchObject({ "result-type": "tlsa-invalid", "failed-session-count": 2 });
+    expect(byDomain["bogus.test"]!.report.policies[0]!["failure-details"]![0]).toMatchObject({
+      "result-type": "dnssec-invalid",
+    });
+    expect(byDomain["fetch.test"]!.report.policies[0]!["failure-details"]![0]).toMatchObject({
+      "result-type": "sts-policy-fetch-error",
+    });
+
+    // DKIM-signed by mta.test, with the TLS-RPT headers in h=, and the signature verifies.
+    const raw = (await mailbox.waitFor(4)).find((d) => d.includes("TLS-Report-Domain: sts.test"))!;
+    const dkim = await dkimVerify(Buffer.from(raw, "latin1"), {
+      resolver: dkimDns.resolver as never,
+    } as never);
+    expect(dkim.results[0]).toMatchObject({ signingDomain: "mta.test", status: { result: "pass" } });
+    expect(byDomain["sts.test"]!["DKIM-Signature"]).toMatch(/tls-report-domain/i);
+
+    // dane.test asked for HTTPS too: the same report was POSTed as application/tlsrpt+gzip.
+    const post = web.requests.find((r) => r.path === "/tlsrpt")!;
+    expect(post.contentType).toBe("application/tlsrpt+gzip");
+    expect(JSON.parse(gunzipSync(post.body).toString())).toEqual(byDomain["dane.test"]!.report);
+  }, 60_000);
+});
