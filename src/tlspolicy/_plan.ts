@@ -218,7 +218,7 @@ export async function planTls(input: PlanInput, deps: PlanDeps): Promise<TlsPlan
               : {}),
             onVerifyFailure: "defer",
             ...(servername ? { servername } : {}),
-            ...ca,
+            // No CA bundle: DANE ignores the WebPKI verdict, and a custom bundle costs a TLS context.
             // Connections verified against one RRset are not reused once the records change.
             key: `dane/${d.records.map(tlsaText).sort().join(",")}`,
           },

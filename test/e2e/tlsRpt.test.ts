@@ -232,7 +232,9 @@ describe("TLS-RPT through mta serve", () => {
     swaks(["g@bogus.test"]);
     // Seven messages to four domains; the reports (one per policy domain) come after the period.
     const dumps = (await mailbox.waitFor(4, 30_000)).map(parseReport);
-    const byDomain = Object.fromEntries(dumps.map((d) => [d["TLS-Report-Domain"], d]));
+    const byDomain: Record<string, ReturnType<typeof parseReport>> = Object.fromEntries(
+      dumps.map((d) => [d["TLS-Report-Domain"], d] as const),
+    );
     expect(Object.keys(byDomain).sort()).toEqual(["bogus.test", "dane.test", "fetch.test", "sts.test"]);
 
     const log = deliveryLog(dir.path).filter((l) => l.type === "delivery" || l.type === "transient-failure");

@@ -13,7 +13,7 @@ test("a _mta-sts TXT record gives its id; other records are discarded; two STSv1
 test("a malformed _mta-sts record is no policy: no id, bad id, bad field", () => {
   expect(parseStsRecord(["v=STSv1;"])).toEqual({ error: "no id field" });
   expect(parseStsRecord(["v=STSv1; id=has-dash"])).toHaveProperty("error");
-  expect(parseStsRecord(["v=STSv1; id=" + "a".repeat(33)])).toHaveProperty("error");
+  expect(parseStsRecord([`v=STSv1; id=${"a".repeat(33)}`])).toHaveProperty("error");
   expect(parseStsRecord(["v=STSv1; id=ok; =novalue"])).toHaveProperty("error");
   expect(parseStsRecord(["v=STSv2; id=ok"])).toHaveProperty("error");
   expect(parseStsRecord(["v=STSv1 id=ok"])).toHaveProperty("error");
