@@ -14,7 +14,7 @@ import type { Config, DomainPolicy, DomainTlsMode } from "../config/index.ts";
 import { Deliverer } from "../deliverer/index.ts";
 import { createResolver } from "../dns/index.ts";
 import { type DkimOptions, DkimSigner, DkimSignerPool, readKeyFile } from "../dkim/index.ts";
-import { errorMessage } from "../lib/index.ts";
+import { errorMessage, MtaError } from "../lib/index.ts";
 import { DeliveryLog, type Logger, Metrics, registerProcessMetrics } from "../observe/index.ts";
 import { type DestinationPolicy, type PoolMember, Scheduler } from "../scheduler/index.ts";
 import { Spool } from "../spool/index.ts";
@@ -159,16 +159,35 @@ export function dkimProblems(config: Config): { path: (string | number)[]; messa
   return problems;
 }
 
-/** `mta check-config`: the CA bundle of tls_policy must be readable PEM. */
+/**
+ * What `mta check-config` and `mta serve` refuse in the TLS policy: an unreadable CA bundle, and a
+ * destination that requires DANE or MTA-STS where it cannot happen (its mail would only be deferred).
+ */
 export function tlsPolicyProblems(config: Config): { path: (string | number)[]; message: string }[] {
+  const problems: { path: (string | number)[]; message: string }[] = [];
   try {
     readCaBundle(config.tlsPolicy.caFile || undefined);
-    return [];
   } catch (err) {
-    return [
-      { path: ["tls_policy", "ca_file"], message: errorMessage(err).replace(/^tls_policy\.ca_file: /, "") },
-    ];
+    problems.push({
+      path: ["tls_policy", "ca_file"],
+      message: errorMessage(err).replace(/^tls_policy\.ca_file: /, ""),
+    });
   }
+  const daneWhy = !config.dns.dnssec
+    ? "needs dns.dnssec: true (a validating resolver)"
+    : !config.tlsPolicy.dane.enabled
+      ? "needs tls_policy.dane.enabled: true"
+      : undefined;
+  for (const [name, p] of Object.entries(config.delivery.domains)) {
+    if (p.tls === "dane" && daneWhy)
+      problems.push({ path: ["delivery", "domains", name, "tls"], message: `tls: dane ${daneWhy}` });
+    if (p.tls === "sts" && !config.tlsPolicy.mtaSts.enabled)
+      problems.push({
+        path: ["delivery", "domains", name, "tls"],
+        message: "tls: sts needs tls_policy.mta_sts.enabled: true",
+      });
+  }
+  return problems;
 }
 
 /** The outbound TLS policy handle: MTA-STS cache and TLS-RPT store in the spool directory. */
@@ -238,6 +257,10 @@ export class Engine {
     if (!opts.metrics) registerProcessMetrics(metrics, pkg.version);
     // Before the lock: a bad key is a config error, not a half-start.
     const signer = makeSignerPool(config, log.withTag("dkim"));
+    // Before the lock, like the DKIM keys: a policy that cannot work is a config error, not a half-start.
+    const tlsProblems = tlsPolicyProblems(config);
+    if (tlsProblems.length > 0)
+      throw new MtaError("config", tlsProblems.map((p) => `${p.path.join(".")}: ${p.message}`).join("; "));
     const ca = readCaBundle(config.tlsPolicy.caFile || undefined);
     const spool = await Spool.open({
       dir: config.spool.dir,

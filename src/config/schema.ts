@@ -133,7 +133,16 @@ const TlsPolicySchema = v.strictObject({
         443,
       ),
       fetch_timeout: v.optional(AtLeastOneSecond, "10s"),
-      max_policy_size: v.optional(Size, "64KB"),
+      max_policy_size: v.optional(
+        v.pipe(
+          Size,
+          v.check(
+            (x) => (parseSizeValue(x) ?? 0) >= 1024,
+            "expected at least 1KB (RFC 8461 §3.2 policies are small, but not that small)",
+          ),
+        ),
+        "64KB",
+      ),
     }),
     {},
   ),

@@ -12,7 +12,7 @@
 import fs from "node:fs";
 import { join } from "node:path";
 import type { Resolver } from "../dns/index.ts";
-import { type Clock, errorMessage, MtaError, systemClock } from "../lib/index.ts";
+import { type Clock, errorMessage, MtaError, systemClock, UnavailableError } from "../lib/index.ts";
 import type { Logger, Metrics } from "../observe/index.ts";
 import { type PlanInput, planTls, type TlsPlan } from "./_plan.ts";
 import { type MailReport, TlsReports } from "./_rpt.ts";
@@ -149,8 +149,16 @@ export class TlsPolicies {
   /** Creates the state directories, loads the MTA-STS cache and unsent reports, starts the timers. */
   static open(opts: TlsPoliciesOptions): TlsPolicies {
     const t = new TlsPolicies(opts);
-    const sts = t.sts.open();
-    const rpt = t.reports?.open();
+    let sts: { loaded: number; dropped: number };
+    let rpt: { periods: number } | undefined;
+    try {
+      sts = t.sts.open();
+      rpt = t.reports?.open();
+    } catch (err) {
+      t.sts.close();
+      // An unreadable or unwritable state directory: the spool is not usable as configured.
+      throw new UnavailableError(`TLS policy state in ${join(opts.spoolDir, "tls")}: ${errorMessage(err)}`);
+    }
     opts.log.debug("tls policy state loaded", {
       stsPolicies: sts.loaded,
       stsDropped: sts.dropped,

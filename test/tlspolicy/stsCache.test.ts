@@ -241,3 +241,59 @@ test("a policy in use is fetched again before it expires, without any mail askin
   expect(cached.fetchedMs - firstFetch).toBeLessThan(3000);
   p.close();
 });
+
+test("damaged cache files are dropped at start, never trusted: garbage, a forged policy, a file under another name", async () => {
+  const { mkdirSync, writeFileSync } = await import("node:fs");
+  const d = join(dir.path, "c10");
+  mkdirSync(d, { recursive: true });
+  writeFileSync(join(d, "garbage.test.json"), "{not json");
+  // A policy file whose lines do not parse (someone edited mode: to nonsense).
+  writeFileSync(
+    join(d, "forged.test.json"),
+    JSON.stringify({
+      domain: "forged.test",
+      id: "1",
+      fetchedMs: Date.now(),
+      expiresMs: Date.now() + 1e6,
+      policy: { lines: ["version: STSv1", "mode: off"] },
+    }),
+  );
+  // A valid policy stored under the wrong file name.
+  writeFileSync(
+    join(d, "victim.test.json"),
+    JSON.stringify({
+      domain: "other.test",
+      id: "1",
+      fetchedMs: Date.now(),
+      expiresMs: Date.now() + 1e6,
+      policy: { lines: ["version: STSv1", "mode: enforce", "mx: a.test", "max_age: 100"] },
+    }),
+  );
+  writeFileSync(join(d, ".tmp-left-by-a-crash"), "x");
+  const p = new StsPolicies({
+    dir: d,
+    resolver,
+    https: { resolver, prefer: "ipv4" },
+    port: web.port,
+    fetchTimeoutMs: 500,
+    maxPolicyBytes: 65536,
+    log: silentLogger(),
+  });
+  expect(p.open()).toEqual({ loaded: 0, dropped: 3 });
+  expect(readdirSync(d)).toEqual([]);
+  p.close();
+});
+
+test("a policy body that is not UTF-8 is an invalid policy, not a crash", async () => {
+  dns.set("_mta-sts.a.test", { txt: ["v=STSv1; id=99;"], ttlS: 0 });
+  serve(
+    "a.test",
+    () =>
+      new Response(new Uint8Array([0x76, 0x65, 0xff, 0xfe, 0x0a, 0x80]), {
+        headers: { "Content-Type": "text/plain" },
+      }),
+  );
+  const p = policies("c11", new ManualClock(Date.now()), { retryAfterFailureMs: 0 });
+  expect(await p.lookup("a.test")).toMatchObject({ kind: "failed", failure: "sts-policy-invalid" });
+  p.close();
+});
