@@ -310,7 +310,8 @@ export class TlsReports {
       "organization-name": this.opts.organization,
       "date-range": { "start-datetime": start, "end-datetime": end },
       "contact-info": this.opts.contact,
-      "report-id": `${start}_${domain}@${this.opts.submitter}`,
+      // A msg-id (RFC 5322 §3.6.4: dot-atom, no colons): it is the Message-ID and the Subject's Report-ID.
+      "report-id": `${start.replace(/[-:]/g, "")}.${domain}@${this.opts.submitter}`,
       policies: Object.values(state.policies).map((c) => ({
         policy: {
           "policy-type": c.policy.type,

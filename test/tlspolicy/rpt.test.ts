@@ -131,7 +131,7 @@ test("after the period ends, the domain gets the report by mail and by HTTPS POS
   expect(report).toMatchObject({
     "organization-name": "Sender Org",
     "contact-info": "postmaster@sender.test",
-    "report-id": expect.stringContaining("both.test@mta.sender.test"),
+    "report-id": expect.stringMatching(/^\d{8}T\d{6}Z\.both\.test@mta\.sender\.test$/),
     "date-range": { "start-datetime": expect.stringMatching(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$/) },
   });
   const byType = Object.fromEntries(
