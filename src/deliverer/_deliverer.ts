@@ -8,6 +8,7 @@
  * Does not own: DNS (dns/), retries over time and bounces (scheduler/, bounce/).
  * Invariants: `deliver` never throws for remote behaviour and returns one result per recipient.
  */
+import { createHash } from "node:crypto";
 import { type Clock, systemClock } from "../lib/index.ts";
 import type { Logger, Metrics } from "../observe/index.ts";
 import { ConnectionPool } from "./_pool.ts";
@@ -18,7 +19,7 @@ import {
   type OpenSession,
   type OutboundMessage,
   openSession,
-  preflight,
+  planContent,
   type RecipientResult,
   reset,
   type Timeouts,
@@ -79,7 +80,17 @@ export const RFC5321_TIMEOUTS: Timeouts = {
   idleMs: 5 * 60_000,
 };
 
+/**
+ * A pooled session may carry a message only for a target with the same identity: the same source,
+ * host, TLS policy (a host's own, from DANE or MTA-STS, by its key), EHLO name and credentials. The
+ * password is part of it (as a digest, so the key never holds it in clear): a route with the right
+ * user name and a wrong password must fail its own AUTH, not ride on a session another route
+ * authenticated.
+ */
 function poolKey(target: AttemptTarget, host: AttemptTarget["hosts"][number]): string {
+  const auth = target.auth
+    ? `${target.auth.username}\0${createHash("sha256").update(target.auth.password).digest("base64")}`
+    : "";
   return [
     target.sourceAddress ?? "*",
     host.ip,
@@ -87,7 +98,7 @@ function poolKey(target: AttemptTarget, host: AttemptTarget["hosts"][number]): s
     host.tls ? host.tls.key : target.tls,
     target.tlsVerify ? "v" : "nv",
     target.ehloName,
-    target.auth?.username ?? "",
+    auth,
   ].join("|");
 }
 
@@ -313,12 +324,12 @@ export class Deliverer {
       connectionFailed: false,
       durationMs: 0,
     };
-    const refused = preflight(s.caps, msg);
-    if (refused) {
+    const plan = planContent(s.caps, msg);
+    if (Array.isArray(plan)) {
       this.keepOrQuit(key, s);
-      return { ...base, recipients: refused };
+      return { ...base, recipients: plan };
     }
-    const out = await transaction(s, msg, this.opts.timeouts);
+    const out = await transaction(s, msg, plan, this.opts.timeouts);
     if (out.kind === "site") {
       s.conn.destroy();
       return undefined;
