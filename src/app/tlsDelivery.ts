@@ -75,7 +75,7 @@ export class PolicyDeliverer implements DeliveryEngine {
       result = {
         recipients: msg.recipients.map((rc) => ({ index: rc.index, kind: "transient", reply: r })),
         connectionFailed: false,
-        tls: { policy: mode === "auto" ? "none" : mode, verified: false },
+        tls: { policy: plan.defer.policy, verified: false },
         durationMs: 0,
       };
     } else

@@ -70,8 +70,8 @@ export interface TlsPlan {
   hosts: PlannedHost[];
   /** Failures found before any connection (lookups, policy mismatches): TLS-RPT counts them. */
   failures: PlanFailure[];
-  /** No host is left: defer the attempt with this (4.7.x) reason. */
-  defer?: { enhanced: string; text: string };
+  /** No host is left: defer the attempt with this (4.7.x) reason; `policy` is what refused. */
+  defer?: { enhanced: string; text: string; policy: string };
   /** For logs and `mta queue show`: the mechanism that governs the destination. */
   summary: string;
 }
@@ -185,6 +185,8 @@ export async function planTls(input: PlanInput, deps: PlanDeps): Promise<TlsPlan
   const daneOn = deps.dane && deps.resolver.dnssec;
   const mechanisms = new Set<string>();
   let lastReason = "";
+  /** The mechanism that refused the last host: named in the deferral (and so in `mta queue show`). */
+  let lastPolicy = "";
 
   for (const h of input.hosts) {
     if (daneOn && mode !== "sts") {
@@ -199,6 +201,7 @@ export async function planTls(input: PlanInput, deps: PlanDeps): Promise<TlsPlan
         // RFC 7672 §2.2: a host whose TLSA records cannot be had securely is not used at all.
         failures.push({ report, result: "dnssec-invalid", mx: h.name, ip: h.ip, detail: d.why });
         lastReason = d.why;
+        lastPolicy = "dane";
         continue;
       }
       if (d.kind === "dane") {
@@ -236,6 +239,7 @@ export async function planTls(input: PlanInput, deps: PlanDeps): Promise<TlsPlan
           detail: d.why,
         });
         lastReason = `DANE required: ${d.why}`;
+        lastPolicy = "dane";
         continue;
       }
     } else if (mode === "dane") {
@@ -244,6 +248,7 @@ export async function planTls(input: PlanInput, deps: PlanDeps): Promise<TlsPlan
         : "the resolver is not DNSSEC-validating (dns.dnssec)";
       failures.push({ report: noPolicy, result: "dane-required", mx: h.name, ip: h.ip, detail: why });
       lastReason = `DANE required: ${why}`;
+      lastPolicy = "dane";
       continue;
     }
 
@@ -259,6 +264,7 @@ export async function planTls(input: PlanInput, deps: PlanDeps): Promise<TlsPlan
         failures.push({ report, result: "validation-failure", mx: h.name, ip: h.ip, detail });
         if (enforce) {
           lastReason = detail;
+          lastPolicy = "sts-enforce";
           continue;
         }
       }
@@ -282,6 +288,7 @@ export async function planTls(input: PlanInput, deps: PlanDeps): Promise<TlsPlan
     if (mode === "sts") {
       // The operator requires MTA-STS here; a failed fetch is counted once below.
       lastReason = `MTA-STS required: ${s.kind === "failed" ? s.detail : `no MTA-STS policy (${s.detail})`}`;
+      lastPolicy = "sts";
       continue;
     }
     // RFC 8461 §5: a policy that cannot be fetched (and is not cached) means delivery as without one.
@@ -301,8 +308,9 @@ export async function planTls(input: PlanInput, deps: PlanDeps): Promise<TlsPlan
   if (hosts.length === 0) {
     const dnssec = failures.some((f) => f.result === "dnssec-invalid");
     plan.defer = {
+      policy: lastPolicy || "none",
       enhanced: dnssec ? "4.7.5" : "4.7.4",
-      text: `no MX host of ${domain} can be used under its TLS policy: ${lastReason || "no host"}`,
+      text: `no MX host of ${domain} can be used under its TLS policy${lastPolicy ? ` (${lastPolicy})` : ""}: ${lastReason || "no host"}`,
     };
     plan.summary = "none usable";
   }
