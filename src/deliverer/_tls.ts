@@ -99,30 +99,21 @@ export async function negotiateTls(
     ...(detail ? { detail } : {}),
   });
   if (policy.starttls === "off") return { kind: "ok", caps, verified: false, report: report("plain") };
+  /** No TLS to be had: a policy failure where TLS is required, else plain text (reported). */
+  const withoutTls = (detail: string): NegotiateResult =>
+    policy.starttls === "require"
+      ? {
+          kind: "policy",
+          reply: reply(421, "4.7.4", `TLS required (${policy.name}) but ${detail}`),
+          report: report("starttls-not-supported", detail),
+        }
+      : { kind: "ok", caps, verified: false, report: report("starttls-not-supported", detail) };
   // A server that hides STARTTLS (or an attacker who removed it from the EHLO reply, RFC 3207 §6).
-  if (!caps.starttls) {
-    const detail = "the server does not offer STARTTLS";
-    if (policy.starttls === "require")
-      return {
-        kind: "policy",
-        reply: reply(421, "4.7.4", `TLS required (${policy.name}) but ${detail}`),
-        report: report("starttls-not-supported", detail),
-      };
-    return { kind: "ok", caps, verified: false, report: report("starttls-not-supported", detail) };
-  }
+  if (!caps.starttls) return withoutTls("the server does not offer STARTTLS");
   const r = await c.command("STARTTLS", timeoutMs);
   if (!r.ok)
     return { kind: "unreachable", reply: reply(451, "4.4.2", `connection lost: STARTTLS: ${r.detail}`) };
-  if (r.reply.code !== 220) {
-    const detail = `STARTTLS refused: ${r.reply.code}`;
-    if (policy.starttls === "require")
-      return {
-        kind: "policy",
-        reply: reply(421, "4.7.4", `TLS required (${policy.name}) but ${detail}`),
-        report: report("starttls-not-supported", detail),
-      };
-    return { kind: "ok", caps, verified: false, report: report("starttls-not-supported", detail) };
-  }
+  if (r.reply.code !== 220) return withoutTls(`STARTTLS refused: ${r.reply.code}`);
   const hs = await c.startTls({
     ...(policy.servername ? { servername: policy.servername } : {}),
     verify: false,

@@ -6,7 +6,6 @@ import {
   Deliverer,
   type DelivererOptions,
   type OutboundMessage,
-  RFC5321_TIMEOUTS,
 } from "../../src/deliverer/index.ts";
 import { silentLogger } from "../../src/observe/index.ts";
 import {
@@ -16,20 +15,7 @@ import {
   selfSignedCert,
   startScriptedPeer,
 } from "../support/scriptedPeer.ts";
-
-const FAST = {
-  ...RFC5321_TIMEOUTS,
-  connectMs: 1000,
-  greetingMs: 300,
-  ehloMs: 1000,
-  mailMs: 1000,
-  rcptMs: 1000,
-  dataInitMs: 1000,
-  dataBlockMs: 1000,
-  dataDoneMs: 300,
-  rsetMs: 300,
-  quitMs: 300,
-};
+import { FAST } from "./_timeouts.ts";
 
 let tmp: string;
 let cert: { cert: string; key: string };

@@ -12,7 +12,6 @@ import {
   type HostTlsPolicy,
   type OutboundMessage,
   type PeerTls,
-  RFC5321_TIMEOUTS,
 } from "../../src/deliverer/index.ts";
 import { Metrics, silentLogger } from "../../src/observe/index.ts";
 import {
@@ -21,20 +20,8 @@ import {
   selfSignedCert,
   startScriptedPeer,
 } from "../support/scriptedPeer.ts";
+import { FAST } from "./_timeouts.ts";
 
-const FAST = {
-  ...RFC5321_TIMEOUTS,
-  connectMs: 1000,
-  greetingMs: 500,
-  ehloMs: 1000,
-  mailMs: 1000,
-  rcptMs: 1000,
-  dataInitMs: 1000,
-  dataBlockMs: 1000,
-  dataDoneMs: 500,
-  rsetMs: 300,
-  quitMs: 300,
-};
 let tmp: string;
 let cert: { cert: string; key: string };
 const peers: ScriptedPeer[] = [];

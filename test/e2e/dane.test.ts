@@ -3,19 +3,18 @@
  * ldns-signzone (trust anchors from their DS), aiosmtpd MX hosts, TLSA digests computed by openssl.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { spawnSync } from "bun";
 import { type HttpsServer, startHttpsServer, stsPolicyResponse } from "../support/httpsServer.ts";
-import { deliveryLog, type StartedMta, startMta, tempDir, testConfig } from "../support/mta.ts";
+import { type StartedMta, startMta, swaksTo, tempDir, testConfig, waitForLogLine } from "../support/mta.ts";
 import { freePort } from "../support/sink.ts";
 import { createTestCa, selfSignedFor, type TestCa, tlsaDigest } from "../support/testCa.ts";
-import { startTlsPeer, type TlsPeer } from "../support/tlsPeer.ts";
+import { type Aiosmtpd, startAiosmtpd } from "../support/aiosmtpd.ts";
 import { breakSignature, startUnbound, type Unbound } from "../support/unbound.ts";
 
 const dir = tempDir("mta-e2e-dane-");
 let ca: TestCa;
 let unbound: Unbound;
 let web: HttpsServer;
-const peers: Record<string, TlsPeer> = {};
+const peers: Record<string, Aiosmtpd> = {};
 let port = 0;
 let mta: StartedMta;
 
@@ -29,10 +28,10 @@ beforeAll(async () => {
   const published = selfSignedFor(dir.path, "mx.bad.dane.test"); // what bad.dane.test's TLSA names
   const bogus = selfSignedFor(dir.path, "mx.bogus.test");
   const plainMx = ca.issue("mx.plain.test");
-  peers.good = await startTlsPeer({ host: "127.0.0.61", port, dir: dir.path, cert: good });
-  peers.bad = await startTlsPeer({ host: "127.0.0.62", port, dir: dir.path, cert: wrong });
-  peers.bogus = await startTlsPeer({ host: "127.0.0.63", port, dir: dir.path, cert: bogus });
-  peers.plain = await startTlsPeer({ host: "127.0.0.64", port, dir: dir.path, cert: plainMx });
+  peers.good = await startAiosmtpd({ host: "127.0.0.61", port, dir: dir.path, tls: good });
+  peers.bad = await startAiosmtpd({ host: "127.0.0.62", port, dir: dir.path, tls: wrong });
+  peers.bogus = await startAiosmtpd({ host: "127.0.0.63", port, dir: dir.path, tls: bogus });
+  peers.plain = await startAiosmtpd({ host: "127.0.0.64", port, dir: dir.path, tls: plainMx });
   const policyHost = ca.issue("mta-sts.plain.test");
   web = await startHttpsServer({
     cert: policyHost.chainPem,
@@ -93,39 +92,10 @@ afterAll(async () => {
   dir[Symbol.dispose]();
 });
 
-function swaks(to: string): void {
-  const r = spawnSync(
-    [
-      "swaks",
-      "--server",
-      `127.0.0.1:${mta.smtpPorts[0]}`,
-      "--helo",
-      "client.test",
-      "--from",
-      "app@sender.test",
-      "--to",
-      to,
-    ],
-    { stdout: "pipe", stderr: "pipe" },
-  );
-  expect(r.stdout.toString()).toMatch(/250 2\.0\.0 Ok: queued as/);
-}
-
-async function logFor(recipient: string, type: string): Promise<Record<string, unknown>> {
-  const until = Date.now() + 15_000;
-  for (;;) {
-    const line = deliveryLog(dir.path).find((l) => l.recipient === recipient && l.type === type);
-    if (line) return line;
-    if (Date.now() > until)
-      throw new Error(`no ${type} for ${recipient}: ${JSON.stringify(deliveryLog(dir.path))}`);
-    await Bun.sleep(50);
-  }
-}
-
 describe("DANE through mta serve, unbound validating", () => {
   test("DANE-EE match: delivered over TLS, verified against the TLSA record (no CA involved)", async () => {
-    swaks("a@good.dane.test");
-    expect(await logFor("a@good.dane.test", "delivery")).toMatchObject({
+    swaksTo(mta.smtpPorts[0]!, "a@good.dane.test");
+    expect(await waitForLogLine(dir.path, "a@good.dane.test", "delivery")).toMatchObject({
       mx: "mx.good.dane.test",
       tls: { policy: "dane", verified: true, version: expect.stringMatching(/^TLSv1\.[23]$/) },
     });
@@ -133,8 +103,8 @@ describe("DANE through mta serve, unbound validating", () => {
   }, 30_000);
 
   test("a certificate that matches no TLSA record defers (4.7.5); nothing is sent", async () => {
-    swaks("b@bad.dane.test");
-    expect(await logFor("b@bad.dane.test", "transient-failure")).toMatchObject({
+    swaksTo(mta.smtpPorts[0]!, "b@bad.dane.test");
+    expect(await waitForLogLine(dir.path, "b@bad.dane.test", "transient-failure")).toMatchObject({
       enhanced: "4.7.5",
       tls: { policy: "dane", failures: [{ result: "tlsa-invalid", mx: "mx.bad.dane.test" }] },
     });
@@ -142,8 +112,8 @@ describe("DANE through mta serve, unbound validating", () => {
   }, 30_000);
 
   test("a bogus TLSA signature defers without connecting at all (dnssec-invalid)", async () => {
-    swaks("c@bogus.test");
-    expect(await logFor("c@bogus.test", "transient-failure")).toMatchObject({
+    swaksTo(mta.smtpPorts[0]!, "c@bogus.test");
+    expect(await waitForLogLine(dir.path, "c@bogus.test", "transient-failure")).toMatchObject({
       enhanced: "4.7.5",
       tls: { failures: [{ result: "dnssec-invalid", mx: "mx.bogus.test" }] },
     });
@@ -151,8 +121,8 @@ describe("DANE through mta serve, unbound validating", () => {
   }, 30_000);
 
   test("an unsigned zone: its TLSA record is ignored and the domain's MTA-STS policy applies", async () => {
-    swaks("d@plain.test");
-    expect(await logFor("d@plain.test", "delivery")).toMatchObject({
+    swaksTo(mta.smtpPorts[0]!, "d@plain.test");
+    expect(await waitForLogLine(dir.path, "d@plain.test", "delivery")).toMatchObject({
       tls: { policy: "sts-enforce", verified: true },
     });
     expect(peers.plain!.messages()).toEqual([expect.objectContaining({ tls: true })]);

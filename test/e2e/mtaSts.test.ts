@@ -4,19 +4,18 @@
  * certificates, and one that hides STARTTLS.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { spawnSync } from "bun";
 import { type DnsServer, startDnsServer } from "../support/dnsServer.ts";
 import { type HttpsServer, startHttpsServer, stsPolicyResponse } from "../support/httpsServer.ts";
-import { deliveryLog, type StartedMta, startMta, tempDir, testConfig } from "../support/mta.ts";
+import { type StartedMta, startMta, swaksTo, tempDir, testConfig, waitForLogLine } from "../support/mta.ts";
 import { freePort } from "../support/sink.ts";
 import { createTestCa, selfSignedFor, type TestCa } from "../support/testCa.ts";
-import { startTlsPeer, type TlsPeer } from "../support/tlsPeer.ts";
+import { type Aiosmtpd, startAiosmtpd } from "../support/aiosmtpd.ts";
 
 const dir = tempDir("mta-e2e-sts-");
 let ca: TestCa;
 let dns: DnsServer;
 let web: HttpsServer;
-const peers: Record<string, TlsPeer> = {};
+const peers: Record<string, Aiosmtpd> = {};
 let port = 0;
 
 const DOMAINS = {
@@ -30,31 +29,31 @@ const DOMAINS = {
 beforeAll(async () => {
   ca = createTestCa(dir.path);
   port = freePort("127.0.0.51");
-  peers.enforce = await startTlsPeer({
+  peers.enforce = await startAiosmtpd({
     host: "127.0.0.51",
     port,
     dir: dir.path,
-    cert: ca.issue("mx.enforce.test"),
+    tls: ca.issue("mx.enforce.test"),
   });
-  peers.mismatch = await startTlsPeer({
+  peers.mismatch = await startAiosmtpd({
     host: "127.0.0.52",
     port,
     dir: dir.path,
-    cert: ca.issue("other.example.test"),
+    tls: ca.issue("other.example.test"),
   });
-  peers.stripped = await startTlsPeer({ host: "127.0.0.53", port, dir: dir.path });
-  peers.testing = await startTlsPeer({
+  peers.stripped = await startAiosmtpd({ host: "127.0.0.53", port, dir: dir.path });
+  peers.testing = await startAiosmtpd({
     host: "127.0.0.54",
     port,
     dir: dir.path,
-    cert: selfSignedFor(dir.path, "mx.testing.test"),
+    tls: selfSignedFor(dir.path, "mx.testing.test"),
   });
   // An MX that enforce.test's policy does not list, preferred over the real one: it must never be used.
-  peers.rogue = await startTlsPeer({
+  peers.rogue = await startAiosmtpd({
     host: "127.0.0.59",
     port,
     dir: dir.path,
-    cert: ca.issue("rogue.attacker.test"),
+    tls: ca.issue("rogue.attacker.test"),
   });
   const policyHost = ca.issue("mta-sts.enforce.test", {
     sans: Object.keys(DOMAINS).map((d) => `mta-sts.${d}`),
@@ -104,44 +103,13 @@ function config(): string {
   );
 }
 
-function swaks(smtpPort: number, to: string): void {
-  const r = spawnSync(
-    [
-      "swaks",
-      "--server",
-      `127.0.0.1:${smtpPort}`,
-      "--helo",
-      "client.test",
-      "--from",
-      "app@sender.test",
-      "--to",
-      to,
-      "--body",
-      "hello over TLS",
-    ],
-    { stdout: "pipe", stderr: "pipe" },
-  );
-  expect(r.stdout.toString()).toMatch(/250 2\.0\.0 Ok: queued as/);
-}
-
-async function logFor(recipient: string, type: string, timeoutMs = 15_000): Promise<Record<string, unknown>> {
-  const until = Date.now() + timeoutMs;
-  for (;;) {
-    const line = deliveryLog(dir.path).find((l) => l.recipient === recipient && l.type === type);
-    if (line) return line;
-    if (Date.now() > until)
-      throw new Error(`no ${type} for ${recipient}: ${JSON.stringify(deliveryLog(dir.path))}`);
-    await Bun.sleep(50);
-  }
-}
-
 describe("MTA-STS through mta serve", () => {
   let mta: StartedMta;
 
   test("enforce: delivered to the MX the policy names, over TLS verified against the test CA", async () => {
     mta = await startMta({ dir: dir.path, config: config() });
-    swaks(mta.smtpPorts[0]!, "a@enforce.test");
-    const line = await logFor("a@enforce.test", "delivery");
+    swaksTo(mta.smtpPorts[0]!, "a@enforce.test");
+    const line = await waitForLogLine(dir.path, "a@enforce.test", "delivery");
     expect(line).toMatchObject({
       mx: "mx.enforce.test",
       ip: "127.0.0.51",
@@ -153,7 +121,7 @@ describe("MTA-STS through mta serve", () => {
       },
     });
     expect(peers.enforce!.messages()).toEqual([
-      expect.objectContaining({ to: ["a@enforce.test"], tls: true }),
+      expect.objectContaining({ rcpt_tos: ["a@enforce.test"], tls: true }),
     ]);
     // The preferred MX outside the policy got no connection at all.
     expect(peers.rogue!.commands()).toEqual([]);
@@ -162,8 +130,8 @@ describe("MTA-STS through mta serve", () => {
   }, 30_000);
 
   test("enforce: a certificate for another name defers with 4.7.5 and nothing is sent", async () => {
-    swaks(mta.smtpPorts[0]!, "b@mismatch.test");
-    const line = await logFor("b@mismatch.test", "transient-failure");
+    swaksTo(mta.smtpPorts[0]!, "b@mismatch.test");
+    const line = await waitForLogLine(dir.path, "b@mismatch.test", "transient-failure");
     expect(line).toMatchObject({
       enhanced: "4.7.5",
       tls: {
@@ -176,8 +144,8 @@ describe("MTA-STS through mta serve", () => {
   }, 30_000);
 
   test("enforce: an MX that hides STARTTLS gets no mail in plain text (4.7.4)", async () => {
-    swaks(mta.smtpPorts[0]!, "c@stripped.test");
-    const line = await logFor("c@stripped.test", "transient-failure");
+    swaksTo(mta.smtpPorts[0]!, "c@stripped.test");
+    const line = await waitForLogLine(dir.path, "c@stripped.test", "transient-failure");
     expect(line).toMatchObject({
       enhanced: "4.7.4",
       tls: { policy: "sts-enforce", failures: [{ result: "starttls-not-supported" }] },
@@ -188,8 +156,8 @@ describe("MTA-STS through mta serve", () => {
   }, 30_000);
 
   test("testing: delivered as usual over TLS, the untrusted certificate noted for TLS-RPT", async () => {
-    swaks(mta.smtpPorts[0]!, "d@testing.test");
-    const line = await logFor("d@testing.test", "delivery");
+    swaksTo(mta.smtpPorts[0]!, "d@testing.test");
+    const line = await waitForLogLine(dir.path, "d@testing.test", "delivery");
     expect(line).toMatchObject({
       tls: {
         policy: "sts-testing",
@@ -205,13 +173,13 @@ describe("MTA-STS through mta serve", () => {
     await web.stop();
     mta = await startMta({ dir: dir.path, config: config() });
     try {
-      swaks(mta.smtpPorts[0]!, "e@stripped.test");
-      swaks(mta.smtpPorts[0]!, "f@enforce.test");
-      expect(await logFor("e@stripped.test", "transient-failure")).toMatchObject({
+      swaksTo(mta.smtpPorts[0]!, "e@stripped.test");
+      swaksTo(mta.smtpPorts[0]!, "f@enforce.test");
+      expect(await waitForLogLine(dir.path, "e@stripped.test", "transient-failure")).toMatchObject({
         enhanced: "4.7.4",
         tls: { policy: "sts-enforce" },
       });
-      expect(await logFor("f@enforce.test", "delivery")).toMatchObject({
+      expect(await waitForLogLine(dir.path, "f@enforce.test", "delivery")).toMatchObject({
         tls: { policy: "sts-enforce", verified: true },
       });
       expect(peers.stripped!.commands()).not.toContain("MAIL");

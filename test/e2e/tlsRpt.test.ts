@@ -11,10 +11,18 @@ import { gunzipSync } from "node:zlib";
 import { dkimVerify } from "mailauth/lib/dkim/verify.js";
 import { startTxtServer, type TxtServer } from "../dkim/_dns.ts";
 import { type HttpsServer, startHttpsServer, stsPolicyResponse } from "../support/httpsServer.ts";
-import { deliveryLog, runMta, type StartedMta, startMta, tempDir, testConfig } from "../support/mta.ts";
+import {
+  deliveryLog,
+  runMta,
+  type StartedMta,
+  startMta,
+  swaksTo,
+  tempDir,
+  testConfig,
+} from "../support/mta.ts";
 import { freePort, type Sink, startSink } from "../support/sink.ts";
 import { createTestCa, selfSignedFor, type TestCa, tlsaDigest } from "../support/testCa.ts";
-import { startTlsPeer, type TlsPeer } from "../support/tlsPeer.ts";
+import { type Aiosmtpd, startAiosmtpd } from "../support/aiosmtpd.ts";
 import { breakSignature, startUnbound, type Unbound } from "../support/unbound.ts";
 
 const INTERVAL_MS = 6000;
@@ -24,7 +32,7 @@ let unbound: Unbound;
 let web: HttpsServer;
 let mailbox: Sink;
 let dkimDns: TxtServer;
-const peers: TlsPeer[] = [];
+const peers: Aiosmtpd[] = [];
 let mta: StartedMta;
 let port = 0;
 
@@ -38,12 +46,12 @@ beforeAll(async () => {
   const fetchMx = ca.issue("mx.fetch.test");
   const bogusMx = selfSignedFor(dir.path, "mx.bogus.test");
   peers.push(
-    await startTlsPeer({ host: "127.0.0.81", port, dir: dir.path, cert: mx1 }), // sts: good
-    await startTlsPeer({ host: "127.0.0.82", port, dir: dir.path }), // sts: hides STARTTLS, preferred
-    await startTlsPeer({ host: "127.0.0.83", port, dir: dir.path, cert: dane1 }), // dane: matches
-    await startTlsPeer({ host: "127.0.0.84", port, dir: dir.path, cert: other }), // dane: preferred, wrong key
-    await startTlsPeer({ host: "127.0.0.85", port, dir: dir.path, cert: fetchMx }),
-    await startTlsPeer({ host: "127.0.0.86", port, dir: dir.path, cert: bogusMx }),
+    await startAiosmtpd({ host: "127.0.0.81", port, dir: dir.path, tls: mx1 }), // sts: good
+    await startAiosmtpd({ host: "127.0.0.82", port, dir: dir.path }), // sts: hides STARTTLS, preferred
+    await startAiosmtpd({ host: "127.0.0.83", port, dir: dir.path, tls: dane1 }), // dane: matches
+    await startAiosmtpd({ host: "127.0.0.84", port, dir: dir.path, tls: other }), // dane: preferred, wrong key
+    await startAiosmtpd({ host: "127.0.0.85", port, dir: dir.path, tls: fetchMx }),
+    await startAiosmtpd({ host: "127.0.0.86", port, dir: dir.path, tls: bogusMx }),
   );
   const policyHost = ca.issue("mta-sts.sts.test", {
     sans: ["mta-sts.sts.test", "mta-sts.fetch.test", "reports.test"],
@@ -158,24 +166,6 @@ afterAll(async () => {
   dir[Symbol.dispose]();
 });
 
-function swaks(to: string[]): void {
-  const r = spawnSync(
-    [
-      "swaks",
-      "--server",
-      `127.0.0.1:${mta.smtpPorts[0]}`,
-      "--helo",
-      "client.test",
-      "--from",
-      "app@sender.test",
-      "--to",
-      to.join(","),
-    ],
-    { stdout: "pipe", stderr: "pipe" },
-  );
-  expect(r.stdout.toString()).toMatch(/250 2\.0\.0 Ok: queued as/);
-}
-
 interface Report {
   "report-id": string;
   policies: {
@@ -224,12 +214,12 @@ describe("TLS-RPT through mta serve", () => {
     // Start right after a period boundary so that every session falls into one period.
     const into = Date.now() % INTERVAL_MS;
     if (into > 1000) await Bun.sleep(INTERVAL_MS - into + 50);
-    swaks(["a@sts.test", "b@sts.test"]);
-    swaks(["c@sts.test"]);
-    swaks(["d@dane.test"]);
-    swaks(["e@dane.test"]);
-    swaks(["f@fetch.test"]);
-    swaks(["g@bogus.test"]);
+    swaksTo(mta.smtpPorts[0]!, ["a@sts.test", "b@sts.test"]);
+    swaksTo(mta.smtpPorts[0]!, ["c@sts.test"]);
+    swaksTo(mta.smtpPorts[0]!, ["d@dane.test"]);
+    swaksTo(mta.smtpPorts[0]!, ["e@dane.test"]);
+    swaksTo(mta.smtpPorts[0]!, ["f@fetch.test"]);
+    swaksTo(mta.smtpPorts[0]!, ["g@bogus.test"]);
     // Seven messages to four domains; the reports (one per policy domain) come after the period.
     const dumps = (await mailbox.waitFor(4, 30_000)).map(parseReport);
     const byDomain: Record<string, ReturnType<typeof parseReport>> = Object.fromEntries(
