@@ -10,6 +10,7 @@
  * and nothing is sent; the delivery log line of every attempt carries the policy that applied.
  * This sits here until the scheduler's routing step (next hop + policy) can carry the plan itself.
  */
+import { domainToASCII } from "node:url";
 import type { Config, DomainTlsMode } from "../config/index.ts";
 import type { AttemptResult, AttemptTarget, Deliverer, OutboundMessage } from "../deliverer/index.ts";
 import { latin1Decoder } from "../lib/index.ts";
@@ -54,6 +55,9 @@ export class PolicyDeliverer implements DeliveryEngine {
     if (!first) return this.deliverer.deliver(target, msg);
     const config = this.config();
     const domain = domainOf(first.address);
+    // DNS names (_mta-sts, mta-sts., _smtp._tls) and TLS-RPT's policy-domain are A-labels (RFC 8461
+    // §3.1, RFC 8460 §4.4), whatever form the address was written in.
+    const aLabel = domain.startsWith("[") ? domain : domainToASCII(domain) || domain;
     const route = findRoute(config.delivery.routes, domain);
     const own = tlsModeFor(
       config,
@@ -62,7 +66,7 @@ export class PolicyDeliverer implements DeliveryEngine {
     );
     const mode: DomainTlsMode = route?.tls ?? own.mode;
     const plan = await this.tls.plan({
-      domain,
+      domain: aLabel,
       hosts: target.hosts,
       viaMx: !route && !domain.startsWith("["),
       mode,

@@ -88,6 +88,11 @@ export interface TlsReportsOptions {
 
 /** Distinct failure details kept per policy; beyond this, new ones are merged without their reason. */
 const MAX_DETAILS = 100;
+/** Sessions held per domain while its first TLS-RPT lookup runs; policy domains remembered. */
+const MAX_WAITING = 10_000;
+const MAX_KNOWN_DOMAINS = 100_000;
+/** Report addresses served per domain (RFC 8460 §7: a record must not make us flood a victim). */
+const MAX_RUA = 5;
 const MAX_REPORT_BYTES = 10 * 1024 * 1024;
 
 /** `_smtp._tls` TXT (RFC 8460 §3): exactly one `v=TLSRPTv1` record, with a comma-separated `rua`. */
@@ -113,6 +118,13 @@ function policyKey(p: ReportPolicy): string {
 
 export class TlsReports {
   private readonly periods = new Map<number, Period>();
+  /** Policy domain → whether it publishes a TLS-RPT record, until when that is trusted. */
+  private readonly publishes = new Map<string, { yes: boolean; untilMs: number }>();
+  /** Sessions of domains whose first lookup is running. */
+  private readonly waiting = new Map<
+    string,
+    { policy: ReportPolicy; result: string; detail: SessionDetail; atMs: number }[]
+  >();
   private readonly dirty = new Set<number>();
   private readonly clock: Clock;
   private flushTimer: ReturnType<typeof setTimeout> | undefined;
@@ -170,9 +182,42 @@ export class TlsReports {
     this.flush();
   }
 
+  /**
+   * Counts one session. Only domains that publish a `_smtp._tls` record are counted (looked up once
+   * an hour per domain, through the resolver's cache): sending to 100,000 domains a day must not
+   * keep 100,000 sets of counts that nobody asked for. Sessions wait while the first lookup runs; a
+   * failed lookup counts them anyway (the report step looks again).
+   */
   count(policy: ReportPolicy, result: string, detail: SessionDetail = {}): void {
+    const d = policy.policyDomain;
     const now = this.clock.now();
-    const startMs = Math.floor(now / this.opts.intervalMs) * this.opts.intervalMs;
+    const known = this.publishes.get(d);
+    if (known && known.untilMs > now) {
+      if (known.yes) this.add(policy, result, detail, now);
+      return;
+    }
+    const waiting = this.waiting.get(d);
+    if (waiting) {
+      if (waiting.length < MAX_WAITING) waiting.push({ policy, result, detail, atMs: now });
+      return;
+    }
+    this.waiting.set(d, [{ policy, result, detail, atMs: now }]);
+    void this.opts.resolver.txt(`_smtp._tls.${d}`).then((r) => {
+      const yes = r.kind === "error" || (r.kind === "txt" && !("error" in parseTlsRptRecord(r.records)));
+      if (this.publishes.size >= MAX_KNOWN_DOMAINS) {
+        const oldest = this.publishes.keys().next();
+        if (!oldest.done) this.publishes.delete(oldest.value);
+      }
+      this.publishes.set(d, { yes, untilMs: this.clock.now() + (r.kind === "error" ? 60_000 : 3_600_000) });
+      const list = this.waiting.get(d) ?? [];
+      this.waiting.delete(d);
+      if (yes) for (const x of list) this.add(x.policy, x.result, x.detail, x.atMs);
+    });
+  }
+
+  private add(policy: ReportPolicy, result: string, detail: SessionDetail, atMs: number): void {
+    const now = this.clock.now();
+    const startMs = Math.floor(atMs / this.opts.intervalMs) * this.opts.intervalMs;
     let period = this.periods.get(startMs);
     if (!period) {
       period = { startMs, endMs: startMs + this.opts.intervalMs, domains: {} };
@@ -292,7 +337,14 @@ export class TlsReports {
     if (gz.length > MAX_REPORT_BYTES)
       this.opts.log.warn("TLS-RPT report is large", { domain, bytes: gz.length });
     const sent = new Set(state.sent ?? []);
-    for (const uri of record.rua) {
+    if (record.rua.length > MAX_RUA)
+      this.opts.log.warn("TLS-RPT record lists more addresses than are served", {
+        domain,
+        rua: record.rua.length,
+        served: MAX_RUA,
+      });
+    const rua = record.rua.slice(0, MAX_RUA);
+    for (const uri of rua) {
       if (sent.has(uri)) continue;
       const ok = uri.toLowerCase().startsWith("mailto:")
         ? await this.mail(uri, domain, p, report["report-id"], gz)
@@ -300,7 +352,7 @@ export class TlsReports {
       if (ok) sent.add(uri);
     }
     state.sent = [...sent];
-    if (record.rua.every((u) => sent.has(u))) state.done = true;
+    if (rua.every((u) => sent.has(u))) state.done = true;
   }
 
   private buildReport(p: Period, domain: string, state: DomainState) {
@@ -340,11 +392,14 @@ export class TlsReports {
   }
 
   private async mail(uri: string, domain: string, p: Period, reportId: string, gz: Buffer): Promise<boolean> {
-    let recipient: string;
+    let recipient = "";
     try {
       recipient = decodeURIComponent(uri.slice("mailto:".length).split("?")[0]!);
-    } catch {
-      this.opts.log.warn("TLS-RPT rua is not a valid mailto URI", { domain, uri });
+    } catch {}
+    // What DNS says becomes a To: header and an envelope recipient: only a plain addr-spec will do
+    // (a percent-encoded CR LF would otherwise write headers of its own).
+    if (!ADDR_SPEC.test(recipient)) {
+      this.opts.log.warn("TLS-RPT rua is not a usable mailto URI", { domain, uri });
       return true; // nothing to retry
     }
     const message = reportMessage({
@@ -405,6 +460,10 @@ export class TlsReports {
     return ok;
   }
 }
+
+/** A dot-atom local part at an LDH domain: what a report may be mailed to. */
+const ADDR_SPEC =
+  /^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$/;
 
 function clean(d: SessionDetail): SessionDetail {
   const out: SessionDetail = {};

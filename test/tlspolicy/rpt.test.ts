@@ -228,3 +228,42 @@ test("a domain without a _smtp._tls record gets no report; an endpoint that fail
   expect(readdirSync(join(dir.path, "flaky"))).toEqual([]);
   await again.close();
 }, 15_000);
+
+test("a rua that would inject headers, or too many of them, is not served; domains without a record are not counted", async () => {
+  await atPeriodStart(1500);
+  dns.set("_smtp._tls.hostile.test", {
+    txt: [
+      `v=TLSRPTv1; rua=mailto:evil%0d%0aBcc:%20victim@x.test@y.test,${Array.from({ length: 8 }, (_, i) => `mailto:r${i}@hostile.test`).join(",")}`,
+    ],
+  });
+  const mails: MailReport[] = [];
+  const r = reports("hostile", mails);
+  const hostile: ReportPolicy = {
+    policyDomain: "hostile.test",
+    type: "no-policy-found",
+    strings: [],
+    mxHost: [],
+  };
+  const silent: ReportPolicy = {
+    policyDomain: "silent.test",
+    type: "no-policy-found",
+    strings: [],
+    mxHost: [],
+  };
+  r.count(hostile, "success");
+  r.count(silent, "success");
+  await Bun.sleep(200);
+  // silent.test publishes no record: nothing is kept for it.
+  expect(r.snapshot().flatMap((p) => Object.keys(p.domains))).toEqual(["hostile.test"]);
+  for (let i = 0; i < 40 && mails.length < 4; i++) await Bun.sleep(100);
+  await Bun.sleep(300);
+  // The first URI is refused, then four of the next eight (five URIs served in all).
+  expect(mails.map((m) => m.recipient)).toEqual([
+    "r0@hostile.test",
+    "r1@hostile.test",
+    "r2@hostile.test",
+    "r3@hostile.test",
+  ]);
+  for (const m of mails) expect(Buffer.from(m.message).toString()).not.toMatch(/^Bcc:/im);
+  await r.close();
+}, 15_000);
