@@ -258,15 +258,14 @@ export async function planTls(input: PlanInput, deps: PlanDeps): Promise<TlsPlan
       const report: ReportPolicy = { policyDomain: domain, type: "sts", strings: p.lines, mxHost: p.mx };
       const matched = p.mx.some((pat) => stsMxMatches(pat, h.name));
       const enforce = p.mode === "enforce" || mode === "sts";
-      if (!matched) {
-        const detail = `MX host ${h.name} does not match the MTA-STS policy (mx: ${p.mx.join(", ")})`;
+      const mismatch = `MX host ${h.name} does not match the MTA-STS policy (mx: ${p.mx.join(", ")})`;
+      if (!matched && enforce) {
+        // Never connected to (it could be an attacker's MX): one failure per attempt that skips it.
         // RFC 8460 has no result type for this; validation-failure with the reason is its catch-all.
-        failures.push({ report, result: "validation-failure", mx: h.name, ip: h.ip, detail });
-        if (enforce) {
-          lastReason = detail;
-          lastPolicy = "sts-enforce";
-          continue;
-        }
+        failures.push({ report, result: "validation-failure", mx: h.name, ip: h.ip, detail: mismatch });
+        lastReason = mismatch;
+        lastPolicy = "sts-enforce";
+        continue;
       }
       const servername = servernameOf(h.name);
       hosts.push({
@@ -274,7 +273,10 @@ export async function planTls(input: PlanInput, deps: PlanDeps): Promise<TlsPlan
         tls: {
           name: enforce ? "sts-enforce" : "sts-testing",
           starttls: enforce ? "require" : "try",
-          verify: (peer) => checkPkix(peer, h.name),
+          // testing: a host outside the policy is used, and each session with it reported.
+          verify: matched
+            ? (peer) => checkPkix(peer, h.name)
+            : () => ({ ok: false, resultType: "validation-failure", detail: mismatch }),
           onVerifyFailure: enforce ? "defer" : "report",
           ...(servername ? { servername } : {}),
           ...ca,
