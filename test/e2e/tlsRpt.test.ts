@@ -30,6 +30,7 @@ const dir = tempDir("mta-e2e-tlsrpt-");
 let ca: TestCa;
 let unbound: Unbound;
 let web: HttpsServer;
+let webpki: HttpsServer;
 let mailbox: Sink;
 let dkimDns: TxtServer;
 const peers: Aiosmtpd[] = [];
@@ -39,7 +40,7 @@ let port = 0;
 beforeAll(async () => {
   ca = createTestCa(dir.path);
   port = freePort("127.0.0.81");
-  const mx1 = ca.issue("mx1.sts.test");
+  const mx1 = ca.issue("mx1.sts.test", { sans: ["mx1.sts.test", "mx.rogue.test"] });
   const dane1 = selfSignedFor(dir.path, "mx1.dane.test");
   const dane0 = selfSignedFor(dir.path, "mx0.dane.test");
   const other = selfSignedFor(dir.path, "mx0.dane.test");
@@ -52,19 +53,55 @@ beforeAll(async () => {
     await startAiosmtpd({ host: "127.0.0.84", port, dir: dir.path, tls: other }), // dane: preferred, wrong key
     await startAiosmtpd({ host: "127.0.0.85", port, dir: dir.path, tls: fetchMx }),
     await startAiosmtpd({ host: "127.0.0.86", port, dir: dir.path, tls: bogusMx }),
+    // Enforced MTA-STS against a certificate for another name, and an expired one.
+    await startAiosmtpd({ host: "127.0.0.87", port, dir: dir.path, tls: ca.issue("other.name.test") }),
+    await startAiosmtpd({
+      host: "127.0.0.90",
+      port,
+      dir: dir.path,
+      tls: ca.issue("mx.expired.test", { expired: true }),
+    }),
+    // MTA-STS testing against a self-signed certificate.
+    await startAiosmtpd({
+      host: "127.0.0.88",
+      port,
+      dir: dir.path,
+      tls: selfSignedFor(dir.path, "mx.testing.test"),
+    }),
   );
+  const policies: Record<string, { mode: string; mx: string[] }> = {
+    "sts.test": { mode: "enforce", mx: ["mx1.sts.test", "mx2.sts.test"] },
+    "rogue.test": { mode: "enforce", mx: ["mx.rogue.test"] },
+    "mismatch.test": { mode: "enforce", mx: ["mx.mismatch.test"] },
+    "expired.test": { mode: "enforce", mx: ["mx.expired.test"] },
+    "testing.test": { mode: "testing", mx: ["mx.testing.test"] },
+  };
   const policyHost = ca.issue("mta-sts.sts.test", {
-    sans: ["mta-sts.sts.test", "mta-sts.fetch.test", "reports.test"],
+    sans: [...Object.keys(policies), "fetch.test", "invalid.test"]
+      .map((d) => `mta-sts.${d}`)
+      .concat("reports.test"),
   });
   web = await startHttpsServer({
     cert: policyHost.chainPem,
     key: policyHost.keyPem,
     handler: (_req, log) => {
-      if (log.host.startsWith("mta-sts.sts.test"))
-        return stsPolicyResponse({ mode: "enforce", mx: ["mx1.sts.test", "mx2.sts.test"], maxAgeS: 86400 });
+      const domain = log.host.replace(/^mta-sts\./, "").replace(/:\d+$/, "");
+      const p = policies[domain];
+      if (p) return stsPolicyResponse({ ...p, maxAgeS: 86400 });
+      if (domain === "invalid.test")
+        return new Response("version: STSv1\nmode: enforce\n", { headers: { "Content-Type": "text/plain" } });
       if (log.path === "/tlsrpt") return new Response("thanks", { status: 201 });
       return new Response("no policy here", { status: 404 }); // mta-sts.fetch.test: a broken policy host
     },
+  });
+  // mta-sts.webpki.test: a policy host whose certificate no CA vouches for (same port, another address).
+  const selfPolicy = selfSignedFor(dir.path, "mta-sts.webpki.test");
+  webpki = await startHttpsServer({
+    cert: selfPolicy.chainPem,
+    key: selfPolicy.keyPem,
+    host: "127.0.0.2",
+    port: web.port,
+    handler: () => stsPolicyResponse({ mode: "enforce", mx: ["mx.webpki.test"], maxAgeS: 86400 }),
   });
   mailbox = await startSink({ dir: dir.path, host: "127.0.0.89" });
   const rua = 'IN TXT "v=TLSRPTv1; rua=mailto:tlsrpt@reports.test"';
@@ -120,6 +157,25 @@ beforeAll(async () => {
       tamper: breakSignature("TLSA"),
     },
     { name: "reports.test", signed: false, records: ["@ IN A 127.0.0.1"] },
+    // One domain per remaining kind of failure. All unsigned: no DANE, so MTA-STS (or nothing) applies.
+    ...[
+      ["rogue.test", ["@ IN MX 10 mx", "@ IN MX 5 evil.attacker.test.", "mx IN A 127.0.0.81"], "1"],
+      ["mismatch.test", ["@ IN MX 10 mx", "mx IN A 127.0.0.87"], "1"],
+      ["expired.test", ["@ IN MX 10 mx", "mx IN A 127.0.0.90"], "1"],
+      ["testing.test", ["@ IN MX 10 mx", "mx IN A 127.0.0.88"], "1"],
+      ["invalid.test", ["@ IN MX 10 mx", "mx IN A 127.0.0.85"], "1"],
+      ["webpki.test", ["@ IN MX 10 mx", "mx IN A 127.0.0.85"], "2"],
+      ["required.test", ["@ IN MX 10 mx", "mx IN A 127.0.0.85"], undefined],
+    ].map(([name, records, mtaSts]) => ({
+      name: name as string,
+      signed: false,
+      records: [
+        ...(records as string[]),
+        `_smtp._tls ${rua}`,
+        ...(mtaSts ? ['_mta-sts IN TXT "v=STSv1; id=1;"', `mta-sts IN A 127.0.0.${mtaSts}`] : []),
+      ],
+    })),
+    { name: "attacker.test", signed: false, records: ["evil IN A 127.0.0.82"] },
   ]);
   // Reports are DKIM-signed like any mail: a key for the reporting host's domain.
   dkimDns = await startTxtServer();
@@ -148,7 +204,8 @@ beforeAll(async () => {
         `  port: ${port}`,
         "  retry: [1h]",
         `  routes: { reports.test: "127.0.0.89:${mailbox.port}" }`,
-        "  domains: { default: { max_messages_per_connection: 1 } }",
+        // required.test insists on DANE, which its unsigned zone cannot give: dane-required.
+        "  domains: { default: { max_messages_per_connection: 1 }, required.test: { tls: dane } }",
         `tls_policy: { ca_file: ${ca.certFile}, mta_sts: { port: ${web.port} }, tls_rpt: { interval: ${INTERVAL_MS / 1000}s, organization: "Test Sender", contact: ops@mta.test } }`,
         `dkim: { keys: [{ domain: mta.test, selector: rpt, key_file: ${keyFile} }] }`,
       ].join("\n"),
@@ -160,6 +217,7 @@ afterAll(async () => {
   await mta?.stop();
   for (const p of peers) await p[Symbol.asyncDispose]();
   await web.stop();
+  await webpki.stop();
   await mailbox[Symbol.asyncDispose]();
   await dkimDns.close();
   await unbound[Symbol.asyncDispose]();
@@ -220,12 +278,46 @@ describe("TLS-RPT through mta serve", () => {
     swaksTo(mta.smtpPorts[0]!, ["e@dane.test"]);
     swaksTo(mta.smtpPorts[0]!, ["f@fetch.test"]);
     swaksTo(mta.smtpPorts[0]!, ["g@bogus.test"]);
-    // Seven messages to four domains; the reports (one per policy domain) come after the period.
-    const dumps = (await mailbox.waitFor(4, 30_000)).map(parseReport);
+    for (const d of ["rogue", "mismatch", "expired", "testing", "invalid", "webpki", "required"])
+      swaksTo(mta.smtpPorts[0]!, [`x@${d}.test`]);
+    // 14 messages to 11 domains; the reports (one per policy domain) come after the period.
+    const domains = [
+      "bogus",
+      "dane",
+      "expired",
+      "fetch",
+      "invalid",
+      "mismatch",
+      "required",
+      "rogue",
+      "sts",
+      "testing",
+      "webpki",
+    ].map((d) => `${d}.test`);
+    const dumps = (await mailbox.waitFor(domains.length, 30_000)).map(parseReport);
     const byDomain: Record<string, ReturnType<typeof parseReport>> = Object.fromEntries(
       dumps.map((d) => [d["TLS-Report-Domain"], d] as const),
     );
-    expect(Object.keys(byDomain).sort()).toEqual(["bogus.test", "dane.test", "fetch.test", "sts.test"]);
+    expect(Object.keys(byDomain).sort()).toEqual(domains);
+    // Every RFC 8460 §4.3 result type mta can meet is in some report.
+    const seen = new Set(
+      dumps.flatMap((d) =>
+        d.report.policies.flatMap((p) => (p["failure-details"] ?? []).map((f) => f["result-type"])),
+      ),
+    );
+    expect([...seen].sort()).toEqual([
+      "certificate-expired",
+      "certificate-host-mismatch",
+      "certificate-not-trusted",
+      "dane-required",
+      "dnssec-invalid",
+      "starttls-not-supported",
+      "sts-policy-fetch-error",
+      "sts-policy-invalid",
+      "sts-webpki-invalid",
+      "tlsa-invalid",
+      "validation-failure",
+    ]);
 
     const log = deliveryLog(dir.path).filter((l) => l.type === "delivery" || l.type === "transient-failure");
     for (const [domain, mail] of Object.entries(byDomain)) {
@@ -249,7 +341,15 @@ describe("TLS-RPT through mta serve", () => {
       for (const l of lines)
         for (const f of (l.tls as { failures?: { result: string }[] })?.failures ?? [])
           expected.set(f.result, (expected.get(f.result) ?? 0) + 1);
-      const deliveries = lines.filter((l) => l.type === "delivery").length;
+      // A delivered attempt is a successful session unless the session that carried it failed the
+      // policy itself (MTA-STS testing: delivered, and reported as a failure).
+      const deliveries = lines.filter(
+        (l) =>
+          l.type === "delivery" &&
+          !((l.tls as { failures?: { mx: string; ip: string }[] })?.failures ?? []).some(
+            (f) => f.mx === l.mx && f.ip === l.ip,
+          ),
+      ).length;
       const report = mail.report;
       const success = report.policies.reduce((n, p) => n + p.summary["total-successful-session-count"], 0);
       const failed = new Map<string, number>();
@@ -293,7 +393,9 @@ describe("TLS-RPT through mta serve", () => {
     });
 
     // DKIM-signed by mta.test, with the TLS-RPT headers in h=, and the signature verifies.
-    const raw = (await mailbox.waitFor(4)).find((d) => d.includes("TLS-Report-Domain: sts.test"))!;
+    const raw = (await mailbox.waitFor(domains.length)).find((d) =>
+      d.includes("TLS-Report-Domain: sts.test"),
+    )!;
     const dkim = await dkimVerify(Buffer.from(raw, "latin1"), {
       resolver: dkimDns.resolver as never,
     } as never);
