@@ -371,6 +371,9 @@ export class Engine {
    */
   reload(config: Config): void {
     const signer = makeSignerPool(config, this.log.withTag("dkim"));
+    const tlsState = (c: Config) => JSON.stringify([c.tlsPolicy, c.dns.dnssec]);
+    if (tlsState(config) !== tlsState(this.config))
+      this.log.warn("tls_policy and dns.dnssec changes take effect at the next start");
     this.signer?.close(); // its threads finish what they hold, then end
     this.signer = signer;
     this.config = config;

@@ -54,6 +54,8 @@ interface Entry {
   expiresMs: number;
   /** Used since it was fetched (refresh only what mail still goes to). Not persisted. */
   used: boolean;
+  /** After a failed refresh, the next try is not before this. Not persisted. */
+  retryAtMs?: number;
 }
 
 /** Refresh at half of max_age, and at least daily (RFC 8461 §10.2 suggests daily checks). */
@@ -66,6 +68,8 @@ export class StsPolicies {
   private readonly failedAt = new Map<string, { atMs: number; lookup: StsLookup }>();
   private readonly clock: Clock;
   private timer: ReturnType<typeof setTimeout> | undefined;
+  /** While the refresh pass runs, fetches do not re-arm the timer (the pass does, once, at its end). */
+  private refreshing = false;
   private closed = false;
   private readonly m;
 
@@ -217,7 +221,7 @@ export class StsPolicies {
     if (policy.maxAgeS > 0) {
       this.entries.set(domain, e);
       this.persist(e);
-      this.arm();
+      if (!this.refreshing) this.arm();
     } else this.forget(domain);
     this.opts.log.info("MTA-STS policy fetched", {
       domain,
@@ -254,7 +258,8 @@ export class StsPolicies {
   }
 
   private refreshAt(e: Entry): number {
-    return e.fetchedMs + Math.min((e.expiresMs - e.fetchedMs) / 2, MAX_REFRESH_INTERVAL_MS);
+    const due = e.fetchedMs + Math.min((e.expiresMs - e.fetchedMs) / 2, MAX_REFRESH_INTERVAL_MS);
+    return Math.max(due, e.retryAtMs ?? 0);
   }
 
   /** Sets the timer for the next refresh (or expiry) that is due. */
@@ -270,6 +275,16 @@ export class StsPolicies {
   }
 
   private async refreshDue(): Promise<void> {
+    this.refreshing = true;
+    try {
+      await this.refreshPass();
+    } finally {
+      this.refreshing = false;
+    }
+    this.arm();
+  }
+
+  private async refreshPass(): Promise<void> {
     const now = this.clock.now();
     for (const e of [...this.entries.values()]) {
       if (e.expiresMs <= now) {
@@ -285,10 +300,11 @@ export class StsPolicies {
         continue;
       }
       const r = await this.fetchOnce(e.domain, record.id);
-      if (r.kind === "failed")
+      if (r.kind === "failed") {
+        e.retryAtMs = this.clock.now() + (this.opts.retryAfterFailureMs ?? 60_000);
         this.opts.log.warn("MTA-STS proactive refresh failed", { domain: e.domain, reason: r.detail });
+      }
     }
-    this.arm();
   }
 }
 
