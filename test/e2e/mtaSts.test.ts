@@ -6,7 +6,15 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { type DnsServer, startDnsServer } from "../support/dnsServer.ts";
 import { type HttpsServer, startHttpsServer, stsPolicyResponse } from "../support/httpsServer.ts";
-import { type StartedMta, startMta, swaksTo, tempDir, testConfig, waitForLogLine } from "../support/mta.ts";
+import {
+  runMta,
+  type StartedMta,
+  startMta,
+  swaksTo,
+  tempDir,
+  testConfig,
+  waitForLogLine,
+} from "../support/mta.ts";
 import { freePort } from "../support/sink.ts";
 import { createTestCa, selfSignedFor, type TestCa } from "../support/testCa.ts";
 import { type Aiosmtpd, startAiosmtpd } from "../support/aiosmtpd.ts";
@@ -144,7 +152,7 @@ describe("MTA-STS through mta serve", () => {
   }, 30_000);
 
   test("enforce: an MX that hides STARTTLS gets no mail in plain text (4.7.4)", async () => {
-    swaksTo(mta.smtpPorts[0]!, "c@stripped.test");
+    const queued = /queued as ([0-9A-Z]+)/.exec(swaksTo(mta.smtpPorts[0]!, "c@stripped.test"))![1]!;
     const line = await waitForLogLine(dir.path, "c@stripped.test", "transient-failure");
     expect(line).toMatchObject({
       enhanced: "4.7.4",
@@ -153,6 +161,9 @@ describe("MTA-STS through mta serve", () => {
     expect(peers.stripped!.commands()).toContain("EHLO");
     expect(peers.stripped!.commands()).not.toContain("MAIL");
     expect(peers.stripped!.messages()).toEqual([]);
+    // `mta queue show` names the policy that keeps the message waiting.
+    const show = runMta(["queue", "show", queued, "-c", mta.configFile]);
+    expect(show.stdout).toContain("TLS required (sts-enforce) but the server does not offer STARTTLS");
   }, 30_000);
 
   test("testing: delivered as usual over TLS, the untrusted certificate noted for TLS-RPT", async () => {
