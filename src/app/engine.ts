@@ -18,9 +18,9 @@ import { errorMessage, MtaError } from "../lib/index.ts";
 import { DeliveryLog, type Logger, Metrics, registerProcessMetrics } from "../observe/index.ts";
 import { type DestinationPolicy, type PoolMember, Scheduler } from "../scheduler/index.ts";
 import { Spool } from "../spool/index.ts";
-import { readCaBundle, TlsPolicies } from "../tlspolicy/index.ts";
+import { readCaBundle, type TlsPolicies } from "../tlspolicy/index.ts";
 import { AcceptPipeline } from "./accept.ts";
-import { PolicyDeliverer } from "./tlsDelivery.ts";
+import { openTlsPolicies, PolicyDeliverer, tlsPolicyProblems } from "./tlsDelivery.ts";
 import { hasRollups, makeRouter } from "./routing.ts";
 
 export interface EngineOptions {
@@ -157,81 +157,6 @@ export function dkimProblems(config: Config): { path: (string | number)[]; messa
     problems.push({ path: ["dkim"], message: errorMessage(err) });
   }
   return problems;
-}
-
-/**
- * What `mta check-config` and `mta serve` refuse in the TLS policy: an unreadable CA bundle, and a
- * destination that requires DANE or MTA-STS where it cannot happen (its mail would only be deferred).
- */
-export function tlsPolicyProblems(config: Config): { path: (string | number)[]; message: string }[] {
-  const problems: { path: (string | number)[]; message: string }[] = [];
-  try {
-    readCaBundle(config.tlsPolicy.caFile || undefined);
-  } catch (err) {
-    problems.push({
-      path: ["tls_policy", "ca_file"],
-      message: errorMessage(err).replace(/^tls_policy\.ca_file: /, ""),
-    });
-  }
-  const daneWhy = !config.dns.dnssec
-    ? "needs dns.dnssec: true (a validating resolver)"
-    : !config.tlsPolicy.dane.enabled
-      ? "needs tls_policy.dane.enabled: true"
-      : undefined;
-  for (const [name, p] of Object.entries(config.delivery.domains)) {
-    if (p.tls === "dane" && daneWhy)
-      problems.push({ path: ["delivery", "domains", name, "tls"], message: `tls: dane ${daneWhy}` });
-    if (p.tls === "sts" && !config.tlsPolicy.mtaSts.enabled)
-      problems.push({
-        path: ["delivery", "domains", name, "tls"],
-        message: "tls: sts needs tls_policy.mta_sts.enabled: true",
-      });
-  }
-  return problems;
-}
-
-/** The outbound TLS policy handle: MTA-STS cache and TLS-RPT store in the spool directory. */
-function openTlsPolicies(
-  config: Config,
-  resolver: ReturnType<typeof createResolver>,
-  opts: {
-    ca: string | undefined;
-    loopbackOnly: boolean;
-    log: Logger;
-    metrics: Metrics;
-    submit: AcceptPipeline["submit"];
-  },
-): TlsPolicies {
-  const t = config.tlsPolicy;
-  const host = config.hostname;
-  return TlsPolicies.open({
-    spoolDir: config.spool.dir,
-    resolver,
-    prefer: config.dns.prefer,
-    ...(opts.loopbackOnly ? { allowAddress: isLoopback } : {}),
-    ...(opts.ca !== undefined ? { ca: opts.ca } : {}),
-    dane: t.dane,
-    mtaSts: t.mtaSts,
-    tlsRpt: {
-      enabled: t.tlsRpt.enabled,
-      intervalMs: t.tlsRpt.intervalMs,
-      organization: t.tlsRpt.organization || host,
-      contact: t.tlsRpt.contact || `postmaster@${host}`,
-      submitter: host,
-      from: t.tlsRpt.from || `tlsrpt-noreply@${host}`,
-      submitMail: async (m) => {
-        const r = await opts.submit({
-          sender: m.sender,
-          recipients: [{ address: m.recipient }],
-          attributes: { listener: "tls-rpt" },
-          message: m.message,
-        });
-        if (!r.ok) throw new Error(`spool refused the report: ${r.reply.code}`);
-      },
-    },
-    log: opts.log,
-    metrics: opts.metrics,
-  });
 }
 
 export class Engine {
