@@ -116,8 +116,9 @@ type Case = {
   name: string;
   domain: string;
   mode: "off" | "opportunistic" | "auto";
-  name2?: string;
   host: string;
+  /** Hand the CA bundle to the TLS stack without checking anything: what the bundle alone costs. */
+  withCa?: boolean;
 };
 const CASES: Case[] = [
   { name: "plain text (tls: off)", domain: "bench.test", mode: "off", host: "mx.bench.test" },
@@ -128,6 +129,13 @@ const CASES: Case[] = [
     host: "mx.bench.test",
   },
   {
+    name: "STARTTLS, unverified, CA bundle in the TLS context",
+    domain: "bench.test",
+    mode: "opportunistic",
+    host: "mx.bench.test",
+    withCa: true,
+  },
+  {
     name: "MTA-STS enforce (WebPKI + name), policy cached",
     domain: "bench.test",
     mode: "auto",
@@ -135,6 +143,28 @@ const CASES: Case[] = [
   },
   { name: "DANE-EE 3 1 1, TLSA cached", domain: "dane.test", mode: "auto", host: "mx.dane.test" },
 ];
+
+/** The attempt's target as `mta serve` builds it: the plan's hosts with their TLS policies. */
+async function targetFor(c: Case, tls: TlsPolicies): Promise<AttemptTarget> {
+  const plan: TlsPlan = await tls.plan({
+    domain: c.domain,
+    hosts: [{ name: c.host, ip: "127.0.0.1", port }],
+    viaMx: true,
+    mode: c.mode,
+    verify: false,
+  });
+  return {
+    hosts: plan.hosts.map((h) => ({
+      name: h.name,
+      ip: h.ip,
+      port: h.port,
+      tls: c.withCa ? { ...h.tls, ca: ca.certPem, key: `${h.tls.key}/ca` } : h.tls,
+    })),
+    ehloName: "client.test",
+    tls: "opportunistic",
+    tlsVerify: false,
+  };
+}
 
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
@@ -158,20 +188,7 @@ async function sequential(
   const cpu0 = process.cpuUsage();
   for (let i = 0; i < perCase; i++) {
     const t0 = performance.now();
-    const plan: TlsPlan = await tls.plan({
-      domain: c.domain,
-      hosts: [{ name: c.host, ip: "127.0.0.1", port }],
-      viaMx: true,
-      mode: c.mode,
-      verify: false,
-    });
-    const target: AttemptTarget = {
-      hosts: plan.hosts.map((h) => ({ name: h.name, ip: h.ip, port: h.port, tls: h.tls })),
-      ehloName: "client.test",
-      tls: "opportunistic",
-      tlsVerify: false,
-    };
-    const r = await d.deliver(target, message(i));
+    const r = await d.deliver(await targetFor(c, tls), message(i));
     lat.push(performance.now() - t0);
     if (r.recipients[0]!.kind !== "delivered") failed++;
     policy = r.tls ? `${r.tls.policy}${r.tls.verified ? " (verified)" : ""}` : "plain";
@@ -202,22 +219,7 @@ async function concurrent(c: Case, tls: TlsPolicies): Promise<number> {
     Array.from({ length: 50 }, async () => {
       while (next < perCase * 2) {
         const i = next++;
-        const plan = await tls.plan({
-          domain: c.domain,
-          hosts: [{ name: c.host, ip: "127.0.0.1", port }],
-          viaMx: true,
-          mode: c.mode,
-          verify: false,
-        });
-        await d.deliver(
-          {
-            hosts: plan.hosts.map((h) => ({ ...h })),
-            ehloName: "client.test",
-            tls: "opportunistic",
-            tlsVerify: false,
-          },
-          message(i),
-        );
+        await d.deliver(await targetFor(c, tls), message(i));
       }
     }),
   );
