@@ -11,6 +11,7 @@
  * no Postfix figure for those rows on this machine; see the report in the README.
  */
 import { spawn } from "bun";
+import { loadavg } from "node:os";
 import { join } from "node:path";
 import { createResolver } from "../src/dns/index.ts";
 import {
@@ -282,7 +283,9 @@ async function lookups(): Promise<{
   return { stsWarmUs, daneWarmUs, stsColdMs: median(stsCold), daneColdMs: median(daneCold) };
 }
 
-console.log(`# outbound TLS per new connection: ${machine()}`);
+console.log(
+  `# outbound TLS per new connection: ${machine()}; load average at start ${loadavg()[0]!.toFixed(1)}`,
+);
 console.log(
   `# Deliverer -> STARTTLS sink (separate Bun process, ECDSA P-256 certificate) on 127.0.0.1:${port}, 1 KB, 1 message per connection`,
 );
@@ -326,5 +329,8 @@ console.log(
 console.log("|---|---:|---:|");
 console.log(`| MTA-STS | ${l.stsWarmUs.toFixed(1)} µs | ${l.stsColdMs.toFixed(2)} ms |`);
 console.log(`| DANE (A + TLSA, validated) | ${l.daneWarmUs.toFixed(1)} µs | ${l.daneColdMs.toFixed(2)} ms |`);
+console.log(
+  `# load average at the end ${loadavg()[0]!.toFixed(1)} (a shared machine: compare rows of one run)`,
+);
 sink.kill();
 await sink.exited;
