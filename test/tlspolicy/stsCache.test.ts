@@ -297,3 +297,26 @@ test("a policy body that is not UTF-8 is an invalid policy, not a crash", async 
   expect(await p.lookup("a.test")).toMatchObject({ kind: "failed", failure: "sts-policy-invalid" });
   p.close();
 });
+
+test("a policy sent with chunked transfer coding is read whole", async () => {
+  dns.set("_mta-sts.j.test", { txt: ["v=STSv1; id=c1;"], ttlS: 0 });
+  const parts = ["version: STSv1\r\n", "mode: testing\r\nmx: ", "mx.j.test\r\nmax_age: 600\r\n"];
+  serve("j.test", () => {
+    const stream = new ReadableStream({
+      async pull(c) {
+        const p = parts.shift();
+        if (p === undefined) return c.close();
+        await Bun.sleep(20);
+        c.enqueue(new TextEncoder().encode(p));
+      },
+    });
+    return new Response(stream, { headers: { "Content-Type": "text/plain" } });
+  });
+  const p = policies("c12");
+  expect(await p.lookup("j.test")).toMatchObject({
+    kind: "policy",
+    id: "c1",
+    policy: { mode: "testing", mx: ["mx.j.test"] },
+  });
+  p.close();
+});
