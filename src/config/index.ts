@@ -16,7 +16,9 @@ export type {
   Config,
   DeliveryConfig,
   DomainPolicy,
+  DomainTlsMode,
   ListenerConfig,
   RouteConfig,
   TlsMode,
+  TlsPolicyConfig,
 } from "./types.ts";
