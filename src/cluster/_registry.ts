@@ -52,6 +52,8 @@ export interface RegistryOptions {
   expectedNodes: number;
   /** Whether this node may announce itself now (its leases are in Redis). */
   canBeat(): boolean;
+  /** Whether the count seen is the fleet's (shared mode, not in the middle of a rejoin). */
+  settled(): boolean;
   log: Logger;
 }
 
@@ -75,6 +77,8 @@ export class Registry {
   private lastCount: number;
   /** The spool's identity (from the state file), or this instance's when there is none. */
   readonly owner: string;
+  /** The count in the state file. */
+  private written: number;
   private startedMs = Date.now();
   /** Set while another instance holds this node's name. */
   conflict: NameConflictError | undefined;
@@ -91,6 +95,7 @@ export class Registry {
     const state = readState(opts.stateFile);
     this.lastCount = Math.max(1, state.nodesAlive ?? opts.expectedNodes);
     this.owner = state.owner ?? (opts.stateFile ? crypto.randomUUID() : opts.instance);
+    this.written = this.lastCount;
     if (state.owner === undefined)
       writeState(opts.stateFile, { nodesAlive: this.lastCount, owner: this.owner }, opts.log);
   }
@@ -170,9 +175,13 @@ export class Registry {
     if (count !== this.lastCount) {
       o.log.info("nodes alive", { count, nodes: nodes.map((n) => n.name) });
       this.lastCount = count;
-      writeState(o.stateFile, { nodesAlive: count, owner: this.owner }, o.log);
     }
     for (const cb of this.listeners) cb();
+    // Kept for a start with Redis down; not while rejoining, when the others may not be back yet.
+    if (this.opts.settled() && count !== this.written) {
+      this.written = count;
+      writeState(o.stateFile, { nodesAlive: count, owner: this.owner }, o.log);
+    }
   }
 
   /** Removes this node's registration (graceful stop); best effort. */

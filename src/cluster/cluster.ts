@@ -128,6 +128,7 @@ export class Cluster {
       stateFile: opts.stateFile,
       expectedNodes: opts.expectedNodes,
       canBeat: () => this.leasesInRedis,
+      settled: () => this.current === "shared",
       log,
     });
     // Outside shared mode the divisor never drops below the nodes seen before the outage: a node
