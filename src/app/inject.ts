@@ -6,9 +6,10 @@
  * Body: `{ "messages": [ { "sender", "recipients": [..], "message": "<RFC 5322 text>" } | { "sender",
  * "recipients", "subject", "text", "html", "headers", "from" } ] }` or one such object alone.
  */
-import { jsonError, jsonResponse } from "../observe/index.ts";
+import { concatBytes, textEncoder } from "../lib/index.ts";
+import { jsonError, jsonResponse, type Peer } from "../observe/index.ts";
 import type { AcceptPipeline } from "./accept.ts";
-import { addMissingHeaders, composeMessage } from "./compose.ts";
+import { addMissingHeaders, composeMessage, rfc5322Date } from "./compose.ts";
 
 export interface InjectItem {
   sender: string;
@@ -83,12 +84,22 @@ export function itemToMessage(item: InjectItem, hostname: string): Uint8Array {
   );
 }
 
+/** `Received: from [ip] by host (mta) with HTTP; date`, or `by host (mta, control socket)`. */
+export function injectReceived(peer: Peer, hostname: string, nowMs: number): string {
+  const date = rfc5322Date(nowMs);
+  if (peer.socket)
+    return `Received: by ${hostname} (mta, inject API on the control socket);\r\n\t${date}\r\n`;
+  const a = peer.address.replace(/^::ffff:/, "");
+  const literal = a.includes(":") ? `IPv6:${a}` : a;
+  return `Received: from [${literal}]\r\n\tby ${hostname} (mta, inject API) with HTTP;\r\n\t${date}\r\n`;
+}
+
 export function injectHandler(
   pipeline: AcceptPipeline,
   opts: { hostname: string; maxMessageBytes: number; maxItems?: number },
 ) {
   const maxItems = opts.maxItems ?? 10_000;
-  return async (req: Request): Promise<Response> => {
+  return async (req: Request, _url: URL, peer: Peer): Promise<Response> => {
     let body: unknown;
     try {
       body = await req.json();
@@ -106,13 +117,16 @@ export function injectHandler(
       const problem = checkItem(items[i], opts.maxMessageBytes);
       if (problem) return jsonError(problem.includes("over the limit") ? 413 : 400, problem, { index: i });
     }
+    // RFC 5321 §4.4: a trace line for this hop, naming the client as the listener's Received does.
+    const trace = textEncoder.encode(injectReceived(peer, opts.hostname, Date.now()));
+    const client = peer.socket ? "control socket" : peer.address;
     const results = await Promise.all(
       (items as InjectItem[]).map((item) =>
         pipeline.submit({
           sender: item.sender,
           recipients: item.recipients.map((address) => ({ address })),
-          attributes: { listener: "api", ...(item.attributes ?? {}) },
-          message: itemToMessage(item, opts.hostname),
+          attributes: { listener: "api", ...(item.attributes ?? {}), client },
+          message: concatBytes([trace, itemToMessage(item, opts.hostname)]),
         }),
       ),
     );

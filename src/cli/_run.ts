@@ -73,6 +73,7 @@ async function reportError(err: unknown, main: CommandDef, argv: string[]): Prom
     if (err.code === "usage") return EXIT.usage;
     if (err.code === "config") return EXIT.config;
     if (err.code === "unavailable") return EXIT.unavailable;
+    if (err.code === "noperm") return EXIT.noPerm;
     if (err.code === "spool-locked") {
       process.stderr.write(
         "mta: another mta process owns this spool; stop it first, or use `mta queue` to talk to it\n",

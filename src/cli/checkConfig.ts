@@ -1,11 +1,12 @@
 /**
  * `mta check-config`: validate the configuration and print the effective one (defaults filled in).
  * DKIM keys are loaded and checked too, as `mta serve` would at start: an operator expects
- * check-config to catch a malformed key before a restart does.
+ * check-config to catch a malformed key before a restart does. Secrets (control.token, relay
+ * passwords, user hashes, inline or read from their *_file) are printed as `<redacted>`.
  */
 import { defineCommand } from "citty";
 import { dkimProblems } from "../app/index.ts";
-import { ConfigError, findConfigPath, loadConfig, renderConfigYaml } from "../config/index.ts";
+import { ConfigError, findConfigPath, loadConfig, redactSecrets, renderConfigYaml } from "../config/index.ts";
 import { EXIT } from "../lib/index.ts";
 import { configArg } from "./_args.ts";
 
@@ -29,8 +30,10 @@ export default defineCommand({
         problems.map((p) => problemAt(p.path, p.message)),
       );
     if (!args.quiet) {
+      // Secrets (control token, relay passwords, user hashes) are printed as <redacted>.
+      const shown = redactSecrets(raw);
       process.stdout.write(
-        args.json ? `${JSON.stringify(raw, null, 2)}\n` : `# ${file}: ok\n${renderConfigYaml(raw)}`,
+        args.json ? `${JSON.stringify(shown, null, 2)}\n` : `# ${file}: ok\n${renderConfigYaml(shown)}`,
       );
     }
     return EXIT.ok;

@@ -32,7 +32,8 @@ const common = {
 } as const;
 
 async function client(args: { config?: string; local?: boolean }): Promise<QueueClient> {
-  const { config } = loadConfig(findConfigPath(args.config));
+  // Secret files stay unread: the token is read only when the control socket cannot be used.
+  const { config } = loadConfig(findConfigPath(args.config), { secrets: false });
   return openQueueClient(config, args.local ? { prefer: "local" } : {});
 }
 

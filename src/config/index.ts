@@ -1,3 +1,4 @@
+export { controlToken, inlineSecretPaths, REDACTED, redactSecrets } from "./_secrets.ts";
 export { formatDuration, type Rate } from "./_values.ts";
 export {
   CONFIG_SEARCH_PATH,
@@ -6,6 +7,7 @@ export {
   findConfigPath,
   formatProblems,
   type LoadedConfig,
+  type LoadOptions,
   loadConfig,
   parseConfigText,
   renderConfigYaml,

@@ -9,6 +9,7 @@ import { dirname, resolve } from "node:path";
 import * as v from "valibot";
 import { isMap, isPair, isScalar, isSeq, LineCounter, type Node, parseDocument, stringify } from "yaml";
 import { MtaError } from "../lib/index.ts";
+import { inlineSecrets } from "./_secrets.ts";
 import { closest } from "./_values.ts";
 import { ConfigSchema, type RawConfig } from "./schema.ts";
 import { buildConfig, type Config } from "./types.ts";
@@ -125,13 +126,14 @@ function semanticChecks(
   raw: RawConfig,
   baseDir: string,
   push: (path: PathKey[], message: string) => void,
+  files: boolean,
 ): void {
   const seen = new Map<string, number>();
   raw.listen.forEach((l, i) => {
     const prev = seen.get(l.address);
     if (prev !== undefined) push(["listen", i, "address"], `the same address as listen[${prev}]`);
     seen.set(l.address, i);
-    if (l.tls) {
+    if (l.tls && files) {
       for (const k of ["cert", "key"] as const) {
         const file = resolve(baseDir, l.tls[k]);
         try {
@@ -144,7 +146,7 @@ function semanticChecks(
         }
       }
     }
-    if (l.auth !== "off" && Object.keys(l.users).length === 0) {
+    if (l.auth !== "off" && Object.keys(l.users).length === 0 && l.users_file === undefined) {
       push(["listen", i, "auth"], `auth is ${l.auth} but listen[${i}].users is empty`);
     }
     if (l.auth === "required" && !l.tls && !l.allow_plaintext_auth) {
@@ -163,6 +165,7 @@ function semanticChecks(
     }
   });
   raw.dkim.keys.forEach((k, i) => {
+    if (!files) return;
     const file = resolve(baseDir, k.key_file);
     try {
       accessSync(file, constants.R_OK);
@@ -183,8 +186,18 @@ export interface LoadedConfig {
   problemAt(path: readonly (string | number)[], message: string): ConfigProblem;
 }
 
+export interface LoadOptions {
+  /**
+   * Default true: read the secret files (`*_file`) and check that TLS and DKIM key files are readable,
+   * as `mta serve` needs. false: for client commands (`mta send` to a daemon or the maildrop, `mta
+   * queue`), which a user who may not read those files runs; the secrets stay unread (see controlToken).
+   */
+  secrets?: boolean;
+}
+
 /** Parses and validates YAML text; throws `ConfigError` listing every problem. */
-export function parseConfigText(text: string, file: string): LoadedConfig {
+export function parseConfigText(text: string, file: string, opts: LoadOptions = {}): LoadedConfig {
+  const secrets = opts.secrets !== false;
   const lineCounter = new LineCounter();
   const doc = parseDocument(text, { lineCounter, prettyErrors: true, uniqueKeys: true });
   const problems: ConfigProblem[] = [];
@@ -224,14 +237,15 @@ export function parseConfigText(text: string, file: string): LoadedConfig {
     throw new ConfigError(file, sortByLine(dedupe(problems)));
   }
   const baseDir = dirname(file);
-  semanticChecks(result.output, baseDir, push);
+  semanticChecks(result.output, baseDir, push, secrets);
+  const effective = secrets ? inlineSecrets(result.output, baseDir, push) : result.output;
   if (problems.length) throw new ConfigError(file, problems);
   const problemAt = (path: readonly PathKey[], message: string): ConfigProblem => {
     const node = nodeAt(doc, path, false);
     const pos = node?.range ? lineCounter.linePos(node.range[0]) : undefined;
     return { path: formatPath(path), line: pos?.line, column: pos?.col, message };
   };
-  return { config: buildConfig(result.output, file, baseDir), raw: result.output, problemAt };
+  return { config: buildConfig(effective, file, baseDir), raw: result.output, problemAt };
 }
 
 /** Valibot's built-in messages in the same voice as ours: "expected X, got Y". */
@@ -259,14 +273,14 @@ function dedupe(problems: ConfigProblem[]): ConfigProblem[] {
   });
 }
 
-export function loadConfig(file: string): LoadedConfig {
+export function loadConfig(file: string, opts: LoadOptions = {}): LoadedConfig {
   let text: string;
   try {
     text = readFileSync(file, "utf8");
   } catch (err) {
     throw new ConfigError(file, [{ path: "", message: `cannot read: ${(err as Error).message}` }]);
   }
-  return parseConfigText(text, resolve(file));
+  return parseConfigText(text, resolve(file), opts);
 }
 
 export function renderConfigYaml(raw: RawConfig): string {

@@ -68,6 +68,7 @@ export const ListenerSchema = v.strictObject({
   ),
   auth: v.optional(AuthMode, "off"),
   users: v.optional(v.record(v.string(), v.string("expected a password hash from `mta hash-password`")), {}),
+  users_file: v.optional(v.string("expected the path of a file of `user:hash` lines")),
   allow_plaintext_auth: v.optional(Bool, false),
   submission: v.optional(Bool, false),
   max_message_size: v.optional(Size, "25MB"),
@@ -83,7 +84,19 @@ export const ListenerSchema = v.strictObject({
 
 const RouteObject = v.strictObject({
   hosts: v.array(HostText),
-  auth: v.optional(v.strictObject({ username: v.string(), password: v.string() })),
+  auth: v.optional(
+    v.pipe(
+      v.strictObject({
+        username: v.string(),
+        password: v.optional(v.string()),
+        password_file: v.optional(v.string("expected the path of a file holding the password")),
+      }),
+      v.check(
+        (a) => (a.password === undefined) !== (a.password_file === undefined),
+        "expected exactly one of password and password_file",
+      ),
+    ),
+  ),
   tls: v.optional(TlsMode),
 });
 const Route = v.union(
@@ -136,9 +149,11 @@ const DEFAULT_POLICY = {
 
 export const ConfigSchema = v.strictObject({
   hostname: v.optional(v.pipe(v.string(), v.regex(/^[A-Za-z0-9.-]+$/, "expected a host name"))),
+  shutdown_grace: v.optional(Duration, "30s"),
   spool: v.optional(
     v.strictObject({
       dir: v.optional(v.string(), "./spool"),
+      maildrop: v.optional(v.string(), "./maildrop"),
       sync: v.optional(Bool, true),
       segment_size: v.optional(Size, "64MiB"),
       compact_below: v.optional(Ratio, 0.3),
@@ -151,6 +166,14 @@ export const ConfigSchema = v.strictObject({
     v.strictObject({
       address: v.optional(v.union([AddressText, v.literal("")]), "127.0.0.1:8025"),
       token: v.optional(v.string()),
+      token_file: v.optional(v.string("expected the path of a file holding the token")),
+      socket: v.optional(v.string('expected the path of the control socket, or "" for none')),
+      hosts: v.optional(
+        v.array(
+          v.pipe(v.string(), v.regex(/^[A-Za-z0-9.-]+$/, "expected a host name such as mta.example.com")),
+        ),
+        [],
+      ),
     }),
     {},
   ),

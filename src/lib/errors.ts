@@ -14,6 +14,7 @@ export const EXIT = {
   unavailable: 69,
   software: 70,
   tempFail: 75,
+  noPerm: 77,
   config: 78,
 } as const;
 
@@ -41,6 +42,14 @@ export class UnavailableError extends MtaError {
   override name = "UnavailableError";
   constructor(message: string, options?: { cause?: unknown }) {
     super("unavailable", message, options);
+  }
+}
+
+/** Not allowed for this user (exit 77, EX_NOPERM), e.g. a spool or secret only root and mta may read. */
+export class PermissionError extends MtaError {
+  override name = "PermissionError";
+  constructor(message: string, options?: { cause?: unknown }) {
+    super("noperm", message, options);
   }
 }
 

@@ -1,0 +1,83 @@
+/**
+ * Which way `mta send` (sendmail) hands mail over, by who runs it.
+ *
+ * Owns: the choice (a daemon this user may talk to → its inject API; a daemon this user may not talk
+ * to, or a spool this user may not open → the maildrop; else the spool itself), and the maildrop sink.
+ * Does not own: the drop file (_maildrop.ts), the other sinks and the pump (send.ts).
+ * Invariant: a user who is neither root nor the daemon's user never needs a secret: the maildrop is
+ * the only way in that needs no permission beyond creating a file, and the file's owner is the uid
+ * the daemon records.
+ */
+import { accessSync, constants, existsSync } from "node:fs";
+import { dirname } from "node:path";
+import { type Config, loadConfig } from "../config/index.ts";
+import { PermissionError, UnavailableError } from "../lib/index.ts";
+import { type ControlEndpoint, findDaemon } from "./_control.ts";
+import { dropMessage } from "./_maildrop.ts";
+import type { SendItem } from "./_sendReaders.ts";
+
+function mayWrite(path: string): boolean {
+  try {
+    accessSync(path, constants.W_OK | constants.X_OK);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Whether this user may open the spool itself (it exists and is writable, or may be created). */
+function mayUseSpool(config: Config): boolean {
+  const dir = config.spool.dir;
+  return existsSync(dir) ? mayWrite(dir) : mayWrite(dirname(dir));
+}
+
+export async function submissionWay(
+  config: Config,
+): Promise<{ daemon?: ControlEndpoint; maildrop?: string }> {
+  const d = await findDaemon(config, 2000);
+  if ("found" in d) return { daemon: d.found };
+  if ("none" in d && mayUseSpool(config)) return {};
+  const drop = config.spool.maildrop;
+  if (!drop)
+    throw new PermissionError(
+      "refused" in d
+        ? `send: ${d.refused}, and spool.maildrop is off`
+        : `send: this user may not write the spool ${config.spool.dir}, and spool.maildrop is off`,
+    );
+  if (!existsSync(drop))
+    throw new UnavailableError(`send: the maildrop ${drop} does not exist (mta serve creates it at start)`);
+  return { maildrop: drop };
+}
+
+/** The configuration with its secret files read, for delivering in this process (root or mta only). */
+export function withSecrets(config: Config): Config {
+  return config.source ? loadConfig(config.source).config : config;
+}
+
+type Outcome = { ok: true; ids: string[] } | { ok: false; unavailable: string };
+
+/** Each item becomes one drop file; the daemon picks it up (now, or when it next runs). */
+export class MaildropSink {
+  readonly mode = "maildrop";
+  readonly inFlight = 1;
+  readonly batchSize = 64;
+
+  constructor(private readonly dir: string) {}
+
+  async submit(items: SendItem[]): Promise<Outcome[]> {
+    return items.map((it) => {
+      try {
+        const name = dropMessage(this.dir, {
+          sender: it.sender,
+          recipients: it.recipients,
+          message: it.message,
+          attributes: it.attributes,
+        });
+        return { ok: true, ids: [name] };
+      } catch (err) {
+        const code = (err as NodeJS.ErrnoException).code ?? String(err);
+        return { ok: false, unavailable: `cannot write to the maildrop ${this.dir} (${code})` };
+      }
+    });
+  }
+}
