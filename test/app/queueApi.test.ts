@@ -26,6 +26,8 @@ const parsePrometheus = (
 let dir = "";
 let engine: Engine;
 let control: ControlServer;
+const TOKEN = "api-test-token";
+const AUTH = { authorization: `Bearer ${TOKEN}` };
 let base = "";
 const MAX = 2000;
 
@@ -52,6 +54,7 @@ beforeAll(async () => {
   control = startControlServer({
     host: "127.0.0.1",
     port: 0,
+    token: TOKEN,
     log: silentLogger(),
     metrics: engine.metrics,
     routes: {
@@ -72,7 +75,7 @@ function inject(body: string): Promise<Response> {
   return fetch(`${base}/api/v1/inject`, {
     method: "POST",
     body,
-    headers: { "content-type": "application/json" },
+    headers: { ...AUTH, "content-type": "application/json" },
   });
 }
 
@@ -149,7 +152,7 @@ test("inject: a good batch is answered with one id per message part after the ap
   expect(json.messages[1]!.ids).toHaveLength(2); // one spool message per recipient domain
   expect(engine.spool.messageCount).toBe(before + 3);
   const shown = (await (
-    await fetch(`${base}/api/v1/queue/messages/${json.messages[1]!.ids[0]}?body=1`)
+    await fetch(`${base}/api/v1/queue/messages/${json.messages[1]!.ids[0]}?body=1`, { headers: AUTH })
   ).json()) as {
     body: string;
     headers: { name: string }[];
@@ -160,7 +163,7 @@ test("inject: a good batch is answered with one id per message part after the ap
 
 test("/metrics parses as Prometheus text format, names follow mta_<module>_<thing>_<unit>, queue series are right", async () => {
   await inject(JSON.stringify(good));
-  const res = await fetch(`${base}/metrics`);
+  const res = await fetch(`${base}/metrics`, { headers: AUTH });
   expect(res.headers.get("content-type")).toContain("text/plain");
   const families = parsePrometheus(await res.text());
   const byName = new Map(families.map((f) => [f.name, f]));
@@ -195,9 +198,10 @@ test("/metrics parses as Prometheus text format, names follow mta_<module>_<thin
     await fetch(`${base}/api/v1/queue/delete`, {
       method: "POST",
       body: JSON.stringify({ destination: "one.test", yes: true }),
+      headers: { ...AUTH, "content-type": "application/json" },
     })
   ).json()) as { affected: number };
-  const after = parsePrometheus(await (await fetch(`${base}/metrics`)).text()).find(
+  const after = parsePrometheus(await (await fetch(`${base}/metrics`, { headers: AUTH })).text()).find(
     (f) => f.name === "mta_queue_admin_messages_total",
   )!;
   expect(after.metrics.find((m) => m.labels?.action === "delete")?.value).toBe(String(del.affected));

@@ -59,13 +59,16 @@ export interface StartedMta extends AsyncDisposable {
  * a loopback port where nothing answers (unless `extra` sets dns:), so that no test ever asks the
  * machine's resolver: tests send traffic to loopback only.
  */
+/** The control token of testConfig: over TCP the control API's /api/ needs it (mta's clients use the socket). */
+export const CONTROL_TOKEN = "test-control-token";
+
 export function testConfig(dir: string, extra = ""): string {
   return [
     /^dns:/m.test(extra) ? "" : 'dns: { servers: ["127.0.0.1:9"], timeout: 1s, attempts: 1 }',
     "hostname: mta.test",
     `spool: { dir: ${join(dir, "spool")} }`,
     "listen: [{ address: 127.0.0.1:0 }]",
-    "control: { address: 127.0.0.1:0 }",
+    `control: { address: 127.0.0.1:0, token: ${CONTROL_TOKEN} }`,
     `log: { level: info, format: json, deliveries: ${join(dir, "deliveries.jsonl")} }`,
     extra,
   ].join("\n");
