@@ -35,7 +35,9 @@ test("a flipped byte in the last acknowledged record is damage: reported, quaran
   const file = segmentFiles(tmp.dir)[0]!;
   const name = file.split("/").pop()!;
   const bytes = fs.readFileSync(file);
-  const last = records(bytes).filter((r) => r.type === 1).pop()!;
+  const last = records(bytes)
+    .filter((r) => r.type === 1)
+    .pop()!;
   expect(last.end).toBe(bytes.length);
   bytes[last.offset + 30]! ^= 0x01;
   fs.writeFileSync(file, bytes);
@@ -150,7 +152,9 @@ test("a version 1 spool opens, keeps its rule for a torn tail, and new batches g
   const v1file = join(tmp.dir, "v1", "segments", "00000000000000000001.seg");
   fs.writeFileSync(v1file, Buffer.concat(parts));
   spool = await Spool.open({ dir: join(tmp.dir, "v1") });
-  expect([spool.recovery.damaged.length, spool.recovery.truncatedBytes, spool.messageCount]).toEqual([0, 20, 2]);
+  expect([spool.recovery.damaged.length, spool.recovery.truncatedBytes, spool.messageCount]).toEqual([
+    0, 20, 2,
+  ]);
   for (const id of ids) expect(spool.slotOf(id)).toBeDefined();
   const c = await spool.append(msg(3));
   await spool.close();
