@@ -147,8 +147,27 @@ export function startControlServer(opts: ControlOptions): ControlServer {
     return false;
   };
 
+  /** A refusal, logged: a burst of these is someone (or some web page) trying the API. */
+  const refuse = (
+    req: Request,
+    status: number,
+    message: string,
+    extra?: Record<string, unknown>,
+    headers?: Record<string, string>,
+  ): Response => {
+    opts.log.info("control API request refused", {
+      status,
+      reason: message,
+      method: req.method,
+      path: pathOf(req),
+      host: req.headers.get("host") ?? "",
+      origin: req.headers.get("origin") ?? "",
+    });
+    return jsonError(status, message, extra, headers);
+  };
+
   const gate = (req: Request, local: boolean): Response | undefined => {
-    const forbidden = (why: string) => jsonError(403, `forbidden: ${why}`);
+    const forbidden = (why: string) => refuse(req, 403, `forbidden: ${why}`);
     const host = req.headers.get("host");
     if (!local && !hostAllowed(host))
       return forbidden(
@@ -170,9 +189,14 @@ export function startControlServer(opts: ControlOptions): ControlServer {
   };
 
   const handle = async (req: Request, local: boolean, peer: Peer): Promise<Response> => {
-    const url = new URL(req.url);
     const refused = gate(req, local);
     if (refused) return refused;
+    let url: URL;
+    try {
+      url = new URL(req.url);
+    } catch {
+      return refuse(req, 400, "bad request: malformed Host or request target");
+    }
     const method = req.method === "HEAD" ? "GET" : req.method;
     if (url.pathname === "/healthz" && method === "GET") {
       const h = opts.health?.() ?? { ok: true };
@@ -182,7 +206,8 @@ export function startControlServer(opts: ControlOptions): ControlServer {
     if (!handler) {
       const allow = methodsFor(url.pathname);
       if (allow.length > 0)
-        return jsonError(
+        return refuse(
+          req,
           405,
           `${req.method} is not allowed on ${url.pathname}`,
           { allow },
@@ -196,11 +221,12 @@ export function startControlServer(opts: ControlOptions): ControlServer {
       const isApi = url.pathname !== "/metrics";
       if (opts.token) {
         if (!bearerMatches(req.headers.get("authorization"), opts.token))
-          return jsonError(401, "missing or wrong bearer token", undefined, {
+          return refuse(req, 401, "missing or wrong bearer token", undefined, {
             "www-authenticate": 'Bearer realm="mta"',
           });
       } else if (isApi) {
-        return jsonError(
+        return refuse(
+          req,
           403,
           `forbidden: control.token is not set, so the API is served on the control socket only${opts.socketPath ? ` (${opts.socketPath})` : ""}`,
         );
@@ -213,7 +239,7 @@ export function startControlServer(opts: ControlOptions): ControlServer {
         });
       const type = (req.headers.get("content-type") ?? "").split(";")[0]!.trim().toLowerCase();
       if (type !== "application/json")
-        return jsonError(415, `${req.method} ${url.pathname} takes Content-Type: application/json`);
+        return refuse(req, 415, `${req.method} ${url.pathname} takes Content-Type: application/json`);
     }
     try {
       return await handler(req, url, peer);
@@ -284,6 +310,12 @@ export function startControlServer(opts: ControlOptions): ControlServer {
       if (socketPath) removeStaleSocket(socketPath);
     },
   };
+}
+
+/** The request's path for logs, even when Host made its URL unparsable. */
+function pathOf(req: Request): string {
+  const m = /^[a-z]+:\/\/[^/]*(\/[^?#]*)?/i.exec(req.url);
+  return m?.[1] ?? "/";
 }
 
 /** Removes a socket file left by an earlier daemon; anything else at that path is an error. */
