@@ -1,44 +1,7 @@
 import { expect, test } from "bun:test";
-import type { Socket } from "bun";
 import { runMta, startMta, tempDir, testConfig } from "../support/mta.ts";
 import { startSink } from "../support/sink.ts";
-
-/** A raw SMTP client: write lines, read replies as they come. */
-async function rawSession(port: number) {
-  let buf = "";
-  let wake: (() => void) | undefined;
-  let closed = false;
-  const socket: Socket = await Bun.connect({
-    hostname: "127.0.0.1",
-    port,
-    socket: {
-      data(_s, chunk) {
-        buf += chunk.toString();
-        wake?.();
-      },
-      close() {
-        closed = true;
-        wake?.();
-      },
-    },
-  });
-  const reply = async (): Promise<string> => {
-    for (;;) {
-      const m = /^(\d{3}) .*\r\n/m.exec(buf);
-      if (m) {
-        const end = buf.indexOf("\r\n", m.index) + 2;
-        const r = buf.slice(0, end);
-        buf = buf.slice(end);
-        return r;
-      }
-      if (closed) return "";
-      await new Promise<void>((r) => {
-        wake = r;
-      });
-    }
-  };
-  return { socket, reply, isClosed: () => closed };
-}
+import { rawSession } from "../support/smtpClient.ts";
 
 test("SIGTERM lets a session in DATA finish with 250, answers the idle one 421, and the message is kept", async () => {
   using dir = tempDir();

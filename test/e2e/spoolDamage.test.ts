@@ -7,53 +7,9 @@ import { expect, test } from "bun:test";
 import { existsSync, readdirSync, readFileSync, rmSync, truncateSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { runMta, startMta, tempDir, testConfig } from "../support/mta.ts";
+import { sendMessages } from "../support/smtpClient.ts";
 
 const DEAD = "delivery: { routes: { example.net: '127.0.0.1:9' }, retry: [1h] }";
-
-/** Sends `n` messages over one SMTP session (swaks would do; this keeps the ids). */
-async function sendSome(port: number, n: number): Promise<string[]> {
-  const ids: string[] = [];
-  let buf = "";
-  let wake: (() => void) | undefined;
-  const socket = await Bun.connect({
-    hostname: "127.0.0.1",
-    port,
-    socket: {
-      data(_s, chunk) {
-        buf += chunk.toString();
-        wake?.();
-      },
-    },
-  });
-  const reply = async () => {
-    for (;;) {
-      const m = /^(\d{3}) .*\r\n/m.exec(buf);
-      if (m) {
-        const end = buf.indexOf("\r\n", m.index) + 2;
-        const r = buf.slice(0, end);
-        buf = buf.slice(end);
-        return r;
-      }
-      await new Promise<void>((r) => {
-        wake = r;
-      });
-    }
-  };
-  await reply();
-  socket.write("EHLO client.test\r\n");
-  await reply();
-  for (let i = 0; i < n; i++) {
-    socket.write(`MAIL FROM:<a@app.test>\r\nRCPT TO:<r${i}@example.net>\r\nDATA\r\n`);
-    await reply();
-    await reply();
-    await reply();
-    socket.write(`Subject: m${i}\r\n\r\nbody ${i}\r\n.\r\n`);
-    const r = await reply();
-    ids.push(/queued as ([0-9A-Z]{14})/.exec(r)![1]!);
-  }
-  socket.end();
-  return ids;
-}
 
 function activeSegment(dir: string): string {
   const segs = join(dir, "spool", "segments");
@@ -81,7 +37,7 @@ test("a flipped byte in the last acknowledged record: verify exits 65, the start
   let ids: string[];
   {
     await using mta = await startMta({ dir: dir.path, config });
-    ids = await sendSome(mta.smtpPorts[0]!, 3);
+    ids = await sendMessages(mta.smtpPorts[0]!, 3);
     expect(await mta.stop()).toBe(0);
   }
   const file = activeSegment(dir.path);
@@ -130,7 +86,7 @@ test("a batch cut short by a crash is a torn tail: verify exits 0 and says so, t
   let ids: string[];
   {
     await using mta = await startMta({ dir: dir.path, config });
-    ids = await sendSome(mta.smtpPorts[0]!, 3);
+    ids = await sendMessages(mta.smtpPorts[0]!, 3);
     expect(await mta.stop()).toBe(0);
   }
   const file = activeSegment(dir.path);
