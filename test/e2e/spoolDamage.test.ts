@@ -8,6 +8,7 @@ import { existsSync, readdirSync, readFileSync, rmSync, truncateSync, writeFileS
 import { join } from "node:path";
 import { runMta, startMta, tempDir, testConfig } from "../support/mta.ts";
 import { sendMessages } from "../support/smtpClient.ts";
+import { segmentRecords } from "../spool/helpers.ts";
 
 const DEAD = "delivery: { routes: { example.net: '127.0.0.1:9' }, retry: [1h] }";
 
@@ -19,31 +20,25 @@ function activeSegment(dir: string): string {
   return join(segs, names[names.length - 1]!);
 }
 
-/** Offsets of the records of a segment file, walked by their length fields. */
-function recordsOf(bytes: Buffer): { offset: number; end: number; type: number }[] {
-  const out: { offset: number; end: number; type: number }[] = [];
-  for (let off = 16; off + 16 <= bytes.length; ) {
-    const end = off + 16 + bytes.readUInt32LE(off + 8);
-    out.push({ offset: off, end, type: bytes[off + 12]! });
-    off = end;
+/** A stopped daemon's spool holding three acknowledged messages, and its active segment's bytes. */
+async function spoolOfThree(dir: string) {
+  const config = testConfig(dir, DEAD);
+  const configFile = join(dir, "mta.yaml");
+  let ids: string[];
+  {
+    await using mta = await startMta({ dir, config });
+    ids = await sendMessages(mta.smtpPorts[0]!, 3);
+    expect(await mta.stop()).toBe(0);
   }
-  return out;
+  const file = activeSegment(dir);
+  return { config, configFile, ids, file, bytes: readFileSync(file) };
 }
 
 test("a flipped byte in the last acknowledged record: verify exits 65, the start warns with the quarantine path", async () => {
   using dir = tempDir();
-  const config = testConfig(dir.path, DEAD);
-  const configFile = join(dir.path, "mta.yaml");
-  let ids: string[];
-  {
-    await using mta = await startMta({ dir: dir.path, config });
-    ids = await sendMessages(mta.smtpPorts[0]!, 3);
-    expect(await mta.stop()).toBe(0);
-  }
-  const file = activeSegment(dir.path);
+  const { config, configFile, ids, file, bytes } = await spoolOfThree(dir.path);
   const name = file.split("/").pop()!;
-  const bytes = readFileSync(file);
-  const last = recordsOf(bytes)
+  const last = segmentRecords(bytes)
     .filter((r) => r.type === 1)
     .pop()!;
   expect(last.end).toBe(bytes.length); // the very last bytes of the active segment
@@ -81,17 +76,8 @@ test("a flipped byte in the last acknowledged record: verify exits 65, the start
 
 test("a batch cut short by a crash is a torn tail: verify exits 0 and says so, the start cuts it quietly", async () => {
   using dir = tempDir();
-  const config = testConfig(dir.path, DEAD);
-  const configFile = join(dir.path, "mta.yaml");
-  let ids: string[];
-  {
-    await using mta = await startMta({ dir: dir.path, config });
-    ids = await sendMessages(mta.smtpPorts[0]!, 3);
-    expect(await mta.stop()).toBe(0);
-  }
-  const file = activeSegment(dir.path);
-  const bytes = readFileSync(file);
-  const batches = recordsOf(bytes).filter((r) => r.type === 3);
+  const { config, configFile, ids, file, bytes } = await spoolOfThree(dir.path);
+  const batches = segmentRecords(bytes).filter((r) => r.type === 3);
   const lastBatch = batches[batches.length - 1]!;
   truncateSync(file, bytes.length - 10); // inside the last batch: as if its write was cut
   const v = runMta(["queue", "verify", "-c", configFile]);

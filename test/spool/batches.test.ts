@@ -7,24 +7,7 @@ import { expect, test } from "bun:test";
 import * as fs from "node:fs";
 import { join } from "node:path";
 import { Spool, verifySpool } from "../../src/spool/index.ts";
-import { msg, segmentFiles, tempDir } from "./helpers.ts";
-
-interface Rec {
-  offset: number;
-  end: number;
-  type: number;
-}
-
-/** Walks a segment's records by their length fields (the file must be intact). */
-function records(bytes: Buffer): Rec[] {
-  const out: Rec[] = [];
-  for (let off = 16; off + 16 <= bytes.length; ) {
-    const end = off + 16 + bytes.readUInt32LE(off + 8);
-    out.push({ offset: off, end, type: bytes[off + 12]! });
-    off = end;
-  }
-  return out;
-}
+import { msg, segmentFiles, segmentRecords, tempDir } from "./helpers.ts";
 
 test("a flipped byte in the last acknowledged record is damage: reported, quarantined, reclaimed, never cut", async () => {
   using tmp = tempDir();
@@ -35,7 +18,7 @@ test("a flipped byte in the last acknowledged record is damage: reported, quaran
   const file = segmentFiles(tmp.dir)[0]!;
   const name = file.split("/").pop()!;
   const bytes = fs.readFileSync(file);
-  const last = records(bytes)
+  const last = segmentRecords(bytes)
     .filter((r) => r.type === 1)
     .pop()!;
   expect(last.end).toBe(bytes.length);
@@ -85,7 +68,7 @@ test("a batch cut anywhere is never-acknowledged: all of its records go, nothing
   const batch = await Promise.all([spool.append(msg(2)), spool.append(msg(3)), spool.append(msg(4))]);
   await spool.close();
   const full = fs.readFileSync(segmentFiles(src)[0]!);
-  const recs = records(full).filter((r) => r.offset >= before);
+  const recs = segmentRecords(full).filter((r) => r.offset >= before);
   expect(recs.map((r) => r.type)).toEqual([3, 1, 1, 1]);
   for (let cut = before + 1; cut < full.length; cut += 7) {
     const dir = join(tmp.dir, `cut${cut}`);
@@ -126,7 +109,7 @@ test("a damaged BATCH record costs its 24 bytes: the records behind it are still
   await spool.close();
   const file = segmentFiles(tmp.dir)[0]!;
   const bytes = fs.readFileSync(file);
-  const hdr = records(bytes).filter((r) => r.type === 3)[1]!;
+  const hdr = segmentRecords(bytes).filter((r) => r.type === 3)[1]!;
   bytes[hdr.offset + 17]! ^= 0x80; // its batchBytes field
   fs.writeFileSync(file, bytes);
   spool = await Spool.open({ dir: tmp.dir });
@@ -145,7 +128,7 @@ test("a version 1 spool opens, keeps its rule for a torn tail, and new batches g
   const v2 = fs.readFileSync(segmentFiles(src)[0]!);
   const parts = [Buffer.from(v2.subarray(0, 16))];
   parts[0]!.writeUInt32LE(1, 8);
-  for (const r of records(v2)) if (r.type !== 3) parts.push(v2.subarray(r.offset, r.end));
+  for (const r of segmentRecords(v2)) if (r.type !== 3) parts.push(v2.subarray(r.offset, r.end));
   const lastRec = parts[parts.length - 1]!;
   parts.push(lastRec.subarray(0, 20));
   fs.mkdirSync(join(tmp.dir, "v1", "segments"), { recursive: true });
