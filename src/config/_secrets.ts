@@ -88,7 +88,9 @@ export function inlineSecrets(raw: RawConfig, baseDir: string, push: Push): RawC
       return;
     }
     const parsed = parseUsersFile(text);
-    for (const p of parsed.problems) push(["listen", i, "users_file"], `${file} ${p}`);
+    for (const p of parsed.problems.slice(0, 5)) push(["listen", i, "users_file"], `${file} ${p}`);
+    if (parsed.problems.length > 5)
+      push(["listen", i, "users_file"], `${file}: and ${parsed.problems.length - 5} more such lines`);
     for (const [user, hash] of Object.entries(parsed.users)) {
       if (Object.hasOwn(l.users, user))
         push(["listen", i, "users_file"], `${file}: user ${user} is also in listen[${i}].users`);

@@ -10,7 +10,7 @@ import * as v from "valibot";
 import { isMap, isPair, isScalar, isSeq, LineCounter, type Node, parseDocument, stringify } from "yaml";
 import { MtaError } from "../lib/index.ts";
 import { inlineSecrets } from "./_secrets.ts";
-import { closest } from "./_values.ts";
+import { closest, parseDuration } from "./_values.ts";
 import { ConfigSchema, type RawConfig } from "./schema.ts";
 import { buildConfig, type Config } from "./types.ts";
 
@@ -164,6 +164,16 @@ function semanticChecks(
       }
     }
   });
+  const spoolDir = resolve(baseDir, raw.spool.dir);
+  const drop = raw.spool.maildrop === "" ? "" : resolve(baseDir, raw.spool.maildrop);
+  if (drop && (drop === spoolDir || drop.startsWith(`${spoolDir}/`) || spoolDir.startsWith(`${drop}/`)))
+    push(
+      ["spool", "maildrop"],
+      "must be outside spool.dir, and not hold it: the spool is private (0700), the maildrop open to every local user",
+    );
+  // Longer than any service manager waits, and past what a timer can hold.
+  if ((parseDuration(raw.shutdown_grace) ?? 0) > 3_600_000)
+    push(["shutdown_grace"], `expected at most 1h, got ${JSON.stringify(raw.shutdown_grace)}`);
   raw.dkim.keys.forEach((k, i) => {
     if (!files) return;
     const file = resolve(baseDir, k.key_file);
