@@ -5,7 +5,7 @@
  * Every problem names its YAML path and `line:column`; unknown keys get a did-you-mean.
  */
 import { accessSync, constants, existsSync, readFileSync } from "node:fs";
-import { dirname, resolve } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import * as v from "valibot";
 import { isMap, isPair, isScalar, isSeq, LineCounter, type Node, parseDocument, stringify } from "yaml";
 import { MtaError } from "../lib/index.ts";
@@ -170,6 +170,12 @@ function semanticChecks(
     push(
       ["spool", "maildrop"],
       "must be outside spool.dir, and not hold it: the spool is private (0700), the maildrop open to every local user",
+    );
+  const socket = raw.control.socket ?? join(spoolDir, "control.sock");
+  if (socket !== "" && Buffer.byteLength(resolve(baseDir, socket)) > 107)
+    push(
+      raw.control.socket === undefined ? ["spool", "dir"] : ["control", "socket"],
+      `the control socket ${resolve(baseDir, socket)} is longer than a Unix socket path may be (107 bytes): set control.socket to a shorter path, or "" for none`,
     );
   // Longer than any service manager waits, and past what a timer can hold.
   if ((parseDuration(raw.shutdown_grace) ?? 0) > 3_600_000)

@@ -140,7 +140,7 @@ export function startControlServer(opts: ControlOptions): ControlServer {
     if (!value) return false;
     const h = parseHostHeader(value);
     if (!h || (h.port ?? 80) !== boundPort) return false;
-    if (names.has(h.name)) return true;
+    if (names.has(h.name) || h.name === boundHost.toLowerCase()) return true;
     if (h.name === "localhost") return wildcard || isLoopback(boundHost);
     // An IP literal cannot be rebound: on a wildcard bind any of the machine's addresses is right.
     if (isIP(h.name) !== 0) return wildcard || sameAddress(h.name, boundHost);

@@ -114,5 +114,8 @@ test("control.socket defaults to the spool; the maildrop must be outside it; shu
   ])
     expect(problems(bad)[0]).toContain("spool.maildrop: must be outside spool.dir");
   expect(problems("shutdown_grace: 2h")).toEqual(['shutdown_grace: expected at most 1h, got "2h"']);
+  const deep = `/var/${"d".repeat(100)}`;
+  expect(problems(`spool: { dir: ${deep} }`)[0]).toContain("spool.dir: the control socket");
+  expect(problems(`spool: { dir: ${deep} }\ncontrol: { socket: /run/mta.sock }`)).toEqual([]);
   expect(problems("shutdown_grace: soon")[0]).toContain("expected a duration");
 });

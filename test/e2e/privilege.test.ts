@@ -9,7 +9,9 @@ import { expect, test } from "bun:test";
 import { spawnSync } from "bun";
 import {
   chmodSync,
+  chownSync,
   existsSync,
+  mkdirSync,
   readdirSync,
   readFileSync,
   statSync,
@@ -258,4 +260,56 @@ test("a hostile local user cannot make the pickup mail what they may not read, h
   ]);
   expect(readdirSync(drop).sort()).toEqual(["aaa-bad.bad", "aaa-fifo.bad", "aaa-hard.bad", "aaa-link.bad"]);
   expect(mta.proc.exitCode).toBeNull();
+}, 60_000);
+
+test("run as a user of its own, the daemon reads a drop file of another user through the maildrop's group", async () => {
+  using dir = tempDir();
+  mkdirSync(join(dir.path, "sinks"));
+  await using sink = await startSink({ dir: join(dir.path, "sinks") });
+  const { file } = publicConfig(dir.path, sink.port);
+  // As /var/spool/mta would be for a service with User=mta: here nobody owns the daemon's files.
+  chownSync(dir.path, NOBODY, NOBODY);
+  chownSync(join(dir.path, "control.token"), NOBODY, NOBODY);
+  await using mta = await startMta({ dir: dir.path, config: readFileSync(file, "utf8"), uid: NOBODY });
+  const drop = join(dir.path, "maildrop");
+  expect([statSync(drop).uid, statSync(drop).gid, statSync(drop).mode & 0o7777]).toEqual([
+    NOBODY,
+    NOBODY,
+    0o3733,
+  ]);
+  const r = spawnSync(
+    [
+      SETPRIV,
+      "--reuid=1000",
+      "--regid=1000",
+      "--clear-groups",
+      "--",
+      MTA,
+      "send",
+      "-c",
+      file,
+      "u@example.net",
+    ],
+    {
+      env: { PATH: "/usr/bin:/bin", MTA_LOOPBACK_ONLY: "1" },
+      stdin: Buffer.from("Subject: from 1000\n\nhi\n"),
+    },
+  );
+  expect(r.stderr.toString()).toBe("");
+  expect(r.exitCode).toBe(0);
+  const [got] = await sink.waitFor(1, 15_000);
+  expect(got).toContain("(mta, from userid 1000)");
+  // uid 1000 and the daemon's user share nothing else: the spool stays closed to 1000.
+  const peek = spawnSync([
+    SETPRIV,
+    "--reuid=1000",
+    "--regid=1000",
+    "--clear-groups",
+    "--",
+    "/bin/ls",
+    join(dir.path, "spool"),
+  ]);
+  expect(peek.exitCode).not.toBe(0);
+  expect(statSync(join(dir.path, "spool")).uid).toBe(NOBODY);
+  expect((await mta.waitForLog((l) => l.msg === "maildrop: queued")).uid).toBe(1000);
 }, 60_000);

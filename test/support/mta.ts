@@ -79,10 +79,16 @@ export async function startMta(opts: {
   config?: string;
   args?: string[];
   env?: Record<string, string>;
+  uid?: number;
 }): Promise<StartedMta> {
   const configFile = join(opts.dir, "mta.yaml");
   writeFileSync(configFile, opts.config ?? testConfig(opts.dir));
-  const proc = spawn([MTA, "serve", "-c", configFile, ...(opts.args ?? [])], {
+  // `uid`: run the daemon as that user (and group), as a service with User= would.
+  const asUser =
+    opts.uid === undefined
+      ? []
+      : ["/usr/bin/setpriv", `--reuid=${opts.uid}`, `--regid=${opts.uid}`, "--clear-groups", "--"];
+  const proc = spawn([...asUser, MTA, "serve", "-c", configFile, ...(opts.args ?? [])], {
     stdin: "ignore",
     stdout: "pipe",
     stderr: "pipe",
