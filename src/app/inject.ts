@@ -8,7 +8,7 @@
  */
 import { concatBytes, textEncoder } from "../lib/index.ts";
 import { jsonError, jsonResponse, type Peer } from "../observe/index.ts";
-import type { AcceptPipeline } from "./accept.ts";
+import { type AcceptPipeline, contentRefusal } from "./accept.ts";
 import { addMissingHeaders, composeMessage, rfc5322Date } from "./compose.ts";
 
 export interface InjectItem {
@@ -117,16 +117,23 @@ export function injectHandler(
       const problem = checkItem(items[i], opts.maxMessageBytes);
       if (problem) return jsonError(problem.includes("over the limit") ? 413 : 400, problem, { index: i });
     }
+    // Content that the spool would refuse (NUL, an unfoldable header line) is a bad item like any other:
+    // found before anything is appended.
+    const composed = (items as InjectItem[]).map((item) => itemToMessage(item, opts.hostname));
+    for (let i = 0; i < composed.length; i++) {
+      const refusal = contentRefusal(composed[i]!, (items[i] as InjectItem).attributes?.body);
+      if (refusal) return jsonError(400, refusal.lines.join(" "), { index: i });
+    }
     // RFC 5321 §4.4: a trace line for this hop, naming the client as the listener's Received does.
     const trace = textEncoder.encode(injectReceived(peer, opts.hostname, Date.now()));
     const client = peer.socket ? "control socket" : peer.address;
     const results = await Promise.all(
-      (items as InjectItem[]).map((item) =>
+      (items as InjectItem[]).map((item, i) =>
         pipeline.submit({
           sender: item.sender,
           recipients: item.recipients.map((address) => ({ address })),
           attributes: { listener: "api", ...(item.attributes ?? {}), client },
-          message: concatBytes([trace, itemToMessage(item, opts.hostname)]),
+          message: concatBytes([trace, composed[i]!]),
         }),
       ),
     );
