@@ -43,7 +43,7 @@ test("token_file, password_file and users_file are read into the configuration t
     writeFileSync(join(dir, "users"), `# comment\n\nbob:${HASH}\n`);
     const text = [
       "control: { token_file: ./token }",
-      "listen: [{ address: 127.0.0.1:2525, users: { alice: '" + HASH + "' }, users_file: ./users }]",
+      `listen: [{ address: 127.0.0.1:2525, users: { alice: '${HASH}' }, users_file: ./users }]`,
       "delivery: { routes: { x.test: { hosts: ['a:1'], auth: { username: u, password_file: ./pass } } } }",
     ].join("\n");
     const { config, raw } = parseConfigText(text, join(dir, "mta.yaml"));

@@ -13,7 +13,15 @@ import { dkimVerify } from "mailauth/lib/dkim/verify.js";
 import { startTxtServer, type TxtServer } from "../dkim/_dns.ts";
 import { Client } from "../listener/_harness.ts";
 import { startAiosmtpd } from "../support/aiosmtpd.ts";
-import { deliveryLog, runMta, startMta, type TempDir, tempDir, testConfig } from "../support/mta.ts";
+import {
+  API_HEADERS,
+  deliveryLog,
+  runMta,
+  startMta,
+  type TempDir,
+  tempDir,
+  testConfig,
+} from "../support/mta.ts";
 import { freePort, startSink } from "../support/sink.ts";
 
 const PY = "/usr/bin/python3";
@@ -122,7 +130,7 @@ describe("lines over 998 octets", () => {
       expect(sent).toEqual({ refused: [] });
       const api = await fetch(`http://127.0.0.1:${mta.controlPort}/api/v1/inject`, {
         method: "POST",
-        headers: { "content-type": "application/json" },
+        headers: API_HEADERS,
         body: JSON.stringify({ sender: "app@app.test", recipients: ["u@example.net"], message }),
       });
       expect(api.status).toBe(200);
@@ -162,7 +170,7 @@ describe("lines over 998 octets", () => {
     ]);
     const api = await fetch(`http://127.0.0.1:${mta.controlPort}/api/v1/inject`, {
       method: "POST",
-      headers: { "content-type": "application/json" },
+      headers: API_HEADERS,
       body: JSON.stringify({ sender: "a@app.test", recipients: ["b@example.net"], message }),
     });
     expect(api.status).toBe(400);

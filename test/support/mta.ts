@@ -61,6 +61,8 @@ export interface StartedMta extends AsyncDisposable {
  */
 /** The control token of testConfig: over TCP the control API's /api/ needs it (mta's clients use the socket). */
 export const CONTROL_TOKEN = "test-control-token";
+/** Headers for a POST to testConfig's control API over TCP. */
+export const API_HEADERS = { "content-type": "application/json", authorization: `Bearer ${CONTROL_TOKEN}` };
 
 export function testConfig(dir: string, extra = ""): string {
   return [
