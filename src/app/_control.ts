@@ -16,7 +16,10 @@ export interface ControlEndpoint {
   readonly via: "socket" | "tcp";
   /** Where, for messages: the socket path or http://host:port. */
   readonly where: string;
-  /** A request to `path` (starting with /); JSON bodies get their content type. */
+  /**
+   * A request to `path` (starting with /). A POST says `Content-Type: application/json`; its body is
+   * sent as it is when it is a string or a Blob (already JSON), else as JSON.stringify of it.
+   */
   request(method: "GET" | "POST", path: string, body?: unknown, signal?: AbortSignal): Promise<Response>;
 }
 
@@ -43,12 +46,18 @@ function endpoint(
       return fetch(`${base}${path}`, {
         method,
         headers,
-        ...(method === "POST" ? { body: body === undefined ? "{}" : JSON.stringify(body) } : {}),
+        ...(method === "POST" ? { body: postBody(body) } : {}),
         ...(unix ? { unix } : {}),
         ...(signal ? { signal } : {}),
       } as RequestInit);
     },
   };
+}
+
+function postBody(body: unknown): string | Blob {
+  if (body === undefined) return "{}";
+  if (typeof body === "string" || body instanceof Blob) return body;
+  return JSON.stringify(body);
 }
 
 /** A TCP endpoint at `base` (http://host:port), with the bearer token when given. */

@@ -10,7 +10,7 @@
  */
 import { accessSync, constants, existsSync } from "node:fs";
 import { dirname } from "node:path";
-import { type Config, loadConfig } from "../config/index.ts";
+import { type Config, ConfigError, resolveSecrets } from "../config/index.ts";
 import { PermissionError, UnavailableError } from "../lib/index.ts";
 import { type ControlEndpoint, findDaemon } from "./_control.ts";
 import { dropMessage } from "./_maildrop.ts";
@@ -51,7 +51,13 @@ export async function submissionWay(
 
 /** The configuration with its secret files read, for delivering in this process (root or mta only). */
 export function withSecrets(config: Config): Config {
-  return config.source ? loadConfig(config.source).config : config;
+  const { config: full, problems } = resolveSecrets(config);
+  if (problems.length > 0)
+    throw new ConfigError(
+      config.source || "(configuration)",
+      problems.map((p) => ({ path: p.path.join("."), message: p.message })),
+    );
+  return full;
 }
 
 type Outcome = { ok: true; ids: string[] } | { ok: false; unavailable: string };
@@ -61,6 +67,7 @@ export class MaildropSink {
   readonly mode = "maildrop";
   readonly inFlight = 1;
   readonly batchSize = 64;
+  readonly batchBytes = 16 * 1024 * 1024;
 
   constructor(private readonly dir: string) {}
 

@@ -14,8 +14,9 @@ import {
   inlineSecretPaths,
   type ListenerConfig,
   loadConfig,
+  resolveSecrets,
 } from "../config/index.ts";
-import { EXIT, errorMessage, formatHostPort, UnavailableError } from "../lib/index.ts";
+import { EXIT, errnoOf, errnoText, errorMessage, formatHostPort, UnavailableError } from "../lib/index.ts";
 import {
   type ControlServer,
   createLogger,
@@ -25,7 +26,8 @@ import {
 } from "../observe/index.ts";
 import { type Listener, type ListenerOptions, startListener } from "../listener/index.ts";
 import { Engine } from "./engine.ts";
-import { injectHandler } from "./inject.ts";
+import { startProblems } from "./preflight.ts";
+import { injectHandler, injectLimitBytes } from "./inject.ts";
 import { MaildropPickup } from "./_maildrop.ts";
 import { QueueOps, queueRoutes } from "./queue.ts";
 
@@ -62,13 +64,18 @@ export function listenerOptions(l: ListenerConfig, hostname: string): ListenerOp
   return opts;
 }
 
+/** Why a bind failed, in words: errno's meaning when there is one, Bun's message otherwise. */
+function bindReason(err: unknown): string {
+  return errnoOf(err) ? errnoText(err) : errorMessage(err);
+}
+
 function startControlServerOr(where: string, opts: Parameters<typeof startControlServer>[0]): ControlServer {
   try {
     return startControlServer(opts);
   } catch (err) {
-    const msg = errorMessage(err);
-    const what = msg.startsWith("control.socket") ? msg : `control.address ${where}: ${msg}`;
-    throw new UnavailableError(`cannot serve ${what}`, { cause: err });
+    const msg = bindReason(err);
+    const what = msg.startsWith("control.socket") ? msg : `control.address ${where}: cannot listen: ${msg}`;
+    throw new UnavailableError(what, { cause: err });
   }
 }
 
@@ -107,7 +114,7 @@ export class Daemon {
           log: log.withTag("control"),
           metrics: engine.metrics,
         });
-        const maxMessageBytes = Math.max(...config.listen.map((l) => l.maxMessageBytes), 1);
+        const maxMessageBytes = injectLimitBytes(config);
         control.addRoute(
           "POST /api/v1/inject",
           injectHandler(engine.pipeline, { hostname: config.hostname, maxMessageBytes }),
@@ -123,7 +130,7 @@ export class Daemon {
         for (const [key, handler] of Object.entries(queueRoutes(queueOps))) control.addRoute(key, handler);
       }
       for (const [i, l] of config.listen.entries()) {
-        const where = `listen[${i}] ${formatHostPort(l.address)}`;
+        const where = `listen[${i}].address ${formatHostPort(l.address)}`;
         try {
           listeners.push(
             await startListener(listenerOptions(l, config.hostname), engine.pipeline, {
@@ -132,12 +139,7 @@ export class Daemon {
             }),
           );
         } catch (err) {
-          throw new UnavailableError(
-            `cannot listen on ${where}: ${errorMessage(err)} (address in use or not local?)`,
-            {
-              cause: err,
-            },
-          );
+          throw new UnavailableError(`${where}: cannot listen: ${bindReason(err)}`, { cause: err });
         }
       }
       if (config.spool.maildrop) {
@@ -145,7 +147,7 @@ export class Daemon {
           dir: config.spool.maildrop,
           pipeline: engine.pipeline,
           hostname: config.hostname,
-          maxMessageBytes: Math.max(...config.listen.map((l) => l.maxMessageBytes), 25_000_000),
+          maxMessageBytes: injectLimitBytes(config),
           log: log.withTag("maildrop"),
         });
         try {
@@ -238,7 +240,16 @@ function warnReadableSecrets(file: string, inline: string[], log: Logger): void 
 
 /** `mta serve`: loads the configuration, runs the daemon until SIGTERM/SIGINT, returns the exit code. */
 export async function runDaemon(configFile: string): Promise<number> {
-  const { config, raw } = loadConfig(configFile);
+  const { config: loaded, raw, problemAt } = loadConfig(configFile);
+  // What check-config checks, serve checks: refused here, with the YAML path and line, before any bind.
+  const problems = startProblems(loaded);
+  if (problems.length > 0)
+    throw new ConfigError(
+      configFile,
+      problems.map((p) => problemAt(p.path, p.message)),
+    );
+  // The secret files were found readable just now (startProblems): read them into the configuration.
+  const { config } = resolveSecrets(loaded);
   const log = createLogger({ level: config.log.level, format: config.log.format });
   warnReadableSecrets(configFile, inlineSecretPaths(raw), log);
   const daemon = await Daemon.start(config, { log });
@@ -252,7 +263,7 @@ export async function runDaemon(configFile: string): Promise<number> {
         () => resolve(EXIT.ok),
         (err) => {
           log.error("stop failed", { error: errorMessage(err) });
-          resolve(EXIT.runtime);
+          resolve(EXIT.software);
         },
       );
     };
@@ -260,7 +271,14 @@ export async function runDaemon(configFile: string): Promise<number> {
     process.on("SIGINT", () => stop("SIGINT"));
     process.on("SIGHUP", () => {
       try {
-        daemon.reload(loadConfig(configFile).config);
+        const { config: next, problemAt } = loadConfig(configFile);
+        const secrets = resolveSecrets(next);
+        if (secrets.problems.length > 0)
+          throw new ConfigError(
+            configFile,
+            secrets.problems.map((p) => problemAt(p.path, p.message)),
+          );
+        daemon.reload(secrets.config);
       } catch (err) {
         const detail = err instanceof ConfigError ? err.message : errorMessage(err);
         log.error(`configuration reload failed; keeping the running configuration\n${detail}`);

@@ -5,20 +5,17 @@
  * Why files: `mta send` (sendmail) run by any local user reads the configuration to find the maildrop;
  * with the secrets in files of mode 0600/0640, `mta.yaml` can be world-readable (as Postfix's main.cf)
  * while no user but root and the daemon's can read a secret.
- * Owns: reading secret files into the effective raw configuration, the `user:hash` file format,
+ * Owns: reading secret files into the configuration (`resolveSecrets`), the `user:hash` file format,
  * redaction for `mta check-config`, and the list of inline secrets (the daemon warns when the file
  * holding them is readable by every user).
  * Invariant: a secret's value never appears in a message, a log line or `check-config` output.
  */
 import { readFileSync } from "node:fs";
-import { resolve } from "node:path";
 import type { RawConfig } from "./schema.ts";
 import type { Config } from "./types.ts";
 
 export const REDACTED = "<redacted>";
 const HASH = /^\$(argon2(id|i|d)|2[aby])\$/;
-
-type Push = (path: (string | number)[], message: string) => void;
 
 /** A secret file's content without its final newline; throws an Error naming the file. */
 export function readSecretFile(file: string): string {
@@ -53,51 +50,74 @@ export function parseUsersFile(text: string): { users: Record<string, string>; p
   return { users, problems };
 }
 
-/** A copy of `raw` with every secret file read into its inline key; problems are pushed with their path. */
-export function inlineSecrets(raw: RawConfig, baseDir: string, push: Push): RawConfig {
-  const out = structuredClone(raw);
-  const tokenFile = out.control.token_file;
-  if (tokenFile !== undefined) {
-    if (out.control.token !== undefined)
-      push(["control", "token_file"], "give control.token or control.token_file, not both");
+export interface SecretProblem {
+  path: (string | number)[];
+  message: string;
+}
+
+/**
+ * The configuration with every secret file read into its value (the control token, relay passwords,
+ * `users_file` merged into `users`), and what could not be read, each with its YAML path. `mta serve`,
+ * `mta check-config` (through app/preflight) and a delivering `mta send` need this; `loadConfig` alone
+ * never reads a secret file, so that any user may load the configuration.
+ */
+export function resolveSecrets(config: Config): { config: Config; problems: SecretProblem[] } {
+  const problems: SecretProblem[] = [];
+  const out = structuredClone(config) as Config;
+  const c = out.control;
+  if (c.tokenFile !== undefined && c.token === undefined) {
     try {
-      out.control.token = readSecretFile(resolve(baseDir, tokenFile));
+      c.token = readSecretFile(c.tokenFile);
     } catch (err) {
-      push(["control", "token_file"], (err as Error).message);
+      problems.push({ path: ["control", "token_file"], message: (err as Error).message });
     }
   }
   for (const [domain, r] of Object.entries(out.delivery.routes)) {
-    if (typeof r !== "object" || Array.isArray(r) || r.auth?.password_file === undefined) continue;
+    if (r.auth?.passwordFile === undefined) continue;
     try {
-      r.auth.password = readSecretFile(resolve(baseDir, r.auth.password_file));
+      r.auth.password = readSecretFile(r.auth.passwordFile);
     } catch (err) {
-      push(["delivery", "routes", domain, "auth", "password_file"], (err as Error).message);
+      problems.push({
+        path: ["delivery", "routes", domain, "auth", "password_file"],
+        message: (err as Error).message,
+      });
     }
   }
   out.listen.forEach((l, i) => {
-    if (l.users_file === undefined) return;
-    const file = resolve(baseDir, l.users_file);
+    if (l.usersFile === undefined) return;
+    const at = ["listen", i, "users_file"];
     let text: string;
     try {
-      text = readFileSync(file, "utf8");
+      text = readFileSync(l.usersFile, "utf8");
     } catch (err) {
-      push(
-        ["listen", i, "users_file"],
-        `cannot read ${file} (${(err as NodeJS.ErrnoException).code ?? err})`,
-      );
+      problems.push({
+        path: at,
+        message: `cannot read ${l.usersFile} (${(err as NodeJS.ErrnoException).code ?? err})`,
+      });
       return;
     }
     const parsed = parseUsersFile(text);
-    for (const p of parsed.problems.slice(0, 5)) push(["listen", i, "users_file"], `${file} ${p}`);
+    for (const p of parsed.problems.slice(0, 5)) problems.push({ path: at, message: `${l.usersFile} ${p}` });
     if (parsed.problems.length > 5)
-      push(["listen", i, "users_file"], `${file}: and ${parsed.problems.length - 5} more such lines`);
+      problems.push({
+        path: at,
+        message: `${l.usersFile}: and ${parsed.problems.length - 5} more such lines`,
+      });
     for (const [user, hash] of Object.entries(parsed.users)) {
       if (Object.hasOwn(l.users, user))
-        push(["listen", i, "users_file"], `${file}: user ${user} is also in listen[${i}].users`);
+        problems.push({ path: at, message: `${l.usersFile}: user ${user} is also in listen[${i}].users` });
       else l.users[user] = hash;
     }
   });
-  return out;
+  return { config: freeze(out), problems };
+}
+
+function freeze<T>(o: T): T {
+  if (o && typeof o === "object" && !Object.isFrozen(o)) {
+    Object.freeze(o);
+    for (const v of Object.values(o)) freeze(v);
+  }
+  return o;
 }
 
 /** YAML paths of the secrets written inline in the file (not in *_file keys). */

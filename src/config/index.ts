@@ -1,4 +1,11 @@
-export { controlToken, inlineSecretPaths, REDACTED, redactSecrets } from "./_secrets.ts";
+export {
+  controlToken,
+  inlineSecretPaths,
+  REDACTED,
+  redactSecrets,
+  resolveSecrets,
+  type SecretProblem,
+} from "./_secrets.ts";
 export { formatDuration, type Rate } from "./_values.ts";
 export {
   CONFIG_SEARCH_PATH,
@@ -7,7 +14,6 @@ export {
   findConfigPath,
   formatProblems,
   type LoadedConfig,
-  type LoadOptions,
   loadConfig,
   parseConfigText,
   renderConfigYaml,

