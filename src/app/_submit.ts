@@ -11,24 +11,26 @@
 import { accessSync, constants, existsSync } from "node:fs";
 import { dirname } from "node:path";
 import { type Config, ConfigError, resolveSecrets } from "../config/index.ts";
-import { PermissionError, UnavailableError } from "../lib/index.ts";
+import { errnoOf, PermissionError } from "../lib/index.ts";
 import { type ControlEndpoint, findDaemon } from "./_control.ts";
 import { dropMessage } from "./_maildrop.ts";
 import type { SendItem } from "./_sendReaders.ts";
 
-function mayWrite(path: string): boolean {
-  try {
-    accessSync(path, constants.W_OK | constants.X_OK);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-/** Whether this user may open the spool itself (it exists and is writable, or may be created). */
-function mayUseSpool(config: Config): boolean {
+/**
+ * Whether this user may be refused the spool for want of permission: false only for EACCES/EPERM on
+ * it (or on its parent when it does not exist yet). Anything else (a file where the directory belongs)
+ * is for local mode to report, with its own words and exit code.
+ */
+function spoolRefuses(config: Config): boolean {
   const dir = config.spool.dir;
-  return existsSync(dir) ? mayWrite(dir) : mayWrite(dirname(dir));
+  try {
+    accessSync(existsSync(dir) ? dir : dirname(dir), constants.W_OK);
+    if (existsSync(dir)) accessSync(dir, constants.X_OK);
+    return false;
+  } catch (err) {
+    const code = errnoOf(err);
+    return code === "EACCES" || code === "EPERM";
+  }
 }
 
 export async function submissionWay(
@@ -36,17 +38,18 @@ export async function submissionWay(
 ): Promise<{ daemon?: ControlEndpoint; maildrop?: string }> {
   const d = await findDaemon(config, 2000);
   if ("found" in d) return { daemon: d.found };
-  if ("none" in d && mayUseSpool(config)) return {};
   const drop = config.spool.maildrop;
-  if (!drop)
+  const dropReady = drop !== "" && existsSync(drop);
+  if ("refused" in d) {
+    if (dropReady) return { maildrop: drop };
     throw new PermissionError(
-      "refused" in d
-        ? `send: ${d.refused}, and spool.maildrop is off`
-        : `send: this user may not write the spool ${config.spool.dir}, and spool.maildrop is off`,
+      `send: ${d.refused}, and ${drop ? `the maildrop ${drop} does not exist (mta serve creates it at start)` : "spool.maildrop is off"}`,
     );
-  if (!existsSync(drop))
-    throw new UnavailableError(`send: the maildrop ${drop} does not exist (mta serve creates it at start)`);
-  return { maildrop: drop };
+  }
+  // No daemon: a user who may not open the spool leaves the mail in the maildrop for it, when there
+  // is one; else local mode says what is wrong with the spool.
+  if (dropReady && spoolRefuses(config)) return { maildrop: drop };
+  return {};
 }
 
 /** The configuration with its secret files read, for delivering in this process (root or mta only). */

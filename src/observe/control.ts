@@ -5,8 +5,9 @@
  * Owns: both `Bun.serve` instances, who may call what, JSON error replies, draining at shutdown.
  * Does not own: what the API routes do (app/ registers handlers).
  * Invariants (a web page the operator visits must not be able to drive the API, RFC 9110 and Fetch):
- * - over TCP, a request whose `Host` is not the bound address (or `localhost` on a loopback bind, or a
- *   name in `control.hosts`) is refused: DNS rebinding gives a page the right IP, never the right Host;
+ * - over TCP, a request whose `Host` does not name the bound address (or `localhost` on a loopback
+ *   bind, or a name in `control.hosts`) is refused: DNS rebinding gives a page the right IP, never the
+ *   right Host name;
  * - a request whose `Origin` is not its own `Host`, or whose `Sec-Fetch-Site` is not `same-origin` or
  *   `none`, is refused: that is a page of another site;
  * - every request that changes something (any method but GET/HEAD) must say `Content-Type:
@@ -162,11 +163,15 @@ export function startControlServer(opts: ControlOptions): ControlServer {
     return [...out].sort();
   };
 
-  /** Whether a Host (or Origin host) names this server as reached over TCP. */
+  /**
+   * Whether a Host names this server. The port is not compared: a browser's Host is the URL it
+   * fetched, and only a URL with our port reaches us (a tunnel such as `ssh -L 9000:...` may show
+   * another); what DNS rebinding cannot fake is the name.
+   */
   const hostAllowed = (value: string | null): boolean => {
     if (!value) return false;
     const h = parseHostHeader(value);
-    if (!h || (h.port ?? 80) !== boundPort) return false;
+    if (!h) return false;
     if (names.has(h.name) || h.name === boundHost.toLowerCase()) return true;
     if (h.name === "localhost") return wildcard || isLoopback(boundHost);
     // An IP literal cannot be rebound: on a wildcard bind any of the machine's addresses is right.

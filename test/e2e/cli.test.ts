@@ -2,7 +2,7 @@ import { describe, expect, test } from "bun:test";
 import { writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import pkg from "../../package.json" with { type: "json" };
-import { CONTROL_TOKEN, runMta, startMta, tempDir, testConfig } from "../support/mta.ts";
+import { runMta, startMta, tempDir, testConfig } from "../support/mta.ts";
 
 const EXAMPLE = resolve(import.meta.dir, "../../mta.example.yaml");
 
@@ -76,9 +76,7 @@ describe("mta serve", () => {
     const health = await fetch(`${base}/healthz`);
     expect(health.status).toBe(200);
     expect(((await health.json()) as { status: string }).status).toBe("ok");
-    const metrics = await (
-      await fetch(`${base}/metrics`, { headers: { authorization: `Bearer ${CONTROL_TOKEN}` } })
-    ).text();
+    const metrics = await (await fetch(`${base}/metrics`)).text();
     expect(metrics).toContain(`mta_build_info{runtime="bun ${Bun.version}",version="${pkg.version}"} 1`);
     expect(metrics).toMatch(/^process_resident_memory_bytes \d+/m);
 

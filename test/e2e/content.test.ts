@@ -14,7 +14,7 @@ import { startTxtServer, type TxtServer } from "../dkim/_dns.ts";
 import { Client } from "../listener/_harness.ts";
 import { startAiosmtpd } from "../support/aiosmtpd.ts";
 import {
-  API_HEADERS,
+  controlFetch,
   deliveryLog,
   runMta,
   startMta,
@@ -128,9 +128,8 @@ describe("lines over 998 octets", () => {
         message,
       );
       expect(sent).toEqual({ refused: [] });
-      const api = await fetch(`http://127.0.0.1:${mta.controlPort}/api/v1/inject`, {
+      const api = await controlFetch(mta.dir, "/api/v1/inject", {
         method: "POST",
-        headers: API_HEADERS,
         body: JSON.stringify({ sender: "app@app.test", recipients: ["u@example.net"], message }),
       });
       expect(api.status).toBe(200);
@@ -168,9 +167,8 @@ describe("lines over 998 octets", () => {
       554,
       "5.5.2 Error: message not accepted: a header line of 1509 octets has no whitespace to fold it at within 998",
     ]);
-    const api = await fetch(`http://127.0.0.1:${mta.controlPort}/api/v1/inject`, {
+    const api = await controlFetch(mta.dir, "/api/v1/inject", {
       method: "POST",
-      headers: API_HEADERS,
       body: JSON.stringify({ sender: "a@app.test", recipients: ["b@example.net"], message }),
     });
     expect(api.status).toBe(400);

@@ -18,7 +18,7 @@ import {
   writeFileSync,
 } from "node:fs";
 import { join } from "node:path";
-import { CONTROL_TOKEN, MTA, runMta, startMta, tempDir, testConfig } from "../support/mta.ts";
+import { CONTROL_TOKEN, MTA, runMta, startMta, tempDir, testConfig, withToken } from "../support/mta.ts";
 import { lacking, peer } from "../support/peers.ts";
 import { freePort, startSink } from "../support/sink.ts";
 
@@ -46,7 +46,7 @@ function publicConfig(dir: string, sinkPort: number): { file: string; tokenFile:
   writeFileSync(tokenFile, `${CONTROL_TOKEN}\n`, { mode: 0o600 });
   // A fixed control port, as in production, so that clients find the daemon from the file.
   const text = testConfig(dir, `delivery: { routes: { example.net: '127.0.0.1:${sinkPort}' } }`).replace(
-    `control: { address: 127.0.0.1:0, token: ${CONTROL_TOKEN} }`,
+    "control: { address: 127.0.0.1:0 }",
     `control: { address: 127.0.0.1:${freePort()}, token_file: ${tokenFile} }`,
   );
   if (!text.includes("token_file")) throw new Error("testConfig changed: no control line to replace");
@@ -166,11 +166,13 @@ test.skipIf(noPeers)(
     const hash = runMta(["hash-password"], { stdin: "pw\npw\n" }).stdout.trim();
     const passFile = join(dir.path, "relay.pass");
     writeFileSync(passFile, "relay-secret\n", { mode: 0o600 });
-    const config = testConfig(
-      dir.path,
-      [
-        `delivery: { routes: { example.net: '127.0.0.1:${sink.port}', relay.test: { hosts: ['127.0.0.1:9'], auth: { username: u, password_file: ${passFile} } } } }`,
-      ].join("\n"),
+    const config = withToken(
+      testConfig(
+        dir.path,
+        [
+          `delivery: { routes: { example.net: '127.0.0.1:${sink.port}', relay.test: { hosts: ['127.0.0.1:9'], auth: { username: u, password_file: ${passFile} } } } }`,
+        ].join("\n"),
+      ),
     ).replace(
       "listen: [{ address: 127.0.0.1:0 }]",
       `listen: [{ address: 127.0.0.1:0, users: { alice: "${hash}" } }]`,

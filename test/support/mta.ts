@@ -83,10 +83,29 @@ export interface StartedMta extends AsyncDisposable {
  * a loopback port where nothing answers (unless `extra` sets dns:), so that no test ever asks the
  * machine's resolver: tests send traffic to loopback only.
  */
-/** The control token of testConfig: over TCP the control API's /api/ needs it (mta's clients use the socket). */
+/** The control token `withToken` sets: over TCP the control API's /api/ needs one. */
 export const CONTROL_TOKEN = "test-control-token";
-/** Headers for a POST to testConfig's control API over TCP. */
-export const API_HEADERS = { "content-type": "application/json", authorization: `Bearer ${CONTROL_TOKEN}` };
+
+/** testConfig's text with `control.token` set (its control line must be the default one). */
+export function withToken(config: string): string {
+  const line = "control: { address: 127.0.0.1:0 }";
+  if (!config.includes(line)) throw new Error("withToken: the config has no default control line");
+  return config.replace(line, `control: { address: 127.0.0.1:0, token: ${CONTROL_TOKEN} }`);
+}
+
+/**
+ * A request to a started daemon's control API through its control socket (`<dir>/spool/control.sock`,
+ * as testConfig puts it): the way root and the daemon's user reach it, no token needed.
+ */
+export function controlFetch(dir: string, path: string, init: RequestInit = {}): Promise<Response> {
+  const headers = new Headers(init.headers);
+  if (init.method === "POST" && !headers.has("content-type")) headers.set("content-type", "application/json");
+  return fetch(`http://localhost${path}`, {
+    ...init,
+    headers,
+    unix: join(dir, "spool", "control.sock"),
+  } as RequestInit);
+}
 
 export function testConfig(dir: string, extra = ""): string {
   return [
@@ -94,7 +113,7 @@ export function testConfig(dir: string, extra = ""): string {
     "hostname: mta.test",
     `spool: { dir: ${join(dir, "spool")} }`,
     "listen: [{ address: 127.0.0.1:0 }]",
-    `control: { address: 127.0.0.1:0, token: ${CONTROL_TOKEN} }`,
+    "control: { address: 127.0.0.1:0 }",
     `log: { level: info, format: json, deliveries: ${join(dir, "deliveries.jsonl")} }`,
     extra,
   ].join("\n");
