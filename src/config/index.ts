@@ -19,4 +19,13 @@ export {
   renderConfigYaml,
 } from "./load.ts";
 export type { RawConfig } from "./schema.ts";
-export type { Config, DeliveryConfig, DomainPolicy, ListenerConfig, RouteConfig, TlsMode } from "./types.ts";
+export type {
+  Config,
+  DeliveryConfig,
+  DomainPolicy,
+  DomainTlsMode,
+  ListenerConfig,
+  RouteConfig,
+  TlsMode,
+  TlsPolicyConfig,
+} from "./types.ts";
