@@ -133,6 +133,10 @@ export class ClusterNode {
       log: this.log,
     });
     await this.cluster.start();
+    if (!this.control || !this.config.control.token)
+      this.log.warn(
+        "other nodes cannot call this node's control API (transfers to it, summary --cluster): it needs control.address and control.token, the same token on every node",
+      );
   }
 
   private totals() {

@@ -6,7 +6,7 @@
 import { expect, test } from "bun:test";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { api, clusterConfig, healthz, inject, startNodes } from "../support/cluster.ts";
+import { api, clusterConfig, healthz, inject, metricsText, startNodes } from "../support/cluster.ts";
 import { deliveryLog, runMta, startMta, tempDir, testConfig } from "../support/mta.ts";
 import { startRedis } from "../support/redis.ts";
 import { selfSignedCert } from "../listener/_harness.ts";
@@ -45,7 +45,7 @@ test("a node started while Redis is down delivers, says degraded, and is shared 
   // No attempt waits for Redis: mail flows at this node's share.
   await inject(mta, 3, (i) => `r${i}@example.net`);
   await sink.waitFor(3);
-  const metrics = await (await fetch(`http://127.0.0.1:${mta.controlPort}/metrics`)).text();
+  const metrics = await metricsText(mta);
   expect(metrics).toMatch(/^mta_cluster_redis_up 0$/m);
   expect(metrics).toMatch(/^mta_cluster_mode\{mode="local"\} 1$/m);
 

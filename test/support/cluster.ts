@@ -5,7 +5,7 @@
  * through the control API), `healthz`, `api` (a JSON call to a node's control API).
  */
 import { join } from "node:path";
-import { type StartedMta, startMta, testConfig } from "./mta.ts";
+import { CONTROL_TOKEN, type StartedMta, startMta, testConfig } from "./mta.ts";
 import { freePort } from "./sink.ts";
 
 export function clusterConfig(
@@ -25,7 +25,11 @@ export function clusterConfig(
       ...(opts.cluster ? [opts.cluster] : []),
       opts.extra ?? "",
     ].join("\n"),
-  ).replace("control: { address: 127.0.0.1:0 }", `control: { address: 127.0.0.1:${opts.controlPort ?? 0} }`);
+  ).replace(
+    "control: { address: 127.0.0.1:0 }",
+    // Over TCP the API needs a token; every node has the same one (node-to-node calls carry it).
+    `control: { address: 127.0.0.1:${opts.controlPort ?? 0}, token: ${CONTROL_TOKEN} }`,
+  );
 }
 
 /**
@@ -83,13 +87,22 @@ export async function api<T = Record<string, unknown>>(
   path: string,
   body?: unknown,
 ): Promise<{ status: number; json: T }> {
+  const headers: Record<string, string> = { authorization: `Bearer ${CONTROL_TOKEN}` };
+  if (body !== undefined) headers["content-type"] = "application/json";
   const res = await fetch(`http://127.0.0.1:${mta.controlPort}${path}`, {
     method,
-    ...(body !== undefined
-      ? { body: JSON.stringify(body), headers: { "content-type": "application/json" } }
-      : {}),
+    headers,
+    ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
   });
   return { status: res.status, json: (await res.json()) as T };
+}
+
+/** The node's /metrics text (the token is needed over TCP when one is set). */
+export async function metricsText(mta: StartedMta): Promise<string> {
+  const res = await fetch(`http://127.0.0.1:${mta.controlPort}/metrics`, {
+    headers: { authorization: `Bearer ${CONTROL_TOKEN}` },
+  });
+  return res.text();
 }
 
 export async function healthz(mta: StartedMta): Promise<{ status: number; json: Record<string, unknown> }> {
