@@ -5,8 +5,8 @@
  *
  * Sets Postfix up on 127.0.0.1:2525 (bench/postfix/setup-postfix.sh: rewrites /etc/postfix; root, on a
  * development or CI machine only), then runs as child processes, each printing a `BENCH_JSON` line:
- * bench/durable-inject.ts, bench/e2e.ts, bench/slow-remote.ts (its table is parsed) and
- * bench/queue-depth.ts. Prints the table (figure, conditions, mta, Postfix, ratio = mta / Postfix) and
+ * bench/durable-inject.ts, bench/e2e.ts, bench/slow-remote.ts (its table is parsed),
+ * bench/cluster.ts (with its own redis-server) and bench/queue-depth.ts. Prints the table (figure, conditions, mta, Postfix, ratio = mta / Postfix) and
  * writes it to docs/benchmarks.md with the date, the machine and the conditions, plus two plots:
  * docs/bench-queue-depth.svg and docs/bench-concurrency.svg. Stops Postfix at the end.
  * Before a full run it waits (up to --max-wait-min, default 20 min, checking every 30 s) for the 1-minute load to drop below 0.7
@@ -198,6 +198,21 @@ try {
         pfNote: "tuned; one Postfix run for both rows",
       });
     }
+  }
+  // 5 (run early, it is short). Cluster: Redis costs and timings (Postfix has no counterpart).
+  {
+    const r = await child(["bench/cluster.ts", "--json", ...(quick ? ["--trials", "40"] : [])]);
+    loads.push(`cluster: load ${r.loadBefore} before, ${r.wallS.toFixed(0)} s`);
+    for (const x of benchJson<Row[]>(r.out) ?? [])
+      rows.push({
+        figure: `cluster: ${x.figure}`,
+        conditions: `${x.conditions}; redis-server on loopback; no Postfix counterpart`,
+        mta: x.mta,
+        postfix: Number.NaN,
+        unit: x.unit,
+        digits: x.mta < 10 ? 2 : 0,
+        pfNote: "no shared limits",
+      });
   }
   // 4. Queue depth, recovery, memory, concurrency
   const qd = await child(["bench/queue-depth.ts", "--json", ...(quick ? ["--quick"] : []), ...pfFlag]);
