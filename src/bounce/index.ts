@@ -14,3 +14,19 @@ export {
   formatRfc5322Date,
 } from "./dsn.ts";
 export { diagnosticFromReply, isNullSender, statusFromReply, wantsDsn } from "./status.ts";
+export {
+  BOUNCE_CLASSES,
+  type BounceClass,
+  type BounceRule,
+  BUILTIN_RULES_FILE,
+  bounceClassNamed,
+  builtinRulesSource,
+  type Classification,
+  Classifier,
+  type ClassifyInput,
+  enhancedOf,
+  KUMO_CLASS_NAMES,
+  parseRules,
+  type RuleProblem,
+  RulesError,
+} from "./classify.ts";
