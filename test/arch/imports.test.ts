@@ -15,6 +15,7 @@ const ALLOWED: Record<string, string[] | "*"> = {
   spool: ["lib", "observe"],
   bounce: ["smtp", "lib"],
   dkim: ["smtp", "lib"],
+  suppression: ["bounce", "lib", "observe"],
   observe: ["lib"],
   lib: [],
 };

@@ -1,0 +1,683 @@
+/**
+ * The suppression list: addresses mail must not go to, kept durable in the spool directory and
+ * checked in RAM on every recipient.
+ *
+ * Owns: `SuppressionList` (open with the directory's lock, recover, check, add, remove, read back,
+ * compact, close), its group commit (one write and one fdatasync per batch of changes).
+ * Does not own: what to do with a hit (app/: refuse at RCPT or record `suppressed`), the CSV format
+ * (csv.ts), the file format (_log.ts), the table (_table.ts).
+ * Invariants: a change resolves only after its record is on stable storage, and only then is it
+ * visible to `check`; records reach the file in the order changes were made; a failed write leaves
+ * the file as it was before the batch (truncated back) and the table untouched; while a compaction
+ * runs, changes wait and checks go on.
+ * Cluster note: every record is a self-contained, idempotent change (add with its fields / remove of a
+ * key), so the same records can be shipped between nodes and applied in any node's list
+ * (docs/suppression.md).
+ */
+import * as fs from "node:fs";
+import { join } from "node:path";
+import { errorMessage, MtaError, tryLockExclusive } from "../lib/index.ts";
+import type { Logger } from "../observe/index.ts";
+import {
+  checkFileHeader,
+  decodeKey,
+  encodeFileHeader,
+  encodeRecords,
+  FILE_HEADER_BYTES,
+  keyOf,
+  keyStart,
+  type LogRecord,
+  normalizeAddress,
+  normalizeScope,
+  REASONS,
+  reasonIndex,
+  type ScannedRecord,
+  type SuppressionReason,
+  scanChunk,
+  TYPE_ADD,
+  TYPE_REMOVE,
+} from "./_log.ts";
+import { HASH, HashTable, keyHash, keyHashBytes } from "./_table.ts";
+
+export const LOG_FILE = "suppressions.log";
+const LOCK_FILE = "LOCK";
+const CHUNK_BYTES = 8 * 1024 * 1024;
+
+export class SuppressionError extends MtaError {
+  override name = "SuppressionError";
+}
+
+export interface SuppressionEntry {
+  address: string;
+  /** "" for a global entry, else the sender domain it applies to. */
+  scope: string;
+  reason: SuppressionReason;
+  addedMs: number;
+  /** undefined: never expires. */
+  expiresMs?: number;
+}
+
+export interface NewSuppression {
+  address: string;
+  scope?: string;
+  reason?: SuppressionReason;
+  /** Absolute expiry; undefined: never. */
+  expiresMs?: number;
+}
+
+export interface SuppressionHit {
+  scope: string;
+  reason: SuppressionReason;
+  expiresMs?: number;
+}
+
+export interface AddResult {
+  added: number;
+  updated: number;
+  unchanged: number;
+}
+
+export interface RecoveryReport {
+  entries: number;
+  records: number;
+  truncatedBytes: number;
+  damage?: string;
+  ms: number;
+}
+
+export interface SuppressionOptions {
+  /** The directory, normally `<spool.dir>/suppression`. */
+  dir: string;
+  /** fdatasync each batch (default true; false only for tests and benchmarks). */
+  sync?: boolean;
+  log?: Logger;
+  now?: () => number;
+}
+
+interface Pending {
+  records: LogRecord[];
+  bytes: Uint8Array;
+  resolve: () => void;
+  reject: (err: unknown) => void;
+}
+
+/** Indexes of `records` that are the last change of their key, in order (a typed-array set, no strings). */
+function lastOfEachKey(records: readonly LogRecord[]): number[] {
+  if (records.length === 1) return [0];
+  const seen = new HashTable(records.length);
+  const last: number[] = new Array(records.length);
+  for (let i = 0; i < records.length; i++) {
+    const r = records[i]!;
+    keyHash(r.scope, r.address);
+    const slot = seen.find(HASH[0]!, HASH[1]!);
+    if (slot >= 0) last[seen.ordinalAt(slot)] = -1;
+    seen.set(HASH[0]!, HASH[1]!, 0, i, 0);
+    last[i] = i;
+  }
+  return last.filter((i) => i >= 0);
+}
+
+function sec(ms: number | undefined): number {
+  return ms === undefined ? 0 : Math.max(1, Math.ceil(ms / 1000));
+}
+
+/** Reads `fd` from `from` to its end (as it is when reached), handing every good record to `fn`. */
+function scanFd(
+  fd: number,
+  from: number,
+  fn: (r: ScannedRecord) => void,
+): { end: number; damage?: string; damageAt?: number } {
+  const buf = Buffer.allocUnsafe(CHUNK_BYTES);
+  let carry = 0;
+  let pos = from;
+  for (;;) {
+    const n = fs.readSync(fd, buf, carry, buf.length - carry, pos + carry);
+    if (n === 0) {
+      return carry === 0 ? { end: pos } : { end: pos, damage: `incomplete record of ${carry} bytes`, damageAt: pos };
+    }
+    const len = carry + n;
+    const r = scanChunk(buf.subarray(0, len), pos, fn);
+    if (r.bad) return { end: pos + r.used, damage: r.bad, damageAt: pos + r.used };
+    buf.copyWithin(0, r.used, len);
+    carry = len - r.used;
+    pos += r.used;
+  }
+}
+
+export class SuppressionList {
+  private readonly table: HashTable;
+  /** Entries whose scope is a sender domain: a check looks them up only when there are any. */
+  private scoped = 0;
+  /** Records in the file (ordinal of the next one). */
+  private records = 0;
+  private size: number;
+  private queue: Pending[] = [];
+  private writing = false;
+  private compacting: Promise<void> | undefined;
+  private closed = false;
+  private readonly now: () => number;
+
+  private constructor(
+    private readonly opts: SuppressionOptions,
+    private fd: number,
+    private readonly lockFd: number,
+    table: HashTable,
+    size: number,
+    readonly recovery: RecoveryReport,
+  ) {
+    this.table = table;
+    this.size = size;
+    this.now = opts.now ?? Date.now;
+  }
+
+  /** Opens (creating) the list in `opts.dir`: takes its lock, loads every record, cuts a torn tail. */
+  static async open(opts: SuppressionOptions): Promise<SuppressionList> {
+    const t0 = performance.now();
+    fs.mkdirSync(opts.dir, { recursive: true, mode: 0o750 });
+    const lockFd = fs.openSync(join(opts.dir, LOCK_FILE), "a+", 0o640);
+    let locked: boolean;
+    try {
+      locked = tryLockExclusive(lockFd);
+    } catch (err) {
+      fs.closeSync(lockFd);
+      throw err;
+    }
+    if (!locked) {
+      fs.closeSync(lockFd);
+      throw new SuppressionError(
+        "suppression-locked",
+        `another process holds the suppression list in ${opts.dir} (a running mta serve?)`,
+      );
+    }
+    const file = join(opts.dir, LOG_FILE);
+    let fd: number;
+    try {
+      fd = fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o640);
+    } catch (err) {
+      fs.closeSync(lockFd);
+      throw new SuppressionError("suppression-io", `cannot open ${file}: ${errorMessage(err)}`);
+    }
+    try {
+      let size = fs.fstatSync(fd).size;
+      if (size === 0) {
+        fs.writeSync(fd, encodeFileHeader(), 0, FILE_HEADER_BYTES, 0);
+        if (opts.sync !== false) fs.fsyncSync(fd);
+        size = FILE_HEADER_BYTES;
+      } else {
+        const head = new Uint8Array(FILE_HEADER_BYTES);
+        fs.readSync(fd, head, 0, FILE_HEADER_BYTES, 0);
+        const problem = checkFileHeader(head.subarray(0, Math.min(size, FILE_HEADER_BYTES)));
+        if (problem) throw new SuppressionError("suppression-corrupt", `${file}: ${problem}`);
+      }
+      const table = new HashTable(Math.floor(size / 48));
+      const nowSec = Math.floor((opts.now ?? Date.now)() / 1000);
+      let records = 0;
+      let scoped = 0;
+      const scan = scanFd(fd, FILE_HEADER_BYTES, (r) => {
+        const ordinal = records++;
+        keyHashBytes(r.buf, keyStart(r), r.start + r.length, r.scopeBytes);
+        const h1 = HASH[0]!;
+        const h2 = HASH[1]!;
+        if (r.type === TYPE_REMOVE || (r.expiresSec !== 0 && r.expiresSec <= nowSec)) {
+          const slot = table.find(h1, h2);
+          if (slot >= 0) {
+            table.deleteSlot(slot);
+            if (r.scopeBytes > 0) scoped--;
+          }
+          return;
+        }
+        // One probe sequence: set() inserts or replaces.
+        const before = table.count;
+        table.set(h1, h2, r.expiresSec, ordinal, r.reason);
+        if (table.count > before && r.scopeBytes > 0) scoped++;
+      });
+      let truncatedBytes = 0;
+      if (scan.damage) {
+        truncatedBytes = size - scan.end;
+        opts.log?.warn("suppression list: cutting off a damaged or torn tail", {
+          file,
+          offset: scan.end,
+          bytes: truncatedBytes,
+          problem: scan.damage,
+        });
+        if (truncatedBytes > 64 * 1024) {
+          // More than a torn batch: keep the bytes for a human to look at.
+          const copy = `${file}.damaged-${scan.end}`;
+          const rest = new Uint8Array(truncatedBytes);
+          fs.readSync(fd, rest, 0, truncatedBytes, scan.end);
+          fs.writeFileSync(copy, rest, { mode: 0o640 });
+        }
+        fs.ftruncateSync(fd, scan.end);
+        if (opts.sync !== false) fs.fsyncSync(fd);
+        size = scan.end;
+      }
+      const report: RecoveryReport = {
+        entries: table.count,
+        records,
+        truncatedBytes,
+        ms: performance.now() - t0,
+        ...(scan.damage ? { damage: scan.damage } : {}),
+      };
+      const list = new SuppressionList(opts, fd, lockFd, table, size, report);
+      list.records = records;
+      list.scoped = scoped;
+      list.maybeCompact();
+      return list;
+    } catch (err) {
+      fs.closeSync(fd);
+      fs.closeSync(lockFd);
+      throw err;
+    }
+  }
+
+  /** Live entries (expired ones included until the next compaction or restart drops them). */
+  get count(): number {
+    return this.table.count;
+  }
+
+  /** RAM held by the table, in bytes. */
+  get tableBytes(): number {
+    return this.table.bytes;
+  }
+
+  get fileBytes(): number {
+    return this.size;
+  }
+
+  get recordCount(): number {
+    return this.records;
+  }
+
+  /**
+   * Whether mail from `senderDomain` to `address` is suppressed: a global entry or one for that sender
+   * domain, not expired. `address` may be in any case; `senderDomain` must be lower case.
+   */
+  check(address: string, senderDomain = ""): SuppressionHit | undefined {
+    const a = address;
+    let slot = this.lookup("", a);
+    let scope = "";
+    if (slot < 0 && this.scoped > 0 && senderDomain !== "") {
+      slot = this.lookup(senderDomain, a);
+      scope = senderDomain;
+    }
+    if (slot < 0) return undefined;
+    const exp = this.table.expiryAt(slot);
+    return {
+      scope,
+      reason: REASONS[this.table.reasonAt(slot)] ?? "manual",
+      ...(exp !== 0 ? { expiresMs: exp * 1000 } : {}),
+    };
+  }
+
+  /** Fast path: true when suppressed. */
+  has(address: string, senderDomain = ""): boolean {
+    const a = address;
+    if (this.lookup("", a) >= 0) return true;
+    return this.scoped > 0 && senderDomain !== "" && this.lookup(senderDomain, a) >= 0;
+  }
+
+  /** The live slot of (scope, address), the address in any case, or -1. */
+  private lookup(scope: string, address: string): number {
+    keyHash(scope, address);
+    const slot = this.table.find(HASH[0]!, HASH[1]!);
+    if (slot < 0) return -1;
+    const exp = this.table.expiryAt(slot);
+    if (exp !== 0 && exp * 1000 <= this.now()) return -1;
+    return slot;
+  }
+
+  /**
+   * Adds or updates entries, durably. `keepLonger`: an entry already present that would outlive the
+   * new one is left as it is (automatic additions never shorten a suppression set by hand).
+   * Throws SuppressionError("suppression-input") naming the first bad address or scope; nothing is
+   * written then.
+   */
+  async add(items: readonly NewSuppression[], opts: { keepLonger?: boolean } = {}): Promise<AddResult> {
+    const nowMs = this.now();
+    const records: LogRecord[] = [];
+    for (const item of items) records.push(this.toRecord(item, nowMs));
+    await this.compacting;
+    const result: AddResult = { added: 0, updated: 0, unchanged: 0 };
+    const todo: LogRecord[] = [];
+    // Within one call the last change of a key wins; compare it against the table.
+    for (const i of lastOfEachKey(records)) {
+      const r = records[i]!;
+      keyHash(r.scope, r.address);
+      const slot = this.table.find(HASH[0]!, HASH[1]!);
+      if (slot >= 0) {
+        const exp = this.table.expiryAt(slot);
+        const live = exp === 0 || exp * 1000 > nowMs;
+        if (live && exp === r.expiresSec && this.table.reasonAt(slot) === r.reason) {
+          result.unchanged++;
+          continue;
+        }
+        if (live && opts.keepLonger && (exp === 0 || (r.expiresSec !== 0 && exp >= r.expiresSec))) {
+          result.unchanged++;
+          continue;
+        }
+        if (live) result.updated++;
+        else result.added++;
+      } else result.added++;
+      todo.push(r);
+    }
+    if (todo.length > 0) await this.commit(todo);
+    return result;
+  }
+
+  /** Removes entries, durably; returns how many were present. */
+  async remove(items: readonly { address: string; scope?: string }[]): Promise<{ removed: number; absent: number }> {
+    const nowMs = this.now();
+    const records: LogRecord[] = [];
+    for (const item of items) {
+      const address = normalizeAddress(item.address);
+      if (address === undefined)
+        throw new SuppressionError("suppression-input", `not an address: ${JSON.stringify(item.address)}`);
+      const scope = normalizeScope(item.scope ?? "");
+      if (scope === undefined)
+        throw new SuppressionError("suppression-input", `not a sender domain: ${JSON.stringify(item.scope)}`);
+      records.push({ type: TYPE_REMOVE, reason: 0, addedSec: sec(nowMs), expiresSec: 0, scope, address });
+    }
+    await this.compacting;
+    let removed = 0;
+    let absent = 0;
+    const todo: LogRecord[] = [];
+    for (const i of lastOfEachKey(records)) {
+      const r = records[i]!;
+      keyHash(r.scope, r.address);
+      if (this.table.find(HASH[0]!, HASH[1]!) < 0) {
+        absent++;
+        continue;
+      }
+      removed++;
+      todo.push(r);
+    }
+    if (todo.length > 0) await this.commit(todo);
+    return { removed, absent };
+  }
+
+  private toRecord(item: NewSuppression, nowMs: number): LogRecord {
+    const address = normalizeAddress(item.address);
+    if (address === undefined)
+      throw new SuppressionError("suppression-input", `not an address: ${JSON.stringify(item.address)}`);
+    const scope = normalizeScope(item.scope ?? "");
+    if (scope === undefined)
+      throw new SuppressionError("suppression-input", `not a sender domain: ${JSON.stringify(item.scope)}`);
+    const reason = reasonIndex(item.reason ?? "manual");
+    if (reason === undefined)
+      throw new SuppressionError(
+        "suppression-input",
+        `unknown reason ${JSON.stringify(item.reason)} (expected ${REASONS.join(", ")})`,
+      );
+    if (item.expiresMs !== undefined && (!Number.isFinite(item.expiresMs) || item.expiresMs / 1000 >= 2 ** 32))
+      throw new SuppressionError("suppression-input", `expiry out of range for ${address}`);
+    return { type: TYPE_ADD, reason, addedSec: sec(nowMs), expiresSec: sec(item.expiresMs), scope, address };
+  }
+
+  /** Queues records for the next batch; resolves once they are durable and applied to the table. */
+  private commit(records: LogRecord[]): Promise<void> {
+    if (this.closed) return Promise.reject(new SuppressionError("suppression-closed", "the suppression list is closed"));
+    return new Promise((resolve, reject) => {
+      this.queue.push({ records, bytes: encodeRecords(records), resolve, reject });
+      if (!this.writing) void this.drain();
+    });
+  }
+
+  private async drain(): Promise<void> {
+    this.writing = true;
+    await Promise.resolve(); // let this turn's changes join the batch
+    while (this.queue.length > 0) {
+      const batch = this.queue;
+      this.queue = [];
+      const buf = batch.length === 1 ? batch[0]!.bytes : Buffer.concat(batch.map((p) => p.bytes));
+      const total = buf.length;
+      const before = this.size;
+      try {
+        await writeAt(this.fd, buf, before);
+        if (this.opts.sync !== false) await fdatasync(this.fd);
+      } catch (err) {
+        // Leave the file as it was: a later batch must not follow a half-written one.
+        try {
+          fs.ftruncateSync(this.fd, before);
+        } catch {}
+        const e = new SuppressionError("suppression-io", `cannot write the suppression list: ${errorMessage(err)}`);
+        for (const p of batch) p.reject(e);
+        continue;
+      }
+      this.size = before + total;
+      for (const p of batch) {
+        for (const r of p.records) this.apply(r, this.records++);
+        p.resolve();
+      }
+    }
+    this.writing = false;
+    this.maybeCompact();
+  }
+
+  private apply(r: LogRecord, ordinal: number): void {
+    keyHash(r.scope, r.address);
+    const h1 = HASH[0]!;
+    const h2 = HASH[1]!;
+    const slot = this.table.find(h1, h2);
+    if (r.type === TYPE_REMOVE) {
+      if (slot >= 0) {
+        this.table.deleteSlot(slot);
+        if (r.scope !== "") this.scoped--;
+      }
+      return;
+    }
+    if (slot < 0 && r.scope !== "") this.scoped++;
+    this.table.set(h1, h2, r.expiresSec, ordinal, r.reason);
+  }
+
+  /**
+   * Every live entry, read back from the file (RAM holds only hashes): a record is listed when it is
+   * the one that set its key's current entry. Changes made while listing may or may not be seen.
+   */
+  entries(filter: { scope?: string; reason?: SuppressionReason } = {}): SuppressionEntry[] {
+    const out: SuppressionEntry[] = [];
+    this.forEachEntry((e) => {
+      if (filter.scope !== undefined && e.scope !== filter.scope) return;
+      if (filter.reason !== undefined && e.reason !== filter.reason) return;
+      out.push(e);
+    });
+    return out;
+  }
+
+  /** Streams live entries to `fn` in file order (oldest first). */
+  forEachEntry(fn: (e: SuppressionEntry) => void): void {
+    const nowSec = Math.floor(this.now() / 1000);
+    let ordinal = 0;
+    scanFd(this.fd, FILE_HEADER_BYTES, (r) => {
+      const o = ordinal++;
+      if (r.type !== TYPE_ADD) return;
+      if (r.expiresSec !== 0 && r.expiresSec <= nowSec) return;
+      keyHashBytes(r.buf, keyStart(r), r.start + r.length, r.scopeBytes);
+      const slot = this.table.find(HASH[0]!, HASH[1]!);
+      if (slot < 0 || this.table.ordinalAt(slot) !== o) return;
+      const { scope, address } = decodeKey(r);
+      fn({
+        address,
+        scope,
+        reason: REASONS[r.reason] ?? "manual",
+        addedMs: r.addedSec * 1000,
+        ...(r.expiresSec !== 0 ? { expiresMs: r.expiresSec * 1000 } : {}),
+      });
+    });
+  }
+
+  /** Dead records (removed, replaced, expired) outnumber live ones by enough: rewrite the file. */
+  private maybeCompact(): void {
+    if (this.compacting || this.closed) return;
+    const dead = this.records - this.table.count;
+    if (dead > Math.max(this.table.count, 10_000)) {
+      this.compact().catch((err) =>
+        this.opts.log?.error("suppression list compaction failed", { error: errorMessage(err) }),
+      );
+    }
+  }
+
+  /**
+   * Rewrites the log with one record per live entry: a new file, fdatasync'ed, renamed over the old
+   * one, the directory synced. Changes wait meanwhile; a failure leaves the old file in place.
+   */
+  compact(): Promise<void> {
+    if (this.compacting) return this.compacting;
+    const run = async () => {
+      while (this.writing || this.queue.length > 0) await new Promise((r) => setTimeout(r, 1));
+      const file = join(this.opts.dir, LOG_FILE);
+      const tmp = `${file}.compact`;
+      const nowSec = Math.floor(this.now() / 1000);
+      const out = fs.openSync(tmp, "w", 0o640);
+      const moves: number[] = [];
+      let newOrdinal = 0;
+      let size = FILE_HEADER_BYTES;
+      try {
+        fs.writeSync(out, encodeFileHeader(), 0, FILE_HEADER_BYTES, 0);
+        const outBuf = Buffer.allocUnsafe(CHUNK_BYTES);
+        let used = 0;
+        const flush = () => {
+          if (used === 0) return;
+          fs.writeSync(out, outBuf, 0, used, size);
+          size += used;
+          used = 0;
+        };
+        let ordinal = 0;
+        scanFd(this.fd, FILE_HEADER_BYTES, (r) => {
+          const o = ordinal++;
+          if (r.type !== TYPE_ADD) return;
+          keyHashBytes(r.buf, keyStart(r), r.start + r.length, r.scopeBytes);
+          const slot = this.table.find(HASH[0]!, HASH[1]!);
+          if (slot < 0 || this.table.ordinalAt(slot) !== o) return;
+          if (r.expiresSec !== 0 && r.expiresSec <= nowSec) return;
+          if (used + r.length > outBuf.length) flush();
+          (r.buf as Buffer).copy(outBuf, used, r.start, r.start + r.length);
+          used += r.length;
+          moves.push(slot, newOrdinal++);
+        });
+        flush();
+        if (this.opts.sync !== false) fs.fsyncSync(out);
+        fs.closeSync(out);
+        fs.renameSync(tmp, file);
+        if (this.opts.sync !== false) {
+          const d = fs.openSync(this.opts.dir, "r");
+          fs.fsyncSync(d);
+          fs.closeSync(d);
+        }
+        // The new file is in place: switch to it, then renumber (slots do not move while changes wait).
+        const old = this.fd;
+        this.fd = fs.openSync(file, fs.constants.O_RDWR);
+        fs.closeSync(old);
+        for (let i = 0; i < moves.length; i += 2) this.table.setOrdinal(moves[i]!, moves[i + 1]!);
+        // Expired entries go last: deleting shifts slots.
+        this.dropExpired(nowSec);
+        const before = this.records;
+        this.records = newOrdinal;
+        this.size = size;
+        this.opts.log?.info("suppression list compacted", {
+          entries: this.table.count,
+          recordsBefore: before,
+          bytes: size,
+        });
+      } catch (err) {
+        try {
+          fs.closeSync(out);
+        } catch {}
+        try {
+          fs.unlinkSync(tmp);
+        } catch {}
+        throw err;
+      }
+    };
+    this.compacting = run().finally(() => {
+      this.compacting = undefined;
+    });
+    return this.compacting;
+  }
+
+  /** Deletes every expired entry from the table (their records were not copied by compaction). */
+  private dropExpired(nowSec: number): void {
+    // A deletion may shift a later entry into the hole (so the slot is looked at again) or, across
+    // the end of the array, into a slot already passed: hence passes until one finds nothing.
+    for (let found = true; found; ) {
+      found = false;
+      for (let s = 0; s < this.table.capacity; ) {
+        const e = this.table.occupied(s) ? this.table.expiryAt(s) : 0;
+        if (e !== 0 && e <= nowSec) {
+          this.table.deleteSlot(s);
+          found = true;
+        } else s++;
+      }
+    }
+  }
+
+  /** Waits for queued changes, then releases the file and the lock. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    await this.compacting?.catch(() => {});
+    while (this.writing || this.queue.length > 0) await new Promise((r) => setTimeout(r, 1));
+    this.closed = true;
+    fs.closeSync(this.fd);
+    fs.closeSync(this.lockFd);
+  }
+}
+
+function writeAt(fd: number, buf: Uint8Array, position: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    let done = 0;
+    const step = (): void => {
+      fs.write(fd, buf, done, buf.length - done, position + done, (err, n) => {
+        if (err) return reject(err);
+        done += n;
+        if (done >= buf.length) resolve();
+        else if (n === 0) reject(Object.assign(new Error("short write"), { code: "EIO" }));
+        else step();
+      });
+    };
+    step();
+  });
+}
+
+function fdatasync(fd: number): Promise<void> {
+  return new Promise((resolve, reject) => fs.fdatasync(fd, (err) => (err ? reject(err) : resolve())));
+}
+
+/** Reads every live entry of a list directory without taking its lock (for a stopped or busy daemon). */
+export function readEntries(dir: string, now = Date.now()): SuppressionEntry[] {
+  const file = join(dir, LOG_FILE);
+  let fd: number;
+  try {
+    fd = fs.openSync(file, "r");
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === "ENOENT") return [];
+    throw new SuppressionError("suppression-io", `cannot read ${file}: ${errorMessage(err)}`);
+  }
+  try {
+    const head = new Uint8Array(FILE_HEADER_BYTES);
+    const n = fs.readSync(fd, head, 0, FILE_HEADER_BYTES, 0);
+    if (n === 0) return [];
+    const problem = checkFileHeader(head.subarray(0, n));
+    if (problem) throw new SuppressionError("suppression-corrupt", `${file}: ${problem}`);
+    // Last record per key wins; removals and expiry drop it.
+    const map = new Map<string, SuppressionEntry>();
+    const nowSec = Math.floor(now / 1000);
+    scanFd(fd, FILE_HEADER_BYTES, (r) => {
+      const { scope, address } = decodeKey(r);
+      const k = keyOf(scope, address);
+      if (r.type === TYPE_REMOVE || (r.expiresSec !== 0 && r.expiresSec <= nowSec)) {
+        map.delete(k);
+        return;
+      }
+      map.delete(k); // re-insert: order by last change
+      map.set(k, {
+        address,
+        scope,
+        reason: REASONS[r.reason] ?? "manual",
+        addedMs: r.addedSec * 1000,
+        ...(r.expiresSec !== 0 ? { expiresMs: r.expiresSec * 1000 } : {}),
+      });
+    });
+    return [...map.values()];
+  } finally {
+    fs.closeSync(fd);
+  }
+}
