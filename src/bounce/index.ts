@@ -30,3 +30,12 @@ export {
   type RuleProblem,
   RulesError,
 } from "./classify.ts";
+export {
+  type FeedbackReport,
+  type ParsedReport,
+  parseDiagnostic,
+  parseFieldGroups,
+  parseReport,
+  type ReportedRecipient,
+} from "./parse.ts";
+export { findVerpAddresses, parseVerp, tagMatches, type VerpToken, verpAddress, verpTag } from "./verp.ts";

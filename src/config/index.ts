@@ -11,4 +11,15 @@ export {
   renderConfigYaml,
 } from "./load.ts";
 export type { RawConfig } from "./schema.ts";
-export type { Config, DeliveryConfig, DomainPolicy, ListenerConfig, RouteConfig, TlsMode } from "./types.ts";
+export type {
+  BouncesConfig,
+  Config,
+  DeliveryConfig,
+  DomainPolicy,
+  ListenerConfig,
+  RouteConfig,
+  SuppressionConfig,
+  TlsMode,
+  WebhookConfig,
+} from "./types.ts";
+export { CLASS_NAMES, DEFAULT_WEBHOOK_EVENTS, WEBHOOK_EVENTS } from "./_feedback.ts";

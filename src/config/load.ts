@@ -9,6 +9,7 @@ import { dirname, resolve } from "node:path";
 import * as v from "valibot";
 import { isMap, isPair, isScalar, isSeq, LineCounter, type Node, parseDocument, stringify } from "yaml";
 import { MtaError } from "../lib/index.ts";
+import { feedbackProblems } from "./_feedback.ts";
 import { closest } from "./_values.ts";
 import { ConfigSchema, type RawConfig } from "./schema.ts";
 import { buildConfig, type Config } from "./types.ts";
@@ -162,6 +163,15 @@ function semanticChecks(
       }
     }
   });
+  feedbackProblems(raw, push);
+  for (const [i, f] of raw.bounces.rules_files.entries()) {
+    const file = resolve(baseDir, f);
+    try {
+      accessSync(file, constants.R_OK);
+    } catch (err) {
+      push(["bounces", "rules_files", i], `cannot read ${file} (${(err as NodeJS.ErrnoException).code ?? err})`);
+    }
+  }
   raw.dkim.keys.forEach((k, i) => {
     const file = resolve(baseDir, k.key_file);
     try {

@@ -8,6 +8,7 @@
  */
 import { isIP } from "node:net";
 import * as v from "valibot";
+import { BouncesSchema, SuppressionSchema, WebhooksSchema } from "./_feedback.ts";
 import { parseAddressValue, parseCidrValue, parseDuration, parseRate, parseSizeValue } from "./_values.ts";
 
 function show(x: unknown): string {
@@ -79,6 +80,7 @@ export const ListenerSchema = v.strictObject({
   max_connections: v.optional(Positive, 10000),
   max_connections_per_ip: v.optional(Positive, 2000),
   reject_bare_newlines: v.optional(Bool, true),
+  role: v.optional(v.picklist(["relay", "bounces"], (i) => `expected relay or bounces, got ${show(i.input)}`), "relay"),
 });
 
 const RouteObject = v.strictObject({
@@ -238,6 +240,9 @@ export const ConfigSchema = v.strictObject({
     }),
     {},
   ),
+  bounces: BouncesSchema,
+  suppression: SuppressionSchema,
+  webhooks: WebhooksSchema,
   log: v.optional(
     v.strictObject({
       level: v.optional(v.picklist(["silent", "error", "warn", "info", "debug", "trace"]), "info"),

@@ -16,7 +16,10 @@ import {
   parseSizeValue,
   type Rate,
 } from "./_values.ts";
+import { type BouncesConfig, buildFeedback, type SuppressionConfig, type WebhookConfig } from "./_feedback.ts";
 import { DEFAULT_POLICY, type RawConfig } from "./schema.ts";
+
+export type { BouncesConfig, SuppressionConfig, WebhookConfig } from "./_feedback.ts";
 
 export type TlsMode = "off" | "opportunistic" | "required";
 
@@ -38,6 +41,8 @@ export interface ListenerConfig {
   maxConnections: number;
   maxConnectionsPerIp: number;
   rejectBareNewlines: boolean;
+  /** relay: mail to deliver; bounces: only mail to the bounce domain (asynchronous bounces, complaints). */
+  role: "relay" | "bounces";
 }
 
 export interface RouteConfig {
@@ -124,6 +129,9 @@ export interface Config {
     expireAfterMs: number;
     domainMap: Record<string, string>;
   };
+  bounces: BouncesConfig;
+  suppression: SuppressionConfig;
+  webhooks: WebhookConfig[];
   log: {
     level: "silent" | "error" | "warn" | "info" | "debug" | "trace";
     format: "pretty" | "json";
@@ -202,6 +210,7 @@ export function buildConfig(raw: RawConfig, source: string, baseDir: string): Co
         maxConnections: l.max_connections,
         maxConnectionsPerIp: l.max_connections_per_ip,
         rejectBareNewlines: l.reject_bare_newlines,
+        role: l.role,
       };
       if (l.tls) out.tls = { certFile: path(l.tls.cert), keyFile: path(l.tls.key), implicit: l.tls.implicit };
       return out;
@@ -263,6 +272,7 @@ export function buildConfig(raw: RawConfig, source: string, baseDir: string): Co
       expireAfterMs: dur(raw.dkim.expire),
       domainMap: { ...raw.dkim.domain_map },
     },
+    ...buildFeedback(raw, baseDir),
     log: { level: raw.log.level, format: raw.log.format, deliveriesFile: path(raw.log.deliveries) },
   };
   if (raw.dkim.headers) config.dkim.headers = raw.dkim.headers;

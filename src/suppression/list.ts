@@ -144,16 +144,40 @@ function scanFd(
   }
 }
 
+/** scanFd in slices of `sliceBytes`, giving the event loop a turn between slices (for a running daemon). */
+async function scanFdYielding(fd: number, from: number, fn: (r: ScannedRecord) => void, sliceBytes = 1 << 20): Promise<void> {
+  const buf = Buffer.allocUnsafe(sliceBytes);
+  let carry = 0;
+  let pos = from;
+  for (;;) {
+    const n = fs.readSync(fd, buf, carry, buf.length - carry, pos + carry);
+    if (n === 0) return;
+    const len = carry + n;
+    const r = scanChunk(buf.subarray(0, len), pos, fn);
+    if (r.bad) return;
+    buf.copyWithin(0, r.used, len);
+    carry = len - r.used;
+    pos += r.used;
+    await new Promise<void>((resolve) => setImmediate(resolve));
+  }
+}
+
 export class SuppressionList {
+  /** Global entries (scope ""), checked for every recipient. */
   private readonly table: HashTable;
-  /** Entries whose scope is a sender domain: a check looks them up only when there are any. */
-  private scoped = 0;
+  /**
+   * Entries scoped to a sender domain, in a table of their own: a check looks there only when it has
+   * entries, and then in a table usually far smaller (cache-friendlier) than the global one.
+   */
+  private readonly scopedTable: HashTable;
   /** Records in the file (ordinal of the next one). */
   private records = 0;
   private size: number;
   private queue: Pending[] = [];
   private writing = false;
   private compacting: Promise<void> | undefined;
+  /** Listings in progress (compaction renumbers only when there are none). */
+  private readers = 0;
   private closed = false;
   private readonly now: () => number;
 
@@ -162,10 +186,12 @@ export class SuppressionList {
     private fd: number,
     private readonly lockFd: number,
     table: HashTable,
+    scopedTable: HashTable,
     size: number,
     readonly recovery: RecoveryReport,
   ) {
     this.table = table;
+    this.scopedTable = scopedTable;
     this.size = size;
     this.now = opts.now ?? Date.now;
   }
@@ -210,26 +236,21 @@ export class SuppressionList {
         if (problem) throw new SuppressionError("suppression-corrupt", `${file}: ${problem}`);
       }
       const table = new HashTable(Math.floor(size / 48));
+      const scopedTable = new HashTable();
       const nowSec = Math.floor((opts.now ?? Date.now)() / 1000);
       let records = 0;
-      let scoped = 0;
       const scan = scanFd(fd, FILE_HEADER_BYTES, (r) => {
         const ordinal = records++;
         keyHashBytes(r.buf, keyStart(r), r.start + r.length, r.scopeBytes);
+        const t = r.scopeBytes > 0 ? scopedTable : table;
         const h1 = HASH[0]!;
         const h2 = HASH[1]!;
         if (r.type === TYPE_REMOVE || (r.expiresSec !== 0 && r.expiresSec <= nowSec)) {
-          const slot = table.find(h1, h2);
-          if (slot >= 0) {
-            table.deleteSlot(slot);
-            if (r.scopeBytes > 0) scoped--;
-          }
+          const slot = t.find(h1, h2);
+          if (slot >= 0) t.deleteSlot(slot);
           return;
         }
-        // One probe sequence: set() inserts or replaces.
-        const before = table.count;
-        table.set(h1, h2, r.expiresSec, ordinal, r.reason);
-        if (table.count > before && r.scopeBytes > 0) scoped++;
+        t.set(h1, h2, r.expiresSec, ordinal, r.reason); // inserts or replaces: one probe sequence
       });
       let truncatedBytes = 0;
       if (scan.damage) {
@@ -252,15 +273,14 @@ export class SuppressionList {
         size = scan.end;
       }
       const report: RecoveryReport = {
-        entries: table.count,
+        entries: table.count + scopedTable.count,
         records,
         truncatedBytes,
         ms: performance.now() - t0,
         ...(scan.damage ? { damage: scan.damage } : {}),
       };
-      const list = new SuppressionList(opts, fd, lockFd, table, size, report);
+      const list = new SuppressionList(opts, fd, lockFd, table, scopedTable, size, report);
       list.records = records;
-      list.scoped = scoped;
       list.maybeCompact();
       return list;
     } catch (err) {
@@ -272,12 +292,16 @@ export class SuppressionList {
 
   /** Live entries (expired ones included until the next compaction or restart drops them). */
   get count(): number {
-    return this.table.count;
+    return this.table.count + this.scopedTable.count;
   }
 
-  /** RAM held by the table, in bytes. */
+  /** RAM held by the tables, in bytes. */
   get tableBytes(): number {
-    return this.table.bytes;
+    return this.table.bytes + this.scopedTable.bytes;
+  }
+
+  private tableFor(scope: string): HashTable {
+    return scope === "" ? this.table : this.scopedTable;
   }
 
   get fileBytes(): number {
@@ -293,35 +317,35 @@ export class SuppressionList {
    * domain, not expired. `address` may be in any case; `senderDomain` must be lower case.
    */
   check(address: string, senderDomain = ""): SuppressionHit | undefined {
-    const a = address;
-    let slot = this.lookup("", a);
     let scope = "";
-    if (slot < 0 && this.scoped > 0 && senderDomain !== "") {
-      slot = this.lookup(senderDomain, a);
+    let slot = this.lookup("", address);
+    if (slot < 0 && this.scopedTable.count > 0 && senderDomain !== "") {
+      slot = this.lookup(senderDomain, address);
       scope = senderDomain;
     }
     if (slot < 0) return undefined;
-    const exp = this.table.expiryAt(slot);
+    const t = this.tableFor(scope);
+    const exp = t.expiryAt(slot);
     return {
       scope,
-      reason: REASONS[this.table.reasonAt(slot)] ?? "manual",
+      reason: REASONS[t.reasonAt(slot)] ?? "manual",
       ...(exp !== 0 ? { expiresMs: exp * 1000 } : {}),
     };
   }
 
   /** Fast path: true when suppressed. */
   has(address: string, senderDomain = ""): boolean {
-    const a = address;
-    if (this.lookup("", a) >= 0) return true;
-    return this.scoped > 0 && senderDomain !== "" && this.lookup(senderDomain, a) >= 0;
+    if (this.lookup("", address) >= 0) return true;
+    return this.scopedTable.count > 0 && senderDomain !== "" && this.lookup(senderDomain, address) >= 0;
   }
 
   /** The live slot of (scope, address), the address in any case, or -1. */
   private lookup(scope: string, address: string): number {
     keyHash(scope, address);
-    const slot = this.table.find(HASH[0]!, HASH[1]!);
+    const t = scope === "" ? this.table : this.scopedTable;
+    const slot = t.find(HASH[0]!, HASH[1]!);
     if (slot < 0) return -1;
-    const exp = this.table.expiryAt(slot);
+    const exp = t.expiryAt(slot);
     if (exp !== 0 && exp * 1000 <= this.now()) return -1;
     return slot;
   }
@@ -343,11 +367,12 @@ export class SuppressionList {
     for (const i of lastOfEachKey(records)) {
       const r = records[i]!;
       keyHash(r.scope, r.address);
-      const slot = this.table.find(HASH[0]!, HASH[1]!);
+      const t = this.tableFor(r.scope);
+      const slot = t.find(HASH[0]!, HASH[1]!);
       if (slot >= 0) {
-        const exp = this.table.expiryAt(slot);
+        const exp = t.expiryAt(slot);
         const live = exp === 0 || exp * 1000 > nowMs;
-        if (live && exp === r.expiresSec && this.table.reasonAt(slot) === r.reason) {
+        if (live && exp === r.expiresSec && t.reasonAt(slot) === r.reason) {
           result.unchanged++;
           continue;
         }
@@ -384,7 +409,7 @@ export class SuppressionList {
     for (const i of lastOfEachKey(records)) {
       const r = records[i]!;
       keyHash(r.scope, r.address);
-      if (this.table.find(HASH[0]!, HASH[1]!) < 0) {
+      if (this.tableFor(r.scope).find(HASH[0]!, HASH[1]!) < 0) {
         absent++;
         continue;
       }
@@ -455,61 +480,68 @@ export class SuppressionList {
 
   private apply(r: LogRecord, ordinal: number): void {
     keyHash(r.scope, r.address);
-    const h1 = HASH[0]!;
-    const h2 = HASH[1]!;
-    const slot = this.table.find(h1, h2);
+    const t = this.tableFor(r.scope);
     if (r.type === TYPE_REMOVE) {
-      if (slot >= 0) {
-        this.table.deleteSlot(slot);
-        if (r.scope !== "") this.scoped--;
-      }
+      const slot = t.find(HASH[0]!, HASH[1]!);
+      if (slot >= 0) t.deleteSlot(slot);
       return;
     }
-    if (slot < 0 && r.scope !== "") this.scoped++;
-    this.table.set(h1, h2, r.expiresSec, ordinal, r.reason);
+    t.set(HASH[0]!, HASH[1]!, r.expiresSec, ordinal, r.reason);
   }
 
   /**
    * Every live entry, read back from the file (RAM holds only hashes): a record is listed when it is
    * the one that set its key's current entry. Changes made while listing may or may not be seen.
    */
-  entries(filter: { scope?: string; reason?: SuppressionReason } = {}): SuppressionEntry[] {
+  async entries(filter: { scope?: string; reason?: SuppressionReason; limit?: number } = {}): Promise<SuppressionEntry[]> {
     const out: SuppressionEntry[] = [];
-    this.forEachEntry((e) => {
-      if (filter.scope !== undefined && e.scope !== filter.scope) return;
-      if (filter.reason !== undefined && e.reason !== filter.reason) return;
+    await this.forEachEntry((e) => {
+      if (filter.scope !== undefined && e.scope !== filter.scope) return true;
+      if (filter.reason !== undefined && e.reason !== filter.reason) return true;
       out.push(e);
+      return filter.limit === undefined || out.length < filter.limit;
     });
     return out;
   }
 
-  /** Streams live entries to `fn` in file order (oldest first). */
-  forEachEntry(fn: (e: SuppressionEntry) => void): void {
-    const nowSec = Math.floor(this.now() / 1000);
-    let ordinal = 0;
-    scanFd(this.fd, FILE_HEADER_BYTES, (r) => {
-      const o = ordinal++;
-      if (r.type !== TYPE_ADD) return;
-      if (r.expiresSec !== 0 && r.expiresSec <= nowSec) return;
-      keyHashBytes(r.buf, keyStart(r), r.start + r.length, r.scopeBytes);
-      const slot = this.table.find(HASH[0]!, HASH[1]!);
-      if (slot < 0 || this.table.ordinalAt(slot) !== o) return;
-      const { scope, address } = decodeKey(r);
-      fn({
-        address,
-        scope,
-        reason: REASONS[r.reason] ?? "manual",
-        addedMs: r.addedSec * 1000,
-        ...(r.expiresSec !== 0 ? { expiresMs: r.expiresSec * 1000 } : {}),
+  /**
+   * Streams live entries to `fn` in file order (oldest first), a slice at a time so that a running
+   * daemon keeps serving; `fn` returns false to stop. Compaction waits until no listing runs.
+   */
+  async forEachEntry(fn: (e: SuppressionEntry) => boolean): Promise<void> {
+    while (this.compacting) await this.compacting.catch(() => {});
+    this.readers++;
+    try {
+      const nowSec = Math.floor(this.now() / 1000);
+      let ordinal = 0;
+      let going = true;
+      await scanFdYielding(this.fd, FILE_HEADER_BYTES, (r) => {
+        const o = ordinal++;
+        if (!going || r.type !== TYPE_ADD) return;
+        if (r.expiresSec !== 0 && r.expiresSec <= nowSec) return;
+        keyHashBytes(r.buf, keyStart(r), r.start + r.length, r.scopeBytes);
+        const t = r.scopeBytes > 0 ? this.scopedTable : this.table;
+        const slot = t.find(HASH[0]!, HASH[1]!);
+        if (slot < 0 || t.ordinalAt(slot) !== o) return;
+        const { scope, address } = decodeKey(r);
+        going = fn({
+          address,
+          scope,
+          reason: REASONS[r.reason] ?? "manual",
+          addedMs: r.addedSec * 1000,
+          ...(r.expiresSec !== 0 ? { expiresMs: r.expiresSec * 1000 } : {}),
+        });
       });
-    });
+    } finally {
+      this.readers--;
+    }
   }
 
   /** Dead records (removed, replaced, expired) outnumber live ones by enough: rewrite the file. */
   private maybeCompact(): void {
     if (this.compacting || this.closed) return;
-    const dead = this.records - this.table.count;
-    if (dead > Math.max(this.table.count, 10_000)) {
+    const dead = this.records - this.count;
+    if (dead > Math.max(this.count, 10_000)) {
       this.compact().catch((err) =>
         this.opts.log?.error("suppression list compaction failed", { error: errorMessage(err) }),
       );
@@ -518,16 +550,18 @@ export class SuppressionList {
 
   /**
    * Rewrites the log with one record per live entry: a new file, fdatasync'ed, renamed over the old
-   * one, the directory synced. Changes wait meanwhile; a failure leaves the old file in place.
+   * one, the directory synced. It reads a slice at a time (checks go on between slices); changes wait
+   * until it is done; a failure leaves the old file in place.
    */
   compact(): Promise<void> {
     if (this.compacting) return this.compacting;
     const run = async () => {
-      while (this.writing || this.queue.length > 0) await new Promise((r) => setTimeout(r, 1));
+      while (this.writing || this.queue.length > 0 || this.readers > 0) await new Promise((r) => setTimeout(r, 1));
       const file = join(this.opts.dir, LOG_FILE);
       const tmp = `${file}.compact`;
       const nowSec = Math.floor(this.now() / 1000);
       const out = fs.openSync(tmp, "w", 0o640);
+      // (slot, new ordinal) pairs; a scoped table's slot is stored as -(slot + 1).
       const moves: number[] = [];
       let newOrdinal = 0;
       let size = FILE_HEADER_BYTES;
@@ -542,17 +576,19 @@ export class SuppressionList {
           used = 0;
         };
         let ordinal = 0;
-        scanFd(this.fd, FILE_HEADER_BYTES, (r) => {
+        await scanFdYielding(this.fd, FILE_HEADER_BYTES, (r) => {
           const o = ordinal++;
           if (r.type !== TYPE_ADD) return;
           keyHashBytes(r.buf, keyStart(r), r.start + r.length, r.scopeBytes);
-          const slot = this.table.find(HASH[0]!, HASH[1]!);
-          if (slot < 0 || this.table.ordinalAt(slot) !== o) return;
+          const scoped = r.scopeBytes > 0;
+          const t = scoped ? this.scopedTable : this.table;
+          const slot = t.find(HASH[0]!, HASH[1]!);
+          if (slot < 0 || t.ordinalAt(slot) !== o) return;
           if (r.expiresSec !== 0 && r.expiresSec <= nowSec) return;
           if (used + r.length > outBuf.length) flush();
           (r.buf as Buffer).copy(outBuf, used, r.start, r.start + r.length);
           used += r.length;
-          moves.push(slot, newOrdinal++);
+          moves.push(scoped ? -(slot + 1) : slot, newOrdinal++);
         });
         flush();
         if (this.opts.sync !== false) fs.fsyncSync(out);
@@ -567,14 +603,19 @@ export class SuppressionList {
         const old = this.fd;
         this.fd = fs.openSync(file, fs.constants.O_RDWR);
         fs.closeSync(old);
-        for (let i = 0; i < moves.length; i += 2) this.table.setOrdinal(moves[i]!, moves[i + 1]!);
+        for (let i = 0; i < moves.length; i += 2) {
+          const m = moves[i]!;
+          if (m >= 0) this.table.setOrdinal(m, moves[i + 1]!);
+          else this.scopedTable.setOrdinal(-m - 1, moves[i + 1]!);
+        }
         // Expired entries go last: deleting shifts slots.
-        this.dropExpired(nowSec);
+        dropExpired(this.table, nowSec);
+        dropExpired(this.scopedTable, nowSec);
         const before = this.records;
         this.records = newOrdinal;
         this.size = size;
         this.opts.log?.info("suppression list compacted", {
-          entries: this.table.count,
+          entries: this.count,
           recordsBefore: before,
           bytes: size,
         });
@@ -594,22 +635,6 @@ export class SuppressionList {
     return this.compacting;
   }
 
-  /** Deletes every expired entry from the table (their records were not copied by compaction). */
-  private dropExpired(nowSec: number): void {
-    // A deletion may shift a later entry into the hole (so the slot is looked at again) or, across
-    // the end of the array, into a slot already passed: hence passes until one finds nothing.
-    for (let found = true; found; ) {
-      found = false;
-      for (let s = 0; s < this.table.capacity; ) {
-        const e = this.table.occupied(s) ? this.table.expiryAt(s) : 0;
-        if (e !== 0 && e <= nowSec) {
-          this.table.deleteSlot(s);
-          found = true;
-        } else s++;
-      }
-    }
-  }
-
   /** Waits for queued changes, then releases the file and the lock. */
   async close(): Promise<void> {
     if (this.closed) return;
@@ -618,6 +643,22 @@ export class SuppressionList {
     this.closed = true;
     fs.closeSync(this.fd);
     fs.closeSync(this.lockFd);
+  }
+}
+
+/** Deletes every expired entry from `table` (compaction did not copy their records). */
+function dropExpired(table: HashTable, nowSec: number): void {
+  // A deletion may shift a later entry into the hole (so the slot is looked at again) or, across the
+  // end of the array, into a slot already passed: hence passes until one finds nothing.
+  for (let found = true; found; ) {
+    found = false;
+    for (let s = 0; s < table.capacity; ) {
+      const e = table.occupied(s) ? table.expiryAt(s) : 0;
+      if (e !== 0 && e <= nowSec) {
+        table.deleteSlot(s);
+        found = true;
+      } else s++;
+    }
   }
 }
 

@@ -33,7 +33,7 @@ describe("SuppressionList", () => {
     expect(b.count).toBe(1);
     expect(b.has("bob@example.net")).toBe(true);
     expect(b.has("carol@example.net")).toBe(false);
-    expect(b.entries().map((e) => [e.address, e.reason])).toEqual([["bob@example.net", "bad-mailbox"]]);
+    expect((await b.entries()).map((e) => [e.address, e.reason])).toEqual([["bob@example.net", "bad-mailbox"]]);
     await b.close();
   });
 
@@ -73,7 +73,7 @@ describe("SuppressionList", () => {
     expect(l.check("a@example.net")).toEqual({ scope: "", reason: "manual", expiresMs: now + 60_000 });
     now += 61_000;
     expect(l.has("a@example.net")).toBe(false);
-    expect(l.entries().map((e) => e.address)).toEqual(["b@example.net"]);
+    expect((await l.entries()).map((e) => e.address)).toEqual(["b@example.net"]);
     await l.close();
     const again = await SuppressionList.open({ dir: dir.path, now: () => now });
     expect(again.count).toBe(1);
@@ -123,7 +123,7 @@ describe("SuppressionList", () => {
     await l.close();
     const again = await SuppressionList.open({ dir: dir.path });
     expect(again.has("JÖRG@EXÄMPLE.DE")).toBe(true);
-    expect(again.entries()[0]!.address).toBe("jörg@exämple.de");
+    expect((await again.entries())[0]!.address).toBe("jörg@exämple.de");
     await again.close();
   });
 
@@ -188,7 +188,7 @@ describe("SuppressionList", () => {
     expect(l.fileBytes).toBeLessThanOrEqual(16 + n * perRecord);
     expect(l.recordCount).toBe(n);
     expect(l.count).toBe(n);
-    const listed = l.entries();
+    const listed = (await l.entries());
     expect(listed).toHaveLength(n);
     expect(listed.filter((e) => e.reason === "complaint")).toHaveLength(n / 2);
     expect(l.has("u0@example.net") && l.has(`u${n - 1}@example.net`)).toBe(true);
@@ -270,7 +270,7 @@ describe("CSV", () => {
       { address: "a@example.net", reason: "bad-mailbox" },
       { address: 'odd,"name"@example.net', scope: "news.example.com", reason: "complaint", expiresMs: expires },
     ]);
-    const csv = formatCsv(l.entries());
+    const csv = formatCsv((await l.entries()));
     expect(csv.split("\n")[0]).toBe("address,scope,reason,added,expires");
     const back = parseCsv(csv);
     expect(back.problems).toEqual([]);
