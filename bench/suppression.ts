@@ -68,7 +68,8 @@ try {
   const list = await SuppressionList.open({ dir, sync: false });
   for (let i = 0; i < N; i += BATCH) {
     const items = [];
-    for (let j = i; j < Math.min(N, i + BATCH); j++) items.push({ address: address(j), reason: "bad-mailbox" as const });
+    for (let j = i; j < Math.min(N, i + BATCH); j++)
+      items.push({ address: address(j), reason: "bad-mailbox" as const });
     await list.add(items);
   }
   const fillS = (performance.now() - t) / 1000;
@@ -136,9 +137,24 @@ try {
       mta: (rss1 - rss0) / N,
       unit: "B",
     },
-    { figure: "disk per entry", conditions: "suppressions.log after the fill", mta: fileBytes / N, unit: "B" },
-    { figure: "load at start", conditions: `${loaded} entries from one compacted log`, mta: loadS, unit: "s" },
-    { figure: "fill", conditions: `add() in batches of ${BATCH / 1000}k, no fdatasync`, mta: N / fillS, unit: "entries/s" },
+    {
+      figure: "disk per entry",
+      conditions: "suppressions.log after the fill",
+      mta: fileBytes / N,
+      unit: "B",
+    },
+    {
+      figure: "load at start",
+      conditions: `${loaded} entries from one compacted log`,
+      mta: loadS,
+      unit: "s",
+    },
+    {
+      figure: "fill",
+      conditions: `add() in batches of ${BATCH / 1000}k, no fdatasync`,
+      mta: N / fillS,
+      unit: "entries/s",
+    },
     { figure: "compaction", conditions: `${N} live entries rewritten`, mta: compactS, unit: "s" },
     {
       figure: "durable additions",
@@ -148,7 +164,8 @@ try {
     },
   ];
   printTable("Suppression list", rows);
-  if (h.hits !== PROBES || m.hits !== 0) console.log(`WRONG: ${h.hits} hits of ${PROBES} present, ${m.hits} of absent`);
+  if (h.hits !== PROBES || m.hits !== 0)
+    console.log(`WRONG: ${h.hits} hits of ${PROBES} present, ${m.hits} of absent`);
   if (args.has("json")) console.log(`BENCH_JSON ${JSON.stringify(rows)}`);
 } finally {
   fs.rmSync(dir, { recursive: true, force: true });

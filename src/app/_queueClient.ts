@@ -24,6 +24,7 @@ import type { Config } from "../config/index.ts";
 import { errorMessage, formatHostPort, MtaError } from "../lib/index.ts";
 import { DeliveryLog, jsonError, jsonResponse, type RouteHandler } from "../observe/index.ts";
 import { type CompactReport, Spool, type VerifyReport, verifySpool } from "../spool/index.ts";
+import { loadClassifier, replyLineInput } from "./feedback.ts";
 import {
   type ActionResult,
   daemonNeeded,
@@ -327,6 +328,16 @@ export class LocalQueueClient implements QueueClient {
     return this.config.spool.dir;
   }
 
+  /** Bounce classes for `show` and admin bounces; none when the rules files have problems. */
+  private classify(): ((line: string) => string) | undefined {
+    try {
+      const c = loadClassifier(this.config);
+      return (line) => c.classify(replyLineInput(line)).class;
+    } catch {
+      return undefined;
+    }
+  }
+
   private checkDir(): void {
     if (!existsSync(join(this.dir, "segments")))
       throw new QueueError(
@@ -341,7 +352,9 @@ export class LocalQueueClient implements QueueClient {
     this.checkDir();
     const spool = await Spool.openReadOnly({ dir: this.dir, bodyCacheBytes: 0 });
     try {
-      return JSON.parse(JSON.stringify(await fn(new QueueOps({ spool, hostname: this.config.hostname }))));
+      const classify = this.classify();
+      const ops = new QueueOps({ spool, hostname: this.config.hostname, ...(classify ? { classify } : {}) });
+      return JSON.parse(JSON.stringify(await fn(ops)));
     } finally {
       await spool.close();
     }
@@ -360,7 +373,16 @@ export class LocalQueueClient implements QueueClient {
     const deliveryLog = new DeliveryLog(this.config.log.deliveriesFile);
     try {
       return JSON.parse(
-        JSON.stringify(await fn(new QueueOps({ spool, deliveryLog, hostname: this.config.hostname }))),
+        JSON.stringify(
+          await fn(
+            new QueueOps({
+              spool,
+              deliveryLog,
+              hostname: this.config.hostname,
+              ...(this.classify() ? { classify: this.classify()! } : {}),
+            }),
+          ),
+        ),
       );
     } finally {
       deliveryLog.close();

@@ -62,6 +62,8 @@ export interface QueueOpsOptions {
   metrics?: Metrics;
   /** How long a bounce/delete waits for attempts in flight to a destination to end. Default 30 s. */
   drainTimeoutMs?: number;
+  /** The bounce class of a stored reply line (shown by `show`, written with admin bounces). */
+  classify?: (replyLine: string) => string;
 }
 
 export const SORT_KEYS = ["messages", "recipients", "bytes", "oldest", "next", "destination"] as const;
@@ -145,6 +147,8 @@ export interface MessageDetail {
     address: string;
     state: string;
     lastReply: string | null;
+    /** The bounce class of the last reply of a recipient not delivered (null when there is none). */
+    class: string | null;
     notify: string[] | null;
     orcpt: string | null;
   }[];
@@ -472,6 +476,10 @@ export class QueueOps {
         address: r.address,
         state: r.state,
         lastReply: nullable(r.lastReply),
+        class:
+          r.lastReply && r.state !== "delivered" && this.opts.classify
+            ? this.opts.classify(r.lastReply)
+            : null,
         notify: nullable(r.notify),
         orcpt: nullable(r.orcpt),
       })),
@@ -699,6 +707,9 @@ export class QueueOps {
         attempt: m.attempts,
         queueTimeMs: now - m.arrivalMs,
         size: m.sizeBytes,
+        // Why it was stuck: the recipient's last reply and its class.
+        ...(r.lastReply ? { lastReply: r.lastReply } : {}),
+        ...(this.opts.classify ? { class: this.opts.classify(r.lastReply ?? text) } : {}),
       });
       if (!wantsDsn(r.notify, "failed", m.sender)) continue;
       const entry: DsnRecipient = {

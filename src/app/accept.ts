@@ -3,16 +3,20 @@
  * inject API) to messages durably in the spool and queued for delivery.
  *
  * Owns: splitting recipients by destination (one spool message per recipient domain, as AsyncOS
- * splinters), DKIM signing once before the append, the reception line in the delivery log, and the
- * `X-MTA-Pool` header: taken out of the message (before signing) into the `pool` attribute.
+ * splinters; one per recipient when the sender gets VERP return paths), DKIM signing once before the
+ * append, the reception line in the delivery log, the `X-MTA-Pool` header: taken out of the message
+ * (before signing) into the `pool` attribute, and the suppression check of every recipient (RCPT:
+ * `checkRecipient`; inject and `mta send`: refused recipients in the result; otherwise dropped and
+ * logged as `suppressed`).
  * Invariant: `ok: true` is returned only after every part's append resolved (its bytes are on stable
  * storage); a spool error gives `452 4.3.1`, never `250`.
  */
 import type { AcceptResult, Acceptor, Envelope } from "../listener/index.ts";
-import { errorMessage } from "../lib/index.ts";
+import { errorMessage, newMessageId } from "../lib/index.ts";
 import type { Counter, DeliveryLog, Logger, Metrics } from "../observe/index.ts";
-import { domainOf, reply } from "../smtp/index.ts";
+import { domainOf, reply, type SmtpReply } from "../smtp/index.ts";
 import type { NewMessage, Spool } from "../spool/index.ts";
+import type { Feedback } from "./feedback.ts";
 
 export interface AcceptSink {
   enqueue(slot: number, hint?: { pool?: string }): void;
@@ -65,7 +69,12 @@ export interface AcceptDeps {
   metrics: Metrics;
   /** Signs the message (DKIM) or returns it unchanged; may sign on another thread. */
   sign?: (message: Uint8Array) => Uint8Array | Promise<Uint8Array>;
+  /** Suppression list and VERP; absent: every recipient is taken. */
+  feedback?: Feedback;
 }
+
+/** A submission's result; `refused` lists recipients the suppression list turned away. */
+export type SubmitResult = AcceptResult & { refused?: { address: string; reply: SmtpReply }[] };
 
 export interface Submission {
   sender: string;
@@ -89,6 +98,21 @@ export class AcceptPipeline implements Acceptor {
     );
   }
 
+  /** RCPT: refuses a suppressed recipient when the answer is "refuse" (relay clients only). */
+  checkRecipient(r: { sender: string; recipient: string; relay: boolean }): SmtpReply | undefined {
+    const f = this.deps.feedback;
+    if (!f || !r.relay || f.answer !== "refuse") return undefined;
+    const h = f.hit(r.sender, r.recipient);
+    if (!h) return undefined;
+    f.recordHit(h, {
+      sender: r.sender,
+      recipient: r.recipient,
+      answer: "refused",
+      attributes: { listener: "smtp" },
+    });
+    return f.refusalFor(r.recipient, h);
+  }
+
   /** Listener entry point. */
   accept(envelope: Envelope, message: Uint8Array): Promise<AcceptResult> {
     const attributes: Record<string, string> = {
@@ -104,21 +128,71 @@ export class AcceptPipeline implements Acceptor {
     return this.submit({ sender: envelope.sender, recipients: envelope.recipients, attributes, message });
   }
 
-  /** Shared by SMTP and the HTTP inject API: append every part durably, then queue it. */
-  async submit(sub: Submission): Promise<AcceptResult> {
+  /**
+   * Shared by SMTP and the HTTP inject API: append every part durably, then queue it. `refuse`:
+   * suppressed recipients are refused (in `refused`) rather than accepted and dropped (inject and
+   * `mta send` with suppression.answer refuse; SMTP refused them at RCPT already).
+   */
+  async submit(sub: Submission, opts: { refuse?: boolean } = {}): Promise<SubmitResult> {
+    const f = this.deps.feedback;
+    let refused: { address: string; reply: SmtpReply }[] | undefined;
+    if (f) {
+      const keep: Submission["recipients"] = [];
+      const refuse = opts.refuse === true && f.answer === "refuse";
+      let recordedId: string | undefined;
+      for (const r of sub.recipients) {
+        const h = f.hit(sub.sender, r.address);
+        if (!h) {
+          keep.push(r);
+          continue;
+        }
+        if (refuse) {
+          (refused ??= []).push({ address: r.address, reply: f.refusalFor(r.address, h) });
+          f.recordHit(h, {
+            sender: sub.sender,
+            recipient: r.address,
+            answer: "refused",
+            attributes: sub.attributes,
+          });
+        } else {
+          recordedId ??= newMessageId();
+          f.recordHit(h, {
+            id: recordedId,
+            sender: sub.sender,
+            recipient: r.address,
+            answer: "recorded",
+            attributes: sub.attributes,
+          });
+        }
+      }
+      if (keep.length === 0) {
+        if (refused) return { ok: false, reply: refused[0]!.reply, refused };
+        // Accepted as asked (suppression.answer: record), and nothing to deliver.
+        return { ok: true, ids: [recordedId!] };
+      }
+      sub = { ...sub, recipients: keep };
+    }
+    const result = await this.store(sub);
+    return refused ? { ...result, refused } : result;
+  }
+
+  private async store(sub: Submission): Promise<AcceptResult> {
     const taken = takePoolHeader(sub.message);
     if (taken.pool !== undefined) sub = { ...sub, attributes: { ...sub.attributes, pool: taken.pool } };
     const body = this.deps.sign ? await this.deps.sign(taken.message) : taken.message;
+    // VERP return paths name one recipient each, so such a message is split per recipient.
+    const perRecipient = this.deps.feedback?.verpApplies(sub.sender) === true;
     const byDestination = new Map<string, Submission["recipients"]>();
     for (const r of sub.recipients) {
       const d = domainOf(r.address);
-      const list = byDestination.get(d);
+      const key = perRecipient ? `${d}\0${r.address}` : d;
+      const list = byDestination.get(key);
       if (list) list.push(r);
-      else byDestination.set(d, [r]);
+      else byDestination.set(key, [r]);
     }
-    const parts: NewMessage[] = [...byDestination].map(([destination, recipients]) => ({
+    const parts: NewMessage[] = [...byDestination].map(([key, recipients]) => ({
       sender: sub.sender,
-      destination,
+      destination: key.split("\0")[0]!,
       recipients,
       attributes: sub.attributes,
       body,

@@ -19,6 +19,8 @@ import {
 } from "../observe/index.ts";
 import { type Listener, type ListenerOptions, startListener } from "../listener/index.ts";
 import { Engine } from "./engine.ts";
+import { BounceInbox } from "./feedback.ts";
+import { suppressionRoutes } from "./_suppressClient.ts";
 import { injectHandler } from "./inject.ts";
 import { QueueOps, queueRoutes } from "./queue.ts";
 
@@ -105,17 +107,24 @@ export class Daemon {
           hostname: config.hostname,
           metrics: engine.metrics,
           log: log.withTag("queue"),
+          classify: (line) => engine.feedback.classifyLine(line),
         });
         for (const [key, handler] of Object.entries(queueRoutes(queueOps))) control.addRoute(key, handler);
+        for (const [key, handler] of Object.entries(suppressionRoutes(engine.feedback.suppression)))
+          control.addRoute(key, handler);
       }
       for (const [i, l] of config.listen.entries()) {
         const where = `listen[${i}] ${formatHostPort(l.address)}`;
         try {
           listeners.push(
-            await startListener(listenerOptions(l, config.hostname), engine.pipeline, {
-              log: log.withTag("smtp"),
-              metrics: engine.metrics,
-            }),
+            await startListener(
+              listenerOptions(l, config.hostname),
+              l.role === "bounces" ? new BounceInbox(engine.feedback) : engine.pipeline,
+              {
+                log: log.withTag("smtp"),
+                metrics: engine.metrics,
+              },
+            ),
           );
         } catch (err) {
           throw new UnavailableError(

@@ -19,6 +19,7 @@ import { DeliveryLog, type Logger, Metrics, registerProcessMetrics } from "../ob
 import { type DestinationPolicy, type PoolMember, Scheduler } from "../scheduler/index.ts";
 import { Spool } from "../spool/index.ts";
 import { AcceptPipeline } from "./accept.ts";
+import { Feedback, loadClassifier } from "./feedback.ts";
 import { hasRollups, makeRouter } from "./routing.ts";
 
 export interface EngineOptions {
@@ -165,6 +166,7 @@ export class Engine {
     readonly deliverer: Deliverer,
     readonly scheduler: Scheduler,
     readonly pipeline: AcceptPipeline,
+    readonly feedback: Feedback,
     private readonly delivering: boolean,
   ) {}
 
@@ -194,6 +196,14 @@ export class Engine {
     });
     for (const d of r.damaged) log.warn("damaged spool record skipped", { ...d });
     const deliveryLog = new DeliveryLog(config.log.deliveriesFile);
+    let feedback: Feedback;
+    try {
+      feedback = await Feedback.open(config, { log: log.withTag("feedback"), metrics, deliveryLog });
+    } catch (err) {
+      deliveryLog.close();
+      await spool.close();
+      throw err;
+    }
     // MTA_LOOPBACK_ONLY=1 (tests, benchmarks, sandboxes): nothing leaves 127.0.0.0/8 and ::1, not even
     // a DNS question to the machine's resolver.
     const loopbackOnly = process.env.MTA_LOOPBACK_ONLY === "1";
@@ -219,7 +229,14 @@ export class Engine {
     const route = makeRouter(config, resolver);
     const scheduler = new Scheduler({
       spool,
-      deliverer,
+      // VERP: a message with one recipient, from a sender that gets them, goes out with its return path.
+      deliverer: {
+        deliver: (target, msg) => {
+          const rcpt = msg.recipients.length === 1 ? msg.recipients[0]! : undefined;
+          const rp = rcpt ? feedback.returnPath(msg.id, msg.sender, rcpt.address) : undefined;
+          return deliverer.deliver(target, rp ? { ...msg, sender: rp } : msg);
+        },
+      },
       route: (d) => route(d),
       hostname: config.hostname,
       retryMs: config.delivery.retryMs,
@@ -232,7 +249,7 @@ export class Engine {
       maxConnectionsPerSource: config.delivery.maxConnectionsPerSource,
       maxReadyPerSite: config.delivery.maxReadyPerSite,
       rollup: hasRollups(config),
-      onEvent: (e) => deliveryLog.write({ ...e }),
+      onEvent: (e) => deliveryLog.write(feedback.annotate({ ...e })),
       onDestinationEvent: (e) => deliveryLog.write({ ...e }),
       log: log.withTag("scheduler"),
       metrics,
@@ -245,6 +262,7 @@ export class Engine {
       metrics,
       // Always wired: a reload may add keys to a daemon that started without any.
       sign: (m) => engine.sign(m),
+      feedback,
     });
     const delivering = opts.deliver !== false;
     const engine = new Engine(
@@ -256,6 +274,7 @@ export class Engine {
       deliverer,
       scheduler,
       pipeline,
+      feedback,
       delivering,
     );
     engine.signer = signer;
@@ -272,7 +291,9 @@ export class Engine {
    * The new keys are checked before anything changes: a bad one throws and the old keys keep signing.
    */
   reload(config: Config): void {
+    loadClassifier(config); // a bad rules file throws before anything changes
     const signer = makeSignerPool(config, this.log.withTag("dkim"));
+    this.feedback.reload(config);
     this.signer?.close(); // its threads finish what they hold, then end
     this.signer = signer;
     this.config = config;
@@ -284,6 +305,7 @@ export class Engine {
       if (this.delivering) await this.scheduler.stop(graceMs);
       this.signer?.close();
       await this.deliverer.close();
+      await this.feedback.close();
       this.deliveryLog.close();
       await this.spool.close();
     })();

@@ -3,3 +3,20 @@ export { dkimProblems, Engine } from "./engine.ts";
 export { DkimSigner, formatTxtRecord, generateKey } from "../dkim/index.ts";
 export * from "./queue.ts";
 export { formatSummary, parseSendArgs, runSend, type SendArgs, type SendSummary, send } from "./send.ts";
+export { bounceRulesProblems, loadClassifier, replyLineInput } from "./feedback.ts";
+export {
+  type CheckResult,
+  type ListFilter,
+  openSuppressClient,
+  type SuppressClient,
+} from "./_suppressClient.ts";
+export {
+  type NewSuppression,
+  normalizeAddress,
+  normalizeScope,
+  parseCsv,
+  REASONS,
+  SuppressionError,
+  type SuppressionReason,
+} from "../suppression/index.ts";
+export { BOUNCE_CLASSES, builtinRulesSource, KUMO_CLASS_NAMES } from "../bounce/index.ts";

@@ -8,6 +8,7 @@
  */
 import { jsonError, jsonResponse } from "../observe/index.ts";
 import type { AcceptPipeline } from "./accept.ts";
+import { replyText } from "../smtp/index.ts";
 import { addMissingHeaders, composeMessage } from "./compose.ts";
 
 export interface InjectItem {
@@ -108,20 +109,40 @@ export function injectHandler(
     }
     const results = await Promise.all(
       (items as InjectItem[]).map((item) =>
-        pipeline.submit({
-          sender: item.sender,
-          recipients: item.recipients.map((address) => ({ address })),
-          attributes: { listener: "api", ...(item.attributes ?? {}) },
-          message: itemToMessage(item, opts.hostname),
-        }),
+        pipeline.submit(
+          {
+            sender: item.sender,
+            recipients: item.recipients.map((address) => ({ address })),
+            attributes: { listener: "api", ...(item.attributes ?? {}) },
+            message: itemToMessage(item, opts.hostname),
+          },
+          { refuse: true },
+        ),
       ),
     );
-    const failed = results.findIndex((r) => !r.ok);
+    // Suppressed recipients (suppression.answer: refuse) are named per item, with the reply SMTP gives.
+    const refusedOf = (r: (typeof results)[number]) =>
+      r.refused
+        ? { refused: r.refused.map((x) => ({ recipient: x.address, error: replyText(x.reply) })) }
+        : {};
+    const spoolFailed = results.some((r) => !r.ok && !r.refused);
     const messages = results.map((r, index) =>
-      r.ok ? { index, ids: r.ids } : { index, error: r.reply.lines.join(" ") },
+      r.ok
+        ? { index, ids: r.ids, ...refusedOf(r) }
+        : {
+            index,
+            error: r.refused ? "every recipient is on the suppression list" : r.reply.lines.join(" "),
+            ...refusedOf(r),
+          },
     );
-    if (failed >= 0)
+    if (spoolFailed)
       return jsonResponse({ error: "the spool refused some messages; see each item", messages }, 503);
-    return jsonResponse({ accepted: messages.length, messages });
+    const accepted = results.filter((r) => r.ok).length;
+    if (accepted === 0)
+      return jsonResponse(
+        { error: "every recipient is on the suppression list; see each item", accepted, messages },
+        422,
+      );
+    return jsonResponse({ accepted, messages });
   };
 }

@@ -19,6 +19,7 @@ import type { Config } from "../config/index.ts";
 import { findConfigPath, loadConfig } from "../config/index.ts";
 import { EXIT, errorMessage, MtaError, UnavailableError, UsageError } from "../lib/index.ts";
 import { createLogger, type Logger, Metrics } from "../observe/index.ts";
+import { replyText } from "../smtp/index.ts";
 import { Engine } from "./engine.ts";
 import { parseSendArgs, type SendArgs } from "./_sendArgs.ts";
 import { BatchJournal, JournalBusyError } from "./_sendJournal.ts";
@@ -63,7 +64,7 @@ export interface SendSummary {
 }
 
 type SubmitOutcome =
-  | { ok: true; ids: string[] }
+  | { ok: true; ids: string[]; refused?: string[] }
   | { ok: false; bad: string }
   | { ok: false; unavailable: string };
 
@@ -140,7 +141,12 @@ class DaemonSink implements Sink {
       }));
       let res: Response;
       let body: {
-        messages?: { index: number; ids?: string[]; error?: string }[];
+        messages?: {
+          index: number;
+          ids?: string[];
+          error?: string;
+          refused?: { recipient: string; error: string }[];
+        }[];
         error?: string;
         index?: number;
       };
@@ -156,12 +162,16 @@ class DaemonSink implements Sink {
           out[i] = { ok: false, unavailable: `daemon unreachable: ${errorMessage(err)}` };
         return out;
       }
-      if (res.status === 200 || res.status === 503) {
+      // 422: every recipient of every item was on the suppression list.
+      if (res.status === 200 || res.status === 503 || res.status === 422) {
         for (const m of body.messages ?? []) {
           const i = pending[m.index]!;
+          const refused = m.refused?.map((x) => `${x.recipient}: ${x.error}`);
           out[i] = m.ids
-            ? { ok: true, ids: m.ids }
-            : { ok: false, unavailable: `daemon: ${m.error ?? "refused"}` };
+            ? { ok: true, ids: m.ids, ...(refused ? { refused } : {}) }
+            : refused
+              ? { ok: false, bad: refused.join("; ") }
+              : { ok: false, unavailable: `daemon: ${m.error ?? "refused"}` };
         }
         for (const i of pending)
           out[i] ??= { ok: false, unavailable: `daemon answered ${res.status} without this item` };
@@ -214,18 +224,23 @@ class LocalSink implements Sink {
   async submit(items: SendItem[]): Promise<SubmitOutcome[]> {
     const results = await Promise.all(
       items.map((it) =>
-        this.engine.pipeline.submit({
-          sender: it.sender,
-          recipients: it.recipients.map((address) => ({ address })),
-          attributes: it.attributes,
-          message: it.message,
-        }),
+        this.engine.pipeline.submit(
+          {
+            sender: it.sender,
+            recipients: it.recipients.map((address) => ({ address })),
+            attributes: it.attributes,
+            message: it.message,
+          },
+          { refuse: true },
+        ),
       ),
     );
     return results.map((r) => {
+      const refused = r.refused?.map((x) => `${x.address}: ${replyText(x.reply)}`);
+      if (!r.ok && refused) return { ok: false, bad: refused.join("; ") };
       if (!r.ok) return { ok: false, unavailable: `spool: ${r.reply.lines.join(" ")}` };
       this.ids.push(...r.ids);
-      return { ok: true, ids: r.ids };
+      return { ok: true, ids: r.ids, ...(refused ? { refused } : {}) };
     });
   }
 }
@@ -421,8 +436,10 @@ export async function send(args: SendArgs, config: Config, io: SendIo): Promise<
             const it = group[i]!;
             if (o.ok) {
               s.accepted++;
-              s.recipients += it.recipients.length;
+              s.recipients += it.recipients.length - (o.refused?.length ?? 0);
               keys.push(it.key);
+              // Suppressed recipients are not sent to: said, and counted, never silently dropped.
+              for (const r of o.refused ?? []) reportBad(it.source, `${r}; not sent to this recipient`);
             } else if ("bad" in o) reportBad(it.source, o.bad);
             else {
               s.unsent++;

@@ -23,6 +23,7 @@
  *
  * Every condition on a line must hold. A line that names no condition is an error.
  */
+import { MtaError } from "../lib/index.ts";
 import builtinRulesText from "./rules.txt" with { type: "text" };
 
 /** PowerMTA's bounce categories, in its spelling: the values of `class` in the delivery log. */
@@ -118,10 +119,16 @@ export interface RuleProblem {
   message: string;
 }
 
-export class RulesError extends Error {
+/** Problems in rules files: a configuration error (exit 78), one line per problem. */
+export class RulesError extends MtaError {
   override name = "RulesError";
   constructor(readonly problems: RuleProblem[]) {
-    super(problems.map((p) => `${p.file}:${p.line}: ${p.message}`).join("\n"));
+    super(
+      "config",
+      problems
+        .map((p) => (p.line > 0 ? `${p.file}:${p.line}: ${p.message}` : `${p.file}: ${p.message}`))
+        .join("\n"),
+    );
   }
 }
 

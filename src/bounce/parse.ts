@@ -89,18 +89,26 @@ function typedAddress(v: string | undefined): string | undefined {
 
 /** Drops RFC 5322 comments, `(like this)`, that some MTAs put in fields. */
 function uncomment(v: string): string {
-  return v.replace(/\([^()]*\)/g, "").replace(/\s+/g, " ").trim();
+  return v
+    .replace(/\([^()]*\)/g, "")
+    .replace(/\s+/g, " ")
+    .trim();
 }
 
 const REPLY_RE = /\b([245]\d\d)(?:[ -]+|\s*)(?:#?([245]\.\d{1,3}\.\d{1,3})\b)?\s*(.*)$/s;
 
 /** `smtp; 550-5.1.1 The email account ... 550 5.1.1 ...` → code, enhanced, one-line text. */
 export function parseDiagnostic(diagnostic: string): { code?: number; enhanced?: string; text: string } {
-  const value = diagnostic.replace(/^\s*[A-Za-z0-9-]+\s*;\s*/, "").replace(/\s+/g, " ").trim();
+  const value = diagnostic
+    .replace(/^\s*[A-Za-z0-9-]+\s*;\s*/, "")
+    .replace(/\s+/g, " ")
+    .trim();
   const m = REPLY_RE.exec(value);
   if (!m) return { text: value };
   // A multi-line reply flattened: "550-5.1.1 a 550-5.1.1 b 550 5.1.1 c" → "a b c".
-  const text = m[3]!.replace(new RegExp(`\\b${m[1]}[ -]${m[2] ? `${m[2].replace(/\./g, "\\.")} ?` : ""}`, "g"), "").trim();
+  const text = m[3]!
+    .replace(new RegExp(`\\b${m[1]}[ -]${m[2] ? `${m[2].replace(/\./g, "\\.")} ?` : ""}`, "g"), "")
+    .trim();
   return { code: Number(m[1]), ...(m[2] ? { enhanced: m[2] } : {}), text };
 }
 
@@ -132,7 +140,11 @@ function parseDsn(content: string): { reportingMta?: string; recipients: Reporte
     const orig = typedAddress(g.get("original-recipient"));
     if (orig && orig !== address) r.originalRecipient = orig;
     if (status && /^[245]\.\d{1,3}\.\d{1,3}$/.test(status)) r.status = status;
-    if (diagnostic) r.diagnostic = diagnostic.replace(/^\s*[A-Za-z0-9-]+\s*;\s*/, "").replace(/\s+/g, " ").trim();
+    if (diagnostic)
+      r.diagnostic = diagnostic
+        .replace(/^\s*[A-Za-z0-9-]+\s*;\s*/, "")
+        .replace(/\s+/g, " ")
+        .trim();
     if (d?.code !== undefined) r.code = d.code;
     const remote = typedAddress(g.get("remote-mta"));
     if (remote) r.remoteMta = remote;
@@ -150,7 +162,9 @@ function parseFeedback(content: string): FeedbackReport {
     for (const [k, v] of g) fields.set(k, [...(fields.get(k) ?? []), v]);
   // Original-Rcpt-To may repeat (RFC 5965 §3.2); parseFieldGroups keeps the first per group, so
   // read the repeats from the text as well.
-  const rcpts = [...content.matchAll(/^original-rcpt-to[ \t]*:[ \t]*(.+)$/gim)].map((m) => typedAddress(m[1]!)!);
+  const rcpts = [...content.matchAll(/^original-rcpt-to[ \t]*:[ \t]*(.+)$/gim)].map(
+    (m) => typedAddress(m[1]!)!,
+  );
   const one = (k: string) => fields.get(k)?.[0];
   const f: FeedbackReport = {
     feedbackType: uncomment(one("feedback-type") ?? "other").toLowerCase(),
@@ -167,7 +181,8 @@ function parseFeedback(content: string): FeedbackReport {
 }
 
 // Bounded repeats: a long run of letters must not make the search quadratic.
-const ADDRESS_RE = /<?([A-Za-z0-9._%+=!#$&'*/?^`{|}~-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63}){1,8})>?/g;
+const ADDRESS_RE =
+  /<?([A-Za-z0-9._%+=!#$&'*/?^`{|}~-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63}){1,8})>?/g;
 /** A bounce notice says what failed near its top; beyond this much text is the returned message. */
 const HEURISTIC_TEXT_BYTES = 64 * 1024;
 
@@ -237,7 +252,9 @@ export async function parseReport(raw: Uint8Array | string): Promise<ParsedRepor
     out.feedback = parseFeedback(feedback.content);
     return out;
   }
-  const status = parts.find((p) => p.type === "message/delivery-status" || p.type === "message/global-delivery-status");
+  const status = parts.find(
+    (p) => p.type === "message/delivery-status" || p.type === "message/global-delivery-status",
+  );
   if (status) {
     const dsn = parseDsn(status.content);
     out.kind = "dsn";
@@ -247,7 +264,8 @@ export async function parseReport(raw: Uint8Array | string): Promise<ParsedRepor
   }
   // RFC 3834 §5: Auto-Submitted: auto-replied marks vacation notices and the like; they are not bounces.
   const auto = header(email.headers, "auto-submitted")?.toLowerCase() ?? "";
-  const fromDaemon = /^(mailer-daemon|postmaster|mail-daemon)@/i.test(out.from ?? "") || (out.from ?? "") === "";
+  const fromDaemon =
+    /^(mailer-daemon|postmaster|mail-daemon)@/i.test(out.from ?? "") || (out.from ?? "") === "";
   // Bounces from a mailer daemon carry it too (Postfix, Exim): only a person's address is an auto-reply.
   if (
     !fromDaemon &&
@@ -263,7 +281,10 @@ export async function parseReport(raw: Uint8Array | string): Promise<ParsedRepor
     .map((p) => p.content)
     .join("\n")}`;
   const recipients = parseHeuristic(text, subject);
-  if (recipients.length > 0 && (fromDaemon || /undeliver|failure|returned|delivery (status|problem)|bounce/i.test(subject))) {
+  if (
+    recipients.length > 0 &&
+    (fromDaemon || /undeliver|failure|returned|delivery (status|problem)|bounce/i.test(subject))
+  ) {
     out.kind = "heuristic";
     out.recipients = recipients;
   }

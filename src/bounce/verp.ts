@@ -51,7 +51,8 @@ export function verpAddress(secret: string, domain: string, id: string, recipien
   const head = `b-${id.toLowerCase()}-${verpTag(secret, id, lower)}`;
   const full = `${head}-${lower.slice(0, at)}=${lower.slice(at + 1)}`;
   // Only printable ASCII without specials keeps the local part a dot-atom that every relay accepts.
-  const atomSafe = /^[a-z0-9!#$%&'*+/=?^_`{|}~.-]+$/.test(full) && !full.includes("..") && !full.endsWith(".");
+  const atomSafe =
+    /^[a-z0-9!#$%&'*+/=?^_`{|}~.-]+$/.test(full) && !full.includes("..") && !full.endsWith(".");
   return `${atomSafe && Buffer.byteLength(full) <= MAX_LOCAL_PART ? full : head}@${domain}`;
 }
 

@@ -4,7 +4,7 @@
  * check-config to catch a malformed key before a restart does.
  */
 import { defineCommand } from "citty";
-import { dkimProblems } from "../app/index.ts";
+import { bounceRulesProblems, dkimProblems } from "../app/index.ts";
 import { ConfigError, findConfigPath, loadConfig, renderConfigYaml } from "../config/index.ts";
 import { EXIT } from "../lib/index.ts";
 import { configArg } from "./_args.ts";
@@ -22,7 +22,7 @@ export default defineCommand({
   run({ args }) {
     const file = findConfigPath(args.config);
     const { config, raw, problemAt } = loadConfig(file);
-    const problems = dkimProblems(config);
+    const problems = [...dkimProblems(config), ...bounceRulesProblems(config)];
     if (problems.length > 0)
       throw new ConfigError(
         file,

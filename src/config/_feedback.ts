@@ -81,7 +81,10 @@ const Secret = v.pipe(
 );
 const DomainName = v.pipe(
   v.string(),
-  v.regex(/^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)+\.?$/, "expected a domain name"),
+  v.regex(
+    /^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)+\.?$/,
+    "expected a domain name",
+  ),
 );
 
 function webhookUrlProblem(x: unknown): string | undefined {
@@ -95,7 +98,8 @@ function webhookUrlProblem(x: unknown): string | undefined {
   if (u.protocol === "https:") return undefined;
   const host = u.hostname.replace(/^\[|\]$/g, "");
   if (u.protocol === "http:" && (host === "localhost" || isLoopback(host))) return undefined;
-  if (u.protocol === "http:") return `http:// is only allowed to a loopback address; use https:// for ${u.host}`;
+  if (u.protocol === "http:")
+    return `http:// is only allowed to a loopback address; use https:// for ${u.host}`;
   return `expected an https:// URL, got ${show(x)}`;
 }
 const WebhookUrl = v.custom<string>(
@@ -122,9 +126,15 @@ export const BouncesSchema = v.optional(
 export const SuppressionSchema = v.optional(
   v.strictObject({
     enabled: v.optional(v.boolean("expected true or false"), true),
-    answer: v.optional(v.picklist(["refuse", "record"], (i) => `expected refuse or record, got ${show(i.input)}`), "refuse"),
+    answer: v.optional(
+      v.picklist(["refuse", "record"], (i) => `expected refuse or record, got ${show(i.input)}`),
+      "refuse",
+    ),
     scope: v.optional(
-      v.picklist(["global", "sender-domain"], (i) => `expected global or sender-domain, got ${show(i.input)}`),
+      v.picklist(
+        ["global", "sender-domain"],
+        (i) => `expected global or sender-domain, got ${show(i.input)}`,
+      ),
       "global",
     ),
     auto: v.optional(v.record(Reason, Expiry), {
@@ -143,7 +153,10 @@ export const WebhookSchema = v.strictObject({
   secret: Secret,
   events: v.optional(
     v.array(
-      v.picklist([...WEBHOOK_EVENTS, "*"], (i) => `expected an event type (${WEBHOOK_EVENTS.join(", ")}) or "*", got ${show(i.input)}`),
+      v.picklist(
+        [...WEBHOOK_EVENTS, "*"],
+        (i) => `expected an event type (${WEBHOOK_EVENTS.join(", ")}) or "*", got ${show(i.input)}`,
+      ),
     ),
     [...DEFAULT_WEBHOOK_EVENTS],
   ),
@@ -208,7 +221,9 @@ export function buildFeedback(
     enabled: s.enabled,
     answer: s.answer,
     scope: s.scope,
-    auto: Object.fromEntries(Object.entries(s.auto).map(([k, x]) => [k, x === "never" ? 0 : parseDuration(x)!])),
+    auto: Object.fromEntries(
+      Object.entries(s.auto).map(([k, x]) => [k, x === "never" ? 0 : parseDuration(x)!]),
+    ),
   };
   const webhooks = raw.webhooks.map((w) => {
     const out: WebhookConfig = {
@@ -229,7 +244,12 @@ export function buildFeedback(
 
 /** Cross-field checks: the bounce domain needs a secret; webhook names are unique. */
 export function feedbackProblems(
-  raw: { bounces: RawBounces; webhooks: RawWebhooks; listen: { role?: string }[]; log: { deliveries: string } },
+  raw: {
+    bounces: RawBounces;
+    webhooks: RawWebhooks;
+    listen: { role?: string }[];
+    log: { deliveries: string };
+  },
   push: (path: (string | number)[], message: string) => void,
 ): void {
   if (raw.bounces.domain !== "" && raw.bounces.secret === undefined)

@@ -169,7 +169,10 @@ function semanticChecks(
     try {
       accessSync(file, constants.R_OK);
     } catch (err) {
-      push(["bounces", "rules_files", i], `cannot read ${file} (${(err as NodeJS.ErrnoException).code ?? err})`);
+      push(
+        ["bounces", "rules_files", i],
+        `cannot read ${file} (${(err as NodeJS.ErrnoException).code ?? err})`,
+      );
     }
   }
   raw.dkim.keys.forEach((k, i) => {

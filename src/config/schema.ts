@@ -80,7 +80,10 @@ export const ListenerSchema = v.strictObject({
   max_connections: v.optional(Positive, 10000),
   max_connections_per_ip: v.optional(Positive, 2000),
   reject_bare_newlines: v.optional(Bool, true),
-  role: v.optional(v.picklist(["relay", "bounces"], (i) => `expected relay or bounces, got ${show(i.input)}`), "relay"),
+  role: v.optional(
+    v.picklist(["relay", "bounces"], (i) => `expected relay or bounces, got ${show(i.input)}`),
+    "relay",
+  ),
 });
 
 const RouteObject = v.strictObject({

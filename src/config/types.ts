@@ -16,7 +16,12 @@ import {
   parseSizeValue,
   type Rate,
 } from "./_values.ts";
-import { type BouncesConfig, buildFeedback, type SuppressionConfig, type WebhookConfig } from "./_feedback.ts";
+import {
+  type BouncesConfig,
+  buildFeedback,
+  type SuppressionConfig,
+  type WebhookConfig,
+} from "./_feedback.ts";
 import { DEFAULT_POLICY, type RawConfig } from "./schema.ts";
 
 export type { BouncesConfig, SuppressionConfig, WebhookConfig } from "./_feedback.ts";

@@ -189,7 +189,7 @@ export function scanChunk(
     if (length < RECORD_HEADER_BYTES + 2) return { used: at, bad: `record length ${length} is too short` };
     if (chunk.length - at < length) break;
     const crc = view.getUint32(at, true);
-    if ((Bun.hash.crc32(chunk.subarray(at + 4, at + length)) >>> 0) !== crc)
+    if (Bun.hash.crc32(chunk.subarray(at + 4, at + length)) >>> 0 !== crc)
       return { used: at, bad: "checksum mismatch" };
     const type = chunk[at + 6]!;
     const scopeBytes = chunk[at + 16]!;

@@ -197,7 +197,7 @@ export class HashTable {
 
   /** Inserts or replaces; returns the slot. */
   set(h1: number, h2: number, expirySec: number, ordinal: number, reason: number): number {
-    if ((this.count + 1) > this.capacity * 0.75) this.grow();
+    if (this.count + 1 > this.capacity * 0.75) this.grow();
     const w = this.words;
     const mask = this.mask;
     let i = h1 & mask;

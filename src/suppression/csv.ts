@@ -111,7 +111,10 @@ export function parseCsv(
     const index = (n: string) => names.indexOf(n);
     for (const n of names)
       if (!(COLUMNS as readonly string[]).includes(n))
-        problems.push({ line: first.line, message: `unknown column "${n}" (expected ${COLUMNS.join(", ")})` });
+        problems.push({
+          line: first.line,
+          message: `unknown column "${n}" (expected ${COLUMNS.join(", ")})`,
+        });
     order = [index("address"), index("scope"), index("reason"), index("expires")];
   }
   const entries: NewSuppression[] = [];
@@ -146,7 +149,10 @@ export function parseCsv(
     if (expiresText !== "") {
       const t = Date.parse(expiresText);
       if (!Number.isFinite(t) || !/^\d{4}-\d{2}-\d{2}/.test(expiresText)) {
-        problems.push({ line: r.line, message: `expires is not an ISO 8601 time: ${JSON.stringify(expiresText)}` });
+        problems.push({
+          line: r.line,
+          message: `expires is not an ISO 8601 time: ${JSON.stringify(expiresText)}`,
+        });
         continue;
       }
       if (t <= nowMs) {

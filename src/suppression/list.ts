@@ -133,7 +133,9 @@ function scanFd(
   for (;;) {
     const n = fs.readSync(fd, buf, carry, buf.length - carry, pos + carry);
     if (n === 0) {
-      return carry === 0 ? { end: pos } : { end: pos, damage: `incomplete record of ${carry} bytes`, damageAt: pos };
+      return carry === 0
+        ? { end: pos }
+        : { end: pos, damage: `incomplete record of ${carry} bytes`, damageAt: pos };
     }
     const len = carry + n;
     const r = scanChunk(buf.subarray(0, len), pos, fn);
@@ -145,7 +147,12 @@ function scanFd(
 }
 
 /** scanFd in slices of `sliceBytes`, giving the event loop a turn between slices (for a running daemon). */
-async function scanFdYielding(fd: number, from: number, fn: (r: ScannedRecord) => void, sliceBytes = 1 << 20): Promise<void> {
+async function scanFdYielding(
+  fd: number,
+  from: number,
+  fn: (r: ScannedRecord) => void,
+  sliceBytes = 1 << 20,
+): Promise<void> {
   const buf = Buffer.allocUnsafe(sliceBytes);
   let carry = 0;
   let pos = from;
@@ -390,7 +397,9 @@ export class SuppressionList {
   }
 
   /** Removes entries, durably; returns how many were present. */
-  async remove(items: readonly { address: string; scope?: string }[]): Promise<{ removed: number; absent: number }> {
+  async remove(
+    items: readonly { address: string; scope?: string }[],
+  ): Promise<{ removed: number; absent: number }> {
     const nowMs = this.now();
     const records: LogRecord[] = [];
     for (const item of items) {
@@ -433,14 +442,18 @@ export class SuppressionList {
         "suppression-input",
         `unknown reason ${JSON.stringify(item.reason)} (expected ${REASONS.join(", ")})`,
       );
-    if (item.expiresMs !== undefined && (!Number.isFinite(item.expiresMs) || item.expiresMs / 1000 >= 2 ** 32))
+    if (
+      item.expiresMs !== undefined &&
+      (!Number.isFinite(item.expiresMs) || item.expiresMs / 1000 >= 2 ** 32)
+    )
       throw new SuppressionError("suppression-input", `expiry out of range for ${address}`);
     return { type: TYPE_ADD, reason, addedSec: sec(nowMs), expiresSec: sec(item.expiresMs), scope, address };
   }
 
   /** Queues records for the next batch; resolves once they are durable and applied to the table. */
   private commit(records: LogRecord[]): Promise<void> {
-    if (this.closed) return Promise.reject(new SuppressionError("suppression-closed", "the suppression list is closed"));
+    if (this.closed)
+      return Promise.reject(new SuppressionError("suppression-closed", "the suppression list is closed"));
     return new Promise((resolve, reject) => {
       this.queue.push({ records, bytes: encodeRecords(records), resolve, reject });
       if (!this.writing) void this.drain();
@@ -464,7 +477,10 @@ export class SuppressionList {
         try {
           fs.ftruncateSync(this.fd, before);
         } catch {}
-        const e = new SuppressionError("suppression-io", `cannot write the suppression list: ${errorMessage(err)}`);
+        const e = new SuppressionError(
+          "suppression-io",
+          `cannot write the suppression list: ${errorMessage(err)}`,
+        );
         for (const p of batch) p.reject(e);
         continue;
       }
@@ -493,7 +509,9 @@ export class SuppressionList {
    * Every live entry, read back from the file (RAM holds only hashes): a record is listed when it is
    * the one that set its key's current entry. Changes made while listing may or may not be seen.
    */
-  async entries(filter: { scope?: string; reason?: SuppressionReason; limit?: number } = {}): Promise<SuppressionEntry[]> {
+  async entries(
+    filter: { scope?: string; reason?: SuppressionReason; limit?: number } = {},
+  ): Promise<SuppressionEntry[]> {
     const out: SuppressionEntry[] = [];
     await this.forEachEntry((e) => {
       if (filter.scope !== undefined && e.scope !== filter.scope) return true;
@@ -556,7 +574,8 @@ export class SuppressionList {
   compact(): Promise<void> {
     if (this.compacting) return this.compacting;
     const run = async () => {
-      while (this.writing || this.queue.length > 0 || this.readers > 0) await new Promise((r) => setTimeout(r, 1));
+      while (this.writing || this.queue.length > 0 || this.readers > 0)
+        await new Promise((r) => setTimeout(r, 1));
       const file = join(this.opts.dir, LOG_FILE);
       const tmp = `${file}.compact`;
       const nowSec = Math.floor(this.now() / 1000);

@@ -41,7 +41,9 @@ describe("parseReport on real and documented bounces", () => {
     const r = await parseReport(fixture("gmail-dsn.eml"));
     const rc = r.recipients[0]!;
     expect(rc.code).toBe(550);
-    expect(rc.text).toStartWith("The email account that you tried to reach does not exist. Please try double-checking");
+    expect(rc.text).toStartWith(
+      "The email account that you tried to reach does not exist. Please try double-checking",
+    );
     expect(rc.text).not.toContain("550-5.1.1");
     expect(rc.remoteMta).toStartWith("gmail-smtp-in.l.google.com.");
     expect(r.originalHeaders).toContain("Return-Path: <b-01jd3k7q2m8zy3-");

@@ -16,7 +16,9 @@ describe("SuppressionList", () => {
   test("an added address is suppressed in any case, survives a reopen, and a removed one is not", async () => {
     using dir = tempDir();
     const a = await SuppressionList.open({ dir: dir.path });
-    expect(await a.add([{ address: "Bob@Example.NET", reason: "bad-mailbox" }, { address: "carol@example.net" }])).toEqual({
+    expect(
+      await a.add([{ address: "Bob@Example.NET", reason: "bad-mailbox" }, { address: "carol@example.net" }]),
+    ).toEqual({
       added: 2,
       updated: 0,
       unchanged: 0,
@@ -33,7 +35,9 @@ describe("SuppressionList", () => {
     expect(b.count).toBe(1);
     expect(b.has("bob@example.net")).toBe(true);
     expect(b.has("carol@example.net")).toBe(false);
-    expect((await b.entries()).map((e) => [e.address, e.reason])).toEqual([["bob@example.net", "bad-mailbox"]]);
+    expect((await b.entries()).map((e) => [e.address, e.reason])).toEqual([
+      ["bob@example.net", "bad-mailbox"],
+    ]);
     await b.close();
   });
 
@@ -61,7 +65,10 @@ describe("SuppressionList", () => {
     await l.add([{ address: "bob@example.net", scope: "News.Example.COM" }]);
     expect(l.has("bob@example.net")).toBe(false);
     expect(l.has("bob@example.net", "shop.example.com")).toBe(false);
-    expect(l.check("bob@example.net", "news.example.com")).toEqual({ scope: "news.example.com", reason: "manual" });
+    expect(l.check("bob@example.net", "news.example.com")).toEqual({
+      scope: "news.example.com",
+      reason: "manual",
+    });
     await l.close();
   });
 
@@ -85,7 +92,11 @@ describe("SuppressionList", () => {
     const now = Date.now();
     const l = await SuppressionList.open({ dir: dir.path });
     await l.add([{ address: "a@example.net", reason: "manual" }]);
-    expect(await l.add([{ address: "a@example.net", reason: "quota-issues", expiresMs: now + 3600_000 }], { keepLonger: true })).toEqual({
+    expect(
+      await l.add([{ address: "a@example.net", reason: "quota-issues", expiresMs: now + 3600_000 }], {
+        keepLonger: true,
+      }),
+    ).toEqual({
       added: 0,
       updated: 0,
       unchanged: 1,
@@ -105,11 +116,17 @@ describe("SuppressionList", () => {
     using dir = tempDir();
     const l = await SuppressionList.open({ dir: dir.path });
     const size = statSync(join(dir.path, LOG_FILE)).size;
-    for (const bad of [{ address: "no-at-sign" }, { address: "a b@example.net" }, { address: "x@example.net", scope: "a b" }]) {
+    for (const bad of [
+      { address: "no-at-sign" },
+      { address: "a b@example.net" },
+      { address: "x@example.net", scope: "a b" },
+    ]) {
       await expect(l.add([{ address: "ok@example.net" }, bad])).rejects.toThrow(SuppressionError);
     }
     await expect(l.add([{ address: `${"x".repeat(400)}@example.net` }])).rejects.toThrow(/not an address/);
-    await expect(l.add([{ address: "a@example.net", reason: "nonsense" as never }])).rejects.toThrow(/unknown reason/);
+    await expect(l.add([{ address: "a@example.net", reason: "nonsense" as never }])).rejects.toThrow(
+      /unknown reason/,
+    );
     expect(statSync(join(dir.path, LOG_FILE)).size).toBe(size);
     expect(l.count).toBe(0);
     await l.close();
@@ -176,11 +193,18 @@ describe("SuppressionList", () => {
     using dir = tempDir();
     const l = await SuppressionList.open({ dir: dir.path });
     const n = 5000;
-    await l.add(Array.from({ length: n }, (_, i) => ({ address: `u${i}@example.net`, reason: "bad-mailbox" as const })));
+    await l.add(
+      Array.from({ length: n }, (_, i) => ({ address: `u${i}@example.net`, reason: "bad-mailbox" as const })),
+    );
     // Churn: remove and re-add half with another reason, so that most records are dead.
     for (let round = 0; round < 4; round++) {
       await l.remove(Array.from({ length: n / 2 }, (_, i) => ({ address: `u${i}@example.net` })));
-      await l.add(Array.from({ length: n / 2 }, (_, i) => ({ address: `u${i}@example.net`, reason: "complaint" as const })));
+      await l.add(
+        Array.from({ length: n / 2 }, (_, i) => ({
+          address: `u${i}@example.net`,
+          reason: "complaint" as const,
+        })),
+      );
     }
     // Automatic compaction may already have run during the churn; an explicit one leaves one record per entry.
     await l.compact();
@@ -188,7 +212,7 @@ describe("SuppressionList", () => {
     expect(l.fileBytes).toBeLessThanOrEqual(16 + n * perRecord);
     expect(l.recordCount).toBe(n);
     expect(l.count).toBe(n);
-    const listed = (await l.entries());
+    const listed = await l.entries();
     expect(listed).toHaveLength(n);
     expect(listed.filter((e) => e.reason === "complaint")).toHaveLength(n / 2);
     expect(l.has("u0@example.net") && l.has(`u${n - 1}@example.net`)).toBe(true);
@@ -209,7 +233,9 @@ describe("SuppressionList", () => {
     const l = await SuppressionList.open({ dir: dir.path, sync: false });
     const n = 100_000;
     for (let i = 0; i < n; i += 50_000)
-      await l.add(Array.from({ length: 50_000 }, (_, j) => ({ address: `in${i + j}@d${(i + j) % 97}.example` })));
+      await l.add(
+        Array.from({ length: 50_000 }, (_, j) => ({ address: `in${i + j}@d${(i + j) % 97}.example` })),
+      );
     expect(l.count).toBe(n);
     let found = 0;
     let wrong = 0;
@@ -268,21 +294,34 @@ describe("CSV", () => {
     const expires = Date.parse("2099-01-01T00:00:00.000Z");
     await l.add([
       { address: "a@example.net", reason: "bad-mailbox" },
-      { address: 'odd,"name"@example.net', scope: "news.example.com", reason: "complaint", expiresMs: expires },
+      {
+        address: 'odd,"name"@example.net',
+        scope: "news.example.com",
+        reason: "complaint",
+        expiresMs: expires,
+      },
     ]);
-    const csv = formatCsv((await l.entries()));
+    const csv = formatCsv(await l.entries());
     expect(csv.split("\n")[0]).toBe("address,scope,reason,added,expires");
     const back = parseCsv(csv);
     expect(back.problems).toEqual([]);
     expect(back.entries).toEqual([
       { address: "a@example.net", scope: "", reason: "bad-mailbox" },
-      { address: 'odd,"name"@example.net', scope: "news.example.com", reason: "complaint", expiresMs: expires },
+      {
+        address: 'odd,"name"@example.net',
+        scope: "news.example.com",
+        reason: "complaint",
+        expiresMs: expires,
+      },
     ]);
     await l.close();
   });
 
   test("a file of bare addresses (CRLF, BOM, blank lines) imports with the defaults", () => {
-    const r = parseCsv("\ufeffA@Example.net\r\n\r\nb@example.net\r\n", { reason: "manual", scope: "x.example" });
+    const r = parseCsv("\ufeffA@Example.net\r\n\r\nb@example.net\r\n", {
+      reason: "manual",
+      scope: "x.example",
+    });
     expect(r.entries).toEqual([
       { address: "a@example.net", scope: "x.example", reason: "manual" },
       { address: "b@example.net", scope: "x.example", reason: "manual" },
@@ -291,7 +330,15 @@ describe("CSV", () => {
 
   test("every bad line is reported with its number and nothing is imported", () => {
     const r = parseCsv(
-      ["address,reason,expires", "good@example.net,,", "bad,,", "x@example.net,weird,", "y@example.net,,tomorrow", "z@example.net,,2001-01-01", '"open@example.net'].join("\n"),
+      [
+        "address,reason,expires",
+        "good@example.net,,",
+        "bad,,",
+        "x@example.net,weird,",
+        "y@example.net,,tomorrow",
+        "z@example.net,,2001-01-01",
+        '"open@example.net',
+      ].join("\n"),
     );
     expect(r.entries).toEqual([]);
     expect(r.problems.map((p) => p.line)).toEqual([3, 4, 5, 6, 7]);
