@@ -20,6 +20,8 @@ import {
 import { type Listener, type ListenerOptions, startListener } from "../listener/index.ts";
 import { Engine } from "./engine.ts";
 import { BounceInbox } from "./feedback.ts";
+import { startWebhooks } from "./webhooks.ts";
+import type { WebhookDispatcher } from "../webhook/index.ts";
 import { suppressionRoutes } from "./_suppressClient.ts";
 import { injectHandler } from "./inject.ts";
 import { QueueOps, queueRoutes } from "./queue.ts";
@@ -78,6 +80,7 @@ export class Daemon {
     readonly engine: Engine,
     readonly control: ControlServer | undefined,
     readonly listeners: Listener[],
+    readonly webhooks: WebhookDispatcher[],
   ) {}
 
   static async start(config: Config, opts: DaemonOptions): Promise<Daemon> {
@@ -85,7 +88,9 @@ export class Daemon {
     const engine = await Engine.start(config, { log });
     let control: ControlServer | undefined;
     const listeners: Listener[] = [];
+    let webhooks: WebhookDispatcher[] = [];
     try {
+      webhooks = startWebhooks(config, engine, log.withTag("webhook"));
       if (config.control.address) {
         const where = formatHostPort(config.control.address);
         control = startControlServerOr(where, {
@@ -94,6 +99,14 @@ export class Daemon {
           token: config.control.token,
           log: log.withTag("control"),
           metrics: engine.metrics,
+          // A failing webhook endpoint is reported, not unhealthy: mail still flows.
+          health: () => ({
+            ok: true,
+            detail:
+              webhooks.length > 0
+                ? { webhooks: Object.fromEntries(webhooks.map((w) => [w.name, w.health])) }
+                : {},
+          }),
         });
         const maxMessageBytes = Math.max(...config.listen.map((l) => l.maxMessageBytes), 1);
         control.addRoute(
@@ -138,10 +151,11 @@ export class Daemon {
     } catch (err) {
       for (const l of listeners) await l.close({ graceMs: 0 });
       await control?.stop();
+      await Promise.all(webhooks.map((w) => w.stop(0)));
       await engine.stop();
       throw err;
     }
-    return new Daemon(config, log, engine, control, listeners);
+    return new Daemon(config, log, engine, control, listeners, webhooks);
   }
 
   /** The "started" log line, with the bound addresses (tests and scripts read the ports from it). */
@@ -162,6 +176,7 @@ export class Daemon {
     if (config.spool.dir !== this.config.spool.dir) needsRestart.push("spool.dir");
     if (!sameValue(config.control, this.config.control)) needsRestart.push("control");
     if (!sameValue(config.listen, this.config.listen)) needsRestart.push("listen");
+    if (!sameValue(config.webhooks, this.config.webhooks)) needsRestart.push("webhooks");
     this.config = config;
     this.log.info("configuration reloaded", needsRestart.length ? { needsRestart } : {});
   }
@@ -173,6 +188,8 @@ export class Daemon {
       await Promise.all(this.listeners.map((l) => l.close({ graceMs })));
       await this.control?.stop();
       await this.engine.stop(graceMs);
+      // After the engine: its last events are in the file; what is not sent now is sent at the next start.
+      await Promise.all(this.webhooks.map((w) => w.stop(1000)));
       this.log.info("stopped");
     })();
     return this.stopping;

@@ -16,6 +16,7 @@ const ALLOWED: Record<string, string[] | "*"> = {
   bounce: ["smtp", "lib"],
   dkim: ["smtp", "lib"],
   suppression: ["bounce", "lib", "observe"],
+  webhook: ["lib", "observe"],
   observe: ["lib"],
   lib: [],
 };
