@@ -355,13 +355,8 @@ class LocalSuppressClient implements SuppressClient {
     return suppressionDir(this.config);
   }
 
+  /** Opens (for a change: creating the directory, so that a list can be filled before the first start). */
   private async open(): Promise<SuppressionList> {
-    if (!existsSync(this.config.spool.dir))
-      throw new QueueError(
-        "unavailable",
-        `no spool at ${this.config.spool.dir} (check spool.dir in the configuration)`,
-        503,
-      );
     this.opened ??= await SuppressionList.open({ dir: this.dir, sync: this.config.spool.sync });
     return this.opened;
   }
@@ -371,6 +366,8 @@ class LocalSuppressClient implements SuppressClient {
     withList: (l: SuppressionList) => T | Promise<T>,
     without: (all: SuppressionEntry[]) => T | Promise<T>,
   ): Promise<T> {
+    // Nothing there yet: the list is empty (and reading creates nothing).
+    if (!this.opened && !existsSync(this.dir)) return without([]);
     let list: SuppressionList;
     try {
       list = await this.open();

@@ -53,6 +53,7 @@ function mapped(err: unknown): unknown {
       `${err.message}; its control API did not answer at control.address (use it, or stop the daemon)`,
     );
   if (err.code === "suppression-input") return new MtaError("data", err.message);
+  if (err.code === "suppression-io") return new MtaError("unavailable", err.message);
   return new MtaError("runtime", err.message);
 }
 

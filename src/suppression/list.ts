@@ -101,6 +101,20 @@ interface Pending {
   reject: (err: unknown) => void;
 }
 
+/** "permission denied" rather than "EACCES: permission denied, open '/x'" (the path is said already). */
+function ioReason(err: unknown): string {
+  const code = (err as NodeJS.ErrnoException).code;
+  const known: Record<string, string> = {
+    EACCES: "permission denied",
+    EPERM: "permission denied",
+    ENOENT: "no such file or directory",
+    ENOTDIR: "not a directory",
+    EROFS: "read-only file system",
+    ENOSPC: "no space left on device",
+  };
+  return (code && known[code]) ?? errorMessage(err);
+}
+
 /** Indexes of `records` that are the last change of their key, in order (a typed-array set, no strings). */
 function lastOfEachKey(records: readonly LogRecord[]): number[] {
   if (records.length === 1) return [0];
@@ -206,8 +220,16 @@ export class SuppressionList {
   /** Opens (creating) the list in `opts.dir`: takes its lock, loads every record, cuts a torn tail. */
   static async open(opts: SuppressionOptions): Promise<SuppressionList> {
     const t0 = performance.now();
-    fs.mkdirSync(opts.dir, { recursive: true, mode: 0o750 });
-    const lockFd = fs.openSync(join(opts.dir, LOCK_FILE), "a+", 0o640);
+    let lockFd: number;
+    try {
+      fs.mkdirSync(opts.dir, { recursive: true, mode: 0o750 });
+      lockFd = fs.openSync(join(opts.dir, LOCK_FILE), "a+", 0o640);
+    } catch (err) {
+      throw new SuppressionError(
+        "suppression-io",
+        `cannot open the suppression list in ${opts.dir}: ${ioReason(err)}`,
+      );
+    }
     let locked: boolean;
     try {
       locked = tryLockExclusive(lockFd);
@@ -228,7 +250,7 @@ export class SuppressionList {
       fd = fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o640);
     } catch (err) {
       fs.closeSync(lockFd);
-      throw new SuppressionError("suppression-io", `cannot open ${file}: ${errorMessage(err)}`);
+      throw new SuppressionError("suppression-io", `cannot open ${file}: ${ioReason(err)}`);
     }
     try {
       let size = fs.fstatSync(fd).size;
