@@ -1058,6 +1058,7 @@ export class Scheduler {
           pending.some(({ r }) => hasNonAscii(r.address)) ||
           headerHasEightBit(body)),
       eightBit: (a.body ?? "").toUpperCase() === "8BITMIME",
+      binary: (a.body ?? "").toUpperCase() === "BINARYMIME",
     };
     if (a.envid) out.envId = a.envid;
     if (a.ret === "FULL" || a.ret === "HDRS") out.ret = a.ret;

@@ -9,7 +9,7 @@ const ALLOWED: Record<string, string[] | "*"> = {
   config: ["lib"],
   smtp: ["lib"],
   listener: ["smtp", "lib", "observe"],
-  deliverer: ["smtp", "dns", "lib", "observe"],
+  deliverer: ["smtp", "mime", "dns", "lib", "observe"],
   dns: ["lib", "observe"],
   scheduler: ["deliverer", "bounce", "spool", "lib", "observe"],
   spool: ["lib", "observe"],
@@ -17,6 +17,7 @@ const ALLOWED: Record<string, string[] | "*"> = {
   dkim: ["smtp", "lib"],
   suppression: ["bounce", "lib", "observe"],
   webhook: ["lib", "observe"],
+  mime: ["lib"],
   observe: ["lib"],
   lib: [],
 };
