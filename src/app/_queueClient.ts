@@ -24,7 +24,8 @@ import type { Config } from "../config/index.ts";
 import { errorMessage, formatHostPort, MtaError } from "../lib/index.ts";
 import { DeliveryLog, jsonError, jsonResponse, type RouteHandler } from "../observe/index.ts";
 import { type CompactReport, Spool, type VerifyReport, verifySpool } from "../spool/index.ts";
-import { loadClassifier, replyLineInput } from "./feedback.ts";
+import { replyLineInput } from "../bounce/index.ts";
+import { loadClassifier } from "./feedback.ts";
 import {
   type ActionResult,
   daemonNeeded,

@@ -15,6 +15,8 @@
  * - suspensions live in the scheduler's memory: offline `suspend`/`resume` are refused, never faked.
  */
 import {
+  Classifier,
+  replyLineInput,
   buildDsn,
   type DsnRecipient,
   diagnosticFromReply,
@@ -238,7 +240,12 @@ export class QueueOps {
   private readonly draining = new Map<string, Promise<unknown>>();
   private readonly adminCounter: Counter | undefined;
 
+  /** The configuration's rules when given, else the built-in ones (the same answer offline and live). */
+  private readonly classify: (replyLine: string) => string;
+
   constructor(private readonly opts: QueueOpsOptions) {
+    const builtin = Classifier.builtin();
+    this.classify = opts.classify ?? ((line) => builtin.classify(replyLineInput(line)).class);
     this.spool = opts.spool;
     this.scheduler = opts.scheduler;
     this.clock = opts.clock ?? systemClock;
@@ -476,10 +483,7 @@ export class QueueOps {
         address: r.address,
         state: r.state,
         lastReply: nullable(r.lastReply),
-        class:
-          r.lastReply && r.state !== "delivered" && this.opts.classify
-            ? this.opts.classify(r.lastReply)
-            : null,
+        class: r.lastReply && r.state !== "delivered" ? this.classify(r.lastReply) : null,
         notify: nullable(r.notify),
         orcpt: nullable(r.orcpt),
       })),
@@ -709,7 +713,7 @@ export class QueueOps {
         size: m.sizeBytes,
         // Why it was stuck: the recipient's last reply and its class.
         ...(r.lastReply ? { lastReply: r.lastReply } : {}),
-        ...(this.opts.classify ? { class: this.opts.classify(r.lastReply ?? text) } : {}),
+        class: this.classify(r.lastReply ?? text),
       });
       if (!wantsDsn(r.notify, "failed", m.sender)) continue;
       const entry: DsnRecipient = {

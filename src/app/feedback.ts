@@ -22,8 +22,9 @@ import {
   type ParsedReport,
   parseReport,
   parseVerp,
-  RulesError,
   type ReportedRecipient,
+  replyLineInput,
+  RulesError,
   tagMatches,
   verpAddress,
 } from "../bounce/index.ts";
@@ -68,15 +69,6 @@ export function bounceRulesProblems(config: Config): { path: (string | number)[]
       message: p.line > 0 ? `${p.file}:${p.line}: ${p.message}` : `${p.file}: ${p.message}`,
     }));
   }
-}
-
-/** A reply line as stored or typed ("550 5.1.1 no such user") → the classifier's input. */
-export function replyLineInput(line: string): { code?: number; enhanced?: string; text: string } {
-  const m = /^(\d{3})(?:[ -]+([245]\.\d{1,3}\.\d{1,3}))?(?:[ -]+(.*))?$/.exec(
-    line.replace(/\s+/g, " ").trim(),
-  );
-  if (!m) return { text: line.trim() };
-  return { code: Number(m[1]), ...(m[2] ? { enhanced: m[2] } : {}), text: m[3] ?? "" };
 }
 
 /** Events whose recipient gets a class. */

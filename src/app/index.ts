@@ -3,7 +3,7 @@ export { dkimProblems, Engine } from "./engine.ts";
 export { DkimSigner, formatTxtRecord, generateKey } from "../dkim/index.ts";
 export * from "./queue.ts";
 export { formatSummary, parseSendArgs, runSend, type SendArgs, type SendSummary, send } from "./send.ts";
-export { bounceRulesProblems, loadClassifier, replyLineInput } from "./feedback.ts";
+export { bounceRulesProblems, loadClassifier } from "./feedback.ts";
 export {
   type CheckResult,
   type ListFilter,
@@ -19,4 +19,4 @@ export {
   SuppressionError,
   type SuppressionReason,
 } from "../suppression/index.ts";
-export { BOUNCE_CLASSES, builtinRulesSource, KUMO_CLASS_NAMES } from "../bounce/index.ts";
+export { BOUNCE_CLASSES, builtinRulesSource, KUMO_CLASS_NAMES, replyLineInput } from "../bounce/index.ts";

@@ -248,6 +248,15 @@ export function enhancedOf(input: ClassifyInput): string | undefined {
   return m ? `${m[1]}.${Number(m[2])}.${Number(m[3])}` : undefined;
 }
 
+/** A reply line as stored or typed ("550 5.1.1 no such user") → the classifier's input. */
+export function replyLineInput(line: string): ClassifyInput {
+  const m = /^(\d{3})(?:[ -]+([245]\.\d{1,3}\.\d{1,3}))?(?:[ -]+(.*))?$/.exec(
+    line.replace(/\s+/g, " ").trim(),
+  );
+  if (!m) return { text: line.trim() };
+  return { code: Number(m[1]), ...(m[2] ? { enhanced: m[2] } : {}), text: m[3] ?? "" };
+}
+
 export interface Classification {
   class: BounceClass;
   /** `file:line` of the rule that matched; undefined for the fallback "other". */

@@ -27,6 +27,7 @@ export {
   enhancedOf,
   KUMO_CLASS_NAMES,
   parseRules,
+  replyLineInput,
   type RuleProblem,
   RulesError,
 } from "./classify.ts";
