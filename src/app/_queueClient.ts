@@ -205,6 +205,49 @@ function errorFromStatus(status: number, message: string): QueueError {
   return new QueueError(code, message, status);
 }
 
+/** The control API's URL for `control.address`; a wildcard address is reached on loopback. */
+export function controlBase(host: string, port: number): string {
+  const h = host === "0.0.0.0" || host === "" ? "127.0.0.1" : host === "::" ? "::1" : host;
+  return `http://${formatHostPort({ host: h, port })}`;
+}
+
+/** One request to the control API (JSON body, bearer token); no answer at all is QueueError "unavailable". */
+export async function controlRequest(
+  base: string,
+  token: string | undefined,
+  method: "GET" | "POST",
+  path: string,
+  body?: unknown,
+): Promise<Response> {
+  const headers: Record<string, string> = {};
+  if (token) headers.authorization = `Bearer ${token}`;
+  if (body !== undefined) headers["content-type"] = "application/json";
+  try {
+    return await fetch(`${base}${path}`, {
+      method,
+      headers,
+      ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
+    });
+  } catch (err) {
+    throw new QueueError(
+      "unavailable",
+      `the daemon's control API at ${base} did not answer: ${errorMessage(err)}`,
+      503,
+    );
+  }
+}
+
+/** True when an mta control API answers /healthz at `base`. */
+export async function controlReachable(base: string, timeoutMs: number): Promise<boolean> {
+  try {
+    const res = await fetch(`${base}/healthz`, { signal: AbortSignal.timeout(timeoutMs) });
+    const j = (await res.json()) as { status?: unknown };
+    return typeof j.status === "string";
+  } catch {
+    return false;
+  }
+}
+
 export class HttpQueueClient implements QueueClient {
   readonly mode = "daemon";
   private readonly base: string;
@@ -215,28 +258,11 @@ export class HttpQueueClient implements QueueClient {
     port: number,
     private readonly token?: string,
   ) {
-    const h = host === "0.0.0.0" || host === "" ? "127.0.0.1" : host === "::" ? "::1" : host;
-    this.base = `http://${formatHostPort({ host: h, port })}`;
+    this.base = controlBase(host, port);
   }
 
   private async call<T>(method: "GET" | "POST", path: string, body?: unknown): Promise<T> {
-    const headers: Record<string, string> = {};
-    if (this.token) headers.authorization = `Bearer ${this.token}`;
-    if (body !== undefined) headers["content-type"] = "application/json";
-    let res: Response;
-    try {
-      res = await fetch(`${this.base}${path}`, {
-        method,
-        headers,
-        ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
-      });
-    } catch (err) {
-      throw new QueueError(
-        "unavailable",
-        `the daemon's control API at ${this.base} did not answer: ${errorMessage(err)}`,
-        503,
-      );
-    }
+    const res = await controlRequest(this.base, this.token, method, path, body);
     const text = await res.text();
     let json: unknown;
     try {
@@ -254,14 +280,8 @@ export class HttpQueueClient implements QueueClient {
   }
 
   /** True when an mta control API answers /healthz at this address. */
-  async reachable(timeoutMs = 1000): Promise<boolean> {
-    try {
-      const res = await fetch(`${this.base}/healthz`, { signal: AbortSignal.timeout(timeoutMs) });
-      const j = (await res.json()) as { status?: unknown };
-      return typeof j.status === "string";
-    } catch {
-      return false;
-    }
+  reachable(timeoutMs = 1000): Promise<boolean> {
+    return controlReachable(this.base, timeoutMs);
   }
 
   summary(opts: { sort?: SortKey; top?: number } = {}): Promise<QueueSummary> {

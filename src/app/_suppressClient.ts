@@ -16,7 +16,7 @@
  */
 import { existsSync } from "node:fs";
 import type { Config } from "../config/index.ts";
-import { errorMessage, formatHostPort, MtaError } from "../lib/index.ts";
+import { errorMessage, MtaError } from "../lib/index.ts";
 import { jsonError, jsonResponse, type RouteHandler } from "../observe/index.ts";
 import {
   type AddResult,
@@ -32,6 +32,7 @@ import {
   SuppressionList,
   type SuppressionReason,
 } from "../suppression/index.ts";
+import { controlBase, controlReachable, controlRequest } from "./_queueClient.ts";
 import { QueueError } from "./_queueOps.ts";
 import { suppressionDir } from "./feedback.ts";
 
@@ -226,28 +227,11 @@ class HttpSuppressClient implements SuppressClient {
     port: number,
     private readonly token?: string,
   ) {
-    const h = host === "0.0.0.0" || host === "" ? "127.0.0.1" : host === "::" ? "::1" : host;
-    this.base = `http://${formatHostPort({ host: h, port })}`;
+    this.base = controlBase(host, port);
   }
 
   private async fetch(method: "GET" | "POST", path: string, body?: unknown): Promise<Response> {
-    const headers: Record<string, string> = {};
-    if (this.token) headers.authorization = `Bearer ${this.token}`;
-    if (body !== undefined) headers["content-type"] = "application/json";
-    let res: Response;
-    try {
-      res = await fetch(`${this.base}${path}`, {
-        method,
-        headers,
-        ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
-      });
-    } catch (err) {
-      throw new QueueError(
-        "unavailable",
-        `the daemon's control API at ${this.base} did not answer: ${errorMessage(err)}`,
-        503,
-      );
-    }
+    const res = await controlRequest(this.base, this.token, method, path, body);
     if (!res.ok) {
       const text = await res.text();
       let message = `HTTP ${res.status}`;
@@ -269,13 +253,8 @@ class HttpSuppressClient implements SuppressClient {
     return (await (await this.fetch(method, path, body)).json()) as T;
   }
 
-  async reachable(timeoutMs = 1000): Promise<boolean> {
-    try {
-      const res = await fetch(`${this.base}/healthz`, { signal: AbortSignal.timeout(timeoutMs) });
-      return typeof ((await res.json()) as { status?: unknown }).status === "string";
-    } catch {
-      return false;
-    }
+  reachable(timeoutMs = 1000): Promise<boolean> {
+    return controlReachable(this.base, timeoutMs);
   }
 
   private static query(f: ListFilter): string {

@@ -55,16 +55,8 @@ export const WEBHOOK_EVENTS = [
   "resumption",
   "rule",
 ] as const;
-export const DEFAULT_WEBHOOK_EVENTS = [
-  "reception",
-  "delivery",
-  "transient-failure",
-  "bounce",
-  "expiration",
-  "async-bounce",
-  "complaint",
-  "suppressed",
-] as const;
+/** The default: the first eight, the events of a message's recipients (the rest are extra detail). */
+export const DEFAULT_WEBHOOK_EVENTS = WEBHOOK_EVENTS.slice(0, 8);
 
 /** "never", "0" or a duration. */
 const Expiry = v.custom<string>(

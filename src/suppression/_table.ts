@@ -77,6 +77,12 @@ function hashRun(scope: string, address: string, lower: boolean): boolean {
       pend = -1;
     }
   }
+  finish(h1, h2, pend, total);
+  return true;
+}
+
+/** MurmurHash3's tail (a last odd code unit) and finalization of both lanes, into HASH. */
+function finish(h1: number, h2: number, pend: number, total: number): void {
   if (pend >= 0) {
     let k = Math.imul(pend, C1);
     k = (k << 15) | (k >>> 17);
@@ -89,7 +95,6 @@ function hashRun(scope: string, address: string, lower: boolean): boolean {
   if (h1 === 0 && h2 === 0) h2 = 1;
   HASH[0] = h1;
   HASH[1] = h2;
-  return true;
 }
 
 const utf8 = new TextDecoder("utf-8", { fatal: true });
@@ -122,18 +127,7 @@ export function keyHashBytes(buf: Uint8Array, start: number, end: number, scopeB
       pend = -1;
     }
   }
-  if (pend >= 0) {
-    let k = Math.imul(pend, C1);
-    k = (k << 15) | (k >>> 17);
-    k = Math.imul(k, C2);
-    h1 ^= k;
-    h2 ^= k;
-  }
-  h1 = fmix(h1 ^ (total * 2));
-  h2 = fmix(h2 ^ (total * 2));
-  if (h1 === 0 && h2 === 0) h2 = 1;
-  HASH[0] = h1;
-  HASH[1] = h2;
+  finish(h1, h2, pend, total);
 }
 
 export class HashTable {

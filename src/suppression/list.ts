@@ -101,6 +101,17 @@ interface Pending {
   reject: (err: unknown) => void;
 }
 
+/** The normalized address and scope of a change; SuppressionError("suppression-input") naming a bad one. */
+function keyFields(item: { address: string; scope?: string }): { address: string; scope: string } {
+  const address = normalizeAddress(item.address);
+  if (address === undefined)
+    throw new SuppressionError("suppression-input", `not an address: ${JSON.stringify(item.address)}`);
+  const scope = normalizeScope(item.scope ?? "");
+  if (scope === undefined)
+    throw new SuppressionError("suppression-input", `not a sender domain: ${JSON.stringify(item.scope)}`);
+  return { address, scope };
+}
+
 /** "permission denied" rather than "EACCES: permission denied, open '/x'" (the path is said already). */
 function ioReason(err: unknown): string {
   const code = (err as NodeJS.ErrnoException).code;
@@ -425,12 +436,7 @@ export class SuppressionList {
     const nowMs = this.now();
     const records: LogRecord[] = [];
     for (const item of items) {
-      const address = normalizeAddress(item.address);
-      if (address === undefined)
-        throw new SuppressionError("suppression-input", `not an address: ${JSON.stringify(item.address)}`);
-      const scope = normalizeScope(item.scope ?? "");
-      if (scope === undefined)
-        throw new SuppressionError("suppression-input", `not a sender domain: ${JSON.stringify(item.scope)}`);
+      const { address, scope } = keyFields(item);
       records.push({ type: TYPE_REMOVE, reason: 0, addedSec: sec(nowMs), expiresSec: 0, scope, address });
     }
     await this.compacting;
@@ -452,12 +458,7 @@ export class SuppressionList {
   }
 
   private toRecord(item: NewSuppression, nowMs: number): LogRecord {
-    const address = normalizeAddress(item.address);
-    if (address === undefined)
-      throw new SuppressionError("suppression-input", `not an address: ${JSON.stringify(item.address)}`);
-    const scope = normalizeScope(item.scope ?? "");
-    if (scope === undefined)
-      throw new SuppressionError("suppression-input", `not a sender domain: ${JSON.stringify(item.scope)}`);
+    const { address, scope } = keyFields(item);
     const reason = reasonIndex(item.reason ?? "manual");
     if (reason === undefined)
       throw new SuppressionError(

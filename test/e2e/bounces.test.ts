@@ -2,7 +2,16 @@ import { describe, expect, test } from "bun:test";
 import { spawnSync } from "bun";
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { deliveryLog, runMta, startMta, type StartedMta, tempDir, testConfig } from "../support/mta.ts";
+import {
+  cliConfigFor,
+  deliveryLog,
+  runMta,
+  type StartedMta,
+  startMta,
+  tempDir,
+  testConfig,
+  waitUntil,
+} from "../support/mta.ts";
 import { startPostfix } from "../support/postfix.ts";
 import { freePort, startSink } from "../support/sink.ts";
 
@@ -35,30 +44,8 @@ function report(mta: StartedMta, file: string, to: string): { code: number; out:
   return swaks(mta.smtpPorts[1]!, ["--from", "", "--to", to, "--data", `@${join(FIXTURES, file)}`]);
 }
 
-async function until<T>(what: string, fn: () => T | undefined, timeoutMs = 20_000): Promise<T> {
-  const end = Date.now() + timeoutMs;
-  for (;;) {
-    const v = fn();
-    if (v !== undefined) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await Bun.sleep(50);
-  }
-}
-
-function cliConfig(mta: StartedMta): string {
-  const file = join(mta.dir, "cli.yaml");
-  writeFileSync(
-    file,
-    readFileSync(mta.configFile, "utf8").replace(
-      "control: { address: 127.0.0.1:0 }",
-      `control: { address: 127.0.0.1:${mta.controlPort} }`,
-    ),
-  );
-  return file;
-}
-
 function suppressed(mta: StartedMta): { address: string; reason: string }[] {
-  const r = runMta(["suppress", "list", "--json", "-c", cliConfig(mta)]);
+  const r = runMta(["suppress", "list", "--json", "-c", cliConfigFor(mta)]);
   return (JSON.parse(r.stdout) as { entries: { address: string; reason: string }[] }).entries;
 }
 
@@ -94,11 +81,13 @@ describe("asynchronous bounces and complaints", () => {
     });
     const id = ((await res.json()) as { messages: { ids: string[] }[] }).messages[0]!.ids[0]!;
     // mta's delivery succeeded (Postfix said 250) ...
-    await until("the delivery to Postfix", () => deliveryLog(dir.path).find((e) => e.type === "delivery"));
+    await waitUntil("the delivery to Postfix", () =>
+      deliveryLog(dir.path).find((e) => e.type === "delivery"),
+    );
     // ... with the return path naming message and recipient ...
     expect(postfix.maillog()).toContain(`from=<b-${id.toLowerCase()}-`);
     // ... and Postfix's own bounce came back to the bounces listener.
-    const e = await until(
+    const e = await waitUntil(
       "the async-bounce event",
       () => deliveryLog(dir.path).find((x) => x.type === "async-bounce"),
       40_000,
@@ -112,7 +101,7 @@ describe("asynchronous bounces and complaints", () => {
       kind: "dsn",
       reportingMta: "mx.postfix.test",
     });
-    await until("bob suppressed", () =>
+    await waitUntil("bob suppressed", () =>
       suppressed(mta).some((x) => x.address === "bob@example.net") ? true : undefined,
     );
   }, 90_000);
@@ -170,7 +159,7 @@ describe("asynchronous bounces and complaints", () => {
     expect(report(mta, "vacation.eml", "b-01jd3k7q2m8zy8-e5bwe3gq-olivia=example.org@bounce.test").code).toBe(
       0,
     );
-    const events = await until("every report's event", () => {
+    const events = await waitUntil("every report's event", () => {
       const l = deliveryLog(dir.path).filter((e) => e.type === "async-bounce" || e.type === "complaint");
       return l.length >= cases.length ? l : undefined;
     });
@@ -195,7 +184,7 @@ describe("asynchronous bounces and complaints", () => {
     // The vacation reply made no event.
     expect(deliveryLog(dir.path).some((e) => e.recipient === "olivia@example.org")).toBe(false);
     // Suppressed: the bad mailboxes and the complaints; not the full mailbox (quota is not chosen by default).
-    const list = await until("the suppressions", () => {
+    const list = await waitUntil("the suppressions", () => {
       const s = suppressed(mta);
       return s.length >= 7 ? s : undefined;
     });

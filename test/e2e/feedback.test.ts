@@ -2,20 +2,17 @@ import { describe, expect, test } from "bun:test";
 import { spawnSync } from "bun";
 import { chmodSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { deliveryLog, runMta, startMta, type StartedMta, tempDir, testConfig } from "../support/mta.ts";
+import {
+  cliConfigFor,
+  deliveryLog,
+  runMta,
+  type StartedMta,
+  startMta,
+  tempDir,
+  testConfig,
+  waitUntil,
+} from "../support/mta.ts";
 
-/** A config file for the CLI that names the daemon's bound control port (the daemon's own says :0). */
-function cliConfig(mta: StartedMta): string {
-  const file = join(mta.dir, "cli.yaml");
-  writeFileSync(
-    file,
-    readFileSync(mta.configFile, "utf8").replace(
-      "control: { address: 127.0.0.1:0 }",
-      `control: { address: 127.0.0.1:${mta.controlPort} }`,
-    ),
-  );
-  return file;
-}
 import { startScriptedPeer } from "../support/scriptedPeer.ts";
 
 // Each local part gets the reply a large receiver gives for it (Gmail's, Microsoft's, Yahoo's texts).
@@ -51,16 +48,6 @@ const REPLIES: Record<string, [string, string]> = {
 };
 const SUPPRESSED = ["unknown", "disabled", "outlook", "exchange", "yahoo"];
 
-async function until<T>(what: string, fn: () => T | undefined, timeoutMs = 20_000): Promise<T> {
-  const end = Date.now() + timeoutMs;
-  for (;;) {
-    const v = fn();
-    if (v !== undefined) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await Bun.sleep(50);
-  }
-}
-
 async function inject(mta: StartedMta, recipients: string[], sender = "news@shop.test"): Promise<Response> {
   return fetch(`http://127.0.0.1:${mta.controlPort}/api/v1/inject`, {
     method: "POST",
@@ -90,7 +77,7 @@ describe("bounce classes and the suppression list", () => {
     await using mta = await startMta({ dir: dir.path, config: cfg });
     const all = [...Object.keys(REPLIES), "fine"].map((l) => `${l}@example.net`);
     expect((await inject(mta, all)).status).toBe(200);
-    const log = await until("a result for every recipient", () => {
+    const log = await waitUntil("a result for every recipient", () => {
       const l = deliveryLog(dir.path).filter((e) =>
         ["bounce", "transient-failure", "delivery"].includes(String(e.type)),
       );
@@ -108,8 +95,8 @@ describe("bounce classes and the suppression list", () => {
     expect(log.find((x) => x.recipient === "fine@example.net")!.class).toBeUndefined();
 
     // The invalid ones (bad-mailbox, inactive-mailbox by default) are on the list; full and spam are not.
-    const listed = await until("the suppression list", () => {
-      const r = runMta(["suppress", "list", "--json", "-c", cliConfig(mta)]);
+    const listed = await waitUntil("the suppression list", () => {
+      const r = runMta(["suppress", "list", "--json", "-c", cliConfigFor(mta)]);
       const entries = (JSON.parse(r.stdout) as { entries: { address: string; reason: string }[] }).entries;
       return entries.length >= SUPPRESSED.length ? entries : undefined;
     });
@@ -118,7 +105,7 @@ describe("bounce classes and the suppression list", () => {
 
     // `mta queue show` gives the deferred recipient's class.
     const id = String(log.find((x) => x.recipient === "tmpfull@example.net")!.id);
-    const show = runMta(["queue", "show", id, "-c", cliConfig(mta)]);
+    const show = runMta(["queue", "show", id, "-c", cliConfigFor(mta)]);
     expect(show.stdout).toMatch(/pending\s+tmpfull@example\.net .*\[quota-issues\]/);
 
     // Second send: refused at RCPT (suppression.answer: refuse), the peer sees no new connection.
@@ -137,7 +124,7 @@ describe("bounce classes and the suppression list", () => {
         error: "550 5.7.1 <outlook@example.net>: recipient address is on the suppression list (bad-mailbox)",
       },
     ]);
-    await until("fine@ delivered twice", () =>
+    await waitUntil("fine@ delivered twice", () =>
       deliveryLog(dir.path).filter((e) => e.type === "delivery").length >= 2 ? true : undefined,
     );
     // The peer saw unknown@ and outlook@ once (the first send), fine@ twice (connections may be reused).
@@ -167,12 +154,13 @@ describe("bounce classes and the suppression list", () => {
     );
     await using mta = await startMta({ dir: dir.path, config: cfg });
     expect(
-      runMta(["suppress", "add", "gone@example.net", "--reason", "bad-mailbox", "-c", cliConfig(mta)]).code,
+      runMta(["suppress", "add", "gone@example.net", "--reason", "bad-mailbox", "-c", cliConfigFor(mta)])
+        .code,
     ).toBe(0);
     const r = swaks(mta.smtpPorts[0]!, ["--from", "news@shop.test", "--to", "gone@example.net"]);
     expect(r.code).toBe(0);
     expect(r.out).toMatch(/250 2\.0\.0 Ok: queued as [0-9A-Z]{14}/);
-    const e = await until("the suppressed event", () =>
+    const e = await waitUntil("the suppressed event", () =>
       deliveryLog(dir.path).find((x) => x.type === "suppressed"),
     );
     expect(e).toMatchObject({
@@ -194,7 +182,8 @@ describe("bounce classes and the suppression list", () => {
       config: testConfig(dir.path, `delivery: { routes: { example.net: "127.0.0.1:${peer.port}" } }`),
     });
     expect(
-      runMta(["suppress", "add", "bob@example.net", "--scope", "news.shop.test", "-c", cliConfig(mta)]).code,
+      runMta(["suppress", "add", "bob@example.net", "--scope", "news.shop.test", "-c", cliConfigFor(mta)])
+        .code,
     ).toBe(0);
     expect(swaks(mta.smtpPorts[0]!, ["--from", "x@news.shop.test", "--to", "bob@example.net"]).out).toContain(
       "(manual for mail from news.shop.test)",
@@ -214,7 +203,7 @@ describe("mta suppress", () => {
     const run = (...a: string[]) => runMta(["suppress", ...a, "-c", file]);
     for (const mode of ["local", "daemon"] as const) {
       await using mta = mode === "daemon" ? await startMta({ dir: dir.path, config: cfg }) : undefined;
-      if (mta) file = cliConfig(mta);
+      if (mta) file = cliConfigFor(mta);
       const c = `${mode}@example.net`;
       expect(run("add", c, "--reason", "complaint", "--expires", "30d")).toMatchObject({
         code: 0,

@@ -1,5 +1,5 @@
 import { describe, expect, test } from "bun:test";
-import { deliveryLog, startMta, type StartedMta, tempDir, testConfig } from "../support/mta.ts";
+import { deliveryLog, type StartedMta, startMta, tempDir, testConfig, waitUntil } from "../support/mta.ts";
 import { startSink } from "../support/sink.ts";
 import { type Receiver, startReceiver } from "../support/webhookReceiver.ts";
 
@@ -50,14 +50,6 @@ async function inject(mta: StartedMta, from: number, count: number): Promise<voi
 /** The key that identifies one event line. */
 const key = (e: Record<string, unknown>) => `${e.time}|${e.type}|${e.id}|${e.recipient ?? ""}`;
 
-async function until(what: string, fn: () => boolean, timeoutMs = 30_000): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (!fn()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await Bun.sleep(50);
-  }
-}
-
 /** Every wanted event of the log arrived at least once, signed, and in log order per message. */
 function checkDelivered(dir: string, receiver: Receiver): void {
   const logged = deliveryLog(dir).filter((e) => WANTED.has(String(e.type)));
@@ -87,7 +79,7 @@ describe("webhooks", () => {
     await using mta = await startMta({ dir: dir.path, config: config(dir.path, sink.port, receiver.url) });
 
     await inject(mta, 0, 20);
-    await until("first events", () => receiver.events().length > 0);
+    await waitUntil("first events", () => receiver.events().length > 0);
     receiver.mode = { kind: "slow", delayMs: 1500 };
     await inject(mta, 20, 20);
     await Bun.sleep(2000);
@@ -107,7 +99,7 @@ describe("webhooks", () => {
     expect(metrics).toMatch(/mta_webhook_batches_total\{.*result="error".*\} [1-9]/);
     receiver.mode = { kind: "ok" };
     receiver.up();
-    await until(
+    await waitUntil(
       "all 60 deliveries at the receiver",
       () =>
         new Set(
@@ -133,7 +125,10 @@ describe("webhooks", () => {
     await Bun.sleep(2000);
     expect(receiver.batches).toHaveLength(0);
     receiver.mode = { kind: "ok" };
-    await until("the 5 deliveries", () => receiver.events().filter((e) => e.type === "delivery").length >= 5);
+    await waitUntil(
+      "the 5 deliveries",
+      () => receiver.events().filter((e) => e.type === "delivery").length >= 5,
+    );
     checkDelivered(dir.path, receiver);
   }, 60_000);
 
@@ -147,7 +142,7 @@ describe("webhooks", () => {
       await using mta = await startMta({ dir: dir.path, config: cfg });
       for (let i = 0; i < 4; i++) await inject(mta, i * 25, 25);
       await sink.waitFor(100, 30_000);
-      await until("some batches", () => receiver.batches.length >= 2);
+      await waitUntil("some batches", () => receiver.batches.length >= 2);
       mta.proc.kill("SIGKILL");
       await mta.proc.exited;
     }
@@ -157,7 +152,7 @@ describe("webhooks", () => {
     receiver.mode = { kind: "ok" };
     await using again = await startMta({ dir: dir.path, config: cfg });
     void again;
-    await until("every logged event", () => {
+    await waitUntil("every logged event", () => {
       const seen = new Set(receiver.events().map(key));
       return deliveryLog(dir.path)
         .filter((e) => WANTED.has(String(e.type)))
@@ -175,7 +170,7 @@ describe("webhooks", () => {
       config: config(dir.path, sink.port, receiver.url, "    events: [delivery]"),
     });
     await inject(mta, 0, 5);
-    await until("5 deliveries", () => receiver.events().length >= 5);
+    await waitUntil("5 deliveries", () => receiver.events().length >= 5);
     await Bun.sleep(500);
     expect(new Set(receiver.events().map((e) => e.type))).toEqual(new Set(["delivery"]));
   }, 60_000);
