@@ -37,6 +37,6 @@ export function startWebhooks(config: Config, engine: Engine, log: Logger): Webh
     for (const d of dispatchers) d.poke();
   });
   for (const d of dispatchers) d.start();
-  log.info("webhooks started", { webhooks: dispatchers.map((d) => d.name) });
+  log.info("webhooks running", { webhooks: dispatchers.map((d) => d.name) });
   return dispatchers;
 }
