@@ -1,5 +1,5 @@
 import { describe, expect, test } from "bun:test";
-import { spawnSync } from "bun";
+import { spawn, spawnSync } from "bun";
 import { chmodSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import {
@@ -192,6 +192,55 @@ describe("bounce classes and the suppression list", () => {
       0,
     );
   }, 30_000);
+});
+
+async function sendAsync(args: string[], stdin: string): Promise<{ code: number; stderr: string }> {
+  const p = spawn([join(import.meta.dir, "../../dist/mta"), "send", ...args], {
+    stdin: Buffer.from(stdin),
+    stderr: "pipe",
+    stdout: "ignore",
+  });
+  const stderr = await new Response(p.stderr).text();
+  return { code: await p.exited, stderr };
+}
+
+describe("mta send and the suppression list", () => {
+  test("a suppressed recipient is named on stderr and not sent to, the others are; exit 65: through the daemon and locally", async () => {
+    using dir = tempDir();
+    await using peer = await startScriptedPeer({});
+    const cfg = testConfig(dir.path, `delivery: { routes: { example.net: "127.0.0.1:${peer.port}" } }`);
+    const local = join(dir.path, "local.yaml");
+    writeFileSync(local, cfg);
+    expect(runMta(["suppress", "add", "gone@example.net", "-c", local]).code).toBe(0);
+    const message = "Subject: hi\n\nhello\n";
+    const check = (r: { code: number; stderr: string }) => {
+      expect(r.code).toBe(65);
+      expect(r.stderr).toContain(
+        "gone@example.net: 550 5.7.1 <gone@example.net>: recipient address is on the suppression list (manual)",
+      );
+    };
+    {
+      await using mta = await startMta({ dir: dir.path, config: cfg });
+      check(
+        runMta(
+          ["send", "-c", cliConfigFor(mta), "-f", "app@shop.test", "ok1@example.net", "gone@example.net"],
+          { stdin: message },
+        ),
+      );
+      await waitUntil("ok1 delivered", () =>
+        deliveryLog(dir.path).some((e) => e.type === "delivery" && e.recipient === "ok1@example.net"),
+      );
+    }
+    // Locally mta send delivers by itself to the peer in this process: run it without blocking the peer.
+    check(
+      await sendAsync(["-c", local, "-f", "app@shop.test", "ok2@example.net", "gone@example.net"], message),
+    );
+    const rcpts = peer.sessions.flatMap((s) => s.commands.filter((c) => /^RCPT/i.test(c)));
+    expect(rcpts.some((c) => c.includes("ok2@"))).toBe(true);
+    expect(rcpts.some((c) => c.includes("gone@"))).toBe(false);
+    // Every recipient suppressed: nothing is sent, the same line, exit 65.
+    check(await sendAsync(["-c", local, "-f", "app@shop.test", "gone@example.net"], message));
+  }, 60_000);
 });
 
 describe("mta suppress", () => {
