@@ -18,10 +18,10 @@
  *   POST /api/v1/queue/delete   (same as bounce)
  *   GET  /api/v1/spool/stats    GET /api/v1/spool/verify    POST /api/v1/spool/compact
  */
-import { existsSync } from "node:fs";
+import { statSync } from "node:fs";
 import { join } from "node:path";
 import type { Config } from "../config/index.ts";
-import { errorMessage, formatHostPort, MtaError } from "../lib/index.ts";
+import { errnoOf, errorMessage, fileError, formatHostPort, MtaError } from "../lib/index.ts";
 import { DeliveryLog, jsonError, jsonResponse, type RouteHandler } from "../observe/index.ts";
 import { type CompactReport, Spool, type VerifyReport, verifySpool } from "../spool/index.ts";
 import { replyLineInput } from "../bounce/index.ts";
@@ -156,7 +156,12 @@ export function queueRoutes(ops: QueueOps): Record<string, RouteHandler> {
       return ops.list(sel);
     }),
     "GET /api/v1/queue/messages/*": handle((_req, url) => {
-      const id = decodeURIComponent(url.pathname.slice("/api/v1/queue/messages/".length));
+      let id: string;
+      try {
+        id = decodeURIComponent(url.pathname.slice("/api/v1/queue/messages/".length));
+      } catch {
+        throw new QueueError("usage", "the message id in the path is not valid percent-encoding", 400);
+      }
       const body = url.searchParams.get("body");
       return ops.show(id, { body: body === "1" || body === "true" });
     }),
@@ -360,18 +365,24 @@ export class LocalQueueClient implements QueueClient {
   }
 
   private checkDir(): void {
-    if (!existsSync(join(this.dir, "segments")))
+    try {
+      statSync(join(this.dir, "segments"));
+    } catch (err) {
+      if (errnoOf(err) !== "ENOENT") throw fileError(err, `spool.dir ${this.dir}`, "read");
       throw new QueueError(
         "unavailable",
         `no spool at ${this.dir} (check spool.dir in the configuration)`,
         503,
       );
+    }
   }
 
   /** JSON round trip, so that a local answer is byte for byte what the control API would send. */
   private async readOnly<T>(fn: (ops: QueueOps) => T | Promise<T>): Promise<T> {
     this.checkDir();
-    const spool = await Spool.openReadOnly({ dir: this.dir, bodyCacheBytes: 0 });
+    const spool = await Spool.openReadOnly({ dir: this.dir, bodyCacheBytes: 0 }).catch((err) => {
+      throw fileError(err, `spool.dir ${this.dir}`, "read");
+    });
     try {
       const classify = this.classify();
       const ops = new QueueOps({ spool, hostname: this.config.hostname, ...(classify ? { classify } : {}) });
@@ -390,8 +401,16 @@ export class LocalQueueClient implements QueueClient {
       segmentSizeBytes: s.segmentSizeBytes,
       compactBelowLiveRatio: s.compactBelowLiveRatio,
       bodyCacheBytes: 0,
+    }).catch((err) => {
+      throw fileError(err, `spool.dir ${s.dir}`, "write");
     });
-    const deliveryLog = new DeliveryLog(this.config.log.deliveriesFile);
+    let deliveryLog: DeliveryLog;
+    try {
+      deliveryLog = new DeliveryLog(this.config.log.deliveriesFile);
+    } catch (err) {
+      await spool.close();
+      throw fileError(err, `log.deliveries ${this.config.log.deliveriesFile}`, "write");
+    }
     try {
       return JSON.parse(
         JSON.stringify(
@@ -440,7 +459,10 @@ export class LocalQueueClient implements QueueClient {
   }
   async verify(): Promise<VerifyReport> {
     this.checkDir();
-    return JSON.parse(JSON.stringify(await verifySpool(this.dir)));
+    const report = await verifySpool(this.dir).catch((err) => {
+      throw fileError(err, `spool.dir ${this.dir}`, "read");
+    });
+    return JSON.parse(JSON.stringify(report));
   }
   compact(): Promise<CompactReport> {
     return this.locked((o) => o.compact());

@@ -24,7 +24,14 @@ import {
   statusFromReply,
   wantsDsn,
 } from "../bounce/index.ts";
-import { type Clock, errorMessage, MtaError, systemClock } from "../lib/index.ts";
+import {
+  type Clock,
+  errorMessage,
+  hasEightBit,
+  MAX_DURATION_MS,
+  MtaError,
+  systemClock,
+} from "../lib/index.ts";
 import type { Counter, DeliveryLog, Logger, Metrics } from "../observe/index.ts";
 import type { DestinationSummary } from "../scheduler/index.ts";
 import type { CompactReport, Spool, SpoolStats, StoredMessage, VerifyReport } from "../spool/index.ts";
@@ -177,8 +184,10 @@ export interface ActionResult {
 }
 
 export interface FlushResult {
-  /** Messages made due now. */
+  /** Messages made due now: those waiting for a retry, plus (live) those of a destination whose backoff was lifted. */
   flushed: number;
+  /** Destinations whose site backoff was lifted (live only): their waiting messages are tried now. */
+  backoffLifted: string[];
   /** true: the running scheduler retries now; false: recorded in the spool for the next start. */
   live: boolean;
 }
@@ -225,11 +234,6 @@ const ADMIN_DELETE_REPLY = "554 5.0.0 message deleted by the administrator";
 function domainOf(address: string): string {
   const at = address.lastIndexOf("@");
   return (at >= 0 ? address.slice(at + 1) : address).toLowerCase();
-}
-
-function eightBit(bytes: Uint8Array): boolean {
-  for (let i = 0; i < bytes.length; i++) if (bytes[i]! > 0x7f) return true;
-  return false;
 }
 
 export class QueueOps {
@@ -524,7 +528,28 @@ export class QueueOps {
       if (slot === undefined || !sp.isLive(slot))
         throw new QueueError("data", `no message ${target.id} in the queue`, 404);
     }
-    if (this.scheduler) return { flushed: this.scheduler.flush(target), live: true };
+    if (this.scheduler) {
+      // A destination in site backoff holds its messages in the ready queue, not the retry timer:
+      // flush lifts the backoff and they go now, so they count as flushed too.
+      const held = this.scheduler
+        .summary()
+        .filter(
+          (r) =>
+            r.state === "backoff" &&
+            (target.destination === undefined
+              ? target.id === undefined
+              : r.destination === target.destination),
+        );
+      const scheduled = this.scheduler.flush(target);
+      const after = new Map(this.scheduler.summary().map((r) => [r.destination, r]));
+      const lifted = held.filter((r) => after.get(r.destination)?.state !== "backoff");
+      const waiting = lifted.reduce((n, r) => n + r.messages, 0);
+      return {
+        flushed: Math.max(scheduled, waiting),
+        backoffLifted: lifted.map((r) => r.destination),
+        live: true,
+      };
+    }
     const now = this.clock.now();
     const slots = this.select(
       {
@@ -543,7 +568,7 @@ export class QueueOps {
         }),
       ),
     );
-    return { flushed: slots.length, live: false };
+    return { flushed: slots.length, backoffLifted: [], live: false };
   }
 
   private needScheduler(what: string): LiveScheduler {
@@ -557,8 +582,12 @@ export class QueueOps {
     reason?: string,
   ): { destination: string; untilMs: number | null } {
     if (!destination) throw new QueueError("usage", "suspend needs a destination", 400);
-    if (forMs !== undefined && !(Number.isFinite(forMs) && forMs > 0))
-      throw new QueueError("usage", "for must be a positive duration", 400);
+    if (forMs !== undefined && !(Number.isFinite(forMs) && forMs > 0 && forMs <= MAX_DURATION_MS))
+      throw new QueueError(
+        "usage",
+        "forMs must be a positive number of milliseconds of at most 100 years",
+        400,
+      );
     this.needScheduler("suspend").suspend(destination, forMs, reason ?? "suspended by operator");
     return { destination, untilMs: forMs === undefined ? null : this.clock.now() + forMs };
   }
@@ -755,7 +784,7 @@ export class QueueOps {
         sender: "",
         destination: domainOf(m.sender),
         recipients: [{ address: m.sender }],
-        attributes: { dsn: m.id, body: eightBit(bytes) ? "8BITMIME" : "7BIT" },
+        attributes: { dsn: m.id, body: hasEightBit(bytes) ? "8BITMIME" : "7BIT" },
         body: bytes,
       });
       this.opts.deliveryLog?.write({

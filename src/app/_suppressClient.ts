@@ -147,8 +147,7 @@ function handle(fn: (req: Request, url: URL) => unknown): RouteHandler {
       return v instanceof Response ? v : jsonResponse(v);
     } catch (err) {
       if (err instanceof QueueError) return jsonError(err.status, err.message);
-      if (err instanceof SuppressionError)
-        return jsonError(err.code === "suppression-input" ? 400 : 500, err.message);
+      if (err instanceof SuppressionError) return jsonError(err.kind === "input" ? 400 : 500, err.message);
       if (err instanceof MtaError) return jsonError(500, err.message);
       throw err;
     }
@@ -351,8 +350,7 @@ class LocalSuppressClient implements SuppressClient {
     try {
       list = await this.open();
     } catch (err) {
-      if (err instanceof SuppressionError && err.code === "suppression-locked")
-        return without(readEntries(this.dir));
+      if (err instanceof SuppressionError && err.kind === "locked") return without(readEntries(this.dir));
       throw err;
     }
     return withList(list);

@@ -14,9 +14,14 @@ import type { Config, DomainPolicy } from "../config/index.ts";
 import { Deliverer } from "../deliverer/index.ts";
 import { createResolver } from "../dns/index.ts";
 import { type DkimOptions, DkimSigner, DkimSignerPool, readKeyFile } from "../dkim/index.ts";
-import { errorMessage } from "../lib/index.ts";
+import { errorMessage, fileError } from "../lib/index.ts";
 import { DeliveryLog, type Logger, Metrics, registerProcessMetrics } from "../observe/index.ts";
-import { type DestinationPolicy, type PoolMember, Scheduler } from "../scheduler/index.ts";
+import {
+  type DestinationPolicy,
+  type PoolMember,
+  Scheduler,
+  type SchedulerEvent,
+} from "../scheduler/index.ts";
 import { Spool } from "../spool/index.ts";
 import { AcceptPipeline } from "./accept.ts";
 import { Feedback, loadClassifier } from "./feedback.ts";
@@ -27,6 +32,8 @@ export interface EngineOptions {
   metrics?: Metrics;
   /** false: open the spool and accept, but deliver nothing (the scheduler is not started). */
   deliver?: boolean;
+  /** Also told every message event the delivery log gets (`mta send` counts its own results). */
+  onEvent?: (e: SchedulerEvent) => void;
 }
 
 /** The effective policy of a destination: its own entry over `default`. */
@@ -176,15 +183,21 @@ export class Engine {
     if (!opts.metrics) registerProcessMetrics(metrics, pkg.version);
     // Before the lock: a bad key is a config error, not a half-start.
     const signer = makeSignerPool(config, log.withTag("dkim"));
-    const spool = await Spool.open({
-      dir: config.spool.dir,
-      sync: config.spool.sync,
-      segmentSizeBytes: config.spool.segmentSizeBytes,
-      compactBelowLiveRatio: config.spool.compactBelowLiveRatio,
-      bodyCacheBytes: config.spool.bodyCacheBytes,
-      log: log.withTag("spool"),
-      metrics,
-    });
+    let spool: Spool;
+    try {
+      spool = await Spool.open({
+        dir: config.spool.dir,
+        sync: config.spool.sync,
+        segmentSizeBytes: config.spool.segmentSizeBytes,
+        compactBelowLiveRatio: config.spool.compactBelowLiveRatio,
+        bodyCacheBytes: config.spool.bodyCacheBytes,
+        log: log.withTag("spool"),
+        metrics,
+      });
+    } catch (err) {
+      signer?.close();
+      throw fileError(err, `spool.dir ${config.spool.dir}`, "write");
+    }
     const r = spool.recovery;
     log.info("spool open", {
       dir: config.spool.dir,
@@ -195,11 +208,19 @@ export class Engine {
       ms: Math.round(r.ms),
     });
     for (const d of r.damaged) log.warn("damaged spool record skipped", { ...d });
-    const deliveryLog = new DeliveryLog(config.log.deliveriesFile);
+    let deliveryLog: DeliveryLog;
+    try {
+      deliveryLog = new DeliveryLog(config.log.deliveriesFile);
+    } catch (err) {
+      signer?.close();
+      await spool.close();
+      throw fileError(err, `log.deliveries ${config.log.deliveriesFile}`, "write");
+    }
     let feedback: Feedback;
     try {
       feedback = await Feedback.open(config, { log: log.withTag("feedback"), metrics, deliveryLog });
     } catch (err) {
+      signer?.close();
       deliveryLog.close();
       await spool.close();
       throw err;
@@ -249,7 +270,10 @@ export class Engine {
       maxConnectionsPerSource: config.delivery.maxConnectionsPerSource,
       maxReadyPerSite: config.delivery.maxReadyPerSite,
       rollup: hasRollups(config),
-      onEvent: (e) => deliveryLog.write(feedback.annotate({ ...e })),
+      onEvent: (e) => {
+        deliveryLog.write(feedback.annotate({ ...e }));
+        opts.onEvent?.(e);
+      },
       onDestinationEvent: (e) => deliveryLog.write({ ...e }),
       log: log.withTag("scheduler"),
       metrics,

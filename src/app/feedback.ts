@@ -24,12 +24,13 @@ import {
   parseVerp,
   type ReportedRecipient,
   replyLineInput,
+  type RuleProblem,
   RulesError,
   tagMatches,
   verpAddress,
 } from "../bounce/index.ts";
 import type { Config } from "../config/index.ts";
-import { errorMessage, newMessageId } from "../lib/index.ts";
+import { errnoText, errorMessage, newMessageId } from "../lib/index.ts";
 import type { AcceptResult, Acceptor, Envelope } from "../listener/index.ts";
 import type { Counter, DeliveryEvent, DeliveryLog, Logger, Metrics } from "../observe/index.ts";
 import { domainOf, reply, type SmtpReply } from "../smtp/index.ts";
@@ -47,14 +48,26 @@ export function suppressionDir(config: Config): string {
 
 /** The classifier of a configuration: its rules files, then (unless turned off) the built-in rules. */
 export function loadClassifier(config: Config): Classifier {
-  const files = config.bounces.rulesFiles.map((file) => {
+  const files: { file: string; text: string }[] = [];
+  const unreadable: RuleProblem[] = [];
+  for (const file of config.bounces.rulesFiles) {
     try {
-      return { file, text: readFileSync(file, "utf8") };
+      files.push({ file, text: readFileSync(file, "utf8") });
     } catch (err) {
-      throw new RulesError([{ file, line: 0, message: `cannot read: ${errorMessage(err)}` }]);
+      unreadable.push({ file, line: 0, message: `cannot read: ${errnoText(err)}` });
     }
-  });
-  return Classifier.fromFiles(files, { builtin: config.bounces.builtinRules });
+  }
+  try {
+    const c = Classifier.fromFiles(files, { builtin: config.bounces.builtinRules });
+    if (unreadable.length > 0) throw new RulesError(unreadable);
+    return c;
+  } catch (err) {
+    // Every file's problems at once, in the order of rules_files.
+    if (!(err instanceof RulesError) || unreadable.length === 0) throw err;
+    const all = err.problems === unreadable ? unreadable : [...err.problems, ...unreadable];
+    const order = (f: string) => config.bounces.rulesFiles.indexOf(f);
+    throw new RulesError(all.sort((a, b) => order(a.file) - order(b.file) || a.line - b.line));
+  }
 }
 
 /** Problems of the rules files, for check-config: each with the rules_files entry it belongs to. */

@@ -23,7 +23,7 @@ import {
   type SuppressionReason,
 } from "../app/index.ts";
 import { findConfigPath, loadConfig } from "../config/index.ts";
-import { EXIT, errorMessage, MtaError, UsageError } from "../lib/index.ts";
+import { EXIT, fileError, MtaError, UsageError } from "../lib/index.ts";
 import { configArg } from "./_args.ts";
 import { table } from "./queue.ts";
 
@@ -44,17 +44,14 @@ function print(text: string): void {
   process.stdout.write(text.endsWith("\n") ? text : `${text}\n`);
 }
 
-/** SuppressionError → the exit code its cause deserves. */
+/** A held list says what to do about it; every other error already carries its exit code. */
 function mapped(err: unknown): unknown {
-  if (!(err instanceof SuppressionError)) return err;
-  if (err.code === "suppression-locked")
+  if (err instanceof SuppressionError && err.kind === "locked")
     return new MtaError(
       "unavailable",
       `${err.message}; its control API did not answer at control.address (use it, or stop the daemon)`,
     );
-  if (err.code === "suppression-input") return new MtaError("data", err.message);
-  if (err.code === "suppression-io") return new MtaError("unavailable", err.message);
-  return new MtaError("runtime", err.message);
+  return err;
 }
 
 async function withClient<T>(
@@ -217,16 +214,7 @@ function readInput(file: string): string {
   try {
     bytes = file === "-" ? readFileSync(0) : readFileSync(file);
   } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    const why =
-      code === "ENOENT"
-        ? "no such file"
-        : code === "EISDIR"
-          ? "is a directory"
-          : code === "EACCES"
-            ? "permission denied"
-            : errorMessage(err);
-    throw new MtaError("data", `${file}: ${why}`);
+    throw fileError(err, file === "-" ? "standard input" : file, "read");
   }
   try {
     return new TextDecoder("utf-8", { fatal: true }).decode(bytes);

@@ -5,3 +5,6 @@ export * from "./errors.ts";
 export * from "./ids.ts";
 export * from "./net.ts";
 export * from "./flock.ts";
+export * from "./duration.ts";
+export * from "./words.ts";
+export * from "./passwd.ts";

@@ -16,7 +16,7 @@
  */
 import * as fs from "node:fs";
 import { join } from "node:path";
-import { errorMessage, MtaError, tryLockExclusive } from "../lib/index.ts";
+import { errnoOf, errnoText, errorMessage, MtaError, tryLockExclusive } from "../lib/index.ts";
 import type { Logger } from "../observe/index.ts";
 import {
   checkFileHeader,
@@ -43,8 +43,26 @@ export const LOG_FILE = "suppressions.log";
 const LOCK_FILE = "LOCK";
 const CHUNK_BYTES = 8 * 1024 * 1024;
 
+/** What went wrong: `kind` for callers that decide on it, `code` for the exit status (lib's codes). */
+export type SuppressionErrorKind = "locked" | "input" | "io" | "corrupt" | "closed";
+
 export class SuppressionError extends MtaError {
   override name = "SuppressionError";
+  constructor(
+    readonly kind: SuppressionErrorKind,
+    message: string,
+    cause?: unknown,
+  ) {
+    super(codeOf(kind, cause), message, cause === undefined ? undefined : { cause });
+  }
+}
+
+function codeOf(kind: SuppressionErrorKind, cause: unknown): string {
+  if (kind === "locked") return "unavailable";
+  if (kind === "input" || kind === "corrupt") return "data";
+  if (kind === "closed") return "software";
+  const errno = errnoOf(cause);
+  return errno === "EACCES" || errno === "EPERM" ? "noperm" : "io";
 }
 
 export interface SuppressionEntry {
@@ -101,29 +119,15 @@ interface Pending {
   reject: (err: unknown) => void;
 }
 
-/** The normalized address and scope of a change; SuppressionError("suppression-input") naming a bad one. */
+/** The normalized address and scope of a change; SuppressionError("input") naming a bad one. */
 function keyFields(item: { address: string; scope?: string }): { address: string; scope: string } {
   const address = normalizeAddress(item.address);
   if (address === undefined)
-    throw new SuppressionError("suppression-input", `not an address: ${JSON.stringify(item.address)}`);
+    throw new SuppressionError("input", `not an address: ${JSON.stringify(item.address)}`);
   const scope = normalizeScope(item.scope ?? "");
   if (scope === undefined)
-    throw new SuppressionError("suppression-input", `not a sender domain: ${JSON.stringify(item.scope)}`);
+    throw new SuppressionError("input", `not a sender domain: ${JSON.stringify(item.scope)}`);
   return { address, scope };
-}
-
-/** "permission denied" rather than "EACCES: permission denied, open '/x'" (the path is said already). */
-function ioReason(err: unknown): string {
-  const code = (err as NodeJS.ErrnoException).code;
-  const known: Record<string, string> = {
-    EACCES: "permission denied",
-    EPERM: "permission denied",
-    ENOENT: "no such file or directory",
-    ENOTDIR: "not a directory",
-    EROFS: "read-only file system",
-    ENOSPC: "no space left on device",
-  };
-  return (code && known[code]) ?? errorMessage(err);
 }
 
 /** Indexes of `records` that are the last change of their key, in order (a typed-array set, no strings). */
@@ -237,8 +241,9 @@ export class SuppressionList {
       lockFd = fs.openSync(join(opts.dir, LOCK_FILE), "a+", 0o640);
     } catch (err) {
       throw new SuppressionError(
-        "suppression-io",
-        `cannot open the suppression list in ${opts.dir}: ${ioReason(err)}`,
+        "io",
+        `cannot open the suppression list in ${opts.dir}: ${errnoText(err)}`,
+        err,
       );
     }
     let locked: boolean;
@@ -251,7 +256,7 @@ export class SuppressionList {
     if (!locked) {
       fs.closeSync(lockFd);
       throw new SuppressionError(
-        "suppression-locked",
+        "locked",
         `another process holds the suppression list in ${opts.dir} (a running mta serve?)`,
       );
     }
@@ -261,7 +266,7 @@ export class SuppressionList {
       fd = fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o640);
     } catch (err) {
       fs.closeSync(lockFd);
-      throw new SuppressionError("suppression-io", `cannot open ${file}: ${ioReason(err)}`);
+      throw new SuppressionError("io", `cannot open ${file}: ${errnoText(err)}`, err);
     }
     try {
       let size = fs.fstatSync(fd).size;
@@ -273,7 +278,7 @@ export class SuppressionList {
         const head = new Uint8Array(FILE_HEADER_BYTES);
         fs.readSync(fd, head, 0, FILE_HEADER_BYTES, 0);
         const problem = checkFileHeader(head.subarray(0, Math.min(size, FILE_HEADER_BYTES)));
-        if (problem) throw new SuppressionError("suppression-corrupt", `${file}: ${problem}`);
+        if (problem) throw new SuppressionError("corrupt", `${file}: ${problem}`);
       }
       const table = new HashTable(Math.floor(size / 48));
       const scopedTable = new HashTable();
@@ -393,7 +398,7 @@ export class SuppressionList {
   /**
    * Adds or updates entries, durably. `keepLonger`: an entry already present that would outlive the
    * new one is left as it is (automatic additions never shorten a suppression set by hand).
-   * Throws SuppressionError("suppression-input") naming the first bad address or scope; nothing is
+   * Throws SuppressionError("input") naming the first bad address or scope; nothing is
    * written then.
    */
   async add(items: readonly NewSuppression[], opts: { keepLonger?: boolean } = {}): Promise<AddResult> {
@@ -462,21 +467,20 @@ export class SuppressionList {
     const reason = reasonIndex(item.reason ?? "manual");
     if (reason === undefined)
       throw new SuppressionError(
-        "suppression-input",
+        "input",
         `unknown reason ${JSON.stringify(item.reason)} (expected ${REASONS.join(", ")})`,
       );
     if (
       item.expiresMs !== undefined &&
       (!Number.isFinite(item.expiresMs) || item.expiresMs / 1000 >= 2 ** 32)
     )
-      throw new SuppressionError("suppression-input", `expiry out of range for ${address}`);
+      throw new SuppressionError("input", `expiry out of range for ${address}`);
     return { type: TYPE_ADD, reason, addedSec: sec(nowMs), expiresSec: sec(item.expiresMs), scope, address };
   }
 
   /** Queues records for the next batch; resolves once they are durable and applied to the table. */
   private commit(records: LogRecord[]): Promise<void> {
-    if (this.closed)
-      return Promise.reject(new SuppressionError("suppression-closed", "the suppression list is closed"));
+    if (this.closed) return Promise.reject(new SuppressionError("closed", "the suppression list is closed"));
     return new Promise((resolve, reject) => {
       this.queue.push({ records, bytes: encodeRecords(records), resolve, reject });
       if (!this.writing) void this.drain();
@@ -500,10 +504,7 @@ export class SuppressionList {
         try {
           fs.ftruncateSync(this.fd, before);
         } catch {}
-        const e = new SuppressionError(
-          "suppression-io",
-          `cannot write the suppression list: ${errorMessage(err)}`,
-        );
+        const e = new SuppressionError("io", `cannot write the suppression list: ${errnoText(err)}`, err);
         for (const p of batch) p.reject(e);
         continue;
       }
@@ -732,14 +733,14 @@ export function readEntries(dir: string, now = Date.now()): SuppressionEntry[] {
     fd = fs.openSync(file, "r");
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === "ENOENT") return [];
-    throw new SuppressionError("suppression-io", `cannot read ${file}: ${errorMessage(err)}`);
+    throw new SuppressionError("io", `cannot read ${file}: ${errnoText(err)}`, err);
   }
   try {
     const head = new Uint8Array(FILE_HEADER_BYTES);
     const n = fs.readSync(fd, head, 0, FILE_HEADER_BYTES, 0);
     if (n === 0) return [];
     const problem = checkFileHeader(head.subarray(0, n));
-    if (problem) throw new SuppressionError("suppression-corrupt", `${file}: ${problem}`);
+    if (problem) throw new SuppressionError("corrupt", `${file}: ${problem}`);
     // Last record per key wins; removals and expiry drop it.
     const map = new Map<string, SuppressionEntry>();
     const nowSec = Math.floor(now / 1000);

@@ -288,6 +288,24 @@ describe("mta suppress", () => {
     ).toHaveLength(4);
   }, 60_000);
 
+  test("check-config and serve refuse a rules file that is missing or wrong, naming file and line", async () => {
+    using dir = tempDir();
+    const rules = join(dir.path, "rules.txt");
+    writeFileSync(rules, "bad-mailbox code=550 text=/gone/\nweird-class code=550\n");
+    const file = join(dir.path, "mta.yaml");
+    writeFileSync(
+      file,
+      testConfig(dir.path, `bounces: { rules_files: [${rules}, ${join(dir.path, "none.txt")}] }`),
+    );
+    const r = runMta(["check-config", "-c", file]);
+    expect(r.code).toBe(78);
+    expect(r.stderr).toContain(`bounces.rules_files[0]: ${rules}:2: unknown class "weird-class"`);
+    expect(r.stderr).toContain(
+      `bounces.rules_files[1]: ${join(dir.path, "none.txt")}: cannot read: no such file or directory`,
+    );
+    expect(runMta(["serve", "-c", file]).code).toBe(78);
+  }, 30_000);
+
   test("hostile input: bad addresses, bad CSV lines, unreadable files, bad flags, all with one line and the right code", async () => {
     using dir = tempDir();
     const file = join(dir.path, "mta.yaml");
@@ -300,6 +318,12 @@ describe("mta suppress", () => {
     expect(run("add", "a@example.net", "--reason", "whatever").code).toBe(64);
     expect(run("add", "a@example.net", "--expires", "yesterday").code).toBe(64);
     expect(run("add", "a@example.net", "--scope", "not a domain").code).toBe(64);
+    expect(run("add")).toMatchObject({
+      code: 64,
+      stderr: "mta: suppress add: missing operand ADDRESS (see mta suppress add --help)\n",
+    });
+    expect(run("add", "a@example.net", "--bogus").code).toBe(64);
+    expect(run("add", "a@example.net", "b@example.net").code).toBe(64);
     const bad = join(dir.path, "bad.csv");
     writeFileSync(bad, "ok@example.net\nnot an address\nx@example.net,,weird\n");
     const r = run("import", bad);
@@ -311,10 +335,13 @@ describe("mta suppress", () => {
     ]);
     expect(run("check", "ok@example.net").code).toBe(1);
     expect(run("import", join(dir.path, "missing.csv"))).toMatchObject({
-      code: 65,
-      stderr: `mta: ${join(dir.path, "missing.csv")}: no such file\n`,
+      code: 66,
+      stderr: `mta: ${join(dir.path, "missing.csv")}: no such file or directory\n`,
     });
-    expect(run("import", dir.path).stderr).toBe(`mta: ${dir.path}: is a directory\n`);
+    expect(run("import", dir.path)).toMatchObject({
+      code: 66,
+      stderr: `mta: ${dir.path}: is a directory (a file was expected)\n`,
+    });
     const binary = join(dir.path, "bin.csv");
     writeFileSync(binary, Buffer.from([0xff, 0xfe, 0x41, 0x0a]));
     expect(run("import", binary)).toMatchObject({ code: 65, stderr: `mta: ${binary}: not UTF-8 text\n` });
@@ -326,7 +353,7 @@ describe("mta suppress", () => {
       stdin: "s1@example.net\ns2@example.net\n",
     });
     expect(stdin.stdout).toBe("2 line(s): 2 added, 0 updated, 0 unchanged\n");
-    // A user who may read the configuration but not the spool: exit 69, one line, no stack trace.
+    // A user who may read the configuration but not the spool: exit 77, one line, no stack trace.
     chmodSync(dir.path, 0o755);
     chmodSync(file, 0o644);
     const nobody = spawnSync(
@@ -348,7 +375,7 @@ describe("mta suppress", () => {
         stderr: "pipe",
       },
     );
-    expect(nobody.exitCode).toBe(69);
+    expect(nobody.exitCode).toBe(77);
     expect(nobody.stderr.toString()).toBe(
       `mta: cannot open the suppression list in ${join(dir.path, "spool", "suppression")}: permission denied\n`,
     );

@@ -50,12 +50,12 @@ describe("SuppressionList", () => {
         "-e",
         `import { SuppressionList } from ${JSON.stringify(join(import.meta.dir, "../../src/suppression/index.ts"))};
          try { await SuppressionList.open({ dir: ${JSON.stringify(dir.path)} }); console.log("opened"); }
-         catch (e) { console.log(e.code, e.message); }`,
+         catch (e) { console.log(e.kind, e.message); }`,
       ],
       { stdout: "pipe" },
     );
     const out = await new Response(child.stdout).text();
-    expect(out).toContain("suppression-locked");
+    expect(out).toContain("locked another process holds the suppression list");
     await a.close();
   });
 
