@@ -1,6 +1,7 @@
 import { describe, expect, test } from "bun:test";
+import { lacking } from "../support/peers.ts";
 import { spawn, spawnSync } from "bun";
-import { chmodSync, readFileSync, writeFileSync } from "node:fs";
+import { chmodSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import {
   cliConfigFor,
@@ -64,7 +65,7 @@ function swaks(port: number, args: string[]): { code: number; out: string } {
   return { code: r.exitCode ?? -1, out: r.stdout.toString() + r.stderr.toString() };
 }
 
-describe("bounce classes and the suppression list", () => {
+describe.skipIf(lacking("swaks"))("bounce classes and the suppression list", () => {
   test("each class's typical reply gets its class; invalid recipients are suppressed; a second send is refused without a connection", async () => {
     using dir = tempDir();
     await using peer = await startScriptedPeer({
@@ -243,7 +244,7 @@ describe("mta send and the suppression list", () => {
   }, 60_000);
 });
 
-describe("mta suppress", () => {
+describe.skipIf(lacking("setpriv", "root"))("mta suppress", () => {
   test("add, check, list, export, import, remove: through the daemon and on the stopped spool alike", async () => {
     using dir = tempDir();
     const cfg = testConfig(dir.path);
