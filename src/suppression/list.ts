@@ -37,6 +37,7 @@ import {
   TYPE_ADD,
   TYPE_REMOVE,
 } from "./_log.ts";
+import { loadTables } from "./_load.ts";
 import { HASH, HashTable, keyHash, keyHashBytes } from "./_table.ts";
 
 export const LOG_FILE = "suppressions.log";
@@ -280,23 +281,15 @@ export class SuppressionList {
         const problem = checkFileHeader(head.subarray(0, Math.min(size, FILE_HEADER_BYTES)));
         if (problem) throw new SuppressionError("corrupt", `${file}: ${problem}`);
       }
-      const table = new HashTable(Math.floor(size / 48));
-      const scopedTable = new HashTable();
       const nowSec = Math.floor((opts.now ?? Date.now)() / 1000);
-      let records = 0;
-      const scan = scanFd(fd, FILE_HEADER_BYTES, (r) => {
-        const ordinal = records++;
-        keyHashBytes(r.buf, keyStart(r), r.start + r.length, r.scopeBytes);
-        const t = r.scopeBytes > 0 ? scopedTable : table;
-        const h1 = HASH[0]!;
-        const h2 = HASH[1]!;
-        if (r.type === TYPE_REMOVE || (r.expiresSec !== 0 && r.expiresSec <= nowSec)) {
-          const slot = t.find(h1, h2);
-          if (slot >= 0) t.deleteSlot(slot);
-          return;
-        }
-        t.set(h1, h2, r.expiresSec, ordinal, r.reason); // inserts or replaces: one probe sequence
-      });
+      let scan: ReturnType<typeof scanFd> = { end: FILE_HEADER_BYTES };
+      const { table, scopedTable, records } = loadTables(
+        (fn) => {
+          scan = scanFd(fd, FILE_HEADER_BYTES, fn);
+        },
+        nowSec,
+        Math.ceil(size / 40),
+      );
       let truncatedBytes = 0;
       if (scan.damage) {
         truncatedBytes = size - scan.end;
