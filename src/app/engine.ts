@@ -10,11 +10,11 @@
 import { availableParallelism } from "node:os";
 import pkg from "../../package.json" with { type: "json" };
 import { isLoopback } from "../lib/index.ts";
-import type { Config, DomainPolicy } from "../config/index.ts";
+import type { Config, DomainPolicy, DomainTlsMode } from "../config/index.ts";
 import { Deliverer } from "../deliverer/index.ts";
 import { createResolver } from "../dns/index.ts";
 import { type DkimOptions, DkimSigner, DkimSignerPool, readKeyFile } from "../dkim/index.ts";
-import { errorMessage, fileError } from "../lib/index.ts";
+import { errorMessage, fileError, MtaError } from "../lib/index.ts";
 import { DeliveryLog, type Logger, Metrics, registerProcessMetrics } from "../observe/index.ts";
 import {
   type DestinationPolicy,
@@ -23,8 +23,10 @@ import {
   type SchedulerEvent,
 } from "../scheduler/index.ts";
 import { Spool } from "../spool/index.ts";
+import { readCaBundle, type TlsPolicies } from "../tlspolicy/index.ts";
 import { AcceptPipeline } from "./accept.ts";
 import { Feedback, loadClassifier } from "./feedback.ts";
+import { openTlsPolicies, PolicyDeliverer, tlsPolicyProblems } from "./tlsDelivery.ts";
 import { hasRollups, makeRouter } from "./routing.ts";
 
 export interface EngineOptions {
@@ -36,6 +38,10 @@ export interface EngineOptions {
   onEvent?: (e: SchedulerEvent) => void;
 }
 
+function schedulerTls(mode: DomainTlsMode): DestinationPolicy["tls"] {
+  return mode === "off" || mode === "required" ? mode : "opportunistic";
+}
+
 /** The effective policy of a destination: its own entry over `default`. */
 export function policyFor(config: Config, destination: string): DestinationPolicy {
   // `destination` is a site: a domain, or the name of an MX rollup entry.
@@ -45,7 +51,8 @@ export function policyFor(config: Config, destination: string): DestinationPolic
   const p: DestinationPolicy = {
     maxConnections: own.maxConnections ?? def.maxConnections,
     maxMessagesPerConnection: own.maxMessagesPerConnection ?? def.maxMessagesPerConnection,
-    tls: own.tls ?? def.tls,
+    // The scheduler knows route-level TLS only; DANE/MTA-STS/overrides are applied by PolicyDeliverer.
+    tls: schedulerTls(own.tls ?? def.tls),
     tlsVerify: own.tlsVerify ?? def.tlsVerify,
   };
   const messageRate = own.messageRate ?? def.messageRate;
@@ -163,6 +170,7 @@ export function dkimProblems(config: Config): { path: (string | number)[]; messa
 export class Engine {
   private stopping: Promise<void> | undefined;
   private signer: DkimSignerPool | undefined;
+  tlsPolicies: TlsPolicies | undefined;
 
   private constructor(
     public config: Config,
@@ -181,6 +189,12 @@ export class Engine {
     const { log } = opts;
     const metrics = opts.metrics ?? new Metrics();
     if (!opts.metrics) registerProcessMetrics(metrics, pkg.version);
+    // Before the lock (and before signing threads start): a TLS policy that cannot work is a config
+    // error, not a half-start. `mta serve` has checked this already (preflight); `mta send` has not.
+    const tlsProblems = tlsPolicyProblems(config);
+    if (tlsProblems.length > 0)
+      throw new MtaError("config", tlsProblems.map((p) => `${p.path.join(".")}: ${p.message}`).join("; "));
+    const ca = readCaBundle(config.tlsPolicy.caFile || undefined);
     // Before the lock: a bad key is a config error, not a half-start.
     const signer = makeSignerPool(config, log.withTag("dkim"));
     let spool: Spool;
@@ -236,6 +250,7 @@ export class Engine {
       servers: dnsServers,
       timeoutMs: config.dns.timeoutMs,
       attempts: config.dns.attempts,
+      dnssec: config.dns.dnssec,
       metrics,
     });
     const t = config.delivery.timeouts;
@@ -244,18 +259,28 @@ export class Engine {
       maxMessagesPerConnection: config.delivery.domains.default.maxMessagesPerConnection,
       idleTimeoutMs: config.delivery.idleTimeoutMs,
       ...(loopbackOnly ? { allowAddress: isLoopback } : {}),
+      rememberBrokenTlsMs: config.tlsPolicy.rememberBrokenTlsMs,
       log: log.withTag("deliverer"),
       metrics,
     });
+    const tlsPolicies = openTlsPolicies(config, resolver, {
+      ca,
+      loopbackOnly,
+      log: log.withTag("tlspolicy"),
+      metrics,
+      submit: (sub) => engine.pipeline.submit(sub),
+    });
     const route = makeRouter(config, resolver);
+    const policyDeliverer = new PolicyDeliverer(deliverer, tlsPolicies, () => engine.config);
     const scheduler = new Scheduler({
       spool,
-      // VERP: a message with one recipient, from a sender that gets them, goes out with its return path.
+      // VERP: a message with one recipient, from a sender that gets them, goes out with its return
+      // path; then the TLS policy per host (tlsDelivery.ts).
       deliverer: {
         deliver: (target, msg) => {
           const rcpt = msg.recipients.length === 1 ? msg.recipients[0]! : undefined;
           const rp = rcpt ? feedback.returnPath(msg.id, msg.sender, rcpt.address) : undefined;
-          return deliverer.deliver(target, rp ? { ...msg, sender: rp } : msg);
+          return policyDeliverer.deliver(target, rp ? { ...msg, sender: rp } : msg);
         },
       },
       route: (d) => route(d),
@@ -302,6 +327,7 @@ export class Engine {
       delivering,
     );
     engine.signer = signer;
+    engine.tlsPolicies = tlsPolicies;
     if (delivering) scheduler.start();
     return engine;
   }
@@ -318,6 +344,9 @@ export class Engine {
     loadClassifier(config); // a bad rules file throws before anything changes
     const signer = makeSignerPool(config, this.log.withTag("dkim"));
     this.feedback.reload(config);
+    const tlsState = (c: Config) => JSON.stringify([c.tlsPolicy, c.dns.dnssec]);
+    if (tlsState(config) !== tlsState(this.config))
+      this.log.warn("tls_policy and dns.dnssec changes take effect at the next start");
     this.signer?.close(); // its threads finish what they hold, then end
     this.signer = signer;
     this.config = config;
@@ -327,6 +356,7 @@ export class Engine {
   async stop(graceMs = 1500): Promise<void> {
     this.stopping ??= (async () => {
       if (this.delivering) await this.scheduler.stop(graceMs);
+      await this.tlsPolicies?.close();
       this.signer?.close();
       await this.deliverer.close();
       await this.feedback.close();

@@ -4,8 +4,9 @@
  *
  * Owns: the checks of what the configuration points at: the control token rule, each listener's TLS
  * certificate and key (readable files, PEM that loads, a key that matches the certificate), the DKIM
- * keys, the bounce classification rules files (each problem with its file and line), a webhook's CA
- * file, the spool directory and the delivery log (the right kind of path, writable by this user).
+ * keys, the TLS policy (its CA bundle; tls: dane/sts where they can work), the bounce classification
+ * rules files (each problem with its file and line), a webhook's CA file, the spool directory and the
+ * delivery log (the right kind of path, writable by this user).
  * Does not own: the YAML itself (config/), binding (daemon.ts).
  * Invariant: each problem names the YAML path it belongs to; nothing here changes the file system.
  */
@@ -16,6 +17,7 @@ import type { Config } from "../config/index.ts";
 import { errnoOf, errnoText, errorMessage, formatHostPort, isLoopback } from "../lib/index.ts";
 import { dkimProblems } from "./engine.ts";
 import { bounceRulesProblems } from "./feedback.ts";
+import { tlsPolicyProblems } from "./tlsDelivery.ts";
 
 export interface StartProblem {
   path: (string | number)[];
@@ -61,6 +63,7 @@ export function startProblems(config: Config): StartProblem[] {
   });
 
   for (const p of dkimProblems(config)) problems.push(p);
+  for (const p of tlsPolicyProblems(config)) problems.push(p);
   for (const p of bounceRulesProblems(config)) problems.push(p);
   config.webhooks.forEach((w, i) => {
     if (!w.caFile) return;

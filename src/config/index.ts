@@ -16,10 +16,12 @@ export type {
   Config,
   DeliveryConfig,
   DomainPolicy,
+  DomainTlsMode,
   ListenerConfig,
   RouteConfig,
   SuppressionConfig,
   TlsMode,
+  TlsPolicyConfig,
   WebhookConfig,
 } from "./types.ts";
 export { CLASS_NAMES, DEFAULT_WEBHOOK_EVENTS, WEBHOOK_EVENTS } from "./_feedback.ts";

@@ -143,7 +143,7 @@ export interface SchedulerEvent {
   recipient?: string;
   mx?: string;
   ip?: string;
-  tls?: { protocol: string; cipher: string };
+  tls?: AttemptResult["tls"];
   code?: number;
   enhanced?: string;
   text?: string;

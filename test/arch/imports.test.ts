@@ -10,6 +10,7 @@ const ALLOWED: Record<string, string[] | "*"> = {
   smtp: ["lib"],
   listener: ["smtp", "lib", "observe"],
   deliverer: ["smtp", "mime", "dns", "lib", "observe"],
+  tlspolicy: ["dns", "lib", "observe"],
   dns: ["lib", "observe"],
   scheduler: ["deliverer", "bounce", "spool", "lib", "observe"],
   spool: ["lib", "observe"],
