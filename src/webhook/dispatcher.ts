@@ -49,6 +49,12 @@ export interface WebhookHealth {
 const MAX_BATCH_BYTES = 4 * 1024 * 1024;
 const FIRST_RETRY_MS = 1000;
 const POLL_MS = 1000;
+/**
+ * A batch that is not full waits this long for more events before it is sent: under load batches
+ * fill up (a few POSTs a second instead of one per event-loop turn), when quiet an event waits at
+ * most this long.
+ */
+const LINGER_MS = 200;
 
 /** t=<unix>,v1=<hex>: what the receiver recomputes over the raw body. */
 export function signature(secret: string, body: string, nowSec = Math.floor(Date.now() / 1000)): string {
@@ -73,6 +79,8 @@ export class WebhookDispatcher {
   private readonly wanted: Set<string> | undefined;
   private running = false;
   private stopped = false;
+  private lingered = false;
+  private lingerTimer: { timer: ReturnType<typeof setTimeout>; resolve: () => void } | undefined;
   private wake: (() => void) | undefined;
   private timer: ReturnType<typeof setTimeout> | undefined;
   private inFlight: AbortController | undefined;
@@ -147,6 +155,17 @@ export class WebhookDispatcher {
     });
   }
 
+  /** A wait that only stop() cuts short (new lines do not: it is for them to gather). */
+  private linger(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        this.lingerTimer = undefined;
+        resolve();
+      }, ms);
+      this.lingerTimer = { timer, resolve };
+    });
+  }
+
   private async run(): Promise<void> {
     while (!this.stopped) {
       let batch: ReturnType<LogFollower["read"]>;
@@ -165,10 +184,12 @@ export class WebhookDispatcher {
       const events: string[] = [];
       let next = batch.next;
       let consumed = 0;
-      // (A blank or unreadable line has no type: it is passed over, never sent.)
+      // A blank line, or one that is not an object, is passed over, never sent: a batch must stay JSON.
       for (const line of batch.lines) {
-        const t = typeOf(line);
-        const take = t !== undefined && (this.wanted === undefined || this.wanted.has(t));
+        const take =
+          line.startsWith("{") &&
+          line.endsWith("}") &&
+          (this.wanted === undefined || this.wanted.has(typeOf(line) ?? ""));
         if (take && events.length === this.opts.batchSize) break;
         consumed++;
         if (take) events.push(line);
@@ -185,6 +206,12 @@ export class WebhookDispatcher {
         this.follower.commit(next);
         continue;
       }
+      if (events.length < this.opts.batchSize && !this.lingered && this.health.consecutiveFailures === 0) {
+        this.lingered = true;
+        await this.linger(LINGER_MS);
+        continue;
+      }
+      this.lingered = false;
       this.health.state = "sending";
       const ok = await this.post(events);
       if (this.stopped && !ok) break;
@@ -260,6 +287,10 @@ export class WebhookDispatcher {
   async stop(graceMs = 1000): Promise<void> {
     this.stopped = true;
     this.wake?.();
+    if (this.lingerTimer) {
+      clearTimeout(this.lingerTimer.timer);
+      this.lingerTimer.resolve();
+    }
     if (this.loop) {
       const t = setTimeout(() => this.inFlight?.abort(new Error("stopping")), graceMs);
       await this.loop;
