@@ -2,7 +2,8 @@
  * `mta queue` transport: the control API routes behind every queue command, and `QueueClient`, which
  * runs a command either through a running daemon's control API or directly on a stopped spool.
  *
- * Owns: the HTTP paths and their JSON bodies, HTTP status <-> `QueueError`, choosing daemon or local.
+ * Owns: the HTTP paths and their JSON bodies, HTTP status <-> `QueueError`, choosing daemon (its control
+ * socket, or TCP with the token: _control.ts) or local.
  * Does not own: what the commands do (_queueOps.ts), the HTTP server (observe/control.ts).
  * Invariant: both clients return the very objects `QueueOps` returns (HTTP only adds a JSON round
  * trip), so scripts see the same shapes whether a daemon runs or not.
@@ -21,11 +22,12 @@
 import { statSync } from "node:fs";
 import { join } from "node:path";
 import type { Config } from "../config/index.ts";
-import { errnoOf, errorMessage, fileError, formatHostPort, MtaError } from "../lib/index.ts";
+import { errnoOf, errorMessage, fileError, formatHostPort, MtaError, PermissionError } from "../lib/index.ts";
+import { replyLineInput } from "../bounce/index.ts";
+import { type ControlEndpoint, findDaemon, tcpEndpoint } from "./_control.ts";
+import { loadClassifier } from "./feedback.ts";
 import { DeliveryLog, jsonError, jsonResponse, type RouteHandler } from "../observe/index.ts";
 import { type CompactReport, Spool, type VerifyReport, verifySpool } from "../spool/index.ts";
-import { replyLineInput } from "../bounce/index.ts";
-import { loadClassifier } from "./feedback.ts";
 import {
   type ActionResult,
   daemonNeeded,
@@ -204,70 +206,39 @@ function errorFromStatus(status: number, message: string): QueueError {
       ? "usage"
       : status === 404
         ? "data"
-        : status === 401 || status === 503
-          ? "unavailable"
-          : "runtime";
+        : status === 401 || status === 403
+          ? "noperm"
+          : status === 503
+            ? "unavailable"
+            : "runtime";
   return new QueueError(code, message, status);
-}
-
-/** The control API's URL for `control.address`; a wildcard address is reached on loopback. */
-export function controlBase(host: string, port: number): string {
-  const h = host === "0.0.0.0" || host === "" ? "127.0.0.1" : host === "::" ? "::1" : host;
-  return `http://${formatHostPort({ host: h, port })}`;
-}
-
-/** One request to the control API (JSON body, bearer token); no answer at all is QueueError "unavailable". */
-export async function controlRequest(
-  base: string,
-  token: string | undefined,
-  method: "GET" | "POST",
-  path: string,
-  body?: unknown,
-): Promise<Response> {
-  const headers: Record<string, string> = {};
-  if (token) headers.authorization = `Bearer ${token}`;
-  if (body !== undefined) headers["content-type"] = "application/json";
-  try {
-    return await fetch(`${base}${path}`, {
-      method,
-      headers,
-      ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
-    });
-  } catch (err) {
-    throw new QueueError(
-      "unavailable",
-      `the daemon's control API at ${base} did not answer: ${errorMessage(err)}`,
-      503,
-    );
-  }
-}
-
-/** True when an mta control API answers /healthz at `base`. */
-export async function controlReachable(base: string, timeoutMs: number): Promise<boolean> {
-  try {
-    const res = await fetch(`${base}/healthz`, { signal: AbortSignal.timeout(timeoutMs) });
-    const j = (await res.json()) as { status?: unknown };
-    return typeof j.status === "string";
-  } catch {
-    return false;
-  }
 }
 
 export class HttpQueueClient implements QueueClient {
   readonly mode = "daemon";
-  private readonly base: string;
+  private readonly endpoint: ControlEndpoint;
 
-  /** `host`: the daemon's control address; a wildcard address is reached on loopback. */
-  constructor(
-    host: string,
-    port: number,
-    private readonly token?: string,
-  ) {
-    this.base = controlBase(host, port);
+  /** An endpoint from findDaemon, or `host`, `port` and the token: TCP (a wildcard is reached on loopback). */
+  constructor(endpointOrHost: ControlEndpoint | string, port = 0, token?: string) {
+    if (typeof endpointOrHost !== "string") this.endpoint = endpointOrHost;
+    else {
+      const h = endpointOrHost;
+      const host = h === "0.0.0.0" || h === "" ? "127.0.0.1" : h === "::" ? "::1" : h;
+      this.endpoint = tcpEndpoint(`http://${formatHostPort({ host, port })}`, token);
+    }
   }
 
   private async call<T>(method: "GET" | "POST", path: string, body?: unknown): Promise<T> {
-    const res = await controlRequest(this.base, this.token, method, path, body);
+    let res: Response;
+    try {
+      res = await this.endpoint.request(method, path, body);
+    } catch (err) {
+      throw new QueueError(
+        "unavailable",
+        `the daemon's control API at ${this.endpoint.where} did not answer: ${errorMessage(err)}`,
+        503,
+      );
+    }
     const text = await res.text();
     let json: unknown;
     try {
@@ -284,9 +255,15 @@ export class HttpQueueClient implements QueueClient {
     return json as T;
   }
 
-  /** True when an mta control API answers /healthz at this address. */
-  reachable(timeoutMs = 1000): Promise<boolean> {
-    return controlReachable(this.base, timeoutMs);
+  /** True when an mta control API answers /healthz at this endpoint. */
+  async reachable(timeoutMs = 1000): Promise<boolean> {
+    try {
+      const res = await this.endpoint.request("GET", "/healthz", undefined, AbortSignal.timeout(timeoutMs));
+      const j = (await res.json()) as { status?: unknown };
+      return typeof j.status === "string";
+    } catch {
+      return false;
+    }
   }
 
   summary(opts: { sort?: SortKey; top?: number } = {}): Promise<QueueSummary> {
@@ -354,14 +331,14 @@ export class LocalQueueClient implements QueueClient {
     return this.config.spool.dir;
   }
 
-  /** Bounce classes for `show` and admin bounces; none when the rules files have problems. */
-  private classify(): ((line: string) => string) | undefined {
+  /** The configuration's bounce rules for `show` and admin bounces (the built-in ones when they have problems). */
+  private ops(o: { spool: Spool; deliveryLog?: DeliveryLog }): QueueOps {
+    let classify: ((line: string) => string) | undefined;
     try {
       const c = loadClassifier(this.config);
-      return (line) => c.classify(replyLineInput(line)).class;
-    } catch {
-      return undefined;
-    }
+      classify = (line) => c.classify(replyLineInput(line)).class;
+    } catch {}
+    return new QueueOps({ ...o, hostname: this.config.hostname, ...(classify ? { classify } : {}) });
   }
 
   private checkDir(): void {
@@ -384,9 +361,7 @@ export class LocalQueueClient implements QueueClient {
       throw fileError(err, `spool.dir ${this.dir}`, "read");
     });
     try {
-      const classify = this.classify();
-      const ops = new QueueOps({ spool, hostname: this.config.hostname, ...(classify ? { classify } : {}) });
-      return JSON.parse(JSON.stringify(await fn(ops)));
+      return JSON.parse(JSON.stringify(await fn(this.ops({ spool }))));
     } finally {
       await spool.close();
     }
@@ -412,18 +387,7 @@ export class LocalQueueClient implements QueueClient {
       throw fileError(err, `log.deliveries ${this.config.log.deliveriesFile}`, "write");
     }
     try {
-      return JSON.parse(
-        JSON.stringify(
-          await fn(
-            new QueueOps({
-              spool,
-              deliveryLog,
-              hostname: this.config.hostname,
-              ...(this.classify() ? { classify: this.classify()! } : {}),
-            }),
-          ),
-        ),
-      );
+      return JSON.parse(JSON.stringify(await fn(this.ops({ spool, deliveryLog }))));
     } finally {
       deliveryLog.close();
       await spool.close();
@@ -477,10 +441,10 @@ export async function openQueueClient(
   config: Config,
   opts: { prefer?: "daemon" | "local"; timeoutMs?: number } = {},
 ): Promise<QueueClient> {
-  const a = config.control.address;
-  if (opts.prefer !== "local" && a && a.port !== 0) {
-    const http = new HttpQueueClient(a.host, a.port, config.control.token);
-    if (await http.reachable(opts.timeoutMs ?? 1000)) return http;
+  if (opts.prefer !== "local") {
+    const d = await findDaemon(config, opts.timeoutMs ?? 1000);
+    if ("found" in d) return new HttpQueueClient(d.found);
+    if ("refused" in d) throw new PermissionError(`queue: ${d.refused}`);
   }
   return new LocalQueueClient(config);
 }

@@ -16,7 +16,7 @@
  */
 import { existsSync } from "node:fs";
 import type { Config } from "../config/index.ts";
-import { errorMessage, MtaError } from "../lib/index.ts";
+import { errorMessage, MtaError, PermissionError } from "../lib/index.ts";
 import { jsonError, jsonResponse, type RouteHandler } from "../observe/index.ts";
 import {
   type AddResult,
@@ -32,7 +32,7 @@ import {
   SuppressionList,
   type SuppressionReason,
 } from "../suppression/index.ts";
-import { controlBase, controlReachable, controlRequest } from "./_queueClient.ts";
+import { type ControlEndpoint, findDaemon } from "./_control.ts";
 import { QueueError } from "./_queueOps.ts";
 import { suppressionDir } from "./feedback.ts";
 
@@ -219,18 +219,20 @@ export function suppressionRoutes(list: SuppressionList): Record<string, RouteHa
 
 class HttpSuppressClient implements SuppressClient {
   readonly mode = "daemon";
-  private readonly base: string;
 
-  constructor(
-    host: string,
-    port: number,
-    private readonly token?: string,
-  ) {
-    this.base = controlBase(host, port);
-  }
+  constructor(private readonly endpoint: ControlEndpoint) {}
 
   private async fetch(method: "GET" | "POST", path: string, body?: unknown): Promise<Response> {
-    const res = await controlRequest(this.base, this.token, method, path, body);
+    let res: Response;
+    try {
+      res = await this.endpoint.request(method, path, body);
+    } catch (err) {
+      throw new QueueError(
+        "unavailable",
+        `the daemon's control API at ${this.endpoint.where} did not answer: ${errorMessage(err)}`,
+        503,
+      );
+    }
     if (!res.ok) {
       const text = await res.text();
       let message = `HTTP ${res.status}`;
@@ -250,10 +252,6 @@ class HttpSuppressClient implements SuppressClient {
 
   private async call<T>(method: "GET" | "POST", path: string, body?: unknown): Promise<T> {
     return (await (await this.fetch(method, path, body)).json()) as T;
-  }
-
-  reachable(timeoutMs = 1000): Promise<boolean> {
-    return controlReachable(this.base, timeoutMs);
   }
 
   private static query(f: ListFilter): string {
@@ -445,15 +443,18 @@ class LocalSuppressClient implements SuppressClient {
   }
 }
 
-/** A client for `config`: the daemon's control API when one answers at control.address, else the list on disk. */
+/**
+ * A client for `config`: the running daemon's control API when this user may reach it (its socket, or
+ * control.address with the token), else the list on disk.
+ */
 export async function openSuppressClient(
   config: Config,
   opts: { prefer?: "daemon" | "local"; timeoutMs?: number } = {},
 ): Promise<SuppressClient> {
-  const a = config.control.address;
-  if (opts.prefer !== "local" && a && a.port !== 0) {
-    const http = new HttpSuppressClient(a.host, a.port, config.control.token);
-    if (await http.reachable(opts.timeoutMs ?? 1000)) return http;
+  if (opts.prefer !== "local") {
+    const d = await findDaemon(config, opts.timeoutMs ?? 1000);
+    if ("found" in d) return new HttpSuppressClient(d.found);
+    if ("refused" in d) throw new PermissionError(`suppress: ${d.refused}`);
   }
   return new LocalSuppressClient(config);
 }

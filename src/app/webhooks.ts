@@ -15,7 +15,7 @@ import type { Engine } from "./engine.ts";
 export function startWebhooks(config: Config, engine: Engine, log: Logger): WebhookDispatcher[] {
   if (config.webhooks.length === 0) return [];
   const stateDir = join(config.spool.dir, "webhooks");
-  mkdirSync(stateDir, { recursive: true, mode: 0o750 });
+  mkdirSync(stateDir, { recursive: true, mode: 0o700 });
   const dispatchers = config.webhooks.map(
     (w) =>
       new WebhookDispatcher(

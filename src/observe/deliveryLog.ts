@@ -8,7 +8,7 @@
  * reach the file (write(2), the page cache) by the end of the event-loop turn that made them, so a
  * kill -9 loses at most the lines of the turn it interrupts (webhooks read the file: docs/webhooks.md).
  */
-import { closeSync, mkdirSync, openSync, writeSync } from "node:fs";
+import { closeSync, existsSync, fchmodSync, mkdirSync, openSync, writeSync } from "node:fs";
 import { dirname } from "node:path";
 
 export type DeliveryEventType =
@@ -50,8 +50,11 @@ export class DeliveryLog {
 
   private open(): void {
     if (!this.file) return;
-    mkdirSync(dirname(this.file), { recursive: true });
+    mkdirSync(dirname(this.file), { recursive: true, mode: 0o750 });
+    const created = !existsSync(this.file);
     this.fd = openSync(this.file, "a", 0o640);
+    // 0640 whatever the umask: the log names senders and recipients. A mode the operator set later stays.
+    if (created) fchmodSync(this.fd, 0o640);
   }
 
   write(event: DeliveryEvent): void {

@@ -238,8 +238,8 @@ export class SuppressionList {
     const t0 = performance.now();
     let lockFd: number;
     try {
-      fs.mkdirSync(opts.dir, { recursive: true, mode: 0o750 });
-      lockFd = fs.openSync(join(opts.dir, LOCK_FILE), "a+", 0o640);
+      fs.mkdirSync(opts.dir, { recursive: true, mode: 0o700 });
+      lockFd = fs.openSync(join(opts.dir, LOCK_FILE), "a+", 0o600);
     } catch (err) {
       throw new SuppressionError(
         "io",
@@ -264,7 +264,7 @@ export class SuppressionList {
     const file = join(opts.dir, LOG_FILE);
     let fd: number;
     try {
-      fd = fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o640);
+      fd = fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600);
     } catch (err) {
       fs.closeSync(lockFd);
       throw new SuppressionError("io", `cannot open ${file}: ${errnoText(err)}`, err);
@@ -304,7 +304,7 @@ export class SuppressionList {
           const copy = `${file}.damaged-${scan.end}`;
           const rest = new Uint8Array(truncatedBytes);
           fs.readSync(fd, rest, 0, truncatedBytes, scan.end);
-          fs.writeFileSync(copy, rest, { mode: 0o640 });
+          fs.writeFileSync(copy, rest, { mode: 0o600 });
         }
         fs.ftruncateSync(fd, scan.end);
         if (opts.sync !== false) fs.fsyncSync(fd);
@@ -596,7 +596,7 @@ export class SuppressionList {
       const file = join(this.opts.dir, LOG_FILE);
       const tmp = `${file}.compact`;
       const nowSec = Math.floor(this.now() / 1000);
-      const out = fs.openSync(tmp, "w", 0o640);
+      const out = fs.openSync(tmp, "w", 0o600);
       // (slot, new ordinal) pairs; a scoped table's slot is stored as -(slot + 1).
       const moves: number[] = [];
       let newOrdinal = 0;

@@ -36,7 +36,7 @@ export function readPosition(file: string): Position | undefined {
 /** Writes the position durably: a temporary file, fdatasync, rename. */
 export function writePosition(file: string, p: Position): void {
   const tmp = `${file}.tmp`;
-  const fd = fs.openSync(tmp, "w", 0o640);
+  const fd = fs.openSync(tmp, "w", 0o600);
   try {
     fs.writeSync(fd, `${JSON.stringify({ ...p, updated: new Date().toISOString() })}\n`);
     fs.fdatasyncSync(fd);

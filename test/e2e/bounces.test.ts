@@ -12,6 +12,7 @@ import {
   tempDir,
   testConfig,
   waitUntil,
+  controlFetch,
 } from "../support/mta.ts";
 import { startPostfix } from "../support/postfix.ts";
 import { freePort, startSink } from "../support/sink.ts";
@@ -73,7 +74,7 @@ describe.skipIf(lacking("swaks", "smtp-sink", "script", "root"))(
           "bounce.test": `smtp:[127.0.0.2]:${mta.smtpPorts[1]}`,
         },
       });
-      const res = await fetch(`http://127.0.0.1:${mta.controlPort}/api/v1/inject`, {
+      const res = await controlFetch(mta.dir, `/api/v1/inject`, {
         method: "POST",
         headers: { "content-type": "application/json" },
         body: JSON.stringify({
@@ -266,7 +267,7 @@ describe.skipIf(lacking("swaks", "smtp-sink", "script", "root"))(
         deliveryLog(dir.path).filter((e) => e.type === "async-bounce" || e.type === "complaint"),
       ).toEqual([]);
       expect(suppressed(mta)).toEqual([]);
-      const metrics = await (await fetch(`http://127.0.0.1:${mta.controlPort}/metrics`)).text();
+      const metrics = await (await controlFetch(mta.dir, `/metrics`)).text();
       expect(metrics).toMatch(/mta_bounce_inbound_total\{kind="dsn",result="unmatched"\} 1/);
       expect(metrics).toMatch(/mta_bounce_inbound_total\{kind="arf",result="unmatched"\} 1/);
     }, 60_000);

@@ -12,6 +12,7 @@ import {
   tempDir,
   testConfig,
   waitUntil,
+  controlFetch,
 } from "../support/mta.ts";
 
 import { startScriptedPeer } from "../support/scriptedPeer.ts";
@@ -50,7 +51,7 @@ const REPLIES: Record<string, [string, string]> = {
 const SUPPRESSED = ["unknown", "disabled", "outlook", "exchange", "yahoo"];
 
 async function inject(mta: StartedMta, recipients: string[], sender = "news@shop.test"): Promise<Response> {
-  return fetch(`http://127.0.0.1:${mta.controlPort}/api/v1/inject`, {
+  return controlFetch(mta.dir, `/api/v1/inject`, {
     method: "POST",
     headers: { "content-type": "application/json" },
     body: JSON.stringify({ sender, recipients, subject: "offers", text: "hello" }),
@@ -138,7 +139,7 @@ describe.skipIf(lacking("swaks"))("bounce classes and the suppression list", () 
       ["unknown@example.net", "refused"],
       ["outlook@example.net", "refused"],
     ]);
-    const metrics = await (await fetch(`http://127.0.0.1:${mta.controlPort}/metrics`)).text();
+    const metrics = await (await controlFetch(mta.dir, `/metrics`)).text();
     expect(metrics).toMatch(/mta_bounce_classified_total\{class="bad-mailbox",event="bounce"\} 4/);
     expect(metrics).toMatch(/mta_suppression_entries 5/);
   }, 60_000);

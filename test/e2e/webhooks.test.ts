@@ -1,6 +1,14 @@
 import { describe, expect, test } from "bun:test";
 import { lacking } from "../support/peers.ts";
-import { deliveryLog, type StartedMta, startMta, tempDir, testConfig, waitUntil } from "../support/mta.ts";
+import {
+  controlFetch,
+  deliveryLog,
+  type StartedMta,
+  startMta,
+  tempDir,
+  testConfig,
+  waitUntil,
+} from "../support/mta.ts";
 import { startSink } from "../support/sink.ts";
 import { type Receiver, startReceiver } from "../support/webhookReceiver.ts";
 
@@ -40,7 +48,7 @@ async function inject(mta: StartedMta, from: number, count: number): Promise<voi
     subject: `message ${from + i}`,
     text: "hello",
   }));
-  const res = await fetch(`http://127.0.0.1:${mta.controlPort}/api/v1/inject`, {
+  const res = await controlFetch(mta.dir, `/api/v1/inject`, {
     method: "POST",
     headers: { "content-type": "application/json" },
     body: JSON.stringify({ messages }),
@@ -88,14 +96,14 @@ describe.skipIf(lacking("smtp-sink"))("webhooks", () => {
     await inject(mta, 40, 20);
     await sink.waitFor(60, 30_000);
     await Bun.sleep(2500); // mta retries into a closed port meanwhile
-    const health = (await (await fetch(`http://127.0.0.1:${mta.controlPort}/healthz`)).json()) as {
+    const health = (await (await controlFetch(mta.dir, `/healthz`)).json()) as {
       status: string;
       webhooks: { app: { state: string; consecutiveFailures: number; lagBytes: number } };
     };
     expect(health.status).toBe("ok");
     expect(health.webhooks.app.consecutiveFailures).toBeGreaterThan(0);
     expect(health.webhooks.app.lagBytes).toBeGreaterThan(0);
-    const metrics = await (await fetch(`http://127.0.0.1:${mta.controlPort}/metrics`)).text();
+    const metrics = await (await controlFetch(mta.dir, `/metrics`)).text();
     expect(metrics).toMatch(/mta_webhook_lag_bytes\{webhook="app"\} [1-9]/);
     expect(metrics).toMatch(/mta_webhook_batches_total\{.*result="error".*\} [1-9]/);
     receiver.mode = { kind: "ok" };
