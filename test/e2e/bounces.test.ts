@@ -90,7 +90,10 @@ describe.skipIf(lacking("swaks", "smtp-sink", "script", "root"))(
         deliveryLog(dir.path).find((e) => e.type === "delivery"),
       );
       // ... with the return path naming message and recipient ...
-      expect(postfix.maillog()).toContain(`from=<b-${id.toLowerCase()}-`);
+      // (Postfix's queue manager logs the envelope sender a moment after its smtpd said 250.)
+      await waitUntil("Postfix's log of the return path", () =>
+        postfix.maillog().includes(`from=<b-${id.toLowerCase()}-`),
+      );
       // ... and Postfix's own bounce came back to the bounces listener.
       const e = await waitUntil(
         "the async-bounce event",

@@ -65,6 +65,8 @@ export async function startPostfix(opts: {
       "mydomain = postfix.test",
       "myorigin = postfix.test",
       "mydestination =",
+      "alias_maps =",
+      "alias_database =",
       "inet_interfaces = 127.0.0.1",
       "inet_protocols = ipv4",
       "mynetworks = 127.0.0.0/8",
