@@ -28,7 +28,9 @@ import { statSync } from "node:fs";
 import { join } from "node:path";
 import type { Config } from "../config/index.ts";
 import { errnoOf, errorMessage, fileError, formatHostPort, MtaError, PermissionError } from "../lib/index.ts";
+import { replyLineInput } from "../bounce/index.ts";
 import { type ControlEndpoint, findDaemon, tcpEndpoint } from "./_control.ts";
+import { loadClassifier } from "./feedback.ts";
 import { DeliveryLog, jsonError, jsonResponse, type RouteHandler } from "../observe/index.ts";
 import { type CompactReport, Spool, type VerifyReport, verifySpool } from "../spool/index.ts";
 import {
@@ -390,6 +392,16 @@ export class LocalQueueClient implements QueueClient {
     return this.config.spool.dir;
   }
 
+  /** The configuration's bounce rules for `show` and admin bounces (the built-in ones when they have problems). */
+  private ops(o: { spool: Spool; deliveryLog?: DeliveryLog }): QueueOps {
+    let classify: ((line: string) => string) | undefined;
+    try {
+      const c = loadClassifier(this.config);
+      classify = (line) => c.classify(replyLineInput(line)).class;
+    } catch {}
+    return new QueueOps({ ...o, hostname: this.config.hostname, ...(classify ? { classify } : {}) });
+  }
+
   private checkDir(): void {
     try {
       statSync(join(this.dir, "segments"));
@@ -410,7 +422,7 @@ export class LocalQueueClient implements QueueClient {
       throw fileError(err, `spool.dir ${this.dir}`, "read");
     });
     try {
-      return JSON.parse(JSON.stringify(await fn(new QueueOps({ spool, hostname: this.config.hostname }))));
+      return JSON.parse(JSON.stringify(await fn(this.ops({ spool }))));
     } finally {
       await spool.close();
     }
@@ -436,9 +448,7 @@ export class LocalQueueClient implements QueueClient {
       throw fileError(err, `log.deliveries ${this.config.log.deliveriesFile}`, "write");
     }
     try {
-      return JSON.parse(
-        JSON.stringify(await fn(new QueueOps({ spool, deliveryLog, hostname: this.config.hostname }))),
-      );
+      return JSON.parse(JSON.stringify(await fn(this.ops({ spool, deliveryLog }))));
     } finally {
       deliveryLog.close();
       await spool.close();

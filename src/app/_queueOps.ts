@@ -15,6 +15,8 @@
  * - suspensions live in the scheduler's memory: offline `suspend`/`resume` are refused, never faked.
  */
 import {
+  Classifier,
+  replyLineInput,
   buildDsn,
   type DsnRecipient,
   diagnosticFromReply,
@@ -69,6 +71,8 @@ export interface QueueOpsOptions {
   metrics?: Metrics;
   /** How long a bounce/delete waits for attempts in flight to a destination to end. Default 30 s. */
   drainTimeoutMs?: number;
+  /** The bounce class of a stored reply line (shown by `show`, written with admin bounces). */
+  classify?: (replyLine: string) => string;
   /** Told of the operator's suspend/resume after the scheduler applied them (a cluster publishes them). */
   onAdmin?: {
     suspended(destination: string, forMs: number | undefined, reason: string): void;
@@ -157,6 +161,8 @@ export interface MessageDetail {
     address: string;
     state: string;
     lastReply: string | null;
+    /** The bounce class of the last reply of a recipient not delivered (null when there is none). */
+    class: string | null;
     notify: string[] | null;
     orcpt: string | null;
   }[];
@@ -289,7 +295,12 @@ export class QueueOps {
   private readonly draining = new Map<string, Promise<unknown>>();
   private readonly adminCounter: Counter | undefined;
 
+  /** The configuration's rules when given, else the built-in ones (the same answer offline and live). */
+  private readonly classify: (replyLine: string) => string;
+
   constructor(private readonly opts: QueueOpsOptions) {
+    const builtin = Classifier.builtin();
+    this.classify = opts.classify ?? ((line) => builtin.classify(replyLineInput(line)).class);
     this.spool = opts.spool;
     this.scheduler = opts.scheduler;
     this.clock = opts.clock ?? systemClock;
@@ -490,6 +501,7 @@ export class QueueOps {
         address: r.address,
         state: r.state,
         lastReply: nullable(r.lastReply),
+        class: r.lastReply && r.state !== "delivered" ? this.classify(r.lastReply) : null,
         notify: nullable(r.notify),
         orcpt: nullable(r.orcpt),
       })),
@@ -763,6 +775,9 @@ export class QueueOps {
         attempt: m.attempts,
         queueTimeMs: now - m.arrivalMs,
         size: m.sizeBytes,
+        // Why it was stuck: the recipient's last reply and its class.
+        ...(r.lastReply ? { lastReply: r.lastReply } : {}),
+        class: this.classify(r.lastReply ?? text),
       });
       if (!wantsDsn(r.notify, "failed", m.sender)) continue;
       const entry: DsnRecipient = {

@@ -3,20 +3,23 @@
  * inject API) to messages durably in the spool and queued for delivery.
  *
  * Owns: splitting recipients by destination (one spool message per recipient domain, as AsyncOS
- * splinters), de-duplicating recipients, the content rules before signing (mime/: CRLF only, lines of
- * at most 998 octets, no NUL outside BINARYMIME), DKIM signing once before the append, the reception
- * line in the delivery log, and the `X-MTA-Pool` header: taken out of the message (before signing)
- * into the `pool` attribute.
+ * splinters; one per recipient when the sender gets VERP return paths), de-duplicating recipients,
+ * the content rules before signing (mime/: CRLF only, lines of at most 998 octets, no NUL outside
+ * BINARYMIME), DKIM signing once before the append, the reception line in the delivery log, the
+ * `X-MTA-Pool` header: taken out of the message (before signing) into the `pool` attribute, and the
+ * suppression check of every recipient (RCPT: `checkRecipient`; inject and `mta send`: refused
+ * recipients in the result; otherwise dropped and logged as `suppressed`).
  * Invariant: `ok: true` is returned only after every part's append resolved (its bytes are on stable
  * storage); a spool error gives `452 4.3.1`, never `250`; content that cannot be stored as the rules
  * say gets a 554 and nothing is stored.
  */
 import type { AcceptResult, Acceptor, Envelope } from "../listener/index.ts";
-import { errorMessage } from "../lib/index.ts";
+import { errorMessage, newMessageId } from "../lib/index.ts";
 import type { Counter, DeliveryLog, Logger, Metrics } from "../observe/index.ts";
 import { prepareForStorage } from "../mime/index.ts";
 import { domainOf, reply, type SmtpReply } from "../smtp/index.ts";
 import type { NewMessage, Spool } from "../spool/index.ts";
+import type { Feedback } from "./feedback.ts";
 
 export interface AcceptSink {
   enqueue(slot: number, hint?: { pool?: string }): void;
@@ -83,7 +86,12 @@ export interface AcceptDeps {
   metrics: Metrics;
   /** Signs the message (DKIM) or returns it unchanged; may sign on another thread. */
   sign?: (message: Uint8Array) => Uint8Array | Promise<Uint8Array>;
+  /** Suppression list and VERP; absent: every recipient is taken. */
+  feedback?: Feedback;
 }
+
+/** A submission's result; `refused` lists recipients the suppression list turned away. */
+export type SubmitResult = AcceptResult & { refused?: { address: string; reply: SmtpReply }[] };
 
 export interface Submission {
   sender: string;
@@ -107,6 +115,21 @@ export class AcceptPipeline implements Acceptor {
     );
   }
 
+  /** RCPT: refuses a suppressed recipient when the answer is "refuse" (relay clients only). */
+  checkRecipient(r: { sender: string; recipient: string; relay: boolean }): SmtpReply | undefined {
+    const f = this.deps.feedback;
+    if (!f || !r.relay || f.answer !== "refuse") return undefined;
+    const h = f.hit(r.sender, r.recipient);
+    if (!h) return undefined;
+    f.recordHit(h, {
+      sender: r.sender,
+      recipient: r.recipient,
+      answer: "refused",
+      attributes: { listener: "smtp" },
+    });
+    return f.refusalFor(r.recipient, h);
+  }
+
   /** Listener entry point. */
   accept(envelope: Envelope, message: Uint8Array): Promise<AcceptResult> {
     const attributes: Record<string, string> = {
@@ -122,8 +145,55 @@ export class AcceptPipeline implements Acceptor {
     return this.submit({ sender: envelope.sender, recipients: envelope.recipients, attributes, message });
   }
 
-  /** Shared by SMTP and the HTTP inject API: append every part durably, then queue it. */
-  async submit(sub: Submission): Promise<AcceptResult> {
+  /**
+   * Shared by SMTP and the HTTP inject API: append every part durably, then queue it. `refuse`:
+   * suppressed recipients are refused (in `refused`) rather than accepted and dropped (inject and
+   * `mta send` with suppression.answer refuse; SMTP refused them at RCPT already).
+   */
+  async submit(sub: Submission, opts: { refuse?: boolean } = {}): Promise<SubmitResult> {
+    const f = this.deps.feedback;
+    let refused: { address: string; reply: SmtpReply }[] | undefined;
+    if (f) {
+      const keep: Submission["recipients"] = [];
+      const refuse = opts.refuse === true && f.answer === "refuse";
+      let recordedId: string | undefined;
+      for (const r of sub.recipients) {
+        const h = f.hit(sub.sender, r.address);
+        if (!h) {
+          keep.push(r);
+          continue;
+        }
+        if (refuse) {
+          (refused ??= []).push({ address: r.address, reply: f.refusalFor(r.address, h) });
+          f.recordHit(h, {
+            sender: sub.sender,
+            recipient: r.address,
+            answer: "refused",
+            attributes: sub.attributes,
+          });
+        } else {
+          recordedId ??= newMessageId();
+          f.recordHit(h, {
+            id: recordedId,
+            sender: sub.sender,
+            recipient: r.address,
+            answer: "recorded",
+            attributes: sub.attributes,
+          });
+        }
+      }
+      if (keep.length === 0) {
+        if (refused) return { ok: false, reply: refused[0]!.reply, refused };
+        // Accepted as asked (suppression.answer: record), and nothing to deliver.
+        return { ok: true, ids: [recordedId!] };
+      }
+      sub = { ...sub, recipients: keep };
+    }
+    const result = await this.store(sub);
+    return refused ? { ...result, refused } : result;
+  }
+
+  private async store(sub: Submission): Promise<AcceptResult> {
     const taken = takePoolHeader(sub.message);
     if (taken.pool !== undefined) sub = { ...sub, attributes: { ...sub.attributes, pool: taken.pool } };
     // Converted before signing, so that the signature covers the bytes that travel.
@@ -134,6 +204,8 @@ export class AcceptPipeline implements Acceptor {
       return { ok: false, reply: refusalOf(prepared) };
     }
     const body = this.deps.sign ? await this.deps.sign(prepared.message) : prepared.message;
+    // VERP return paths name one recipient each, so such a message is split per recipient.
+    const perRecipient = this.deps.feedback?.verpApplies(sub.sender) === true;
     const byDestination = new Map<string, Submission["recipients"]>();
     // One copy per recipient, as Postfix's cleanup does: the same address given twice (in RCPT or in
     // the inject API) is delivered once, with the first one's DSN parameters. The domain compares
@@ -142,16 +214,17 @@ export class AcceptPipeline implements Acceptor {
     for (const r of sub.recipients) {
       const d = domainOf(r.address);
       const at = r.address.lastIndexOf("@");
-      const key = `${at >= 0 ? r.address.slice(0, at) : r.address}@${d}`;
-      if (seen.has(key)) continue;
-      seen.add(key);
-      const list = byDestination.get(d);
+      const id = `${at >= 0 ? r.address.slice(0, at) : r.address}@${d}`;
+      if (seen.has(id)) continue;
+      seen.add(id);
+      const key = perRecipient ? `${d}\0${r.address}` : d;
+      const list = byDestination.get(key);
       if (list) list.push(r);
-      else byDestination.set(d, [r]);
+      else byDestination.set(key, [r]);
     }
-    const parts: NewMessage[] = [...byDestination].map(([destination, recipients]) => ({
+    const parts: NewMessage[] = [...byDestination].map(([key, recipients]) => ({
       sender: sub.sender,
-      destination,
+      destination: key.split("\0")[0]!,
       recipients,
       attributes: sub.attributes,
       body,

@@ -31,9 +31,13 @@ import { Engine } from "./engine.ts";
 import { handle, jsonBody, optString } from "./_queueClient.ts";
 import { QueueError } from "./_queueOps.ts";
 import type { TransferResult } from "./_transfer.ts";
-import { startProblems } from "./preflight.ts";
+import type { WebhookDispatcher } from "../webhook/index.ts";
+import { suppressionRoutes } from "./_suppressClient.ts";
+import { BounceInbox } from "./feedback.ts";
 import { injectHandler, injectLimitBytes } from "./inject.ts";
 import { MaildropPickup } from "./_maildrop.ts";
+import { startProblems } from "./preflight.ts";
+import { startWebhooks } from "./webhooks.ts";
 import { QueueOps, queueRoutes } from "./queue.ts";
 
 export interface DaemonOptions {
@@ -101,6 +105,7 @@ export class Daemon {
     readonly engine: Engine,
     readonly control: ControlServer | undefined,
     readonly listeners: Listener[],
+    readonly webhooks: WebhookDispatcher[],
     readonly maildrop: MaildropPickup | undefined,
     readonly cluster: ClusterNode | undefined,
   ) {}
@@ -114,10 +119,12 @@ export class Daemon {
     let control: ControlServer | undefined;
     let cluster: ClusterNode | undefined;
     const listeners: Listener[] = [];
+    let webhooks: WebhookDispatcher[] = [];
     let maildrop: MaildropPickup | undefined;
     // The daemon object exists only at the end; routes reach it through this.
     let daemon: Daemon | undefined;
     try {
+      webhooks = startWebhooks(config, engine, log.withTag("webhook"));
       if (clusterMod && redis)
         cluster = clusterMod.ClusterNode.create(config, redis, {
           log: log.withTag("cluster"),
@@ -130,6 +137,7 @@ export class Daemon {
         hostname: config.hostname,
         metrics: engine.metrics,
         log: log.withTag("queue"),
+        classify: (line) => engine.feedback.classifyLine(line),
         ...(cluster ? { onAdmin: cluster.onAdmin } : {}),
       });
       if (config.control.address || config.control.socketPath) {
@@ -142,7 +150,21 @@ export class Daemon {
           token: config.control.token,
           log: log.withTag("control"),
           metrics: engine.metrics,
-          ...(cluster ? { health: () => cluster!.health() } : {}),
+          // A failing webhook endpoint is reported, not unhealthy: mail still flows; a cluster node
+          // that cannot reach Redis is "degraded" (still 200: it delivers at its share).
+          health: () => {
+            const c = cluster?.health();
+            return {
+              ok: true,
+              ...(c?.status ? { status: c.status } : {}),
+              detail: {
+                ...(webhooks.length > 0
+                  ? { webhooks: Object.fromEntries(webhooks.map((w) => [w.name, w.health])) }
+                  : {}),
+                ...(c?.detail ?? {}),
+              },
+            };
+          },
         });
         const maxMessageBytes = injectLimitBytes(config);
         const inject = injectHandler(engine.pipeline, { hostname: config.hostname, maxMessageBytes });
@@ -152,6 +174,8 @@ export class Daemon {
             : inject(req, url, peer),
         );
         for (const [key, handler] of Object.entries(queueRoutes(queueOps))) control.addRoute(key, handler);
+        for (const [key, handler] of Object.entries(suppressionRoutes(engine.feedback.suppression)))
+          control.addRoute(key, handler);
         if (cluster) {
           for (const [key, handler] of Object.entries(cluster.routes())) control.addRoute(key, handler);
           control.addRoute(
@@ -169,10 +193,14 @@ export class Daemon {
         const where = `listen[${i}].address ${formatHostPort(l.address)}`;
         try {
           listeners.push(
-            await startListener(listenerOptions(l, config.hostname), engine.pipeline, {
-              log: log.withTag("smtp"),
-              metrics: engine.metrics,
-            }),
+            await startListener(
+              listenerOptions(l, config.hostname),
+              l.role === "bounces" ? new BounceInbox(engine.feedback) : engine.pipeline,
+              {
+                log: log.withTag("smtp"),
+                metrics: engine.metrics,
+              },
+            ),
           );
         } catch (err) {
           throw new UnavailableError(`${where}: cannot listen: ${bindReason(err)}`, { cause: err });
@@ -201,11 +229,12 @@ export class Daemon {
       await maildrop?.stop();
       for (const l of listeners) await l.close({ graceMs: 0 });
       await control?.stop();
+      await Promise.all(webhooks.map((w) => w.stop(0)));
       await engine.stop();
       await cluster?.stop();
       throw err;
     }
-    daemon = new Daemon(config, log, engine, control, listeners, maildrop, cluster);
+    daemon = new Daemon(config, log, engine, control, listeners, webhooks, maildrop, cluster);
     return daemon;
   }
 
@@ -265,6 +294,7 @@ export class Daemon {
     if (config.spool.dir !== this.config.spool.dir) needsRestart.push("spool.dir");
     if (!sameValue(config.control, this.config.control)) needsRestart.push("control");
     if (!sameValue(config.listen, this.config.listen)) needsRestart.push("listen");
+    if (!sameValue(config.webhooks, this.config.webhooks)) needsRestart.push("webhooks");
     if (!sameValue(config.cluster, this.config.cluster)) needsRestart.push("cluster");
     this.config = config;
     this.log.info("configuration reloaded", needsRestart.length ? { needsRestart } : {});
@@ -285,6 +315,8 @@ export class Daemon {
       await Promise.all([this.maildrop?.stop(), ...this.listeners.map((l) => l.close({ graceMs }))]);
       await this.control?.stop(Math.max(0, deadline - Date.now()));
       await this.engine.stop(Math.max(1000, deadline - Date.now()));
+      // After the engine: its last events are in the file; what is not sent now is sent at the next start.
+      await Promise.all(this.webhooks.map((w) => w.stop(1000)));
       await this.cluster?.stop(); // after the last connection: its leases go back to the fleet
       this.log.info("stopped");
     })();

@@ -25,6 +25,7 @@ import {
 import { Spool } from "../spool/index.ts";
 import { readCaBundle, type TlsPolicies } from "../tlspolicy/index.ts";
 import { AcceptPipeline } from "./accept.ts";
+import { Feedback, loadClassifier } from "./feedback.ts";
 import { openTlsPolicies, PolicyDeliverer, tlsPolicyProblems } from "./tlsDelivery.ts";
 import { hasRollups, makeRouter } from "./routing.ts";
 
@@ -180,6 +181,7 @@ export class Engine {
     readonly deliverer: Deliverer,
     readonly scheduler: Scheduler,
     readonly pipeline: AcceptPipeline,
+    readonly feedback: Feedback,
     private readonly delivering: boolean,
   ) {}
 
@@ -228,6 +230,15 @@ export class Engine {
       await spool.close();
       throw fileError(err, `log.deliveries ${config.log.deliveriesFile}`, "write");
     }
+    let feedback: Feedback;
+    try {
+      feedback = await Feedback.open(config, { log: log.withTag("feedback"), metrics, deliveryLog });
+    } catch (err) {
+      signer?.close();
+      deliveryLog.close();
+      await spool.close();
+      throw err;
+    }
     // MTA_LOOPBACK_ONLY=1 (tests, benchmarks, sandboxes): nothing leaves 127.0.0.0/8 and ::1, not even
     // a DNS question to the machine's resolver.
     const loopbackOnly = process.env.MTA_LOOPBACK_ONLY === "1";
@@ -260,9 +271,18 @@ export class Engine {
       submit: (sub) => engine.pipeline.submit(sub),
     });
     const route = makeRouter(config, resolver);
+    const policyDeliverer = new PolicyDeliverer(deliverer, tlsPolicies, () => engine.config);
     const scheduler = new Scheduler({
       spool,
-      deliverer: new PolicyDeliverer(deliverer, tlsPolicies, () => engine.config),
+      // VERP: a message with one recipient, from a sender that gets them, goes out with its return
+      // path; then the TLS policy per host (tlsDelivery.ts).
+      deliverer: {
+        deliver: (target, msg) => {
+          const rcpt = msg.recipients.length === 1 ? msg.recipients[0]! : undefined;
+          const rp = rcpt ? feedback.returnPath(msg.id, msg.sender, rcpt.address) : undefined;
+          return policyDeliverer.deliver(target, rp ? { ...msg, sender: rp } : msg);
+        },
+      },
       route: (d) => route(d),
       hostname: config.hostname,
       retryMs: config.delivery.retryMs,
@@ -276,7 +296,7 @@ export class Engine {
       maxReadyPerSite: config.delivery.maxReadyPerSite,
       rollup: hasRollups(config),
       onEvent: (e) => {
-        deliveryLog.write({ ...e });
+        deliveryLog.write(feedback.annotate({ ...e }));
         opts.onEvent?.(e);
       },
       onDestinationEvent: (e) => deliveryLog.write({ ...e }),
@@ -291,6 +311,7 @@ export class Engine {
       metrics,
       // Always wired: a reload may add keys to a daemon that started without any.
       sign: (m) => engine.sign(m),
+      feedback,
     });
     const delivering = opts.deliver !== false;
     const engine = new Engine(
@@ -302,6 +323,7 @@ export class Engine {
       deliverer,
       scheduler,
       pipeline,
+      feedback,
       delivering,
     );
     engine.signer = signer;
@@ -319,7 +341,9 @@ export class Engine {
    * The new keys are checked before anything changes: a bad one throws and the old keys keep signing.
    */
   reload(config: Config): void {
+    loadClassifier(config); // a bad rules file throws before anything changes
     const signer = makeSignerPool(config, this.log.withTag("dkim"));
+    this.feedback.reload(config);
     const tlsState = (c: Config) => JSON.stringify([c.tlsPolicy, c.dns.dnssec]);
     if (tlsState(config) !== tlsState(this.config))
       this.log.warn("tls_policy and dns.dnssec changes take effect at the next start");
@@ -335,6 +359,7 @@ export class Engine {
       await this.tlsPolicies?.close();
       this.signer?.close();
       await this.deliverer.close();
+      await this.feedback.close();
       this.deliveryLog.close();
       await this.spool.close();
     })();

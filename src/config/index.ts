@@ -20,6 +20,7 @@ export {
 } from "./load.ts";
 export type { RawConfig } from "./schema.ts";
 export type {
+  BouncesConfig,
   ClusterConfig,
   Config,
   DeliveryConfig,
@@ -27,6 +28,9 @@ export type {
   DomainTlsMode,
   ListenerConfig,
   RouteConfig,
+  SuppressionConfig,
   TlsMode,
   TlsPolicyConfig,
+  WebhookConfig,
 } from "./types.ts";
+export { CLASS_NAMES, DEFAULT_WEBHOOK_EVENTS, WEBHOOK_EVENTS } from "./_feedback.ts";

@@ -16,6 +16,8 @@ const ALLOWED: Record<string, string[] | "*"> = {
   spool: ["lib", "observe"],
   bounce: ["smtp", "lib"],
   dkim: ["smtp", "lib"],
+  suppression: ["bounce", "lib", "observe"],
+  webhook: ["lib", "observe"],
   mime: ["lib"],
   observe: ["lib"],
   cluster: ["lib", "observe"],
