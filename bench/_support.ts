@@ -63,7 +63,12 @@ export async function startBenchMta(dir: string, yaml: string): Promise<BenchMta
     ? yaml
     : `${yaml}\ndns: { servers: ["127.0.0.1:9"], timeout: 1s, attempts: 1 }`;
   await Bun.write(file, safe);
-  const proc = spawn([MTA, "serve", "-c", file], {
+  // MTA_BENCH_PROFILE=<dir>: run from source under Bun's sampling profiler (a .md profile on exit).
+  const profile = process.env.MTA_BENCH_PROFILE;
+  const cmd = profile
+    ? [process.execPath, "--cpu-prof-md", `--cpu-prof-dir=${profile}`, join(ROOT, "src/cli/main.ts")]
+    : [MTA];
+  const proc = spawn([...cmd, "serve", "-c", file], {
     stdout: "ignore",
     stderr: "pipe",
     stdin: "ignore",

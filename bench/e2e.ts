@@ -1,6 +1,6 @@
 /**
  * End to end: load generator → `mta serve` → smtp-sink, and the same through Postfix in the same run.
- * Usage: bun bench/e2e.ts [count=20000] [--no-postfix] [--reps 3] [--json]
+ * Usage: bun bench/e2e.ts [count=20000] [--no-postfix] [--reps 3] [--dests 1,100,10000] [--json]
  * (--json also prints the rows as one `BENCH_JSON [...]` line, for bench/all.ts)
  *
  * - 1 destination: Postfix's smtp-source → mta (route k1.test → one smtp-sink), as bench/postfix does.
@@ -40,6 +40,14 @@ const count = Number(/^\d+$/.test(process.argv[2] ?? "") ? process.argv[2] : 20_
 const json = process.argv.includes("--json");
 const reps = Number(process.argv[process.argv.indexOf("--reps") + 1] ?? 3) || 3;
 const withPostfix = !process.argv.includes("--no-postfix") && postfixInstalled();
+const destsArg = process.argv.indexOf("--dests");
+const destCounts =
+  destsArg > 0
+    ? (process.argv[destsArg + 1] ?? "")
+        .split(",")
+        .map(Number)
+        .filter((n) => n > 0)
+    : [1, 100, 10_000];
 if (!SMTP_SINK || !SMTP_SOURCE) {
   console.log("smtp-sink/smtp-source are not installed (apt-get install postfix): nothing to measure");
   process.exit(0);
@@ -88,7 +96,7 @@ async function postfixManyDestinations(
 }
 
 const rows: Row[] = [];
-for (const dests of [1, 100, 10_000]) {
+for (const dests of destCounts) {
   using dir = tmp("mta-bench-e2e-");
   const sinkPort = freePort();
   using sink = startCountingSink(dir.path, dests === 1 ? `127.0.0.1:${sinkPort}` : `0.0.0.0:${sinkPort}`);

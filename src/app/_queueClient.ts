@@ -22,7 +22,14 @@ import { existsSync } from "node:fs";
 import { join } from "node:path";
 import type { Config } from "../config/index.ts";
 import { errorMessage, formatHostPort, MtaError } from "../lib/index.ts";
-import { DeliveryLog, jsonError, jsonResponse, type RouteHandler } from "../observe/index.ts";
+import {
+  DeliveryLog,
+  jsonError,
+  jsonResponse,
+  Metrics,
+  type RouteHandler,
+  silentLogger,
+} from "../observe/index.ts";
 import { type CompactReport, Spool, type VerifyReport, verifySpool } from "../spool/index.ts";
 import {
   type ActionResult,
@@ -38,6 +45,8 @@ import {
   type SortKey,
   type StatsResult,
 } from "./_queueOps.ts";
+import { AcceptPipeline } from "./accept.ts";
+import { makeSigner } from "./engine.ts";
 
 export interface QueueClient {
   /** "daemon": through the control API; "local": on the spool directory. */
@@ -347,7 +356,7 @@ export class LocalQueueClient implements QueueClient {
     }
   }
 
-  private async locked<T>(fn: (ops: QueueOps) => T | Promise<T>): Promise<T> {
+  private async locked<T>(fn: (ops: QueueOps) => T | Promise<T>, opts: { dsn?: boolean } = {}): Promise<T> {
     this.checkDir();
     const s = this.config.spool;
     const spool = await Spool.open({
@@ -359,9 +368,25 @@ export class LocalQueueClient implements QueueClient {
     });
     const deliveryLog = new DeliveryLog(this.config.log.deliveriesFile);
     try {
-      return JSON.parse(
-        JSON.stringify(await fn(new QueueOps({ spool, deliveryLog, hostname: this.config.hostname }))),
-      );
+      // Admin-bounce DSNs take the path of every message: signed, appended, logged (delivered at the
+      // daemon's next start). A key that cannot be loaded fails the command before anything changes.
+      const signer = opts.dsn ? makeSigner(this.config) : undefined;
+      const dsn = opts.dsn
+        ? new AcceptPipeline({
+            spool,
+            deliveryLog,
+            log: silentLogger(),
+            metrics: new Metrics(),
+            ...(signer ? { sign: (m: Uint8Array) => signer.sign(m) } : {}),
+          })
+        : undefined;
+      const ops = new QueueOps({
+        spool,
+        deliveryLog,
+        ...(dsn ? { dsn } : {}),
+        hostname: this.config.hostname,
+      });
+      return JSON.parse(JSON.stringify(await fn(ops)));
     } finally {
       deliveryLog.close();
       await spool.close();
@@ -387,7 +412,9 @@ export class LocalQueueClient implements QueueClient {
     throw daemonNeeded("resume");
   }
   bounce(sel: Selector, opts: { yes?: boolean } = {}): Promise<ActionResult> {
-    return opts.yes ? this.locked((o) => o.bounce(sel, opts)) : this.readOnly((o) => o.bounce(sel, opts));
+    return opts.yes
+      ? this.locked((o) => o.bounce(sel, opts), { dsn: true })
+      : this.readOnly((o) => o.bounce(sel, opts));
   }
   delete(sel: Selector, opts: { yes?: boolean } = {}): Promise<ActionResult> {
     return opts.yes ? this.locked((o) => o.delete(sel, opts)) : this.readOnly((o) => o.delete(sel, opts));

@@ -2,30 +2,23 @@
  * Queue operations: every `mta queue` command as a method over a spool and, in a live daemon, its
  * scheduler. The same object answers the control API (live) and the CLI's local mode (stopped spool).
  *
- * Owns: selecting messages (by id, destination, sender, state, age), the JSON shapes of every
- * command's answer, administrative bounce and delete (recorded in the spool with reason
- * "admin-bounce" / "admin-delete", a DSN for a bounce, a delivery-log line for each).
- * Does not own: the queues themselves (scheduler/), bytes on disk (spool/), transport (_queueClient.ts).
+ * Owns: selecting messages (by id, destination, sender, state, age) and the JSON shapes of every
+ * command's answer.
+ * Does not own: the queues and their shape (scheduler/: live bounce and delete are scheduler
+ * commands, carried out by the owner of the messages; `summarize` is the one aggregation), what a
+ * bounce or delete records (disposition/, also offline), bytes on disk (spool/), transport
+ * (_queueClient.ts).
  * Invariants:
  * - every answer is plain JSON (no undefined, no Infinity), identical in shape live and offline;
- * - an action first records in the spool, then logs and queues a DSN (the delivery log's rule);
- * - live, a destination's messages are bounced or deleted only while no attempt to it is in flight:
- *   it is suspended and drained first, because an attempt in flight would record its outcome on the
- *   slot, which the spool may already have handed to a new message;
+ * - an action goes through disposition/: recorded in the spool, then logged, then a DSN;
  * - suspensions live in the scheduler's memory: offline `suspend`/`resume` are refused, never faked.
  */
-import {
-  buildDsn,
-  type DsnRecipient,
-  diagnosticFromReply,
-  isNullSender,
-  statusFromReply,
-  wantsDsn,
-} from "../bounce/index.ts";
+import { Disposer, type DsnInjector } from "../disposition/index.ts";
 import { type Clock, errorMessage, MtaError, systemClock } from "../lib/index.ts";
 import type { Counter, DeliveryLog, Logger, Metrics } from "../observe/index.ts";
-import type { DestinationSummary } from "../scheduler/index.ts";
+import { type CommandResult, type DestinationSummary, queueTotals, summarize } from "../scheduler/index.ts";
 import type { CompactReport, Spool, SpoolStats, StoredMessage, VerifyReport } from "../spool/index.ts";
+import { silentLogger } from "../observe/index.ts";
 import { verifySpool } from "../spool/index.ts";
 
 /** An error of a queue command, with the HTTP status the control API answers it with. */
@@ -46,7 +39,8 @@ export interface LiveScheduler {
   flush(target: { destination?: string; id?: string }): number;
   suspend(destination: string, forMs?: number, reason?: string): void;
   resume(destination: string): void;
-  enqueue(slot: number): void;
+  command(action: "bounce" | "delete", ids: readonly string[]): Promise<CommandResult>;
+  nextAttemptOf(slot: number): number;
 }
 
 export interface QueueOpsOptions {
@@ -54,14 +48,14 @@ export interface QueueOpsOptions {
   /** The running scheduler; absent offline (a stopped spool opened by the CLI). */
   scheduler?: LiveScheduler;
   deliveryLog?: DeliveryLog;
-  /** Reporting-MTA of admin-bounce DSNs. */
+  /** Offline: how admin-bounce DSNs are queued (the accept pipeline over this spool). */
+  dsn?: DsnInjector;
+  /** Reporting-MTA of admin-bounce DSNs (offline). */
   hostname: string;
   log?: Logger;
   clock?: Clock;
   /** Registers the `mta_queue_*` series (queue depth, bytes, oldest age, admin actions). */
   metrics?: Metrics;
-  /** How long a bounce/delete waits for attempts in flight to a destination to end. Default 30 s. */
-  drainTimeoutMs?: number;
 }
 
 export const SORT_KEYS = ["messages", "recipients", "bytes", "oldest", "next", "destination"] as const;
@@ -213,25 +207,10 @@ export function parseHeaders(body: Uint8Array): { name: string; value: string }[
   return out;
 }
 
-const ADMIN_BOUNCE_REPLY = { code: 554, enhanced: "5.0.0", lines: ["message bounced by the administrator"] };
-const ADMIN_DELETE_REPLY = "554 5.0.0 message deleted by the administrator";
-
-function domainOf(address: string): string {
-  const at = address.lastIndexOf("@");
-  return (at >= 0 ? address.slice(at + 1) : address).toLowerCase();
-}
-
-function eightBit(bytes: Uint8Array): boolean {
-  for (let i = 0; i < bytes.length; i++) if (bytes[i]! > 0x7f) return true;
-  return false;
-}
-
 export class QueueOps {
   readonly spool: Spool;
   private readonly scheduler: LiveScheduler | undefined;
   private readonly clock: Clock;
-  /** Destinations being drained by an action, so two actions on one destination do not resume it early. */
-  private readonly draining = new Map<string, Promise<unknown>>();
   private readonly adminCounter: Counter | undefined;
 
   constructor(private readonly opts: QueueOpsOptions) {
@@ -250,17 +229,7 @@ export class QueueOps {
       const scan = () => {
         const now = this.clock.now();
         if (cache && now - cache.atMs < 1000) return cache;
-        const sp = this.spool;
-        let recipients = 0;
-        let bytes = 0;
-        let oldestMs = Number.POSITIVE_INFINITY;
-        sp.forEachLive((slot) => {
-          recipients += sp.pendingRecipientsOf(slot);
-          bytes += sp.sizeOf(slot);
-          const a = sp.arrivalOf(slot);
-          if (a < oldestMs) oldestMs = a;
-        });
-        cache = { atMs: now, recipients, bytes, oldestMs };
+        cache = { atMs: now, ...queueTotals(this.spool) };
         return cache;
       };
       m.gauge("mta_queue_messages", "Messages in the queue (live in the spool)", (set) =>
@@ -293,44 +262,21 @@ export class QueueOps {
     if (opts.top !== undefined && (!Number.isInteger(opts.top) || opts.top < 0))
       throw new QueueError("usage", "top must be a whole number", 400);
     const now = this.clock.now();
-    let rows: SummaryRow[];
-    if (this.scheduler) {
-      rows = this.scheduler.summary().map((s) => ({
-        destination: s.destination,
-        messages: s.messages,
-        recipients: s.recipients,
-        bytes: s.bytes,
-        oldestMs: nullable(s.oldestMs),
-        nextAttemptMs: nullable(s.nextAttemptMs),
-        activeConnections: s.activeConnections,
-        state: s.state,
-        reason: nullable(s.reason),
-        untilMs: nullable(s.untilMs),
-        lastError: nullable(s.lastError),
-      }));
-    } else {
-      const sp = this.spool;
-      const next = new Map<string, number>();
-      sp.forEachLive((slot) => {
-        const d = sp.destinationOf(slot);
-        const t = sp.nextAttemptOf(slot);
-        const cur = next.get(d);
-        if (cur === undefined || t < cur) next.set(d, t);
-      });
-      rows = [...sp.countsByDestination()].map(([destination, c]) => ({
-        destination,
-        messages: c.messages,
-        recipients: c.recipients,
-        bytes: c.bytes,
-        oldestMs: nullable(c.oldestMs),
-        nextAttemptMs: nullable(next.get(destination)),
-        activeConnections: 0,
-        state: "idle",
-        reason: null,
-        untilMs: null,
-        lastError: null,
-      }));
-    }
+    // One aggregation (scheduler/'s summarize): the live scheduler's view, or the spool alone.
+    const shape = this.scheduler ? this.scheduler.summary() : summarize(this.spool, now);
+    const rows: SummaryRow[] = shape.map((s) => ({
+      destination: s.destination,
+      messages: s.messages,
+      recipients: s.recipients,
+      bytes: s.bytes,
+      oldestMs: nullable(s.oldestMs),
+      nextAttemptMs: nullable(s.nextAttemptMs),
+      activeConnections: s.activeConnections,
+      state: s.state,
+      reason: nullable(s.reason),
+      untilMs: nullable(s.untilMs),
+      lastError: nullable(s.lastError),
+    }));
     const totals = {
       destinations: 0,
       messages: 0,
@@ -379,9 +325,14 @@ export class QueueOps {
     return held;
   }
 
+  /** When the message is next attempted: the scheduler's due time live, the spool's column offline. */
+  private nextAttemptOf(slot: number): number {
+    return this.scheduler ? this.scheduler.nextAttemptOf(slot) : this.spool.nextAttemptOf(slot);
+  }
+
   private stateOf(slot: number, now: number, held: Set<string>): MessageState {
     if (held.size > 0 && held.has(this.spool.destinationOf(slot))) return "held";
-    return this.spool.nextAttemptOf(slot) <= now ? "active" : "deferred";
+    return this.nextAttemptOf(slot) <= now ? "active" : "deferred";
   }
 
   private checkSelector(sel: Selector): void {
@@ -445,7 +396,7 @@ export class QueueOps {
         bytes: env.sizeBytes,
         arrivalMs: env.arrivalMs,
         attempts: env.attempts,
-        nextAttemptMs: env.nextAttemptMs,
+        nextAttemptMs: this.nextAttemptOf(slot),
         state: this.stateOf(slot, now, held),
       });
     }
@@ -465,7 +416,7 @@ export class QueueOps {
       sender: m.sender,
       arrivalMs: m.arrivalMs,
       attempts: m.attempts,
-      nextAttemptMs: m.nextAttemptMs,
+      nextAttemptMs: this.nextAttemptOf(slot),
       state: this.stateOf(slot, this.clock.now(), this.heldDestinations()),
       bytes: m.sizeBytes,
       recipients: m.recipients.map((r) => ({
@@ -593,203 +544,54 @@ export class QueueOps {
     };
     if (!yes || slots.length === 0) return result;
     const ids = slots.map((s) => sp.idOf(s));
-    const destinations = [...new Set(slots.map((s) => sp.destinationOf(s)))];
-    const sched = this.scheduler;
-    if (!sched) {
-      await this.apply(action, ids, result);
-      return result;
-    }
-    // Live: hold the destinations still while the spool changes under them (see the invariants).
-    const release = await this.holdDestinations(sched, destinations);
-    try {
-      await this.apply(action, ids, result);
-    } finally {
-      release();
-    }
+    // Live: the scheduler owns the messages and carries the command out itself; offline: the same
+    // disposition path over the stopped spool.
+    const done = this.scheduler ? await this.scheduler.command(action, ids) : await this.offline(action, ids);
+    result.affected = done.affected;
+    result.recipients = done.recipients;
+    result.dsns = done.dsns;
+    result.failed = done.failed;
+    if (done.affected > 0) this.adminCounter?.inc({ action }, done.affected);
+    this.opts.deliveryLog?.flush();
     return result;
   }
 
-  /** Suspends the destinations that are not already, waits until no attempt to them is in flight. */
-  private async holdDestinations(sched: LiveScheduler, destinations: string[]): Promise<() => void> {
-    // One action per destination at a time: wait for an earlier one to release it.
-    for (const d of destinations) await this.draining.get(d);
-    const prior = new Map(sched.summary().map((s) => [s.destination, s]));
-    const mine: string[] = [];
-    for (const d of destinations) {
-      const p = prior.get(d);
-      // Already suspended by the operator or a rule: keep that suspension (a bounce rule still attempts).
-      if (p?.state === "suspended" && !p.reason?.startsWith("bouncing")) continue;
-      sched.suspend(d, undefined, "held for an administrative action");
-      mine.push(d);
-    }
-    let done!: () => void;
-    const p = new Promise<void>((r) => (done = r));
-    for (const d of mine) this.draining.set(d, p);
-    const release = () => {
-      for (const d of mine) {
-        this.draining.delete(d);
-        sched.resume(d);
-      }
-      done();
-    };
-    const want = new Set(destinations);
-    const deadline = performance.now() + (this.opts.drainTimeoutMs ?? 30_000);
-    for (;;) {
-      const busy = sched.summary().filter((s) => want.has(s.destination) && s.activeConnections > 0);
-      if (busy.length === 0) return release;
-      if (performance.now() > deadline) {
-        release();
-        throw new QueueError(
-          "unavailable",
-          `attempts to ${busy.map((b) => b.destination).join(", ")} are still in flight; nothing was changed, try again`,
-          503,
-        );
-      }
-      await Bun.sleep(10);
-    }
-  }
-
-  private async apply(action: "bounce" | "delete", ids: string[], result: ActionResult): Promise<void> {
-    // Bounded concurrency: the group commit batches the records; reads stay a few at a time.
+  /** Bounce or delete on a stopped spool: the disposer, a few messages at a time. */
+  private async offline(action: "bounce" | "delete", ids: string[]): Promise<CommandResult> {
+    const sp = this.spool;
+    const log = this.opts.log ?? silentLogger();
+    const disposer = new Disposer({
+      spool: sp,
+      ...(this.opts.dsn ? { dsn: this.opts.dsn } : {}),
+      settings: { hostname: this.opts.hostname, maxAgeMs: Number.POSITIVE_INFINITY, delayWarningMs: 0 },
+      ...(this.opts.deliveryLog ? { onEvent: (e) => this.opts.deliveryLog!.write({ ...e }) } : {}),
+      log,
+      clock: this.clock,
+    });
+    const out: CommandResult = { affected: 0, recipients: 0, dsns: 0, failed: [] };
     const queue = [...ids];
     const workers = Array.from({ length: Math.min(64, queue.length) }, async () => {
       for (let id = queue.shift(); id !== undefined; id = queue.shift()) {
         try {
-          const n = action === "bounce" ? await this.bounceOne(id, result) : await this.deleteOne(id);
-          if (n > 0) {
-            result.affected++;
-            result.recipients += n;
-            this.adminCounter?.inc({ action });
-          }
+          const slot = sp.slotOf(id);
+          if (slot === undefined || !sp.isLive(slot)) continue;
+          const { message, body } = await sp.read(slot);
+          const d = await disposer.dispose({
+            slot,
+            message,
+            body,
+            outcome: action === "bounce" ? { kind: "bounced" } : { kind: "deleted" },
+          });
+          if (d.recipients === 0) continue;
+          out.affected++;
+          out.recipients += d.recipients;
+          if (await d.dsn) out.dsns++;
         } catch (err) {
-          result.failed.push({ id, error: errorMessage(err) });
+          out.failed.push({ id, error: errorMessage(err) });
         }
       }
     });
     await Promise.all(workers);
-    this.opts.deliveryLog?.flush();
-  }
-
-  /** Returns the number of recipients bounced (0 when the message is gone meanwhile). */
-  private async bounceOne(id: string, result: ActionResult): Promise<number> {
-    const sp = this.spool;
-    const slot = sp.slotOf(id);
-    if (slot === undefined || !sp.isLive(slot)) return 0;
-    const { message: m, body } = await sp.read(slot);
-    const pending = m.recipients.flatMap((r, index) => (r.state === "pending" ? [{ r, index }] : []));
-    if (pending.length === 0) return 0;
-    const now = this.clock.now();
-    const text = `${ADMIN_BOUNCE_REPLY.code} ${ADMIN_BOUNCE_REPLY.enhanced} ${ADMIN_BOUNCE_REPLY.lines[0]}`;
-    await sp.recordOutcome(slot, {
-      recipients: pending.map(({ index }) => ({ index, state: "failed", reply: text })),
-      attempts: m.attempts,
-      reason: "admin-bounce",
-    });
-    const dsn: DsnRecipient[] = [];
-    for (const { r } of pending) {
-      this.opts.deliveryLog?.write({
-        type: "admin-bounce",
-        id,
-        destination: m.destination,
-        sender: m.sender,
-        recipient: r.address,
-        code: ADMIN_BOUNCE_REPLY.code,
-        enhanced: ADMIN_BOUNCE_REPLY.enhanced,
-        text: ADMIN_BOUNCE_REPLY.lines[0],
-        attempt: m.attempts,
-        queueTimeMs: now - m.arrivalMs,
-        size: m.sizeBytes,
-      });
-      if (!wantsDsn(r.notify, "failed", m.sender)) continue;
-      const entry: DsnRecipient = {
-        address: r.address,
-        action: "failed",
-        status: statusFromReply(ADMIN_BOUNCE_REPLY, "permanent"),
-        diagnostic: r.lastReply ? `smtp; ${r.lastReply}` : diagnosticFromReply(ADMIN_BOUNCE_REPLY),
-      };
-      if (r.orcpt) entry.orcpt = r.orcpt;
-      dsn.push(entry);
-    }
-    if (dsn.length > 0 && !isNullSender(m.sender)) {
-      if (await this.sendDsn(m, body, dsn, now)) result.dsns++;
-    }
-    return pending.length;
-  }
-
-  /** Like the scheduler's DSNs: from <> to the original sender, queued for delivery. */
-  private async sendDsn(
-    m: StoredMessage,
-    original: Uint8Array,
-    recipients: DsnRecipient[],
-    now: number,
-  ): Promise<boolean> {
-    const a = m.attributes;
-    const bytes = buildDsn({
-      reportingMta: this.opts.hostname,
-      originalMessageId: m.id,
-      ...(a.envid ? { envId: a.envid } : {}),
-      ...(a.ret === "FULL" || a.ret === "HDRS" ? { ret: a.ret } : {}),
-      arrivalMs: m.arrivalMs,
-      nowMs: now,
-      sender: m.sender,
-      recipients,
-      original,
-    });
-    try {
-      const stored = await this.spool.append({
-        sender: "",
-        destination: domainOf(m.sender),
-        recipients: [{ address: m.sender }],
-        attributes: { dsn: m.id, body: eightBit(bytes) ? "8BITMIME" : "7BIT" },
-        body: bytes,
-      });
-      this.opts.deliveryLog?.write({
-        type: "dsn",
-        id: m.id,
-        destination: domainOf(m.sender),
-        sender: "",
-        recipient: m.sender,
-        dsnId: stored.id,
-        action: "failed",
-        reason: "admin-bounce",
-        size: bytes.length,
-      });
-      this.scheduler?.enqueue(stored.slot);
-      return true;
-    } catch (err) {
-      // The bounce is recorded; a lost DSN is the lesser harm (as in the scheduler).
-      this.opts.log?.error("could not queue a DSN for an admin bounce", {
-        id: m.id,
-        error: errorMessage(err),
-      });
-      return false;
-    }
-  }
-
-  private async deleteOne(id: string): Promise<number> {
-    const sp = this.spool;
-    const slot = sp.slotOf(id);
-    if (slot === undefined || !sp.isLive(slot)) return 0;
-    const env = sp.readEnvelope(slot);
-    const pending = env.recipients.flatMap((r, index) => (r.state === "pending" ? [{ r, index }] : []));
-    if (pending.length === 0) return 0;
-    await sp.recordOutcome(slot, {
-      recipients: pending.map(({ index }) => ({ index, state: "failed", reply: ADMIN_DELETE_REPLY })),
-      attempts: env.attempts,
-      reason: "admin-delete",
-    });
-    const now = this.clock.now();
-    for (const { r } of pending) {
-      this.opts.deliveryLog?.write({
-        type: "admin-delete",
-        id,
-        destination: env.destination,
-        sender: env.sender,
-        recipient: r.address,
-        queueTimeMs: now - env.arrivalMs,
-        size: env.sizeBytes,
-      });
-    }
-    return pending.length;
+    return out;
   }
 }

@@ -3,16 +3,19 @@
  * inject API) to messages durably in the spool and queued for delivery.
  *
  * Owns: splitting recipients by destination (one spool message per recipient domain, as AsyncOS
- * splinters), DKIM signing once before the append, the reception line in the delivery log, and the
- * `X-MTA-Pool` header: taken out of the message (before signing) into the `pool` attribute.
- * Invariant: `ok: true` is returned only after every part's append resolved (its bytes are on stable
- * storage); a spool error gives `452 4.3.1`, never `250`.
+ * splinters), DKIM signing once before the append, the reception line in the delivery log, the
+ * `X-MTA-Pool` header (taken out of the message, before signing, into the `pool` attribute), and the
+ * one way DSNs are queued (`injectDsn`: the same path, so they are signed and logged too).
+ * Invariants: `ok: true` is returned only after every part's append resolved (its bytes are on
+ * stable storage); a spool write failure gives `452 4.3.1` (RFC 3463: mail system storage), any
+ * other failure `451 4.3.0` and an error log line with its cause, never `250`.
  */
+import type { DsnInjector } from "../disposition/index.ts";
 import type { AcceptResult, Acceptor, Envelope } from "../listener/index.ts";
-import { errorMessage } from "../lib/index.ts";
+import { errorMessage, testFault } from "../lib/index.ts";
 import type { Counter, DeliveryLog, Logger, Metrics } from "../observe/index.ts";
 import { domainOf, reply } from "../smtp/index.ts";
-import type { NewMessage, Spool } from "../spool/index.ts";
+import { type NewMessage, type Spool, SpoolWriteError } from "../spool/index.ts";
 
 export interface AcceptSink {
   enqueue(slot: number, hint?: { pool?: string }): void;
@@ -72,20 +75,25 @@ export interface Submission {
   recipients: Envelope["recipients"];
   attributes: Record<string, string>;
   message: Uint8Array;
+  /** The `source` label of the counters (default: the `listener` attribute, else "api"). */
+  source?: string;
 }
 
-export class AcceptPipeline implements Acceptor {
+export class AcceptPipeline implements Acceptor, DsnInjector {
   private readonly received: Counter;
   private readonly refused: Counter;
+  /** The scheduler, once it exists (the engine wires it after both are built). */
+  queue: AcceptSink | undefined;
 
   constructor(private readonly deps: AcceptDeps) {
+    this.queue = deps.queue;
     this.received = deps.metrics.counter(
       "mta_accept_messages_total",
       "Messages accepted into the spool, by source",
     );
     this.refused = deps.metrics.counter(
       "mta_accept_refused_total",
-      "Messages refused because the spool failed",
+      "Messages refused because the spool or the accept pipeline failed",
     );
   }
 
@@ -104,8 +112,48 @@ export class AcceptPipeline implements Acceptor {
     return this.submit({ sender: envelope.sender, recipients: envelope.recipients, attributes, message });
   }
 
-  /** Shared by SMTP and the HTTP inject API: append every part durably, then queue it. */
+  /** The one way a DSN is queued: from the null sender, through signing, the append and the log. */
+  async injectDsn(d: {
+    recipient: string;
+    body: Uint8Array;
+    attributes: Record<string, string>;
+  }): Promise<string> {
+    const r = await this.submit({
+      sender: "",
+      recipients: [{ address: d.recipient }],
+      attributes: d.attributes,
+      message: d.body,
+      source: "dsn",
+    });
+    if (!r.ok) throw new Error(`the accept pipeline refused the DSN: ${r.reply.lines.join(" ")}`);
+    return r.ids[0]!;
+  }
+
+  /**
+   * Shared by SMTP, the HTTP inject API and DSNs: append every part durably, then queue it. Never
+   * throws: a failure is a reply (452 for the spool's writes, 451 for anything else).
+   */
   async submit(sub: Submission): Promise<AcceptResult> {
+    const source = sub.source ?? sub.attributes.listener ?? "api";
+    try {
+      return await this.store(sub, source);
+    } catch (err) {
+      this.refused.inc({ source });
+      if (err instanceof SpoolWriteError) {
+        this.deps.log.error("spool append failed; answering 452", { error: errorMessage(err) });
+        return { ok: false, reply: reply(452, "4.3.1", "Insufficient system storage") };
+      }
+      // Not the disk: a bug or a broken part. Say so in the log; the client may try again later.
+      this.deps.log.error("accept failed inside the MTA; answering 451", {
+        error: errorMessage(err),
+        ...(err instanceof Error && err.stack ? { stack: err.stack } : {}),
+      });
+      return { ok: false, reply: reply(451, "4.3.0", "Local error in processing") };
+    }
+  }
+
+  private async store(sub: Submission, source: string): Promise<AcceptResult> {
+    testFault("accept");
     const taken = takePoolHeader(sub.message);
     if (taken.pool !== undefined) sub = { ...sub, attributes: { ...sub.attributes, pool: taken.pool } };
     const body = this.deps.sign ? await this.deps.sign(taken.message) : taken.message;
@@ -123,18 +171,11 @@ export class AcceptPipeline implements Acceptor {
       attributes: sub.attributes,
       body,
     }));
-    let stored: { id: string; slot: number }[];
-    try {
-      stored = await Promise.all(parts.map((p) => this.deps.spool.append(p)));
-    } catch (err) {
-      this.refused.inc({ source: sub.attributes.listener ?? "api" });
-      this.deps.log.error("spool append failed; answering 452", { error: errorMessage(err) });
-      return { ok: false, reply: reply(452, "4.3.1", "Insufficient system storage") };
-    }
+    const stored = await Promise.all(parts.map((p) => this.deps.spool.append(p)));
     for (let i = 0; i < stored.length; i++) {
       const { id, slot } = stored[i]!;
       const part = parts[i]!;
-      this.deps.queue?.enqueue(slot, sub.attributes.pool ? { pool: sub.attributes.pool } : undefined);
+      this.queue?.enqueue(slot, sub.attributes.pool ? { pool: sub.attributes.pool } : undefined);
       this.deps.deliveryLog.write({
         type: "reception",
         id,
@@ -145,7 +186,7 @@ export class AcceptPipeline implements Acceptor {
         ...sub.attributes,
       });
     }
-    this.received.inc({ source: sub.attributes.listener ?? "api" }, stored.length);
+    this.received.inc({ source }, stored.length);
     return { ok: true, ids: stored.map((s) => s.id) };
   }
 }

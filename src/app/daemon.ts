@@ -2,13 +2,21 @@
  * The daemon: the engine plus SMTP listeners and the HTTP control endpoint; runs until a signal.
  *
  * Owns: start order (engine (spool, scheduler) → control → listeners), stop order (listeners drain
- * first, then the scheduler, then the spool), SIGHUP reload, signal handling.
+ * first, then the scheduler, then the spool), SIGHUP reload (every `live` key of config/'s RELOAD
+ * table at once; `restart` keys are reported against what runs), signal handling.
  * Invariant: the spool lock is held for the whole life of the daemon; nothing is acknowledged before
  * the spool is open, and the spool closes only after every listener and delivery has stopped.
  */
 import { readFileSync } from "node:fs";
 import pkg from "../../package.json" with { type: "json" };
-import { type Config, ConfigError, type ListenerConfig, loadConfig } from "../config/index.ts";
+import {
+  type Config,
+  ConfigError,
+  type ListenerConfig,
+  loadConfig,
+  type RawConfig,
+  restartNeeded,
+} from "../config/index.ts";
 import { EXIT, errorMessage, formatHostPort, UnavailableError } from "../lib/index.ts";
 import {
   type ControlServer,
@@ -24,6 +32,8 @@ import { QueueOps, queueRoutes } from "./queue.ts";
 
 export interface DaemonOptions {
   log: Logger;
+  /** The validated file as written (for `restartNeeded` on reload); default: no restart keys known. */
+  raw?: RawConfig;
 }
 
 export function listenerOptions(l: ListenerConfig, hostname: string): ListenerOptions {
@@ -62,11 +72,6 @@ function startControlServerOr(where: string, opts: Parameters<typeof startContro
   }
 }
 
-function sameValue(a: unknown, b: unknown): boolean {
-  const text = (v: unknown) => JSON.stringify(v, (_k, x) => (typeof x === "bigint" ? x.toString() : x));
-  return text(a) === text(b);
-}
-
 export class Daemon {
   private stopping: Promise<void> | undefined;
 
@@ -76,6 +81,8 @@ export class Daemon {
     readonly engine: Engine,
     readonly control: ControlServer | undefined,
     readonly listeners: Listener[],
+    /** The file the daemon started with: what its `restart` keys are running on. */
+    private readonly started: RawConfig | undefined,
   ) {}
 
   static async start(config: Config, opts: DaemonOptions): Promise<Daemon> {
@@ -132,7 +139,7 @@ export class Daemon {
       await engine.stop();
       throw err;
     }
-    return new Daemon(config, log, engine, control, listeners);
+    return new Daemon(config, log, engine, control, listeners, opts.raw);
   }
 
   /** The "started" log line, with the bound addresses (tests and scripts read the ports from it). */
@@ -145,14 +152,15 @@ export class Daemon {
     });
   }
 
-  /** Applies a new, already validated configuration; says which changes need a restart. */
-  reload(config: Config): void {
+  /**
+   * Applies a new, already validated configuration: every `live` key at once (DKIM keys, routes,
+   * DNS, retry schedule, scheduler settings, every live site's policy, log level of every logger, the
+   * delivery log file); says which `restart` keys differ from what runs.
+   */
+  reload(config: Config, raw?: RawConfig): void {
     this.engine.reload(config); // DKIM keys first: a bad key throws and nothing changes
     setLogLevel(this.log, config.log.level);
-    const needsRestart: string[] = [];
-    if (config.spool.dir !== this.config.spool.dir) needsRestart.push("spool.dir");
-    if (!sameValue(config.control, this.config.control)) needsRestart.push("control");
-    if (!sameValue(config.listen, this.config.listen)) needsRestart.push("listen");
+    const needsRestart = this.started && raw ? restartNeeded(this.started, raw) : [];
     this.config = config;
     this.log.info("configuration reloaded", needsRestart.length ? { needsRestart } : {});
   }
@@ -172,9 +180,9 @@ export class Daemon {
 
 /** `mta serve`: loads the configuration, runs the daemon until SIGTERM/SIGINT, returns the exit code. */
 export async function runDaemon(configFile: string): Promise<number> {
-  const { config } = loadConfig(configFile);
+  const { config, raw } = loadConfig(configFile);
   const log = createLogger({ level: config.log.level, format: config.log.format });
-  const daemon = await Daemon.start(config, { log });
+  const daemon = await Daemon.start(config, { log, raw });
   return new Promise<number>((resolve) => {
     const stop = (signal: string) => {
       log.info(`received ${signal}`);
@@ -190,7 +198,8 @@ export async function runDaemon(configFile: string): Promise<number> {
     process.on("SIGINT", () => stop("SIGINT"));
     process.on("SIGHUP", () => {
       try {
-        daemon.reload(loadConfig(configFile).config);
+        const next = loadConfig(configFile);
+        daemon.reload(next.config, next.raw);
       } catch (err) {
         const detail = err instanceof ConfigError ? err.message : errorMessage(err);
         log.error(`configuration reload failed; keeping the running configuration\n${detail}`);

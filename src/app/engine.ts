@@ -10,16 +10,16 @@
 import { availableParallelism } from "node:os";
 import pkg from "../../package.json" with { type: "json" };
 import { isLoopback } from "../lib/index.ts";
-import type { Config, DomainPolicy } from "../config/index.ts";
+import type { Config } from "../config/index.ts";
 import { Deliverer } from "../deliverer/index.ts";
-import { createResolver } from "../dns/index.ts";
+import { createResolver, type Resolver } from "../dns/index.ts";
 import { type DkimOptions, DkimSigner, DkimSignerPool, readKeyFile } from "../dkim/index.ts";
 import { errorMessage } from "../lib/index.ts";
 import { DeliveryLog, type Logger, Metrics, registerProcessMetrics } from "../observe/index.ts";
-import { type DestinationPolicy, type PoolMember, Scheduler } from "../scheduler/index.ts";
+import { Router } from "../route/index.ts";
+import { type PoolMember, Scheduler, type SchedulerSettings } from "../scheduler/index.ts";
 import { Spool } from "../spool/index.ts";
 import { AcceptPipeline } from "./accept.ts";
-import { hasRollups, makeRouter } from "./routing.ts";
 
 export interface EngineOptions {
   log: Logger;
@@ -28,27 +28,34 @@ export interface EngineOptions {
   deliver?: boolean;
 }
 
-/** The effective policy of a destination: its own entry over `default`. */
-export function policyFor(config: Config, destination: string): DestinationPolicy {
-  // `destination` is a site: a domain, or the name of an MX rollup entry.
-  const domains = config.delivery.domains;
-  const def = domains.default;
-  const own: DomainPolicy = domains[destination] ?? {};
-  const p: DestinationPolicy = {
-    maxConnections: own.maxConnections ?? def.maxConnections,
-    maxMessagesPerConnection: own.maxMessagesPerConnection ?? def.maxMessagesPerConnection,
-    tls: own.tls ?? def.tls,
-    tlsVerify: own.tlsVerify ?? def.tlsVerify,
+/** What a reload may change in the running scheduler. */
+export function schedulerSettings(config: Config): SchedulerSettings {
+  const d = config.delivery;
+  return {
+    retryMs: d.retryMs,
+    maxAgeMs: d.maxAgeMs,
+    siteBackoffMs: d.siteBackoffMs,
+    delayWarningMs: d.delayWarningMs,
+    maxConnections: d.maxConnections,
+    maxConnectionsPerSource: d.maxConnectionsPerSource,
+    maxReadyPerSite: d.maxReadyPerSite,
   };
-  const messageRate = own.messageRate ?? def.messageRate;
-  const connectionRate = own.connectionRate ?? def.connectionRate;
-  const retryMs = own.retryMs ?? def.retryMs;
-  if (messageRate) p.messageRate = { count: messageRate.count, perMs: messageRate.perMs };
-  if (connectionRate) p.connectionRate = { count: connectionRate.count, perMs: connectionRate.perMs };
-  if (retryMs) p.retryMs = retryMs;
-  const pool = own.pool ?? def.pool;
-  if (pool) p.pool = pool;
-  return p;
+}
+
+/**
+ * The DNS resolver of a configuration. MTA_LOOPBACK_ONLY=1 (tests, benchmarks, sandboxes): nothing
+ * leaves 127.0.0.0/8 and ::1, not even a DNS question to the machine's resolver.
+ */
+function makeResolver(config: Config, metrics: Metrics): Resolver {
+  const loopbackOnly = process.env.MTA_LOOPBACK_ONLY === "1";
+  const dnsServers = loopbackOnly ? config.dns.servers.filter((s) => isLoopback(s.host)) : config.dns.servers;
+  if (loopbackOnly && dnsServers.length === 0) dnsServers.push({ host: "127.0.0.1", port: 9 });
+  return createResolver({
+    servers: dnsServers,
+    timeoutMs: config.dns.timeoutMs,
+    attempts: config.dns.attempts,
+    metrics,
+  });
 }
 
 /**
@@ -163,6 +170,7 @@ export class Engine {
     readonly spool: Spool,
     readonly deliveryLog: DeliveryLog,
     readonly deliverer: Deliverer,
+    readonly router: Router,
     readonly scheduler: Scheduler,
     readonly pipeline: AcceptPipeline,
     private readonly delivering: boolean,
@@ -194,19 +202,7 @@ export class Engine {
     });
     for (const d of r.damaged) log.warn("damaged spool record skipped", { ...d });
     const deliveryLog = new DeliveryLog(config.log.deliveriesFile);
-    // MTA_LOOPBACK_ONLY=1 (tests, benchmarks, sandboxes): nothing leaves 127.0.0.0/8 and ::1, not even
-    // a DNS question to the machine's resolver.
     const loopbackOnly = process.env.MTA_LOOPBACK_ONLY === "1";
-    const dnsServers = loopbackOnly
-      ? config.dns.servers.filter((s) => isLoopback(s.host))
-      : config.dns.servers;
-    if (loopbackOnly && dnsServers.length === 0) dnsServers.push({ host: "127.0.0.1", port: 9 });
-    const resolver = createResolver({
-      servers: dnsServers,
-      timeoutMs: config.dns.timeoutMs,
-      attempts: config.dns.attempts,
-      metrics,
-    });
     const t = config.delivery.timeouts;
     const deliverer = new Deliverer({
       timeouts: { ...t, idleMs: config.delivery.idleTimeoutMs },
@@ -216,36 +212,30 @@ export class Engine {
       log: log.withTag("deliverer"),
       metrics,
     });
-    const route = makeRouter(config, resolver);
-    const scheduler = new Scheduler({
-      spool,
-      deliverer,
-      route: (d) => route(d),
-      hostname: config.hostname,
-      retryMs: config.delivery.retryMs,
-      maxAgeMs: config.delivery.maxAgeMs,
-      siteBackoffMs: config.delivery.siteBackoffMs,
-      delayWarningMs: config.delivery.delayWarningMs,
-      maxConnections: config.delivery.maxConnections,
-      policyFor: (d) => policyFor(engine.config, d),
-      ...egressPools(config),
-      maxConnectionsPerSource: config.delivery.maxConnectionsPerSource,
-      maxReadyPerSite: config.delivery.maxReadyPerSite,
-      rollup: hasRollups(config),
-      onEvent: (e) => deliveryLog.write({ ...e }),
-      onDestinationEvent: (e) => deliveryLog.write({ ...e }),
-      log: log.withTag("scheduler"),
-      metrics,
-    });
+    const router = new Router(config, makeResolver(config, metrics));
     const pipeline = new AcceptPipeline({
       spool,
-      queue: scheduler,
       deliveryLog,
       log: log.withTag("accept"),
       metrics,
       // Always wired: a reload may add keys to a daemon that started without any.
       sign: (m) => engine.sign(m),
     });
+    const scheduler = new Scheduler({
+      spool,
+      deliverer,
+      router,
+      // DSNs go through the accept pipeline: DKIM-signed and logged like any message.
+      dsn: pipeline,
+      hostname: config.hostname,
+      ...schedulerSettings(config),
+      ...egressPools(config),
+      onEvent: (e) => deliveryLog.write({ ...e }),
+      onDestinationEvent: (e) => deliveryLog.write({ ...e }),
+      log: log.withTag("scheduler"),
+      metrics,
+    });
+    pipeline.queue = scheduler;
     const delivering = opts.deliver !== false;
     const engine = new Engine(
       config,
@@ -254,6 +244,7 @@ export class Engine {
       spool,
       deliveryLog,
       deliverer,
+      router,
       scheduler,
       pipeline,
       delivering,
@@ -268,15 +259,19 @@ export class Engine {
   }
 
   /**
-   * Applies a new, validated configuration to the delivery side: policies, DKIM keys, delivery log file.
-   * The new keys are checked before anything changes: a bad one throws and the old keys keep signing.
+   * Applies a new, validated configuration to the delivery side at once: DKIM keys, routes and DNS,
+   * retry schedule and the other scheduler settings, every live site's policy; reopens the delivery
+   * log. The new keys are checked before anything changes: a bad one throws and nothing changes.
    */
   reload(config: Config): void {
     const signer = makeSignerPool(config, this.log.withTag("dkim"));
     this.signer?.close(); // its threads finish what they hold, then end
     this.signer = signer;
+    const dnsChanged = JSON.stringify(config.dns) !== JSON.stringify(this.config.dns);
+    this.router.reload(config, dnsChanged ? makeResolver(config, this.metrics) : undefined);
+    this.scheduler.reload(schedulerSettings(config));
     this.config = config;
-    this.deliveryLog.reopen();
+    this.deliveryLog.reopen(config.log.deliveriesFile);
   }
 
   async stop(graceMs = 1500): Promise<void> {

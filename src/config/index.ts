@@ -10,5 +10,6 @@ export {
   parseConfigText,
   renderConfigYaml,
 } from "./load.ts";
+export { RELOAD, type ReloadClass, reloadClassOf, restartNeeded } from "./reload.ts";
 export type { RawConfig } from "./schema.ts";
 export type { Config, DeliveryConfig, DomainPolicy, ListenerConfig, RouteConfig, TlsMode } from "./types.ts";

@@ -5,3 +5,4 @@ export * from "./errors.ts";
 export * from "./ids.ts";
 export * from "./net.ts";
 export * from "./flock.ts";
+export * from "./fault.ts";

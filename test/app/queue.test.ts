@@ -15,10 +15,12 @@ import {
   QueueOps,
   queueRoutes,
 } from "../../src/app/queue.ts";
+import { AcceptPipeline } from "../../src/app/accept.ts";
 import { type Config, parseConfigText } from "../../src/config/index.ts";
 import { Deliverer, RFC5321_TIMEOUTS } from "../../src/deliverer/index.ts";
 import { DeliveryLog, Metrics, silentLogger, startControlServer } from "../../src/observe/index.ts";
-import { Scheduler, type SchedulerRoute } from "../../src/scheduler/index.ts";
+import { Scheduler } from "../../src/scheduler/index.ts";
+import { type TestRoute, testRouter } from "../support/router.ts";
 import { Spool } from "../../src/spool/index.ts";
 
 const HOUR = 3_600_000;
@@ -91,7 +93,7 @@ interface Live {
 }
 
 /** The daemon's pieces, wired as the daemon wires them; routes default to a closed port. */
-async function startLive(dir: string, routes = new Map<string, SchedulerRoute>()): Promise<Live> {
+async function startLive(dir: string, routes = new Map<string, TestRoute>()): Promise<Live> {
   const metrics = new Metrics();
   const spool = await Spool.open({ dir: join(dir, "spool"), sync: false, metrics });
   const deliverer = new Deliverer({
@@ -102,21 +104,27 @@ async function startLive(dir: string, routes = new Map<string, SchedulerRoute>()
     metrics,
   });
   const deliveryLog = new DeliveryLog(join(dir, "deliveries.jsonl"));
+  // DSNs through the accept pipeline, as the engine wires it.
+  const pipeline = new AcceptPipeline({ spool, deliveryLog, log: silentLogger(), metrics: new Metrics() });
   const scheduler = new Scheduler({
     spool,
     deliverer,
-    route: async (d) =>
-      routes.get(d) ?? { kind: "hosts", hosts: [{ name: "closed.test", ip: "127.0.0.1", port: 9 }] },
+    dsn: pipeline,
+    router: testRouter({
+      route: (d) =>
+        routes.get(d) ?? { kind: "hosts", hosts: [{ name: "closed.test", ip: "127.0.0.1", port: 9 }] },
+      policy: () => ({ maxConnections: 10, maxMessagesPerConnection: 100, tls: "off", tlsVerify: false }),
+    }),
     hostname: "mta.test",
     retryMs: [HOUR],
     maxAgeMs: 5 * 24 * HOUR,
     delayWarningMs: 0,
     maxConnections: 200,
-    policyFor: () => ({ maxConnections: 10, maxMessagesPerConnection: 100, tls: "off", tlsVerify: false }),
     onEvent: (e) => deliveryLog.write({ ...e }),
     log: silentLogger(),
     metrics,
   });
+  pipeline.queue = scheduler;
   const ops = new QueueOps({
     spool,
     scheduler,
@@ -306,7 +314,7 @@ test("a live bounce holds the destination while attempts to it are in flight, th
   const dir = tmp();
   // A peer that accepts and never greets: attempts stay in flight until the greeting timeout.
   const silent = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
-  const routes = new Map<string, SchedulerRoute>([
+  const routes = new Map<string, TestRoute>([
     ["slow.test", { kind: "hosts", hosts: [{ name: "slow", ip: "127.0.0.1", port: silent.port }] }],
   ]);
   const live = await startLive(dir, routes);

@@ -16,7 +16,9 @@ import {
   silentLogger,
   startControlServer,
 } from "../../src/observe/index.ts";
-import { Scheduler, type SchedulerRoute } from "../../src/scheduler/index.ts";
+import { AcceptPipeline } from "../../src/app/accept.ts";
+import { Scheduler } from "../../src/scheduler/index.ts";
+import { type TestRoute, testRouter } from "../support/router.ts";
 import { Spool } from "../../src/spool/index.ts";
 import { SMTP_SINK, startSink } from "../support/sink.ts";
 
@@ -27,7 +29,7 @@ test.skipIf(!SMTP_SINK)(
     await using sink = await startSink({ dir });
     // Accepts and never greets: attempts to stuck.test stay in flight until the greeting timeout.
     const silent = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
-    const routes = new Map<string, SchedulerRoute>([
+    const routes = new Map<string, TestRoute>([
       ["stuck.test", { kind: "hosts", hosts: [{ name: "stuck", ip: "127.0.0.1", port: silent.port }] }],
       ["ok.test", { kind: "hosts", hosts: [{ name: "sink", ip: "127.0.0.1", port: sink.port }] }],
     ]);
@@ -43,19 +45,25 @@ test.skipIf(!SMTP_SINK)(
       log: silentLogger(),
     });
     const deliveryLog = new DeliveryLog(join(dir, "deliveries.jsonl"));
+    // DSNs through the accept pipeline, as the engine wires it.
+    const pipeline = new AcceptPipeline({ spool, deliveryLog, log: silentLogger(), metrics: new Metrics() });
     const scheduler = new Scheduler({
       spool,
       deliverer,
-      route: async (d) => routes.get(d) ?? { kind: "transient", reason: "no route" },
+      dsn: pipeline,
+      router: testRouter({
+        route: (d) => routes.get(d) ?? { kind: "transient", reason: "no route" },
+        policy: () => ({ maxConnections: 8, maxMessagesPerConnection: 1000, tls: "off", tlsVerify: false }),
+      }),
       hostname: "mta.test",
       retryMs: [3_600_000],
       maxAgeMs: 86_400_000,
       delayWarningMs: 0,
       maxConnections: 100,
-      policyFor: () => ({ maxConnections: 8, maxMessagesPerConnection: 1000, tls: "off", tlsVerify: false }),
       onEvent: (e) => deliveryLog.write({ ...e }),
       log,
     });
+    pipeline.queue = scheduler;
     const ops = new QueueOps({ spool, scheduler, deliveryLog, hostname: "mta.test", log });
     const control = startControlServer({
       host: "127.0.0.1",

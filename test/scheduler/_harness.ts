@@ -8,16 +8,17 @@ import os from "node:os";
 import path from "node:path";
 import { Deliverer, RFC5321_TIMEOUTS } from "../../src/deliverer/index.ts";
 import { ManualClock } from "../../src/lib/index.ts";
-import { Metrics, silentLogger } from "../../src/observe/index.ts";
+import { AcceptPipeline } from "../../src/app/accept.ts";
+import { DeliveryLog, Metrics, silentLogger } from "../../src/observe/index.ts";
+import type { DestinationPolicy } from "../../src/route/index.ts";
 import {
   type DestinationEvent,
-  type DestinationPolicy,
   Scheduler,
   type SchedulerEvent,
   type SchedulerOptions,
-  type SchedulerRoute,
 } from "../../src/scheduler/index.ts";
 import { type NewMessage, Spool } from "../../src/spool/index.ts";
+import { type TestRoute, testRouter } from "../support/router.ts";
 
 export const FAST = {
   ...RFC5321_TIMEOUTS,
@@ -50,7 +51,7 @@ export interface Harness extends AsyncDisposable {
   events: SchedulerEvent[];
   destinationEvents: DestinationEvent[];
   /** Where each destination goes; tests may change it between attempts. */
-  routes: Map<string, SchedulerRoute>;
+  routes: Map<string, TestRoute>;
   /** Appends a message to the spool and enqueues it. */
   send(m: Partial<NewMessage> & { to: string[] }): Promise<{ id: string; slot: number }>;
   /** Advances the clock, runs what is due, and waits until the scheduler is idle. */
@@ -60,7 +61,7 @@ export interface Harness extends AsyncDisposable {
   reopen(overrides?: Partial<SchedulerOptions>): Promise<void>;
 }
 
-export function hostsRoute(port: number): SchedulerRoute {
+export function hostsRoute(port: number): TestRoute {
   return { kind: "hosts", hosts: [{ name: "peer.test", ip: "127.0.0.1", port }] };
 }
 
@@ -68,6 +69,9 @@ export async function harness(opts: {
   port: number;
   overrides?: Partial<SchedulerOptions>;
   policy?: Partial<DestinationPolicy>;
+  /** Per-site policy (over `policy`); MX rollup semantics for the test router. */
+  policyFor?: (site: string) => DestinationPolicy;
+  rollup?: boolean;
   dir?: string;
 }): Promise<Harness> {
   const dir = opts.dir ?? fs.mkdtempSync(path.join(os.tmpdir(), "mta-sched-"));
@@ -75,7 +79,7 @@ export async function harness(opts: {
   const metrics = new Metrics();
   const events: SchedulerEvent[] = [];
   const destinationEvents: DestinationEvent[] = [];
-  const routes = new Map<string, SchedulerRoute>();
+  const routes = new Map<string, TestRoute>();
   const deliverer = new Deliverer({
     timeouts: FAST,
     maxMessagesPerConnection: 1000,
@@ -84,16 +88,27 @@ export async function harness(opts: {
   });
   const make = async (overrides?: Partial<SchedulerOptions>) => {
     const spool = await Spool.open({ dir, sync: false, clock });
+    // DSNs take the product's path: the accept pipeline (no delivery log file here).
+    const pipeline = new AcceptPipeline({
+      spool,
+      deliveryLog: new DeliveryLog(""),
+      log: silentLogger(),
+      metrics,
+    });
     const scheduler = new Scheduler({
       spool,
       deliverer,
-      route: async (d) => routes.get(d) ?? hostsRoute(opts.port),
+      dsn: pipeline,
+      router: testRouter({
+        route: (d) => routes.get(d) ?? hostsRoute(opts.port),
+        policy: opts.policyFor ?? (() => ({ ...POLICY, ...opts.policy })),
+        ...(opts.rollup ? { rollup: true } : {}),
+      }),
       hostname: "mta.test",
       retryMs: [60_000, 300_000],
       maxAgeMs: 24 * 3_600_000,
       delayWarningMs: 0,
       maxConnections: 20,
-      policyFor: () => ({ ...POLICY, ...opts.policy }),
       random: () => 0.5, // no jitter: exact retry times
       clock,
       log: silentLogger(),
@@ -103,6 +118,7 @@ export async function harness(opts: {
       ...opts.overrides,
       ...overrides,
     });
+    pipeline.queue = scheduler;
     return { spool, scheduler };
   };
   let { spool, scheduler } = await make();

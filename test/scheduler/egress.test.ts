@@ -118,13 +118,11 @@ test("MX rollup: domains whose route names one site share its single connection 
   await using peer = await countingPeer(25);
   await using h = await harness({
     port: peer.port,
-    overrides: {
-      rollup: true,
-      policyFor: (site) =>
-        site === "bigmail"
-          ? { ...POLICY, maxConnections: 2, initialWindow: 2 }
-          : { ...POLICY, initialWindow: 5 },
-    },
+    rollup: true,
+    policyFor: (site) =>
+      site === "bigmail"
+        ? { ...POLICY, maxConnections: 2, initialWindow: 2 }
+        : { ...POLICY, initialWindow: 5 },
   });
   const route = hostsRoute(peer.port);
   if (route.kind !== "hosts") throw new Error("hostsRoute gives hosts");

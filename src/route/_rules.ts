@@ -1,13 +1,15 @@
 /**
  * Reply-driven backoff rules (PowerMTA backoff mode, KumoMTA shaping automation).
  *
- * Owns: `BackoffRule`, the default rules, and `matchRule` (the first rule whose pattern matches a reply).
- * Does not own: carrying out the action on a destination (scheduler.ts).
+ * Owns: `BackoffRule` (part of a destination's policy), the default rules, and `matchRule` (the first
+ * rule whose pattern matches a reply).
+ * Does not own: carrying out the action on a site (scheduler/'s site object).
  * A rule matches on the reply code (a number, or a regex over its three digits), the enhanced code
  * (regex), and the text (regex over `code enhanced text`, lines joined by spaces); every given part
  * must match.
  */
-import type { Rate } from "./_rate.ts";
+import { replyLine, type SmtpReply } from "../smtp/index.ts";
+import type { Rate } from "./_policy.ts";
 
 export interface BackoffRule {
   /** Shown in logs, events and the `rule` label of metrics; keep it short and fixed. */
@@ -27,11 +29,7 @@ export interface BackoffRule {
   messageRate?: Rate;
 }
 
-export interface ReplyLike {
-  code: number;
-  enhanced?: string;
-  lines: string[];
-}
+export type ReplyLike = SmtpReply;
 
 /**
  * Defaults for the well-known "slow down" replies: Gmail's 4.7.28 ("unusual rate of unsolicited
@@ -56,10 +54,6 @@ export const DEFAULT_BACKOFF_RULES: readonly BackoffRule[] = Object.freeze([
     messageRate: { count: 1, perMs: 1000 },
   },
 ]);
-
-export function replyLine(r: ReplyLike): string {
-  return `${r.code}${r.enhanced ? ` ${r.enhanced}` : ""} ${r.lines.join(" ")}`.trim();
-}
 
 export function matchRule(rules: readonly BackoffRule[], r: ReplyLike): BackoffRule | undefined {
   const code = String(r.code);

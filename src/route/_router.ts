@@ -1,0 +1,126 @@
+/**
+ * The routing step: from a recipient domain to its site (the queue key), its next hops and its policy.
+ *
+ * Owns: the order of the decision (a static route, else MX through dns/, then MX rollup), the site
+ * names (a static route's next hop; an MX rollup's name; else the domain itself), what each domain's
+ * rollup turned out to be (learned from its MX, forgotten on reload), and the policy of every site.
+ * Does not own: DNS transport and MX order (dns/), queues and limits (scheduler/), the configuration
+ * file (config/): `reload` is handed a new validated configuration and swaps every table at once.
+ * Invariants: `siteOf` never does I/O; when it answers, `route` names the same site (until a reload);
+ * it answers without a lookup for every domain except, with rollups configured, one never routed yet.
+ */
+import type { Config, RouteConfig, TlsMode } from "../config/index.ts";
+import { resolveDestination, type Resolver } from "../dns/index.ts";
+import { type DestinationPolicy, policyOf } from "./_policy.ts";
+import { hasRollups, siteFor } from "./_rollup.ts";
+import { findRoute, nextHopName, routeHosts } from "./_static.ts";
+
+/** Where a domain's mail goes now. `site` is always set: it is the queue key. */
+export type RouteDecision =
+  | {
+      kind: "hosts";
+      site: string;
+      hosts: { name: string; ip: string; port: number }[];
+      auth?: { username: string; password: string };
+      /** A static route's TLS, over the site policy's. */
+      tls?: TlsMode;
+      tlsVerify?: boolean;
+      sourceAddress?: string;
+      ehloName?: string;
+    }
+  | { kind: "permanent"; site: string; enhanced: string; reason: string }
+  | { kind: "transient"; site: string; reason: string };
+
+interface Tables {
+  routes: Config["delivery"]["routes"];
+  domains: Config["delivery"]["domains"];
+  rollups: boolean;
+  families: (4 | 6)[];
+  prefer: "ipv4" | "ipv6";
+  port: number;
+}
+
+function tablesOf(config: Config): Tables {
+  return {
+    routes: config.delivery.routes,
+    domains: config.delivery.domains,
+    rollups: hasRollups(config),
+    families: config.dns.prefer === "ipv6" ? [6, 4] : [4, 6],
+    prefer: config.dns.prefer,
+    port: config.delivery.port,
+  };
+}
+
+export class Router {
+  private t: Tables;
+  /** Domain -> rollup site, learned from MX answers (only with rollups configured). */
+  private readonly learned = new Map<string, string>();
+  /** Bumped by every reload: sites named before it may be stale. */
+  version = 0;
+
+  constructor(
+    config: Config,
+    private resolver: Resolver,
+  ) {
+    this.t = tablesOf(config);
+  }
+
+  /** A new configuration (and resolver, when DNS settings changed): every later decision uses it. */
+  reload(config: Config, resolver?: Resolver): void {
+    this.t = tablesOf(config);
+    if (resolver) this.resolver = resolver;
+    this.learned.clear();
+    this.version++;
+  }
+
+  /** Whether a domain's site may depend on its MX (then `siteOf` waits for the first `route`). */
+  get rollups(): boolean {
+    return this.t.rollups;
+  }
+
+  /** The site of a domain when it is known without I/O; undefined: ask `route` first (MX rollup). */
+  siteOf(domain: string): string | undefined {
+    const route = findRoute(this.t.routes, domain);
+    if (route) return nextHopName(route);
+    if (!this.t.rollups) return domain;
+    return this.learned.get(domain);
+  }
+
+  policyOf(site: string): DestinationPolicy {
+    return policyOf(this.t.domains, site);
+  }
+
+  async route(domain: string): Promise<RouteDecision> {
+    const t = this.t;
+    const route = findRoute(t.routes, domain);
+    if (route) return this.staticRoute(domain, route, t);
+    const r = await resolveDestination(this.resolver, domain, { prefer: t.prefer, port: t.port });
+    if (r.kind !== "hosts") return { ...r, site: this.learned.get(domain) ?? domain };
+    let site = domain;
+    if (t.rollups && t === this.t) {
+      site =
+        siteFor(
+          t.domains,
+          domain,
+          r.hosts.map((h) => h.name),
+        ) ?? domain;
+      this.learned.set(domain, site);
+    }
+    return { kind: "hosts", site, hosts: r.hosts.map((h) => ({ name: h.name, ip: h.ip, port: h.port })) };
+  }
+
+  private async staticRoute(domain: string, route: RouteConfig, t: Tables): Promise<RouteDecision> {
+    const site = nextHopName(route);
+    const { hosts, problems } = await routeHosts(route, this.resolver, t.families);
+    if (hosts.length === 0)
+      return { kind: "transient", site, reason: `static route for ${domain}: ${problems.join(", ")}` };
+    const d: RouteDecision = {
+      kind: "hosts",
+      site,
+      hosts: hosts.map((h) => ({ name: h.name, ip: h.ip, port: h.port })),
+    };
+    if (route.auth) d.auth = route.auth;
+    if (route.tls) d.tls = route.tls;
+    return d;
+  }
+}
