@@ -221,7 +221,7 @@ export class Deliverer {
     };
     const refused = preflight(s.caps, msg);
     if (refused) {
-      this.keepOrQuit(key, s);
+      await this.keepOrQuit(key, s);
       return { ...base, recipients: refused };
     }
     const out = await transaction(s, msg, this.opts.timeouts);
@@ -229,13 +229,18 @@ export class Deliverer {
       s.conn.destroy();
       return undefined;
     }
-    if (out.reusable) this.keepOrQuit(key, s);
+    if (out.reusable) await this.keepOrQuit(key, s);
     else s.conn.destroy();
     return { ...base, recipients: out.results };
   }
 
-  private keepOrQuit(key: string, s: OpenSession): void {
-    if (this.closed) void s.conn.quit(this.opts.timeouts.quitMs);
-    else this.pool.release(key, s);
+  /**
+   * Pools the connection, or QUITs it and resolves once it is closed: the attempt (and the
+   * scheduler's connection slot) ends only then, so a destination never has more connections open
+   * than its limit, not even while one is being retired.
+   */
+  private keepOrQuit(key: string, s: OpenSession): Promise<void> {
+    if (this.closed) return s.conn.quit(this.opts.timeouts.quitMs);
+    return this.pool.release(key, s);
   }
 }

@@ -34,6 +34,8 @@ export type RouteDecision =
 interface Tables {
   routes: Config["delivery"]["routes"];
   domains: Config["delivery"]["domains"];
+  /** Next hop -> the first `delivery.routes` key naming it (its policy entry when the hop has none). */
+  routeKeyOf: Map<string, string>;
   rollups: boolean;
   families: (4 | 6)[];
   prefer: "ipv4" | "ipv6";
@@ -41,9 +43,15 @@ interface Tables {
 }
 
 function tablesOf(config: Config): Tables {
+  const routeKeyOf = new Map<string, string>();
+  for (const [key, route] of Object.entries(config.delivery.routes)) {
+    const hop = nextHopName(route);
+    if (!routeKeyOf.has(hop)) routeKeyOf.set(hop, key);
+  }
   return {
     routes: config.delivery.routes,
     domains: config.delivery.domains,
+    routeKeyOf,
     rollups: hasRollups(config),
     families: config.dns.prefer === "ipv6" ? [6, 4] : [4, 6],
     prefer: config.dns.prefer,
@@ -86,8 +94,16 @@ export class Router {
     return this.learned.get(domain);
   }
 
+  /**
+   * A site's policy: its own `delivery.domains` entry; for a static route's next hop without one, the
+   * entry of the route's key (`routes: { example.net: relay }` takes `domains: { example.net }`);
+   * else `default`.
+   */
   policyOf(site: string): DestinationPolicy {
-    return policyOf(this.t.domains, site);
+    const { domains, routeKeyOf } = this.t;
+    if (Object.hasOwn(domains, site)) return policyOf(domains, site);
+    const key = routeKeyOf.get(site);
+    return policyOf(domains, key !== undefined && Object.hasOwn(domains, key) ? key : site);
   }
 
   async route(domain: string): Promise<RouteDecision> {

@@ -101,10 +101,12 @@ export class Workers {
           break;
         }
         const end = await this.attempts.run(site, w, ref);
-        if (end === "requeued")
-          this.tryStart(site); // it belongs to another queue
-        else sent++;
+        if (end !== "requeued") sent++;
         if (end === "site-failure" || core.stopping) break;
+        // Another queue's message went back, or a success opened the window (slow start): more
+        // workers may start now, not only when this one ends.
+        if (site.readyLength > 0 && site.active < site.limit(core.clock.now(), core.live.maxConnections))
+          this.tryStart(site);
         const after = core.clock.now();
         if (site.isSuspended(after) || sent >= Math.max(1, site.policy.maxMessagesPerConnection)) break;
         if (site.active > site.limit(after, core.live.maxConnections)) break; // the window shrank or a throttle began

@@ -81,7 +81,8 @@ test.skipIf(!SMTP_SINK)(
           spool.append({
             sender: "app@origin.test",
             destination: "stuck.test",
-            recipients: [{ address: `u${i}@stuck.test`, notify: ["NEVER"] }],
+            // Half ask for no DSN; the other half get one each, through the accept pipeline.
+            recipients: [{ address: `u${i}@stuck.test`, ...(i % 2 ? { notify: ["NEVER" as const] } : {}) }],
             body,
           }),
         ),
@@ -112,21 +113,42 @@ test.skipIf(!SMTP_SINK)(
       })();
       const count = await client.bounce({ destination: "stuck.test" });
       expect(count.matched).toBe(10_000);
+      const bounceStart = Date.now();
       const r = await client.bounce({ destination: "stuck.test" }, { yes: true });
+      const bounceEnd = Date.now();
       await feeding;
-      expect(r).toMatchObject({ matched: 10_000, affected: 10_000, recipients: 10_000, dsns: 0, failed: [] });
+      expect(r).toMatchObject({
+        matched: 10_000,
+        affected: 10_000,
+        recipients: 10_000,
+        dsns: 5000,
+        failed: [],
+      });
       await sink.waitFor(okSent, 20_000);
 
       const summary = await client.summary({});
       expect(summary.destinations.find((d) => d.destination === "stuck.test")?.messages ?? 0).toBe(0);
-      expect(spool.messageCount).toBe(0);
+      // What is left is the 5,000 DSNs to the sender's domain (no route in this test: they wait).
+      expect(spool.messageCount).toBe(5000);
+      expect(summary.destinations.find((d) => d.destination === "origin.test")?.messages).toBe(5000);
       deliveryLog.flush();
       const lines = readFileSync(join(dir, "deliveries.jsonl"), "utf8")
         .trim()
         .split("\n")
         .map((l) => JSON.parse(l));
       expect(lines.filter((l) => l.type === "admin-bounce")).toHaveLength(10_000);
-      expect(lines.filter((l) => l.type === "delivery" && l.destination === "ok.test")).toHaveLength(okSent);
+      const okDeliveries = lines.filter((l) => l.type === "delivery" && l.destination === "ok.test");
+      expect(okDeliveries).toHaveLength(okSent);
+      // The other destination kept delivering while the bounce ran, not only after it.
+      const during = okDeliveries.filter((l) => {
+        const t = Date.parse(l.time);
+        return t >= bounceStart && t <= bounceEnd;
+      });
+      expect(during.length).toBeGreaterThan(0);
+      expect(lines.filter((l) => l.type === "dsn" && l.reason === "admin-bounce")).toHaveLength(5000);
+      expect(lines.filter((l) => l.type === "reception" && l.dsn !== undefined)).toHaveLength(5000);
+      // No bounced message was delivered as well.
+      expect(lines.filter((l) => l.type === "delivery" && l.destination === "stuck.test")).toEqual([]);
       // No attempt recorded its outcome on a slot the bounce had freed (the scheduler would log it).
       expect(errors).toEqual([]);
     } finally {

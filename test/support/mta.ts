@@ -76,10 +76,12 @@ export async function startMta(opts: {
   config?: string;
   args?: string[];
   env?: Record<string, string>;
+  /** The program to run instead of dist/mta, e.g. the sources under bun (`[bun, src/cli/main.ts]`). */
+  command?: string[];
 }): Promise<StartedMta> {
   const configFile = join(opts.dir, "mta.yaml");
   writeFileSync(configFile, opts.config ?? testConfig(opts.dir));
-  const proc = spawn([MTA, "serve", "-c", configFile, ...(opts.args ?? [])], {
+  const proc = spawn([...(opts.command ?? [MTA]), "serve", "-c", configFile, ...(opts.args ?? [])], {
     stdin: "ignore",
     stdout: "pipe",
     stderr: "pipe",
