@@ -65,9 +65,12 @@ export async function startBenchMta(dir: string, yaml: string): Promise<BenchMta
   await Bun.write(file, safe);
   // MTA_BENCH_PROFILE=<dir>: run from source under Bun's sampling profiler (a .md profile on exit).
   const profile = process.env.MTA_BENCH_PROFILE;
+  // MTA_BENCH_FROM_SOURCE=1: run the sources under bun (native symbols for perf).
   const cmd = profile
     ? [process.execPath, "--cpu-prof-md", `--cpu-prof-dir=${profile}`, join(ROOT, "src/cli/main.ts")]
-    : [MTA];
+    : process.env.MTA_BENCH_FROM_SOURCE === "1"
+      ? [process.execPath, join(ROOT, "src/cli/main.ts")]
+      : [MTA];
   const proc = spawn([...cmd, "serve", "-c", file], {
     stdout: "ignore",
     stderr: "pipe",
@@ -99,7 +102,10 @@ export async function startBenchMta(dir: string, yaml: string): Promise<BenchMta
       }
     }
     if (proc.exitCode !== null) throw new Error(`mta exited ${proc.exitCode}: ${lines.join("\n")}`);
-    if (Date.now() > end) throw new Error(`mta did not start: ${lines.join("\n")}`);
+    if (Date.now() > end) {
+      proc.kill("SIGKILL");
+      throw new Error(`mta did not start: ${lines.join("\n")}`);
+    }
     await Bun.sleep(20);
   }
   const stop = async () => {

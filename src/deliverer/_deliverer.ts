@@ -163,7 +163,7 @@ export class Deliverer {
           // After a complete transaction the server's state is already reset: no RSET round trip.
           if (pooled.clean || (await reset(pooled, t))) {
             this.m?.reused.inc();
-            const out = await this.run(key, pooled, msg);
+            const out = await this.run(key, pooled, msg, target);
             if (out) return out;
           }
         } finally {
@@ -189,7 +189,7 @@ export class Deliverer {
       }
       this.active++;
       try {
-        const out = await this.run(key, opened.session, msg);
+        const out = await this.run(key, opened.session, msg, target);
         if (out) return out;
         siteFailure = reply(421, "4.4.2", `${host.ip}: connection lost before MAIL was answered`);
       } finally {
@@ -212,7 +212,7 @@ export class Deliverer {
   }
 
   /** Runs the transaction; undefined when the site failed before anything was accepted (try on). */
-  private async run(key: string, s: OpenSession, msg: OutboundMessage) {
+  private async run(key: string, s: OpenSession, msg: OutboundMessage, target: AttemptTarget) {
     const base = {
       mx: { name: s.host.name, ip: s.host.ip, port: s.host.port },
       ...(s.conn.tls ? { tls: s.conn.tls } : {}),
@@ -221,7 +221,7 @@ export class Deliverer {
     };
     const refused = preflight(s.caps, msg);
     if (refused) {
-      await this.keepOrQuit(key, s);
+      await this.keepOrQuit(key, s, target);
       return { ...base, recipients: refused };
     }
     const out = await transaction(s, msg, this.opts.timeouts);
@@ -229,7 +229,7 @@ export class Deliverer {
       s.conn.destroy();
       return undefined;
     }
-    if (out.reusable) await this.keepOrQuit(key, s);
+    if (out.reusable) await this.keepOrQuit(key, s, target);
     else s.conn.destroy();
     return { ...base, recipients: out.results };
   }
@@ -239,8 +239,14 @@ export class Deliverer {
    * scheduler's connection slot) ends only then, so a destination never has more connections open
    * than its limit, not even while one is being retired.
    */
-  private keepOrQuit(key: string, s: OpenSession): Promise<void> {
+  private keepOrQuit(key: string, s: OpenSession, target: AttemptTarget): Promise<void> {
     if (this.closed) return s.conn.quit(this.opts.timeouts.quitMs);
+    if (target.keepConnection && !target.keepConnection()) {
+      // Nothing more is coming for this destination: QUIT (RFC 5321 §4.1.1.10) without holding the
+      // attempt for the 221; the socket closes when it comes or after the QUIT timeout.
+      void s.conn.quit(this.opts.timeouts.quitMs);
+      return Promise.resolve();
+    }
     return this.pool.release(key, s);
   }
 }

@@ -56,6 +56,12 @@ export interface AttemptTarget {
   tls: "off" | "opportunistic" | "required";
   tlsVerify: boolean;
   auth?: { username: string; password: string };
+  /**
+   * Asked when the transaction is over: whether to keep the connection for the next message (the
+   * destination has more mail coming). Default: keep it. No: QUIT now instead of holding an idle
+   * connection that nothing will use (Postfix's connection cache on demand).
+   */
+  keepConnection?: () => boolean;
 }
 
 export interface RecipientResult {

@@ -31,6 +31,8 @@ export type AddressLookup =
 export interface Resolver {
   mx(domain: string): Promise<MxLookup>;
   addresses(host: string, family: 4 | 6): Promise<AddressLookup>;
+  /** Releases its sockets once the questions in flight had their time (a replaced resolver). */
+  close?(): void;
 }
 
 export interface ResolverOptions {
@@ -48,6 +50,12 @@ export interface ResolverOptions {
   maxTtlS?: number;
   /** Upper bound on cache entries; the oldest are dropped first. Default 100,000. */
   maxCacheEntries?: number;
+  /**
+   * Questions on the wire at once; more wait their turn. Default 256: a burst of thousands (every
+   * destination due after a restart) would otherwise overflow the socket buffers on either side,
+   * and a dropped answer costs a whole timeout.
+   */
+  maxInFlight?: number;
 }
 
 type QType = "MX" | "A" | "AAAA";
@@ -102,6 +110,9 @@ class StubResolver implements Resolver {
   private sockets = new Map<4 | 6, dgram.Socket>();
   private readonly queries?: Counter;
   private readonly cacheHits?: Counter;
+  private onWire = 0;
+  private readonly waitingTurn: (() => void)[] = [];
+  private waitingHead = 0;
 
   constructor(private readonly opts: ResolverOptions) {
     this.servers = opts.servers.length > 0 ? opts.servers : readResolvConf();
@@ -112,6 +123,15 @@ class StubResolver implements Resolver {
 
   mx(domain: string): Promise<MxLookup> {
     return this.lookup(domain, "MX") as Promise<MxLookup>;
+  }
+
+  close(): void {
+    const graceMs = this.opts.timeoutMs * Math.max(1, this.opts.attempts) * Math.max(1, this.servers.length);
+    const t = setTimeout(() => {
+      for (const s of this.sockets.values()) s.close();
+      this.sockets.clear();
+    }, graceMs + 1000);
+    t.unref?.();
   }
 
   addresses(host: string, family: 4 | 6): Promise<AddressLookup> {
@@ -247,11 +267,44 @@ class StubResolver implements Resolver {
     return s;
   }
 
-  private queryServer(
+  /** Waits for a turn on the wire (see `maxInFlight`). */
+  private turn(): Promise<void> | undefined {
+    if (this.onWire < (this.opts.maxInFlight ?? 256)) {
+      this.onWire++;
+      return undefined;
+    }
+    return new Promise((resolve) => this.waitingTurn.push(resolve));
+  }
+
+  private endTurn(): void {
+    const next = this.waitingTurn[this.waitingHead];
+    if (next === undefined) {
+      this.onWire--;
+      return;
+    }
+    this.waitingTurn[this.waitingHead++] = undefined as unknown as () => void;
+    if (this.waitingHead > 1024 && this.waitingHead * 2 > this.waitingTurn.length) {
+      this.waitingTurn.splice(0, this.waitingHead);
+      this.waitingHead = 0;
+    }
+    next(); // the turn passes on: onWire stays as it is
+  }
+
+  private async queryServer(
     server: { host: string; port: number },
     qname: string,
     type: QType,
   ): Promise<RawAnswer> {
+    const wait = this.turn();
+    if (wait) await wait;
+    try {
+      return await this.querySent(server, qname, type);
+    } finally {
+      this.endTurn();
+    }
+  }
+
+  private querySent(server: { host: string; port: number }, qname: string, type: QType): Promise<RawAnswer> {
     const id = this.newId();
     const query = dnsPacket.encode({
       type: "query",

@@ -76,7 +76,10 @@ export class Router {
   /** A new configuration (and resolver, when DNS settings changed): every later decision uses it. */
   reload(config: Config, resolver?: Resolver): void {
     this.t = tablesOf(config);
-    if (resolver) this.resolver = resolver;
+    if (resolver) {
+      this.resolver.close?.();
+      this.resolver = resolver;
+    }
     this.learned.clear();
     this.version++;
   }

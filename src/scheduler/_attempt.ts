@@ -91,6 +91,7 @@ export function targetOf(
   const address = route.sourceAddress ?? source?.address;
   if (address) target.sourceAddress = address;
   if (route.auth) target.auth = route.auth;
+  target.keepConnection = () => site.wantsConnection();
   return target;
 }
 
@@ -182,6 +183,7 @@ export class Attempts {
       core.putBack(site, ref);
       return "requeued";
     }
+    site.noteAttempt(core.clock.now());
     const result = await core.opts.deliverer.deliver(
       targetOf(route, site, w.source, core.opts.hostname),
       outboundOf(id, message, body),

@@ -29,6 +29,9 @@ import { ConcurrencyWindow } from "./_window.ts";
 
 export type SuspendKind = "admin" | "site" | "rule";
 
+/** Attempts to a site this close together count as steady traffic (connections are kept for it). */
+const STEADY_MS = 2000;
+
 /** What a site needs of the scheduler around it. */
 export interface SiteEnv {
   now(): number;
@@ -76,6 +79,9 @@ export class Site {
   lastError: string | undefined;
   /** When a worker last ran here (for retiring idle sites). */
   lastActiveMs: number;
+  /** When the last attempt here began, and whether the one before began shortly before it. */
+  private lastAttemptMs = Number.NEGATIVE_INFINITY;
+  private steady = false;
 
   constructor(
     readonly num: number,
@@ -213,6 +219,21 @@ export class Site {
     if (this.bounce && this.bounce.untilMs <= nowMs) this.bounce = undefined;
     const next = Math.min(this.throttle?.untilMs ?? Infinity, this.bounce?.untilMs ?? Infinity);
     if (Number.isFinite(next)) this.env.wakeAt(this, next);
+  }
+
+  /** An attempt begins: a site whose attempts follow each other closely has steady traffic. */
+  noteAttempt(nowMs: number): void {
+    this.steady = nowMs - this.lastAttemptMs < STEADY_MS;
+    this.lastAttemptMs = nowMs;
+  }
+
+  /**
+   * Whether a connection to this site is worth keeping once its message is sent: more mail is ready,
+   * or mail keeps coming. A destination that gets one message now and then is sent QUIT at once
+   * rather than held idle (the long tail of destinations would otherwise hold thousands of sockets).
+   */
+  wantsConnection(): boolean {
+    return this.readyLength > 0 || this.steady || this.active > 1;
   }
 
   /** A delivery got through: the window opens, failures in a row are forgotten. */
