@@ -41,6 +41,7 @@ const listener = await startListener(
     maxRecipients: 1000,
     maxLineBytes: 4096,
     maxErrors: 100,
+    maxJunkCommands: 100,
     commandTimeoutMs: 300_000,
     dataTimeoutMs: 600_000,
     maxConnections: 20_000,

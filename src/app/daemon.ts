@@ -51,6 +51,7 @@ export function listenerOptions(l: ListenerConfig, hostname: string): ListenerOp
     maxRecipients: l.maxRecipients,
     maxLineBytes: l.maxLineBytes,
     maxErrors: l.maxErrors,
+    maxJunkCommands: l.maxJunkCommands,
     commandTimeoutMs: l.commandTimeoutMs,
     dataTimeoutMs: l.dataTimeoutMs,
     maxConnections: l.maxConnections,

@@ -7,7 +7,7 @@
  * "recipients", "subject", "text", "html", "headers", "from" } ] }` or one such object alone.
  */
 import { jsonError, jsonResponse } from "../observe/index.ts";
-import type { AcceptPipeline } from "./accept.ts";
+import { type AcceptPipeline, contentRefusal } from "./accept.ts";
 import { addMissingHeaders, composeMessage } from "./compose.ts";
 
 export interface InjectItem {
@@ -106,13 +106,20 @@ export function injectHandler(
       const problem = checkItem(items[i], opts.maxMessageBytes);
       if (problem) return jsonError(problem.includes("over the limit") ? 413 : 400, problem, { index: i });
     }
+    // Content that the spool would refuse (NUL, an unfoldable header line) is a bad item like any other:
+    // found before anything is appended.
+    const composed = (items as InjectItem[]).map((item) => itemToMessage(item, opts.hostname));
+    for (let i = 0; i < composed.length; i++) {
+      const refusal = contentRefusal(composed[i]!, (items[i] as InjectItem).attributes?.body);
+      if (refusal) return jsonError(400, refusal.lines.join(" "), { index: i });
+    }
     const results = await Promise.all(
-      (items as InjectItem[]).map((item) =>
+      (items as InjectItem[]).map((item, i) =>
         pipeline.submit({
           sender: item.sender,
           recipients: item.recipients.map((address) => ({ address })),
           attributes: { listener: "api", ...(item.attributes ?? {}) },
-          message: itemToMessage(item, opts.hostname),
+          message: composed[i]!,
         }),
       ),
     );

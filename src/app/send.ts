@@ -223,6 +223,8 @@ class LocalSink implements Sink {
       ),
     );
     return results.map((r) => {
+      // A 5xx is about this message's content (mime/'s rules); a 4xx is the spool failing.
+      if (!r.ok && r.reply.code >= 500) return { ok: false, bad: r.reply.lines.join(" ") };
       if (!r.ok) return { ok: false, unavailable: `spool: ${r.reply.lines.join(" ")}` };
       this.ids.push(...r.ids);
       return { ok: true, ids: r.ids };

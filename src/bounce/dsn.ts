@@ -10,6 +10,10 @@
  * fields; the boundary never occurs in the returned original; never addressed to the null sender.
  * An original with 8-bit bytes is returned as-is, and the DSN then says `Content-Transfer-Encoding:
  * 8bit`, so it must be relayed with BODY=8BITMIME (RFC 6152).
+ * When the sender or a recipient address is not ASCII, the DSN is an internationalized one (RFC 6533):
+ * addresses are kept in UTF-8 (the To field, the text, `Final-Recipient: utf-8; ...`), the report is
+ * message/global-delivery-status and the original message/global; it then needs SMTPUTF8 to travel,
+ * which the deliverer asks for because its recipient is not ASCII.
  */
 import { randomBytes } from "node:crypto";
 import { assert, indexOfBytes } from "../lib/index.ts";
@@ -59,12 +63,22 @@ export function formatRfc5322Date(ms: number): string {
   return `${DAYS[d.getUTCDay()]}, ${d.getUTCDate()} ${MONTHS[d.getUTCMonth()]} ${d.getUTCFullYear()} ${p2(d.getUTCHours())}:${p2(d.getUTCMinutes())}:${p2(d.getUTCSeconds())} +0000`;
 }
 
-/** One line of printable ASCII: CR/LF and controls become spaces, other bytes '?'. */
-function clean(text: string): string {
+/**
+ * One line of printable text: CR/LF and controls become spaces; other non-ASCII becomes '?', unless
+ * `utf8` (an internationalized DSN, RFC 6533), where printable UTF-8 is kept.
+ */
+function clean(text: string, utf8 = false): string {
   return text
-    .replace(/[\r\n\t\x00-\x1f\x7f]+/g, " ")
-    .replace(/[^\x20-\x7e]/g, "?")
+    .replace(/[\r\n\t\x00-\x1f\x7f\x80-\x9f]+/g, " ")
+    .replace(utf8 ? /[^\x20-\x7e\u00a0-\u{10ffff}]/gu : /[^\x20-\x7e]/g, "?")
     .trim();
+}
+
+const NON_ASCII = /[^\x00-\x7f]/;
+
+/** RFC 6533 §3: a non-ASCII address is of type "utf-8"; an ASCII one stays "rfc822". */
+function addressField(name: string, address: string, utf8: boolean): string {
+  return foldField(name, `${NON_ASCII.test(address) ? "utf-8" : "rfc822"}; ${address}`, utf8);
 }
 
 const FOLD_AT = 78;
@@ -74,8 +88,8 @@ const HARD_LIMIT = 990;
  * `Name: value` folded at spaces near 78 columns (RFC 5322 §2.2.3); a run with no space longer than
  * the hard limit is broken anyway, since a line over 998 bytes is worse than an inserted space.
  */
-export function foldField(name: string, value: string): string {
-  const words = clean(value)
+export function foldField(name: string, value: string, utf8 = false): string {
+  const words = clean(value, utf8)
     .split(" ")
     .filter((w) => w !== "");
   const lines: string[] = [];
@@ -130,6 +144,18 @@ function headerOf(message: Uint8Array): Uint8Array {
   return message;
 }
 
+/**
+ * NUL or a bare CR/LF: content that came as BINARYMIME. message/rfc822 may not carry it (RFC 2046
+ * §5.2.1 allows no binary encoding a 7bit/8bit DSN could use), so only its header is returned.
+ */
+function hasBinary(bytes: Uint8Array): boolean {
+  for (let i = 0; i < bytes.length; i++) {
+    const b = bytes[i]!;
+    if (b === 0 || (b === 13 && bytes[i + 1] !== 10) || (b === 10 && bytes[i - 1] !== 13)) return true;
+  }
+  return false;
+}
+
 function hasEightBit(bytes: Uint8Array): boolean {
   for (let i = 0; i < bytes.length; i++) if (bytes[i]! > 0x7f) return true;
   return false;
@@ -141,7 +167,7 @@ function subjectFor(recipients: DsnRecipient[]): string {
   return "Successful Mail Delivery Report";
 }
 
-function humanPart(input: DsnInput): string {
+function humanPart(input: DsnInput, utf8: boolean): string {
   const groups: Array<[DsnRecipient["action"], string]> = [
     ["failed", "Your message could not be delivered to the following recipients. This is a permanent error."],
     [
@@ -172,13 +198,13 @@ function humanPart(input: DsnInput): string {
         r.willRetryUntilMs !== undefined
           ? ` (will retry until ${formatRfc5322Date(r.willRetryUntilMs)})`
           : "";
-      parts.push(`  <${clean(r.address)}>: ${detail}${until}`);
+      parts.push(`  <${clean(r.address, utf8)}>: ${detail}${until}`);
     }
   }
   return `${wrapText(parts.join("\n"))}\r\n`;
 }
 
-function deliveryStatusPart(input: DsnInput): string {
+function deliveryStatusPart(input: DsnInput, utf8: boolean): string {
   const fields: string[] = [foldField("Reporting-MTA", `dns; ${input.reportingMta}`)];
   if (input.envId !== undefined) fields.push(foldField("Original-Envelope-Id", input.envId));
   fields.push(foldField("X-Mta-Queue-ID", input.originalMessageId));
@@ -188,8 +214,12 @@ function deliveryStatusPart(input: DsnInput): string {
     assert(/^[245]\.\d{1,3}\.\d{1,3}$/.test(r.status), `DSN status "${r.status}" is not an enhanced code`);
     const f: string[] = [];
     if (r.orcpt !== undefined)
-      f.push(foldField("Original-Recipient", r.orcpt.includes(";") ? r.orcpt : `rfc822; ${r.orcpt}`));
-    f.push(foldField("Final-Recipient", `rfc822; ${r.address}`));
+      f.push(
+        r.orcpt.includes(";")
+          ? foldField("Original-Recipient", r.orcpt, utf8)
+          : addressField("Original-Recipient", r.orcpt, utf8),
+      );
+    f.push(addressField("Final-Recipient", r.address, utf8));
     f.push(foldField("Action", r.action));
     f.push(foldField("Status", r.status));
     if (r.remoteMta !== undefined)
@@ -212,43 +242,48 @@ export function buildDsn(input: DsnInput): Uint8Array {
   assert(!isNullSender(input.sender), "a DSN is never sent to the null sender (RFC 3464 §2.2)");
   assert(input.recipients.length > 0, "a DSN reports at least one recipient");
   const maxOriginalBytes = input.maxOriginalBytes ?? DEFAULT_MAX_ORIGINAL_BYTES;
-  const full = input.ret !== "HDRS" && input.original.length <= maxOriginalBytes;
+  const full =
+    input.ret !== "HDRS" && input.original.length <= maxOriginalBytes && !hasBinary(input.original);
   const returned = full ? input.original : headerOf(input.original);
-  const eightBit = hasEightBit(returned);
+  const utf8 =
+    NON_ASCII.test(input.sender) ||
+    input.recipients.some((r) => NON_ASCII.test(r.address) || NON_ASCII.test(r.orcpt ?? ""));
+  const eightBit = utf8 || hasEightBit(returned);
 
   let boundary: string;
   do boundary = `=_mta_dsn_${randomBytes(12).toString("hex")}`;
   while (indexOfBytes(returned, new TextEncoder().encode(boundary)) >= 0);
 
-  const sender = clean(input.sender).replace(/^<|>$/g, "");
+  const sender = clean(input.sender, utf8).replace(/^<|>$/g, "");
   const host = clean(input.reportingMta);
   const head = [
     foldField("From", `Mail Delivery System <MAILER-DAEMON@${host}>`),
-    foldField("To", `<${sender}>`),
+    foldField("To", `<${sender}>`, utf8),
     foldField("Subject", subjectFor(input.recipients)),
     foldField("Date", formatRfc5322Date(input.nowMs)),
     foldField("Message-ID", `<${clean(input.originalMessageId)}.${input.nowMs}.dsn@${host}>`),
     "Auto-Submitted: auto-replied",
     "MIME-Version: 1.0",
-    `Content-Type: multipart/report; report-type=delivery-status;\r\n boundary="${boundary}"`,
+    // RFC 6522 §3: report-type names the subtype of the second part.
+    `Content-Type: multipart/report; report-type=${utf8 ? "global-" : ""}delivery-status;\r\n boundary="${boundary}"`,
     `Content-Transfer-Encoding: ${eightBit ? "8bit" : "7bit"}`,
     "",
     "This is a MIME-encapsulated message.",
     "",
     `--${boundary}`,
-    "Content-Type: text/plain; charset=us-ascii",
+    `Content-Type: text/plain; charset=${utf8 ? "utf-8" : "us-ascii"}`,
     "Content-Description: Notification",
     "",
-    humanPart(input),
+    humanPart(input, utf8),
     `--${boundary}`,
-    "Content-Type: message/delivery-status",
+    `Content-Type: message/${utf8 ? "global-" : ""}delivery-status`,
     "Content-Description: Delivery report",
     "",
-    deliveryStatusPart(input),
+    deliveryStatusPart(input, utf8),
     `--${boundary}`,
     full
-      ? "Content-Type: message/rfc822\r\nContent-Description: Undelivered Message"
-      : "Content-Type: text/rfc822-headers\r\nContent-Description: Undelivered Message Headers",
+      ? `Content-Type: message/${utf8 ? "global" : "rfc822"}\r\nContent-Description: Undelivered Message`
+      : `Content-Type: ${utf8 ? "message/global-headers" : "text/rfc822-headers"}\r\nContent-Description: Undelivered Message Headers`,
     `Content-Transfer-Encoding: ${eightBit ? "8bit" : "7bit"}`,
     "",
     "",

@@ -74,6 +74,7 @@ export const ListenerSchema = v.strictObject({
   max_recipients: v.optional(Positive, 1000),
   max_line_length: v.optional(Positive, 4096),
   max_errors: v.optional(Positive, 10),
+  max_junk_commands: v.optional(Positive, 100),
   command_timeout: v.optional(Duration, "5m"),
   data_timeout: v.optional(Duration, "10m"),
   max_connections: v.optional(Positive, 10000),

@@ -33,6 +33,7 @@ export interface ListenerConfig {
   maxRecipients: number;
   maxLineBytes: number;
   maxErrors: number;
+  maxJunkCommands: number;
   commandTimeoutMs: number;
   dataTimeoutMs: number;
   maxConnections: number;
@@ -197,6 +198,7 @@ export function buildConfig(raw: RawConfig, source: string, baseDir: string): Co
         maxRecipients: l.max_recipients,
         maxLineBytes: l.max_line_length,
         maxErrors: l.max_errors,
+        maxJunkCommands: l.max_junk_commands,
         commandTimeoutMs: dur(l.command_timeout),
         dataTimeoutMs: dur(l.data_timeout),
         maxConnections: l.max_connections,

@@ -9,7 +9,7 @@
  * Memory: a partial line (at most MAX_LINE_BYTES) and the replies already received but not read.
  */
 import type { Socket, SocketHandler } from "bun";
-import { latin1Decoder } from "../lib/index.ts";
+import { textEncoder } from "../lib/index.ts";
 import { parseReplyLines, type SmtpReply } from "../smtp/index.ts";
 
 export type ReadResult =
@@ -33,6 +33,9 @@ type Handlers = SocketHandler<undefined, "uint8array">;
 export class SmtpConnection {
   private socket: Socket<undefined> | undefined;
   private partial = "";
+  /** Replies are read as UTF-8 (RFC 6531 §3.7.4: a server may echo UTF-8 addresses); a multi-byte
+   * character split across two reads is joined by the streaming decoder. Invalid bytes become U+FFFD. */
+  private decoder = new TextDecoder("utf-8");
   private lines: string[] = [];
   private ready: SmtpReply[] = [];
   private waiter: ((r: ReadResult) => void) | undefined;
@@ -135,7 +138,7 @@ export class SmtpConnection {
   }
 
   private onData(data: Uint8Array): void {
-    this.partial += latin1Decoder.decode(data);
+    this.partial += this.decoder.decode(data, { stream: true });
     let nl = this.partial.indexOf("\n");
     while (nl !== -1) {
       const line = this.partial.slice(0, nl).replace(/\r$/, "");
@@ -193,7 +196,9 @@ export class SmtpConnection {
    * connection closes or no progress is made for `timeoutMs` (RFC 5321 §4.5.3.2.5's data block timeout).
    */
   async write(data: string | Uint8Array, timeoutMs: number): Promise<boolean> {
-    let bytes = typeof data === "string" ? Buffer.from(data, "latin1") : data;
+    // Commands are UTF-8 on the wire (RFC 6531 §3.3: SMTPUTF8 addresses are UTF-8, never one byte per
+    // character); every other command is ASCII, for which both encodings agree.
+    let bytes = typeof data === "string" ? textEncoder.encode(data) : data;
     while (bytes.length > 0) {
       if (this.closed || !this.socket) return false;
       const n = this.socket.write(bytes);
@@ -234,6 +239,7 @@ export class SmtpConnection {
     if (!this.socket || this.closed) return { ok: false, detail: "connection closed" };
     // RFC 3207 §4.2 / RFC 8314 §4: data the server sent before the handshake must be discarded.
     this.partial = "";
+    this.decoder = new TextDecoder("utf-8");
     this.lines = [];
     this.ready = [];
     this.upgrading = true;

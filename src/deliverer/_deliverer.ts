@@ -6,6 +6,7 @@
  * Does not own: DNS (dns/), retries over time and bounces (scheduler/, bounce/).
  * Invariants: `deliver` never throws for remote behaviour and returns one result per recipient.
  */
+import { createHash } from "node:crypto";
 import { type Clock, systemClock } from "../lib/index.ts";
 import type { Logger, Metrics } from "../observe/index.ts";
 import { ConnectionPool } from "./_pool.ts";
@@ -15,7 +16,7 @@ import {
   type OpenSession,
   type OutboundMessage,
   openSession,
-  preflight,
+  planContent,
   type RecipientResult,
   reset,
   type Timeouts,
@@ -59,7 +60,16 @@ export const RFC5321_TIMEOUTS: Timeouts = {
   idleMs: 5 * 60_000,
 };
 
+/**
+ * A pooled session may carry a message only for a target with the same identity: the same source,
+ * host, TLS policy, EHLO name and credentials. The password is part of it (as a digest, so the key
+ * never holds it in clear): a route with the right user name and a wrong password must fail its own
+ * AUTH, not ride on a session another route authenticated.
+ */
 function poolKey(target: AttemptTarget, host: { ip: string; port: number }): string {
+  const auth = target.auth
+    ? `${target.auth.username}\0${createHash("sha256").update(target.auth.password).digest("base64")}`
+    : "";
   return [
     target.sourceAddress ?? "*",
     host.ip,
@@ -67,7 +77,7 @@ function poolKey(target: AttemptTarget, host: { ip: string; port: number }): str
     target.tls,
     target.tlsVerify ? "v" : "nv",
     target.ehloName,
-    target.auth?.username ?? "",
+    auth,
   ].join("|");
 }
 
@@ -219,12 +229,12 @@ export class Deliverer {
       connectionFailed: false,
       durationMs: 0,
     };
-    const refused = preflight(s.caps, msg);
-    if (refused) {
+    const plan = planContent(s.caps, msg);
+    if (Array.isArray(plan)) {
       await this.keepOrQuit(key, s, target);
-      return { ...base, recipients: refused };
+      return { ...base, recipients: plan };
     }
-    const out = await transaction(s, msg, this.opts.timeouts);
+    const out = await transaction(s, msg, plan, this.opts.timeouts);
     if (out.kind === "site") {
       s.conn.destroy();
       return undefined;

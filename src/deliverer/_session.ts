@@ -3,12 +3,18 @@
  * mail transaction (MAIL, RCPT..., DATA) with per-recipient results.
  *
  * Owns: command syntax and parameters (SIZE, BODY, SMTPUTF8, RET, ENVID, NOTIFY, ORCPT), PIPELINING,
- * the pre-flight checks (SIZE 5.3.4, SMTPUTF8 5.6.7), what a lost connection means for each recipient.
- * Does not own: sockets (connection.ts), host order and reuse (deliverer.ts, pool.ts).
- * Invariants: every recipient gets exactly one result; nothing here throws for remote behaviour.
- * We send DATA, never BDAT: the body is already in memory, and DATA works with every server.
+ * the pre-flight checks (SIZE 5.3.4, SMTPUTF8 5.6.7, content 5.6.3), what a lost connection means for
+ * each recipient.
+ * Does not own: sockets (connection.ts), host order and reuse (deliverer.ts, pool.ts), content
+ * conversion (mime/).
+ * Invariants: every recipient gets exactly one result; nothing here throws for remote behaviour; no
+ * line over 998 octets and no 8-bit octet without BODY=8BITMIME goes out by DATA; binary content goes
+ * only by BDAT with BODY=BINARYMIME to a server that offers CHUNKING and BINARYMIME.
+ * Line-structured mail goes by DATA (the body is already in memory, and DATA works with every server);
+ * only BINARYMIME content goes by BDAT, in one `BDAT <size> LAST` chunk.
  */
 import { isLoopback } from "../lib/index.ts";
+import { prepareForTransport, scanContent } from "../mime/index.ts";
 import { SmtpConnection } from "./_connection.ts";
 import {
   classifyReply,
@@ -47,6 +53,8 @@ export interface OutboundMessage {
   body: Uint8Array;
   needsSmtputf8: boolean;
   eightBit: boolean;
+  /** Received as BODY=BINARYMIME (RFC 3030): may hold NUL, bare CR/LF and lines of any length. */
+  binary?: boolean;
 }
 
 export interface AttemptTarget {
@@ -231,33 +239,77 @@ function allRecipients(msg: OutboundMessage, kind: RecipientResult["kind"], r: S
   return msg.recipients.map((rc) => ({ index: rc.index, kind, reply: r }));
 }
 
-/** Pre-flight checks that need only the EHLO answer: failing them sends nothing. */
-export function preflight(caps: ServerCapabilities, msg: OutboundMessage): RecipientResult[] | undefined {
-  if (caps.sizeBytes > 0 && msg.body.length > caps.sizeBytes)
-    return allRecipients(
-      msg,
-      "permanent",
-      reply(
-        552,
-        "5.3.4",
-        `message of ${msg.body.length} bytes exceeds the server's SIZE limit of ${caps.sizeBytes}`,
-      ),
-    );
-  if (msg.needsSmtputf8 && !caps.smtputf8)
-    return allRecipients(
-      msg,
-      "permanent",
-      reply(553, "5.6.7", "message needs SMTPUTF8 but the server does not support it"),
-    );
-  return undefined;
+/** What goes on the wire for one message on one session, decided from the EHLO answer. */
+export interface WirePlan {
+  /** The bytes to send (the stored ones, or converted for this server). */
+  body: Uint8Array;
+  /** MAIL's BODY= parameter. */
+  bodyType: "8BITMIME" | "BINARYMIME" | undefined;
+  smtputf8: boolean;
+  /** BDAT (binary content) rather than DATA. */
+  bdat: boolean;
 }
 
-function mailCommand(caps: ServerCapabilities, msg: OutboundMessage): string {
+const NON_ASCII = /[^\x00-\x7f]/;
+
+/**
+ * Pre-flight checks that need only the EHLO answer (failing them sends nothing), and the plan for
+ * the content:
+ * - binary content (declared BINARYMIME, or NUL in it) needs CHUNKING and BINARYMIME (RFC 3030 §3),
+ *   else a permanent 5.6.3: there is no 7-bit form of it that keeps every byte;
+ * - 8-bit content to a server without 8BITMIME is converted to 7-bit (quoted-printable or base64, as
+ *   Postfix does by default), unless that is impossible (8-bit header fields) or would break a DKIM
+ *   signature: then a permanent 5.6.3 (RFC 6152 §3 forbids sending 8-bit data there as it is);
+ * - a line over 998 octets is re-encoded the same way (stored mail has none; this covers mail that
+ *   reached the spool before that rule);
+ * - SMTPUTF8 is needed for a non-ASCII address whatever the stored attributes say (a DSN to a UTF-8
+ *   sender has none), and a server without it gets nothing (5.6.7, RFC 6531 §3.2).
+ */
+export function planContent(caps: ServerCapabilities, msg: OutboundMessage): WirePlan | RecipientResult[] {
+  const refuse = (code: number, enhanced: string, text: string) =>
+    allRecipients(msg, "permanent", reply(code, enhanced, text));
+  const smtputf8 =
+    msg.needsSmtputf8 || NON_ASCII.test(msg.sender) || msg.recipients.some((r) => NON_ASCII.test(r.address));
+  if (smtputf8 && !caps.smtputf8)
+    return refuse(553, "5.6.7", "message needs SMTPUTF8 but the server does not support it");
+  const scan = scanContent(msg.body);
+  let plan: WirePlan;
+  if (msg.binary || scan.nul) {
+    if (!caps.chunking || !caps.binarymime)
+      return refuse(
+        554,
+        "5.6.3",
+        "binary content (BODY=BINARYMIME) but the server does not offer CHUNKING and BINARYMIME (RFC 3030)",
+      );
+    plan = { body: msg.body, bodyType: "BINARYMIME", smtputf8, bdat: true };
+  } else {
+    const sevenBit = !caps.eightBitMime;
+    const p = prepareForTransport(msg.body, { sevenBit, scan });
+    if (!p.ok)
+      return refuse(
+        554,
+        "5.6.3",
+        sevenBit && scan.eightBit
+          ? `8-bit content, the server does not offer 8BITMIME, and ${p.reason} (RFC 6152)`
+          : `content cannot be sent as it is: ${p.reason}`,
+      );
+    const eightBit = !sevenBit && (scan.eightBit || msg.eightBit);
+    plan = { body: p.message, bodyType: eightBit ? "8BITMIME" : undefined, smtputf8, bdat: false };
+  }
+  if (caps.sizeBytes > 0 && plan.body.length > caps.sizeBytes)
+    return refuse(
+      552,
+      "5.3.4",
+      `message of ${plan.body.length} bytes exceeds the server's SIZE limit of ${caps.sizeBytes}`,
+    );
+  return plan;
+}
+
+function mailCommand(caps: ServerCapabilities, msg: OutboundMessage, plan: WirePlan): string {
   let cmd = `MAIL FROM:<${msg.sender}>`;
-  if (caps.size) cmd += ` SIZE=${msg.body.length}`;
-  // RFC 6152: without 8BITMIME we still send the bytes as they are (what Postfix does by default).
-  if (msg.eightBit && caps.eightBitMime) cmd += " BODY=8BITMIME";
-  if (msg.needsSmtputf8 && caps.smtputf8) cmd += " SMTPUTF8";
+  if (caps.size) cmd += ` SIZE=${plan.body.length}`;
+  if (plan.bodyType) cmd += ` BODY=${plan.bodyType}`;
+  if (plan.smtputf8) cmd += " SMTPUTF8";
   if (caps.dsn) {
     if (msg.ret) cmd += ` RET=${msg.ret}`;
     if (msg.envId) cmd += ` ENVID=${msg.envId}`;
@@ -282,13 +334,14 @@ function rcptCommand(caps: ServerCapabilities, rc: OutboundMessage["recipients"]
 export async function transaction(
   s: OpenSession,
   msg: OutboundMessage,
+  plan: WirePlan,
   t: Timeouts,
 ): Promise<TransactionOutcome> {
   const c = s.conn;
   const caps = s.caps;
   s.messages++;
   s.clean = false;
-  const mail = mailCommand(caps, msg);
+  const mail = mailCommand(caps, msg, plan);
   const rcpts = msg.recipients.map((rc) => rcptCommand(caps, rc));
   const rcptReplies: SmtpReply[] = [];
   let dataReply: SmtpReply | undefined;
@@ -307,7 +360,9 @@ export async function transaction(
     res.why === "timeout" ? timedOut(`${stage}: ${res.detail}`) : lost(`${stage}: ${res.detail}`);
 
   if (caps.pipelining) {
-    const batch = `${mail}\r\n${rcpts.join("\r\n")}\r\nDATA\r\n`;
+    // BDAT is sent only once a recipient was accepted (its bytes cannot be taken back), so it is not
+    // in the batch.
+    const batch = `${mail}\r\n${rcpts.join("\r\n")}\r\n${plan.bdat ? "" : "DATA\r\n"}`;
     if (!(await c.write(batch, t.mailMs))) return { kind: "site", reply: lost(`MAIL: ${c.closeDetail}`) };
   } else if (!(await c.write(`${mail}\r\n`, t.mailMs)))
     return { kind: "site", reply: lost(`MAIL: ${c.closeDetail}`) };
@@ -332,6 +387,20 @@ export async function transaction(
     if (r.reply.code === 421) return failPending(r.reply, i + 1);
   }
   const accepted = rcptReplies.filter((r) => classifyReply(r) === "success").length;
+
+  if (plan.bdat) {
+    if (!mailOk)
+      return {
+        kind: "done",
+        results: allRecipients(
+          msg,
+          classifyReply(m.reply) === "permanent" ? "permanent" : "transient",
+          m.reply,
+        ),
+        reusable: !c.closed,
+      };
+    return bdatLast(s, msg, plan, rcptReplies, accepted, t, failPending, broken);
+  }
 
   if (caps.pipelining) {
     const d = await c.read(t.dataInitMs);
@@ -363,7 +432,7 @@ export async function transaction(
     await c.write(".\r\n", t.dataBlockMs);
     s.clean = (await c.read(t.dataDoneMs)).ok;
   } else if (dataReply?.code === 354) {
-    if (!(await c.write(dotStuff(msg.body), t.dataBlockMs)))
+    if (!(await c.write(dotStuff(plan.body), t.dataBlockMs)))
       return failPending(lost(`DATA: ${c.closeDetail}`), rcpts.length);
     const f = await c.read(t.dataDoneMs);
     if (!f.ok) return failPending(broken(f, "end of data"), rcpts.length);
@@ -382,6 +451,41 @@ export async function transaction(
       const f = final ?? reply(451, "4.5.0", "no reply to DATA");
       results.push({ index: rc.index, kind: RESULT_KIND[classifyReply(f)], reply: f });
     }
+  });
+  return { kind: "done", results, reusable: !c.closed && final?.code !== 421 };
+}
+
+/**
+ * The whole message as one `BDAT <size> LAST` chunk (RFC 3030 §2), once at least one recipient was
+ * accepted; its reply is every accepted recipient's result, as the reply to the final dot is.
+ */
+async function bdatLast(
+  s: OpenSession,
+  msg: OutboundMessage,
+  plan: WirePlan,
+  rcptReplies: SmtpReply[],
+  accepted: number,
+  t: Timeouts,
+  failPending: (r: SmtpReply, from: number) => TransactionOutcome,
+  broken: (res: { why: "closed" | "timeout"; detail: string }, stage: string) => SmtpReply,
+): Promise<TransactionOutcome> {
+  const c = s.conn;
+  let final: SmtpReply | undefined;
+  if (accepted > 0) {
+    if (
+      !(await c.write(`BDAT ${plan.body.length} LAST\r\n`, t.dataBlockMs)) ||
+      !(await c.write(plan.body, t.dataBlockMs))
+    )
+      return failPending(lost(`BDAT: ${c.closeDetail}`), rcptReplies.length);
+    const f = await c.read(t.dataDoneMs);
+    if (!f.ok) return failPending(broken(f, "BDAT"), rcptReplies.length);
+    final = f.reply;
+    s.clean = true;
+  }
+  const results = msg.recipients.map((rc, i): RecipientResult => {
+    const rr = rcptReplies[i]!;
+    const r = classifyReply(rr) !== "success" ? rr : (final ?? reply(451, "4.5.0", "no reply to BDAT"));
+    return { index: rc.index, kind: RESULT_KIND[classifyReply(r)], reply: r };
   });
   return { kind: "done", results, reusable: !c.closed && final?.code !== 421 };
 }

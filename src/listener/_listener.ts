@@ -3,9 +3,9 @@
  *
  * Owns: one small `Session` state object per connection, driven by the socket's data/drain/close
  * handlers (no per-session async loop); the RFC 5321 state machine with PIPELINING, SIZE, 8BITMIME,
- * SMTPUTF8, ENHANCEDSTATUSCODES, STARTTLS, AUTH PLAIN/LOGIN, CHUNKING (BDAT) and DSN; relay policy;
- * limits (size, recipients, line length, errors, connections per listener and per IP); timeouts;
- * backpressure; graceful close.
+ * SMTPUTF8, ENHANCEDSTATUSCODES, STARTTLS, AUTH PLAIN/LOGIN, CHUNKING (BDAT), BINARYMIME and DSN;
+ * relay policy and `<postmaster>`; limits (size, recipients, line length, errors, junk commands,
+ * connections per listener and per IP); timeouts; backpressure; graceful close.
  * Does not own: what "accepted" means (the `Acceptor`), protocol syntax (smtp/).
  *
  * Implementation summary:
@@ -16,12 +16,14 @@
  * - While the Acceptor or a password check runs, the session is `busy`: input is kept, not processed.
  * - When `socket.write` takes less than asked, the rest waits in `pending`, reading is paused, and no
  *   command is processed until `drain` has written it: a client that does not read cannot grow our buffers.
- * - Only `<CRLF>.<CRLF>` ends DATA; with `rejectBareNewlines` a bare CR or LF anywhere gets
- *   `521 5.5.2` and the session ends (as Postfix's `smtpd_forbid_bare_newline`).
+ * - Only `<CRLF>.<CRLF>` ends DATA; with `rejectBareNewlines` a bare CR or LF anywhere (commands, DATA,
+ *   BDAT without BINARYMIME) gets `521 5.5.2` and the session ends (as Postfix's
+ *   `smtpd_forbid_bare_newline`). Message content rules (NUL, long lines) are the Acceptor's (app/).
  * - After `STARTTLS`, bytes the client pipelined behind it in plaintext are dropped (CVE-2011-0411),
  *   and the plain socket's handlers ignore the encrypted bytes they keep receiving (a Bun trait).
  * - Timeouts: one sweep timer per listener compares each session's deadline with the clock.
- * Invariant: `250` after DATA/BDAT LAST is sent only when the Acceptor returned `ok: true`.
+ * Invariants: `250` after DATA/BDAT LAST is sent only when the Acceptor returned `ok: true`; every reply
+ * line is at most 512 octets (formatReply cuts, `queuedReply` counts the ids it cannot name).
  */
 import type { Socket, SocketHandler, TCPSocketListener } from "bun";
 import {
@@ -39,7 +41,9 @@ import {
   afterPrefix,
   DotUnstuffer,
   type EsmtpParams,
+  findBareNewline,
   formatReply,
+  MAX_REPLY_LINE_OCTETS,
   parseCommand,
   parseEsmtpParams,
   parsePath,
@@ -99,6 +103,10 @@ class Session {
   closing = false;
   closed = false;
   errors = 0;
+  /** NOOP, RSET, VRFY and HELP since the last accepted message (Postfix's junk command count). */
+  junk = 0;
+  /** BDAT without BINARYMIME: the last chunk so far ended with a CR (its LF may open the next one). */
+  bdatCr = false;
   deadlineMs: number;
   dot: DotUnstuffer | undefined;
   bdatRemaining = 0;
@@ -122,6 +130,28 @@ class Session {
   inMessage(): boolean {
     return this.phase === "data" || this.phase === "bdat" || this.busy || this.txn?.chunks !== undefined;
   }
+}
+
+/**
+ * The `250` after DATA/BDAT LAST. A message to many domains is stored as one queue entry per domain,
+ * and 1,000 ids would make a 15,000-octet line (RFC 5321 §4.5.3.1.5 allows 512; Python's smtplib
+ * raises on it and the client retries, delivering everything twice). So the reply names the ids while
+ * the line stays within 512 octets and then says how many more there are: clients that read
+ * "queued as <id>" still find the first id, and the delivery log's reception records name every id,
+ * each with `transaction` set to the first one (app/accept.ts).
+ */
+function queuedReply(ids: readonly string[]): SmtpReply {
+  let text = "Ok: queued as";
+  // `250 2.0.0 ` + text + CRLF, with room left for " (and 99999 more)".
+  const room = MAX_REPLY_LINE_OCTETS - 12 - 18;
+  let named = 0;
+  for (const id of ids) {
+    if (named > 0 && text.length + 1 + id.length > room) break;
+    text += ` ${id}`;
+    named++;
+  }
+  if (named < ids.length) text += ` (and ${ids.length - named} more)`;
+  return reply(250, "2.0.0", text);
 }
 
 export async function startListener(
@@ -222,7 +252,7 @@ class SmtpServer implements Listener {
       fromIp >= this.opts.maxConnectionsPerIp
     ) {
       this.cConnections.inc({ ...this.labels, result: "refused" });
-      socket.write(`421 4.7.0 ${this.opts.hostname} Error: too many connections\r\n`);
+      socket.write(formatReply(reply(421, "4.7.0", `${this.opts.hostname} Error: too many connections`)));
       socket.end();
       return;
     }
@@ -244,7 +274,7 @@ class SmtpServer implements Listener {
       s.tlsStarted = true;
       this.noteTls(s, socket);
     }
-    s.out += `220 ${this.opts.hostname} ESMTP\r\n`;
+    s.out += formatReply(reply(220, undefined, `${this.opts.hostname} ESMTP`));
     this.flush(s);
   }
 
@@ -340,7 +370,20 @@ class SmtpServer implements Listener {
           if (!buf || s.inOff >= buf.length) return;
           const take = Math.min(s.bdatRemaining, buf.length - s.inOff);
           const txn = s.txn;
-          if (!s.bdatRefusal && txn?.chunks) txn.chunks.push(buf.slice(s.inOff, s.inOff + take));
+          if (!s.bdatRefusal && txn?.chunks) {
+            const piece = buf.subarray(s.inOff, s.inOff + take);
+            // Without BINARYMIME, BDAT carries the same line-structured text as DATA (RFC 3030 §3), so a
+            // bare CR or LF is refused alike: the content would be relayed through DATA later.
+            if (this.opts.rejectBareNewlines && txn.params.body !== "BINARYMIME") {
+              const bare = findBareNewline(piece, s.bdatCr);
+              s.bdatCr = bare.endsWithCr;
+              if (bare.kind) {
+                this.bareNewline(s, bare.kind);
+                return;
+              }
+            }
+            txn.chunks.push(piece.slice());
+          }
           s.inOff += take;
           s.bdatRemaining -= take;
           s.deadlineMs = this.clock.now() + this.opts.dataTimeoutMs;
@@ -429,7 +472,11 @@ class SmtpServer implements Listener {
   /** A 4xx/5xx reply to a command: counted; too many and the session ends (Postfix smtpd_hard_error_limit). */
   private refuse(s: Session, r: SmtpReply): void {
     this.send(s, r);
-    this.cRejections.inc({ ...this.labels, code: String(r.code) });
+    this.countError(s, String(r.code));
+  }
+
+  private countError(s: Session, code: string): void {
+    this.cRejections.inc({ ...this.labels, code });
     if (++s.errors >= this.opts.maxErrors) {
       this.send(s, reply(421, "4.7.0", `${this.opts.hostname} Error: too many errors`));
       this.endSession(s);
@@ -504,23 +551,29 @@ class SmtpServer implements Listener {
       case "RSET":
         if (arg) return reply(501, "5.5.4", "Syntax: RSET");
         s.txn = undefined;
-        return reply(250, "2.0.0", "Ok");
+        return this.junk(s, reply(250, "2.0.0", "Ok"));
       case "NOOP":
-        return reply(250, "2.0.0", "Ok");
+        return this.junk(s, reply(250, "2.0.0", "Ok"));
       case "QUIT":
         this.endSession(s);
         return reply(221, "2.0.0", "Bye");
       case "VRFY":
         // RFC 5321 §3.5.3: 252 when we will not verify but will accept mail for the address.
         if (!arg) return reply(501, "5.5.4", "Syntax: VRFY address");
-        return reply(252, "2.0.0", "Cannot VRFY user, but will accept message and attempt delivery");
+        return this.junk(
+          s,
+          reply(252, "2.0.0", "Cannot VRFY user, but will accept message and attempt delivery"),
+        );
       case "EXPN":
         return reply(502, "5.5.1", "Error: command not implemented");
       case "HELP":
-        return reply(
-          214,
-          "2.0.0",
-          "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS AUTH",
+        return this.junk(
+          s,
+          reply(
+            214,
+            "2.0.0",
+            "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS AUTH",
+          ),
         );
       case "STARTTLS":
         return this.starttls(s, arg);
@@ -529,6 +582,18 @@ class SmtpServer implements Listener {
       default:
         return reply(500, "5.5.2", "Error: command not recognized");
     }
+  }
+
+  /**
+   * NOOP, RSET, VRFY and HELP are answered as usual, but past `maxJunkCommands` since the last accepted
+   * message each one counts as an error, so a client cannot hold a session with them forever (Postfix's
+   * `smtpd_junk_command_limit`, default 100, reset after mail is accepted).
+   */
+  private junk(s: Session, r: SmtpReply): SmtpReply | undefined {
+    if (++s.junk <= this.opts.maxJunkCommands) return r;
+    this.send(s, r);
+    this.countError(s, "junk");
+    return undefined;
   }
 
   private authOffered(s: Session): boolean {
@@ -581,6 +646,21 @@ class SmtpServer implements Listener {
     if (txn.chunks) return reply(503, "5.5.1", "Error: RCPT after BDAT");
     const rest = afterPrefix(arg, "TO:");
     if (rest === undefined) return reply(501, "5.5.4", "Syntax: RCPT TO:<address>");
+    // RFC 5321 §4.5.1: `<Postmaster>` without a domain (any case) MUST be accepted, from anyone: it is
+    // how a stranger reports a problem. It is the postmaster of this host, so it goes to
+    // postmaster@<hostname> (route that domain to the operators' mailbox).
+    const pm = /^<postmaster>(?=$|[ \t])/i.exec(rest.trimStart());
+    if (pm) {
+      const params = parseEsmtpParams(rest.trimStart().slice(pm[0].length).trim(), "RCPT");
+      if (!params.ok) return params.reply;
+      if (txn.recipients.length >= this.opts.maxRecipients)
+        return reply(452, "4.5.3", "Error: too many recipients");
+      const r: EnvelopeRecipient = { address: `postmaster@${this.opts.hostname}` };
+      if (params.params.notify) r.notify = params.params.notify;
+      if (params.params.orcpt) r.orcpt = params.params.orcpt;
+      txn.recipients.push(r);
+      return reply(250, "2.1.5", "Ok");
+    }
     const path = parsePath(rest, { allowNull: false, role: "recipient" });
     if (!path.ok) return path.reply;
     if (path.rest && !s.esmtp) return reply(555, "5.5.4", "Parameters need EHLO");
@@ -639,6 +719,7 @@ class SmtpServer implements Listener {
     s.bdatRemaining = size;
     s.bdatLast = m[2] !== undefined;
     s.bdatRefusal = undefined;
+    if (!txn?.chunks) s.bdatCr = false;
     s.deadlineMs = this.clock.now() + this.opts.dataTimeoutMs;
     if (!txn) s.bdatRefusal = reply(503, "5.5.1", "Error: need MAIL command");
     else if (txn.recipients.length === 0) s.bdatRefusal = reply(554, "5.5.1", "Error: no valid recipients");
@@ -663,6 +744,12 @@ class SmtpServer implements Listener {
     }
     const txn = s.txn!;
     if (!s.bdatLast) return reply(250, "2.0.0", `Ok: ${txn.chunkBytes} octets received`);
+    if (s.bdatCr) {
+      // The message ends in a CR that no LF followed.
+      s.bdatCr = false;
+      this.bareNewline(s, "CR");
+      return undefined;
+    }
     const parts = txn.chunks ?? [];
     return this.deliver(s, parts.length === 1 ? parts[0]! : concatBytes(parts));
   }
@@ -709,7 +796,8 @@ class SmtpServer implements Listener {
           if (res.ok) {
             this.cMessages.inc({ ...this.labels, result: "accepted" });
             this.cBytes.inc(this.labels, message.length);
-            return reply(250, "2.0.0", `Ok: queued as ${res.ids.join(" ")}`);
+            s.junk = 0;
+            return queuedReply(res.ids);
           }
           this.cMessages.inc({ ...this.labels, result: "refused" });
           return res.reply;

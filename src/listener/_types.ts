@@ -34,6 +34,8 @@ export interface ListenerOptions {
   maxLineBytes: number;
   /** Errors (4xx/5xx replies to commands) before the session is closed with 421. */
   maxErrors: number;
+  /** NOOP/RSET/VRFY/HELP allowed per accepted message before each one counts as an error (Postfix: 100). */
+  maxJunkCommands: number;
   /** RFC 5321 §4.5.3.2: waiting for a command (5 min typical). */
   commandTimeoutMs: number;
   /** RFC 5321 §4.5.3.2: waiting for the next DATA/BDAT bytes (10 min typical for the whole stage). */

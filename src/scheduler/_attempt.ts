@@ -67,6 +67,7 @@ export function outboundOf(id: string, message: DisposableMessage, body: Uint8Ar
         pending.some(({ r }) => hasNonAscii(r.address)) ||
         headerHasEightBit(body)),
     eightBit: (a.body ?? "").toUpperCase() === "8BITMIME",
+    binary: (a.body ?? "").toUpperCase() === "BINARYMIME",
   };
   if (a.envid) out.envId = a.envid;
   if (a.ret === "FULL" || a.ret === "HDRS") out.ret = a.ret;

@@ -11,26 +11,36 @@ import { CR, DOT, LF } from "../lib/index.ts";
 /**
  * Client side: doubles a dot at the start of every line, ends the body with CRLF if it does not, and
  * appends the terminating `.CRLF`. One allocation of the exact output size.
+ *
+ * A "line" starts after an LF and also after a bare CR (one not followed by LF): a next hop that takes
+ * a bare CR for a line end must never see `<CR>.<CR>` or `<CR>.<CRLF>` as the end of the data (SMTP
+ * smuggling). mta stores no bare CR in line-structured mail (app/accept.ts normalizes them), so this
+ * only matters for mail that reached the spool some other way.
  */
 export function dotStuff(body: Uint8Array): Uint8Array {
-  let dots = body.length > 0 && body[0] === DOT ? 1 : 0;
-  for (let i = body.indexOf(LF); i !== -1 && i + 1 < body.length; i = body.indexOf(LF, i + 1)) {
-    if (body[i + 1] === DOT) dots++;
+  const n = body.length;
+  let dots = n > 0 && body[0] === DOT ? 1 : 0;
+  for (let i = 0; i + 1 < n; i++) {
+    const b = body[i];
+    if ((b === LF || (b === CR && body[i + 1] !== LF)) && body[i + 1] === DOT) dots++;
   }
-  const endsWithCrlf = body.length >= 2 && body[body.length - 2] === CR && body[body.length - 1] === LF;
-  const tail = endsWithCrlf || body.length === 0 ? 3 : 5;
-  const out = new Uint8Array(body.length + dots + tail);
+  const endsWithCrlf = n >= 2 && body[n - 2] === CR && body[n - 1] === LF;
+  const tail = endsWithCrlf || n === 0 ? 3 : 5;
+  const out = new Uint8Array(n + dots + tail);
   let o = 0;
-  let lineStart = true;
-  for (let i = 0; i < body.length; ) {
-    if (lineStart && body[i] === DOT) out[o++] = DOT;
-    const nl = body.indexOf(LF, i);
-    const end = nl === -1 ? body.length : nl + 1;
-    out.set(body.subarray(i, end), o);
-    o += end - i;
-    i = end;
-    lineStart = nl !== -1;
+  let from = 0;
+  if (n > 0 && body[0] === DOT) out[o++] = DOT;
+  for (let i = 0; i + 1 < n; i++) {
+    const b = body[i];
+    if ((b === LF || (b === CR && body[i + 1] !== LF)) && body[i + 1] === DOT) {
+      out.set(body.subarray(from, i + 1), o);
+      o += i + 1 - from;
+      out[o++] = DOT;
+      from = i + 1;
+    }
   }
+  out.set(body.subarray(from), o);
+  o += n - from;
   if (tail === 5) {
     out[o++] = CR;
     out[o++] = LF;
@@ -39,6 +49,25 @@ export function dotStuff(body: Uint8Array): Uint8Array {
   out[o++] = CR;
   out[o++] = LF;
   return out;
+}
+
+/**
+ * The first bare CR or bare LF in `chunk` (a CR not followed by LF, an LF not preceded by CR), for
+ * content that arrives in pieces (BDAT chunks): `prevCr` says the previous piece ended with a CR, and
+ * `endsWithCr` that this one does (whether it is bare is decided by the next piece, or by the end).
+ */
+export function findBareNewline(
+  chunk: Uint8Array,
+  prevCr: boolean,
+): { kind?: "CR" | "LF"; endsWithCr: boolean } {
+  let cr = prevCr;
+  for (let i = 0; i < chunk.length; i++) {
+    const b = chunk[i];
+    if (cr && b !== LF) return { kind: "CR", endsWithCr: false };
+    if (b === LF && !cr) return { kind: "LF", endsWithCr: false };
+    cr = b === CR;
+  }
+  return { endsWithCr: cr };
 }
 
 enum St {

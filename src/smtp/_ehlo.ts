@@ -16,6 +16,8 @@ export interface ServerCapabilities {
   dsn: boolean;
   starttls: boolean;
   chunking: boolean;
+  /** RFC 3030 §3: BODY=BINARYMIME, only together with CHUNKING. */
+  binarymime: boolean;
   auth: string[];
 }
 
@@ -31,6 +33,7 @@ export function parseEhlo(r: SmtpReply): ServerCapabilities {
     dsn: false,
     starttls: false,
     chunking: false,
+    binarymime: false,
     auth: [],
   };
   for (const line of r.lines.slice(1)) {
@@ -57,6 +60,9 @@ export function parseEhlo(r: SmtpReply): ServerCapabilities {
         break;
       case "CHUNKING":
         caps.chunking = true;
+        break;
+      case "BINARYMIME":
+        caps.binarymime = true;
         break;
       case "AUTH":
         caps.auth.push(...params.map((p) => p.toUpperCase()));

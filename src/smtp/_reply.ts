@@ -4,7 +4,8 @@
  * Owns: `SmtpReply`, building (`reply`), formatting (`formatReply`), parsing (`parseReplyLines`),
  * the one classification of replies (`classifyReply`), and `SmtpError`.
  * Invariant: an enhanced status code (RFC 3463) always has the same class digit as the reply code;
- * a reply never carries CR or LF inside a text line.
+ * a reply never carries CR or LF inside a text line; a formatted reply line is at most
+ * `MAX_REPLY_LINE_OCTETS` (RFC 5321 §4.5.3.1.5), whatever the texts it was given.
  */
 
 export interface SmtpReply {
@@ -22,10 +23,36 @@ export function reply(code: number, enhanced: string | undefined, ...lines: stri
   return enhanced ? { code, enhanced, lines: texts } : { code, lines: texts };
 }
 
+/** RFC 5321 §4.5.3.1.5: a reply line is at most 512 octets, the code and the CRLF included. */
+export const MAX_REPLY_LINE_OCTETS = 512;
+/** What is left for the text after `NNN-` and the CRLF. */
+const MAX_TEXT_OCTETS = MAX_REPLY_LINE_OCTETS - 6;
+const utf8 = new TextEncoder();
+
+/**
+ * Cuts `text` to at most `MAX_TEXT_OCTETS` octets of UTF-8, at a character boundary. Replies are built
+ * from bounded pieces, so this is a backstop (a long configured hostname, a reason from a peer), not
+ * the way a reply is meant to fit: a cut text ends with "...".
+ */
+function fitLine(text: string): string {
+  if (text.length <= MAX_TEXT_OCTETS / 3) return text;
+  if (utf8.encode(text).length <= MAX_TEXT_OCTETS) return text;
+  let out = "";
+  let octets = 0;
+  for (const ch of text) {
+    const n =
+      ch.codePointAt(0)! < 0x80 ? 1 : ch.codePointAt(0)! < 0x800 ? 2 : ch.codePointAt(0)! < 0x10000 ? 3 : 4;
+    if (octets + n > MAX_TEXT_OCTETS - 3) break;
+    out += ch;
+    octets += n;
+  }
+  return `${out}...`;
+}
+
 /**
  * Multi-line replies per RFC 5321 §4.2.1: `250-first\r\n250 last\r\n`; the enhanced code (when present)
  * is repeated on every line (RFC 2034 §4). CR and LF inside a text are replaced by spaces so that a
- * reason can never inject a line.
+ * reason can never inject a line, and each line is cut to 512 octets.
  */
 export function formatReply(r: SmtpReply): string {
   const lines = r.lines.length === 0 ? [""] : r.lines;
@@ -33,7 +60,7 @@ export function formatReply(r: SmtpReply): string {
   let out = "";
   for (let i = 0; i < lines.length; i++) {
     const sep = i === lines.length - 1 ? " " : "-";
-    const text = `${prefix}${lines[i]!.replace(/[\r\n]+/g, " ")}`;
+    const text = fitLine(`${prefix}${lines[i]!.replace(/[\r\n]+/g, " ")}`);
     out += text.length > 0 ? `${r.code}${sep}${text}\r\n` : `${r.code}${sep === "-" ? "-" : ""}\r\n`;
   }
   return out;

@@ -13,7 +13,7 @@ export {
   parsePath,
 } from "./_address.ts";
 export { afterPrefix, type Command, isVerb, parseCommand, VERBS, type Verb } from "./_command.ts";
-export { DotUnstuffer, type DotUnstufferOptions, dotStuff } from "./_dot.ts";
+export { DotUnstuffer, type DotUnstufferOptions, dotStuff, findBareNewline } from "./_dot.ts";
 export { NO_CAPABILITIES, parseEhlo, type ServerCapabilities } from "./_ehlo.ts";
 export {
   type BodyType,
@@ -28,6 +28,7 @@ export {
 export {
   classifyReply,
   formatReply,
+  MAX_REPLY_LINE_OCTETS,
   parseReplyLines,
   parseStoredReply,
   type ReplyClass,

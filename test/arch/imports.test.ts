@@ -9,7 +9,7 @@ const ALLOWED: Record<string, string[] | "*"> = {
   config: ["lib"],
   smtp: ["lib"],
   listener: ["smtp", "lib", "observe"],
-  deliverer: ["smtp", "dns", "lib", "observe"],
+  deliverer: ["smtp", "mime", "dns", "lib", "observe"],
   dns: ["lib", "observe"],
   route: ["config", "dns", "smtp", "lib"],
   scheduler: ["deliverer", "disposition", "route", "smtp", "lib", "observe"],
@@ -17,6 +17,7 @@ const ALLOWED: Record<string, string[] | "*"> = {
   spool: ["lib", "observe"],
   bounce: ["smtp", "lib"],
   dkim: ["smtp", "lib"],
+  mime: ["lib"],
   observe: ["lib"],
   lib: [],
 };

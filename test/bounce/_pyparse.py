@@ -7,7 +7,7 @@ raw = sys.stdin.buffer.read()
 msg = email.message_from_bytes(raw, policy=policy.compat32)
 out = {
     "defects": [type(d).__name__ for d in msg.defects],
-    "from": msg["From"], "to": msg["To"], "subject": msg["Subject"], "date": msg["Date"],
+    "from": msg["From"], "to": str(msg["To"]), "subject": msg["Subject"], "date": msg["Date"],
     "auto_submitted": msg["Auto-Submitted"],
     "content_type": msg.get_content_type(), "report_type": msg.get_param("report-type"),
     "parts": [], "status_groups": [], "returned": None, "max_line": max(len(l) for l in raw.split(b"\r\n")),

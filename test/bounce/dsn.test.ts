@@ -250,3 +250,31 @@ describe("statusFromReply", () => {
     );
   });
 });
+
+describe("internationalized and binary originals", () => {
+  test("a UTF-8 sender or recipient gives an RFC 6533 DSN: UTF-8 addresses, global-delivery-status, message/global", () => {
+    const dsn = buildDsn(
+      input({
+        sender: "jürgen@shop.example",
+        recipients: [{ address: "用户@remote.example", action: "failed", status: "5.1.1" }],
+      }),
+    );
+    const text = new TextDecoder().decode(dsn);
+    expect(text).toContain("To: <jürgen@shop.example>");
+    expect(text).toContain("report-type=global-delivery-status");
+    expect(text).toContain("Content-Type: message/global-delivery-status");
+    expect(text).toContain("Final-Recipient: utf-8; 用户@remote.example");
+    expect(text).toContain("Content-Type: message/global\r\n");
+    expect(text).toContain("<用户@remote.example>: status 5.1.1");
+    const p = pyParse(dsn);
+    expect(p.report_type).toBe("global-delivery-status");
+    expect(p.parts).toEqual(["text/plain", "message/global-delivery-status", "message/global"]);
+  });
+
+  test("an original with NUL or bare CR/LF (BINARYMIME) is returned as its header only", () => {
+    const original = new Uint8Array(Buffer.from("Subject: bin\r\n\r\n\x00\x01\r\x02\n", "latin1"));
+    const p = pyParse(buildDsn(input({ original })));
+    expect(p.parts.at(-1)).toBe("text/rfc822-headers");
+    expect(p.returned?.headers).toContain("Subject: bin");
+  });
+});

@@ -26,6 +26,7 @@ export function options(over: Partial<ListenerOptions> = {}): ListenerOptions {
     maxRecipients: 100,
     maxLineBytes: 1000,
     maxErrors: 20,
+    maxJunkCommands: 100,
     commandTimeoutMs: 300_000,
     dataTimeoutMs: 600_000,
     maxConnections: 1000,

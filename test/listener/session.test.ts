@@ -182,6 +182,17 @@ describe("ESMTP session", () => {
     await c.closed();
   });
 
+  test("BDAT without BINARYMIME: a CRLF split across chunks is fine, a CR left at the end is a bare CR (521)", async () => {
+    const c = await hello();
+    expect((await c.cmd("MAIL FROM:<a@b.c>")).code).toBe(250);
+    expect((await c.cmd("RCPT TO:<d@e.f>")).code).toBe(250);
+    c.send("BDAT 13\r\nSubject: x\r\n\r");
+    expect((await c.reply()).code).toBe(250);
+    c.send("BDAT 6 LAST\r\n\nbody\r");
+    expect((await c.reply()).text).toBe("521 5.5.2 mx.test Error: bare <CR> received");
+    await c.closed();
+  });
+
   test("an acceptor refusal is sent as is, and an exception becomes 451 4.3.0", async () => {
     const c = await hello();
     acceptor.next = async () => ({

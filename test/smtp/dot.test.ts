@@ -1,5 +1,5 @@
 import { describe, expect, test } from "bun:test";
-import { DotUnstuffer, dotStuff } from "../../src/smtp/index.ts";
+import { DotUnstuffer, dotStuff, findBareNewline } from "../../src/smtp/index.ts";
 
 const enc = (s: string) => new TextEncoder().encode(s);
 const dec = (b: Uint8Array) => new TextDecoder().decode(b);
@@ -16,6 +16,18 @@ describe("dot transparency", () => {
     expect(dec(dotStuff(enc(".a\r\nb\r\n..c")))).toBe("..a\r\nb\r\n...c\r\n.\r\n");
     expect(dec(dotStuff(enc("")))).toBe(".\r\n");
     expect(dec(dotStuff(enc("x\r\n")))).toBe("x\r\n.\r\n");
+  });
+  test("dotStuff also doubles a dot after a bare CR or a bare LF: no next hop can read <CR>.<CR> as the end", () => {
+    expect(dec(dotStuff(enc("a\r.\rb\r.\nc\n.x\r\n")))).toBe("a\r..\rb\r..\nc\n..x\r\n.\r\n");
+    // A CRLF is one line end: the dot after it is doubled once.
+    expect(dec(dotStuff(enc("a\r\n.\r\n")))).toBe("a\r\n..\r\n.\r\n");
+  });
+  test("findBareNewline follows a CR across pieces", () => {
+    expect(findBareNewline(enc("ab\r"), false)).toEqual({ endsWithCr: true });
+    expect(findBareNewline(enc("\ncd\r\n"), true)).toEqual({ endsWithCr: false });
+    expect(findBareNewline(enc("x"), true)).toEqual({ kind: "CR", endsWithCr: false });
+    expect(findBareNewline(enc("a\nb"), false)).toEqual({ kind: "LF", endsWithCr: false });
+    expect(findBareNewline(enc("\n"), false)).toEqual({ kind: "LF", endsWithCr: false });
   });
   test("DotUnstuffer removes transparency dots and stops at CRLF.CRLF, leaving pipelined bytes", () => {
     const wire = "..a\r\nb\r\n...c\r\n.\r\nQUIT\r\n";

@@ -1,0 +1,90 @@
+/**
+ * aiosmtpd (Debian's python3-aiosmtpd, run by /usr/bin/python3) as a real third-party receiving
+ * server in tests: optionally without 8BITMIME, with SMTPUTF8, with AUTH, refusing some recipients.
+ *
+ * Owns: starting `aiosmtpd_peer.py` on a free loopback port and reading back what it received.
+ * There is no skip: where python3-aiosmtpd is missing the test fails (CI installs it).
+ */
+import { type Subprocess, spawn } from "bun";
+import { existsSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import { freePort } from "./sink.ts";
+
+export interface AiosmtpdMessage {
+  mail_from: string;
+  rcpt_tos: string[];
+  mail_options: string[];
+  /** The exact octets received. */
+  content: Buffer;
+}
+
+export interface Aiosmtpd extends AsyncDisposable {
+  port: number;
+  proc: Subprocess;
+  messages(): AiosmtpdMessage[];
+  /** Refused AUTH attempts, by user name. */
+  authFailures(): string[];
+  waitFor(n: number, timeoutMs?: number): Promise<AiosmtpdMessage[]>;
+}
+
+export async function startAiosmtpd(opts: {
+  dir: string;
+  noEightBitMime?: boolean;
+  smtputf8?: boolean;
+  auth?: { username: string; password: string };
+  rejectRcptPrefix?: string;
+}): Promise<Aiosmtpd> {
+  const port = freePort();
+  const out = join(opts.dir, `aiosmtpd-${port}.jsonl`);
+  const args = [String(port), out];
+  if (opts.noEightBitMime) args.push("--no-8bitmime");
+  if (opts.smtputf8) args.push("--smtputf8");
+  if (opts.auth) args.push("--auth", `${opts.auth.username}:${opts.auth.password}`);
+  if (opts.rejectRcptPrefix) args.push("--reject-rcpt", opts.rejectRcptPrefix);
+  const proc = spawn(["/usr/bin/python3", join(import.meta.dir, "aiosmtpd_peer.py"), ...args], {
+    stdout: "pipe",
+    stderr: "pipe",
+  });
+  const reader = proc.stdout.getReader();
+  const first = await Promise.race([reader.read(), Bun.sleep(10_000).then(() => undefined)]);
+  reader.releaseLock();
+  if (!first || first.done || !new TextDecoder().decode(first.value).includes("ready")) {
+    proc.kill("SIGKILL");
+    throw new Error(`aiosmtpd did not start: ${await new Response(proc.stderr).text()}`);
+  }
+  const lines = () =>
+    existsSync(out)
+      ? readFileSync(out, "utf8")
+          .split("\n")
+          .filter(Boolean)
+          .map((l) => JSON.parse(l) as Record<string, unknown>)
+      : [];
+  const messages = () =>
+    lines()
+      .filter((l) => "content" in l)
+      .map((l) => ({
+        ...(l as unknown as AiosmtpdMessage),
+        content: Buffer.from(String(l.content), "base64"),
+      }));
+  return {
+    port,
+    proc,
+    messages,
+    authFailures: () => lines().flatMap((l) => ("auth_failed" in l ? [String(l.auth_failed)] : [])),
+    async waitFor(n, timeoutMs = 15_000) {
+      const end = Date.now() + timeoutMs;
+      for (;;) {
+        const m = messages();
+        if (m.length >= n) return m;
+        if (Date.now() > end) throw new Error(`aiosmtpd received ${m.length} of ${n} messages`);
+        await Bun.sleep(25);
+      }
+    },
+    async [Symbol.asyncDispose]() {
+      proc.kill("SIGTERM");
+      await Promise.race([proc.exited, Bun.sleep(2000)]);
+      proc.kill("SIGKILL");
+      await proc.exited;
+    },
+  };
+}
