@@ -1,5 +1,5 @@
 /**
- * A caching stub resolver over UDP (node:dgram) with TCP fallback on truncation, built on dns-packet.
+ * A caching stub resolver over UDP (Bun.udpSocket) with TCP fallback on truncation, built on dns-packet.
  *
  * Owns: `createResolver`, the query transport, the TTL cache (positive and negative), in-flight dedup.
  * Does not own: MX ordering, implicit MX and routing decisions (route.ts).
@@ -8,8 +8,9 @@
  * (negative answers: the SOA minimum of RFC 2308 §5, else `defaultNegativeTtlS`).
  *
  * Why not node:dns: under Bun it reports NODATA as ENOTFOUND, gives no TTL and waits 26 s on a silent server.
+ * Why Bun.udpSocket over node:dgram: about 30 µs less CPU per question (measured: 44 against 74 µs
+ * for a question and its answer on loopback), and a destination costs three questions.
  */
-import dgram from "node:dgram";
 import fs from "node:fs";
 import net from "node:net";
 import dnsPacket from "dns-packet";
@@ -97,6 +98,16 @@ function rcodeOf(packet: dnsPacket.DecodedPacket): string {
   return (packet as { rcode?: string }).rcode ?? "NOERROR";
 }
 
+/** The same IP address, however written (an IPv4-mapped IPv6 address included). */
+function sameHost(configured: string, seen: string): boolean {
+  const strip = (a: string) =>
+    a
+      .toLowerCase()
+      .replace(/^::ffff:/, "")
+      .replace(/^\[|\]$/g, "");
+  return strip(configured) === strip(seen);
+}
+
 function normalizeName(name: string): string {
   return name.toLowerCase().replace(/\.$/, "");
 }
@@ -107,7 +118,7 @@ class StubResolver implements Resolver {
   private readonly cache = new Map<string, CacheEntry>();
   private readonly inflight = new Map<string, Promise<MxLookup | AddressLookup>>();
   private readonly pending = new Map<number, (p: dnsPacket.DecodedPacket) => void>();
-  private sockets = new Map<4 | 6, dgram.Socket>();
+  private sockets = new Map<4 | 6, Promise<Bun.udp.Socket<"buffer">>>();
   private readonly queries?: Counter;
   private readonly cacheHits?: Counter;
   private onWire = 0;
@@ -128,7 +139,11 @@ class StubResolver implements Resolver {
   close(): void {
     const graceMs = this.opts.timeoutMs * Math.max(1, this.opts.attempts) * Math.max(1, this.servers.length);
     const t = setTimeout(() => {
-      for (const s of this.sockets.values()) s.close();
+      for (const s of this.sockets.values())
+        void s.then(
+          (sock) => sock.close(),
+          () => {},
+        );
       this.sockets.clear();
     }, graceMs + 1000);
     t.unref?.();
@@ -247,22 +262,29 @@ class StubResolver implements Resolver {
     }
   }
 
-  private socketFor(family: 4 | 6): dgram.Socket {
+  private socketFor(family: 4 | 6): Promise<Bun.udp.Socket<"buffer">> {
     let s = this.sockets.get(family);
     if (s) return s;
-    s = dgram.createSocket(family === 4 ? "udp4" : "udp6");
-    s.on("message", (msg) => {
-      let packet: dnsPacket.DecodedPacket;
-      try {
-        packet = dnsPacket.decode(msg);
-      } catch {
-        return; // garbage: ignore, the query times out
-      }
-      const waiter = packet.id === undefined ? undefined : this.pending.get(packet.id);
-      waiter?.(packet);
+    s = Bun.udpSocket({
+      hostname: family === 4 ? "0.0.0.0" : "::",
+      socket: {
+        data: (_sock, msg, port, address) => {
+          // Only an answer from a server we asked counts (RFC 5452 §9.1): the address and port.
+          if (!this.servers.some((sv) => sv.port === port && sameHost(sv.host, address))) return;
+          let packet: dnsPacket.DecodedPacket;
+          try {
+            packet = dnsPacket.decode(msg);
+          } catch {
+            return; // garbage: ignore, the query times out
+          }
+          const waiter = packet.id === undefined ? undefined : this.pending.get(packet.id);
+          waiter?.(packet);
+        },
+      },
+    }).then((sock) => {
+      sock.unref();
+      return sock;
     });
-    s.on("error", () => {});
-    s.unref();
     this.sockets.set(family, s);
     return s;
   }
@@ -313,7 +335,20 @@ class StubResolver implements Resolver {
       questions: [{ type, name: qname, class: "IN" }],
     });
     const family = net.isIP(server.host) === 6 ? 6 : 4;
-    const socket = this.socketFor(family);
+    return this.socketFor(family).then(
+      (socket) => this.exchange(socket, server, qname, type, id, query),
+      (err: unknown) => ({ kind: "error", error: "other", detail: `no UDP socket: ${String(err)}` }),
+    );
+  }
+
+  private exchange(
+    socket: Bun.udp.Socket<"buffer">,
+    server: { host: string; port: number },
+    qname: string,
+    type: QType,
+    id: number,
+    query: Buffer,
+  ): Promise<RawAnswer> {
     return new Promise<RawAnswer>((resolve) => {
       const timer = setTimeout(() => {
         this.pending.delete(id);
@@ -335,16 +370,18 @@ class StubResolver implements Resolver {
         }
         resolve({ kind: "answer", packet });
       });
-      socket.send(query, server.port, server.host, (err) => {
-        if (!err) return;
+      let sent = false;
+      let why = "the socket's buffer is full";
+      try {
+        sent = socket.send(query, server.port, server.host);
+      } catch (err) {
+        why = String(err);
+      }
+      if (!sent) {
         clearTimeout(timer);
         this.pending.delete(id);
-        resolve({
-          kind: "error",
-          error: "other",
-          detail: `send to ${server.host}:${server.port}: ${err.message}`,
-        });
-      });
+        resolve({ kind: "error", error: "other", detail: `send to ${server.host}:${server.port}: ${why}` });
+      }
     });
   }
 

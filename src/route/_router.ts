@@ -27,6 +27,8 @@ export type RouteDecision =
       tlsVerify?: boolean;
       sourceAddress?: string;
       ehloName?: string;
+      /** More next hops (the other address family), looked up only when none of `hosts` answered. */
+      more?: () => Promise<{ name: string; ip: string; port: number }[]>;
     }
   | { kind: "permanent"; site: string; enhanced: string; reason: string }
   | { kind: "transient"; site: string; reason: string };
@@ -125,7 +127,16 @@ export class Router {
         ) ?? domain;
       this.learned.set(domain, site);
     }
-    return { kind: "hosts", site, hosts: r.hosts.map((h) => ({ name: h.name, ip: h.ip, port: h.port })) };
+    const d: RouteDecision = {
+      kind: "hosts",
+      site,
+      hosts: r.hosts.map((h) => ({ name: h.name, ip: h.ip, port: h.port })),
+    };
+    if (r.more) {
+      const more = r.more;
+      d.more = async () => (await more()).map((h) => ({ name: h.name, ip: h.ip, port: h.port }));
+    }
+    return d;
   }
 
   private async staticRoute(domain: string, route: RouteConfig, t: Tables): Promise<RouteDecision> {

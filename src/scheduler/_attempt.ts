@@ -185,10 +185,14 @@ export class Attempts {
       return "requeued";
     }
     site.noteAttempt(core.clock.now());
-    const result = await core.opts.deliverer.deliver(
-      targetOf(route, site, w.source, core.opts.hostname),
-      outboundOf(id, message, body),
-    );
+    const target = targetOf(route, site, w.source, core.opts.hostname);
+    const outbound = outboundOf(id, message, body);
+    let result = await core.opts.deliverer.deliver(target, outbound);
+    if (result.connectionFailed && route.more) {
+      // None of the preferred family's addresses answered: the other family's, in the same attempt.
+      const hosts = await route.more();
+      if (hosts.length > 0) result = await core.opts.deliverer.deliver({ ...target, hosts }, outbound);
+    }
     if (result.connectionFailed) {
       this.siteFailure(
         site,
