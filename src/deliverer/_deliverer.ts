@@ -234,12 +234,17 @@ export class Deliverer {
       await this.keepOrQuit(key, s, target);
       return { ...base, recipients: plan };
     }
-    const out = await transaction(s, msg, plan, this.opts.timeouts);
+    const quitAfter = target.keepConnection && !this.closed ? () => !target.keepConnection!() : undefined;
+    const out = await transaction(s, msg, plan, this.opts.timeouts, quitAfter);
     if (out.kind === "site") {
       s.conn.destroy();
       return undefined;
     }
-    if (out.reusable) await this.keepOrQuit(key, s, target);
+    if (out.quitting) {
+      // QUIT went with the message: read its 221 (RFC 5321 §4.1.1.10) without holding the attempt.
+      const c = s.conn;
+      void c.read(this.opts.timeouts.quitMs).then(() => c.destroy());
+    } else if (out.reusable) await this.keepOrQuit(key, s, target);
     else s.conn.destroy();
     return { ...base, recipients: out.results };
   }

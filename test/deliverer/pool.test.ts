@@ -210,3 +210,27 @@ test("an address the process may not reach is never connected to: a site failure
   expect(p.sessions).toHaveLength(0);
   await d.close();
 });
+
+test("a connection nothing more is coming for gets QUIT right behind the message; one with more mail is kept", async () => {
+  const p = await peer({ ehlo: ["PIPELINING"] });
+  const d = new Deliverer({
+    timeouts: FAST,
+    maxMessagesPerConnection: 100,
+    idleTimeoutMs: 5000,
+    log: silentLogger(),
+  });
+  let more = true;
+  const t = { ...target(p), keepConnection: () => more };
+  expect((await d.deliver(t, message(1))).recipients[0]!.kind).toBe("delivered");
+  expect(d.idleConnections()).toBe(1);
+  more = false;
+  expect((await d.deliver(t, message(2))).recipients[0]!.kind).toBe("delivered");
+  // Reused for message 2, then QUIT in the same write as its data: no idle connection is left.
+  expect(d.idleConnections()).toBe(0);
+  expect(p.sessions).toHaveLength(1);
+  await waitFor(() => p.sessions[0]!.closed, "the session to close");
+  const cmds = p.sessions[0]!.commands;
+  expect(cmds.at(-1)).toBe("QUIT");
+  expect(p.sessions[0]!.messages).toHaveLength(2);
+  await d.close();
+});
