@@ -122,8 +122,13 @@ export class Attempts {
         destination: site.name,
         error: errorMessage(err),
       });
-      if (core.slots.isCurrent(ref) && sp.isLive(slot) && sp.idOf(slot) === id)
-        core.schedule(slot, core.clock.now() + SPOOL_ERROR_RETRY_MS);
+      if (core.slots.isCurrent(ref) && sp.isLive(slot) && sp.idOf(slot) === id) {
+        // An operator's command waiting for it takes it now; else it is tried again in a while.
+        if (core.slots.command[slot] !== 0) {
+          core.slots.where[slot] = NONE;
+          core.starter.toCommandLane(slot);
+        } else core.schedule(slot, core.clock.now() + SPOOL_ERROR_RETRY_MS);
+      }
       return "done";
     } finally {
       this.inFlight--;
