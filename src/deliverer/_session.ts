@@ -447,6 +447,10 @@ export async function transaction(
     if (quitting && out === stuffed && !(await c.write(QUIT_LINE, t.dataBlockMs))) quitting = false;
     const f = await c.read(t.dataDoneMs);
     if (!f.ok) return failPending(broken(f, "end of data"), rcpts.length);
+    // With QUIT behind the data, a server that never answers the dot but answers QUIT gives 221
+    // first: that is no acceptance of the message (it must not count as delivered).
+    if (quitting && f.reply.code === 221)
+      return failPending(lost("end of data: no reply, only the one to QUIT"), rcpts.length);
     final = f.reply;
     s.clean = true;
   } else if (dataReply) {
