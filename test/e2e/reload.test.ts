@@ -174,3 +174,25 @@ test("a restart-only change is reported on every reload against what runs, and t
   const conn = await Bun.connect({ hostname: "127.0.0.1", port: mta.smtpPorts[0]!, socket: { data() {} } });
   conn.end();
 }, 30_000);
+
+test("SIGHUP moves the delivery log: the next lines go to the new file", async () => {
+  using dir = tempDir();
+  await using host = await startScriptedPeer();
+  const first = testConfig(dir.path, `delivery: { routes: { example.net: "127.0.0.1:${host.port}" } }`);
+  await using mta = await startMta({ dir: dir.path, config: first });
+  await ready(mta);
+  const moved = `${dir.path}/moved/deliveries.jsonl`;
+  await reload(mta, first.replace(`deliveries: ${dir.path}/deliveries.jsonl`, `deliveries: ${moved}`), 1);
+  await inject(mta, "after@example.net", "after the move");
+  await until(() => received(host, "after the move"), 10_000, "delivery");
+  const lines = async () =>
+    (await Bun.file(moved).exists())
+      ? (await Bun.file(moved).text())
+          .split("\n")
+          .filter(Boolean)
+          .map((l) => JSON.parse(l))
+      : [];
+  const end = Date.now() + 5000;
+  while (!(await lines()).some((e) => e.type === "delivery") && Date.now() < end) await Bun.sleep(50);
+  expect((await lines()).map((e) => e.type)).toEqual(["reception", "delivery"]);
+}, 30_000);
