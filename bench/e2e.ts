@@ -104,6 +104,9 @@ interface MtaRun {
   injectedS: number;
   cpuMs: number;
   rssMiB: number;
+  /** CPU of the receiving smtp-sink and of this process (generator and DNS server), ms per message. */
+  sinkCpuMs: number;
+  harnessCpuMs: number;
 }
 
 /** One measurement of mta: a fresh spool, sink, DNS zone and daemon; wall time first message → last received. */
@@ -131,6 +134,8 @@ async function mtaOnce(dests: number): Promise<MtaRun & { postfix?: number }> {
     ].join("\n"),
   );
   const cpu0 = cpuSeconds(mta.pid);
+  const sink0 = cpuSeconds(sink.proc.pid);
+  const self0 = process.cpuUsage();
   const t0 = performance.now();
   let injectedS: number;
   if (dests === 1) {
@@ -162,6 +167,11 @@ async function mtaOnce(dests: number): Promise<MtaRun & { postfix?: number }> {
     injectedS,
     cpuMs: ((cpuSeconds(mta.pid) - cpu0) * 1000) / count,
     rssMiB: Math.round(rssBytes(mta.pid) / 2 ** 20),
+    sinkCpuMs: ((cpuSeconds(sink.proc.pid) - sink0) * 1000) / count,
+    harnessCpuMs: (() => {
+      const u = process.cpuUsage(self0);
+      return (u.user + u.system) / 1000 / count;
+    })(),
   };
   // Postfix with many destinations runs here: it delivers to this run's sink.
   if (withPostfix && dests > 100) {
@@ -186,7 +196,7 @@ for (const dests of destCounts) {
   if (withPostfix && dests > 100) {
     const pfRates = runs.map((r) => r.postfix ?? Number.NaN);
     pf = median(pfRates);
-    pfRange = reps > 1 ? ` (runs ${range(pfRates)})` : "";
+    pfRange = reps > 1 ? ` runs ${range(pfRates)}` : "";
   }
   if (withPostfix && dests <= 100) {
     if (rows.length === 0) setupPostfix();
@@ -203,11 +213,11 @@ for (const dests of destCounts) {
       );
     }
     pf = median(pfRates);
-    pfRange = reps > 1 ? ` (runs ${range(pfRates)})` : "";
+    pfRange = reps > 1 ? ` runs ${range(pfRates)}` : "";
   }
   rows.push({
     figure: "end to end",
-    conditions: `1 KB, ${dests.toLocaleString("en-US")} destination${dests > 1 ? "s" : ""}, ${count.toLocaleString("en-US")} msgs, 50 inbound sessions, fdatasync on; received ${mid.got}; injection ${mid.injectedS.toFixed(1)} s; mta CPU ${mid.cpuMs.toFixed(3)} ms/msg, RSS ${mid.rssMiB} MiB; median of ${reps}${reps > 1 ? ` (mta runs ${range(rates)} msgs/s${pfRange ? `; Postfix${pfRange}` : ""})` : ""}`,
+    conditions: `1 KB, ${dests.toLocaleString("en-US")} destination${dests > 1 ? "s" : ""}, ${count.toLocaleString("en-US")} msgs, 50 inbound sessions, fdatasync on; received ${mid.got}; injection ${mid.injectedS.toFixed(1)} s; mta CPU ${mid.cpuMs.toFixed(3)} ms/msg, RSS ${mid.rssMiB} MiB, smtp-sink CPU ${mid.sinkCpuMs.toFixed(3)} ms/msg${dests > 1 ? `, generator and DNS server CPU ${mid.harnessCpuMs.toFixed(3)} ms/msg` : ""}; median of ${reps}${reps > 1 ? ` (mta runs ${range(rates)} msgs/s${pfRange ? `; Postfix${pfRange}` : ""})` : ""}`,
     mta: median(rates),
     postfix: pf,
     unit: "msgs/s",
