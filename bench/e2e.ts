@@ -5,7 +5,8 @@
  *
  * - 1 destination: Postfix's smtp-source → mta (route k1.test → one smtp-sink), as bench/postfix does.
  * - 100 and 10,000 destinations: smtp-source cannot vary the domain, so bench/_injector.ts sends
- *   `<seq>b@d<seq % K>.test`; a DNS server on loopback answers MX mx.dN.test → A 127.(..).(..).(..),
+ *   `<seq>b@d<seq % K>.test`; a DNS server on loopback (unbound with the zone as local data when it is
+ *   installed, else test/support's) answers MX mx.dN.test → A 127.(..).(..).(..),
  *   one address per destination, and a single smtp-sink listening on 0.0.0.0 receives them all (it only
  *   receives; every connection goes to 127/8). Postfix's figure for 100 uses its anchor script (100
  *   next hops chosen by the local part, bench/postfix/bench-e2e.sh); for 10,000, a hash
@@ -36,6 +37,8 @@ import {
   stopPostfix,
   tmp,
   startCountingSink,
+  startUnbound,
+  UNBOUND,
   waitCount,
 } from "./_support.ts";
 
@@ -104,9 +107,10 @@ interface MtaRun {
   injectedS: number;
   cpuMs: number;
   rssMiB: number;
-  /** CPU of the receiving smtp-sink and of this process (generator and DNS server), ms per message. */
+  /** CPU of the receiving smtp-sink, of this process (the generator, and the DNS server when it runs here) and of unbound, ms per message. */
   sinkCpuMs: number;
   harnessCpuMs: number;
+  dnsCpuMs: number | undefined;
 }
 
 /** One measurement of mta: a fresh spool, sink, DNS zone and daemon; wall time first message → last received. */
@@ -120,7 +124,8 @@ async function mtaOnce(dests: number): Promise<MtaRun & { postfix?: number }> {
     zone[`d${i}.test`] = { mx: [{ exchange: `mx.d${i}.test`, preference: 10 }] };
     zone[`mx.d${i}.test`] = { a: [ipFor(i)] };
   }
-  await using dns = await startDnsServer(zone);
+  // unbound when installed (a real resolver, as in production), else the test suite's DNS server.
+  await using dns = dests > 1 && UNBOUND ? await startUnbound(dir.path, zone) : await startDnsServer(zone);
   await using mta = await startBenchMta(
     dir.path,
     [
@@ -135,6 +140,8 @@ async function mtaOnce(dests: number): Promise<MtaRun & { postfix?: number }> {
   );
   const cpu0 = cpuSeconds(mta.pid);
   const sink0 = cpuSeconds(sink.proc.pid);
+  const dnsPid = "pid" in dns ? dns.pid : undefined;
+  const dns0 = dnsPid === undefined ? 0 : cpuSeconds(dnsPid);
   const self0 = process.cpuUsage();
   const t0 = performance.now();
   let injectedS: number;
@@ -168,6 +175,7 @@ async function mtaOnce(dests: number): Promise<MtaRun & { postfix?: number }> {
     cpuMs: ((cpuSeconds(mta.pid) - cpu0) * 1000) / count,
     rssMiB: Math.round(rssBytes(mta.pid) / 2 ** 20),
     sinkCpuMs: ((cpuSeconds(sink.proc.pid) - sink0) * 1000) / count,
+    dnsCpuMs: dnsPid === undefined ? undefined : ((cpuSeconds(dnsPid) - dns0) * 1000) / count,
     harnessCpuMs: (() => {
       const u = process.cpuUsage(self0);
       return (u.user + u.system) / 1000 / count;
@@ -217,7 +225,7 @@ for (const dests of destCounts) {
   }
   rows.push({
     figure: "end to end",
-    conditions: `1 KB, ${dests.toLocaleString("en-US")} destination${dests > 1 ? "s" : ""}, ${count.toLocaleString("en-US")} msgs, 50 inbound sessions, fdatasync on; received ${mid.got}; injection ${mid.injectedS.toFixed(1)} s; mta CPU ${mid.cpuMs.toFixed(3)} ms/msg, RSS ${mid.rssMiB} MiB, smtp-sink CPU ${mid.sinkCpuMs.toFixed(3)} ms/msg${dests > 1 ? `, generator and DNS server CPU ${mid.harnessCpuMs.toFixed(3)} ms/msg` : ""}; median of ${reps}${reps > 1 ? ` (mta runs ${range(rates)} msgs/s${pfRange ? `; Postfix${pfRange}` : ""})` : ""}`,
+    conditions: `1 KB, ${dests.toLocaleString("en-US")} destination${dests > 1 ? "s" : ""}, ${count.toLocaleString("en-US")} msgs, 50 inbound sessions, fdatasync on; received ${mid.got}; injection ${mid.injectedS.toFixed(1)} s; mta CPU ${mid.cpuMs.toFixed(3)} ms/msg, RSS ${mid.rssMiB} MiB, smtp-sink CPU ${mid.sinkCpuMs.toFixed(3)} ms/msg${dests > 1 ? (mid.dnsCpuMs === undefined ? `, generator and DNS server CPU ${mid.harnessCpuMs.toFixed(3)} ms/msg` : `, generator CPU ${mid.harnessCpuMs.toFixed(3)} ms/msg, unbound CPU ${mid.dnsCpuMs.toFixed(3)} ms/msg`) : ""}; median of ${reps}${reps > 1 ? ` (mta runs ${range(rates)} msgs/s${pfRange ? `; Postfix${pfRange}` : ""})` : ""}`,
     mta: median(rates),
     postfix: pf,
     unit: "msgs/s",
