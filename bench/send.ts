@@ -86,7 +86,7 @@ try {
   const inputBytes = statSync(batch).size;
 
   const t0 = performance.now();
-  const child = spawn([BIN, "send", "-c", config, "--json", "--max-time", "30m", batch], {
+  const child = spawn([BIN, "send", "-c", config, "--json", "--max-time", "30m", "--batch", batch], {
     stdout: "pipe",
     stderr: "pipe",
   });

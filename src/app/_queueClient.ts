@@ -18,10 +18,10 @@
  *   POST /api/v1/queue/delete   (same as bounce)
  *   GET  /api/v1/spool/stats    GET /api/v1/spool/verify    POST /api/v1/spool/compact
  */
-import { existsSync } from "node:fs";
+import { statSync } from "node:fs";
 import { join } from "node:path";
 import type { Config } from "../config/index.ts";
-import { errorMessage, formatHostPort, MtaError } from "../lib/index.ts";
+import { errnoOf, errorMessage, fileError, formatHostPort, MtaError } from "../lib/index.ts";
 import {
   DeliveryLog,
   jsonError,
@@ -163,7 +163,12 @@ export function queueRoutes(ops: QueueOps): Record<string, RouteHandler> {
       return ops.list(sel);
     }),
     "GET /api/v1/queue/messages/*": handle((_req, url) => {
-      const id = decodeURIComponent(url.pathname.slice("/api/v1/queue/messages/".length));
+      let id: string;
+      try {
+        id = decodeURIComponent(url.pathname.slice("/api/v1/queue/messages/".length));
+      } catch {
+        throw new QueueError("usage", "the message id in the path is not valid percent-encoding", 400);
+      }
       const body = url.searchParams.get("body");
       return ops.show(id, { body: body === "1" || body === "true" });
     }),
@@ -337,18 +342,24 @@ export class LocalQueueClient implements QueueClient {
   }
 
   private checkDir(): void {
-    if (!existsSync(join(this.dir, "segments")))
+    try {
+      statSync(join(this.dir, "segments"));
+    } catch (err) {
+      if (errnoOf(err) !== "ENOENT") throw fileError(err, `spool.dir ${this.dir}`, "read");
       throw new QueueError(
         "unavailable",
         `no spool at ${this.dir} (check spool.dir in the configuration)`,
         503,
       );
+    }
   }
 
   /** JSON round trip, so that a local answer is byte for byte what the control API would send. */
   private async readOnly<T>(fn: (ops: QueueOps) => T | Promise<T>): Promise<T> {
     this.checkDir();
-    const spool = await Spool.openReadOnly({ dir: this.dir, bodyCacheBytes: 0 });
+    const spool = await Spool.openReadOnly({ dir: this.dir, bodyCacheBytes: 0 }).catch((err) => {
+      throw fileError(err, `spool.dir ${this.dir}`, "read");
+    });
     try {
       return JSON.parse(JSON.stringify(await fn(new QueueOps({ spool, hostname: this.config.hostname }))));
     } finally {
@@ -365,8 +376,16 @@ export class LocalQueueClient implements QueueClient {
       segmentSizeBytes: s.segmentSizeBytes,
       compactBelowLiveRatio: s.compactBelowLiveRatio,
       bodyCacheBytes: 0,
+    }).catch((err) => {
+      throw fileError(err, `spool.dir ${s.dir}`, "write");
     });
-    const deliveryLog = new DeliveryLog(this.config.log.deliveriesFile);
+    let deliveryLog: DeliveryLog;
+    try {
+      deliveryLog = new DeliveryLog(this.config.log.deliveriesFile);
+    } catch (err) {
+      await spool.close();
+      throw fileError(err, `log.deliveries ${this.config.log.deliveriesFile}`, "write");
+    }
     try {
       // Admin-bounce DSNs take the path of every message: signed, appended, logged (delivered at the
       // daemon's next start). A key that cannot be loaded fails the command before anything changes.
@@ -424,7 +443,10 @@ export class LocalQueueClient implements QueueClient {
   }
   async verify(): Promise<VerifyReport> {
     this.checkDir();
-    return JSON.parse(JSON.stringify(await verifySpool(this.dir)));
+    const report = await verifySpool(this.dir).catch((err) => {
+      throw fileError(err, `spool.dir ${this.dir}`, "read");
+    });
+    return JSON.parse(JSON.stringify(report));
   }
   compact(): Promise<CompactReport> {
     return this.locked((o) => o.compact());

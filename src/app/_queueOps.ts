@@ -14,7 +14,7 @@
  * - suspensions live in the scheduler's memory: offline `suspend`/`resume` are refused, never faked.
  */
 import { Disposer, type DsnInjector } from "../disposition/index.ts";
-import { type Clock, errorMessage, MtaError, systemClock } from "../lib/index.ts";
+import { type Clock, errorMessage, MAX_DURATION_MS, MtaError, systemClock } from "../lib/index.ts";
 import type { Counter, DeliveryLog, Logger, Metrics } from "../observe/index.ts";
 import { type CommandResult, type DestinationSummary, queueTotals, summarize } from "../scheduler/index.ts";
 import type { CompactReport, Spool, SpoolStats, StoredMessage, VerifyReport } from "../spool/index.ts";
@@ -165,8 +165,10 @@ export interface ActionResult {
 }
 
 export interface FlushResult {
-  /** Messages made due now. */
+  /** Messages made due now: those waiting for a retry, plus (live) those of a destination whose backoff was lifted. */
   flushed: number;
+  /** Destinations whose site backoff was lifted (live only): their waiting messages are tried now. */
+  backoffLifted: string[];
   /** true: the running scheduler retries now; false: recorded in the spool for the next start. */
   live: boolean;
 }
@@ -463,7 +465,28 @@ export class QueueOps {
       if (slot === undefined || !sp.isLive(slot))
         throw new QueueError("data", `no message ${target.id} in the queue`, 404);
     }
-    if (this.scheduler) return { flushed: this.scheduler.flush(target), live: true };
+    if (this.scheduler) {
+      // A destination in site backoff holds its messages in the ready queue, not the retry timer:
+      // flush lifts the backoff and they go now, so they count as flushed too.
+      const held = this.scheduler
+        .summary()
+        .filter(
+          (r) =>
+            r.state === "backoff" &&
+            (target.destination === undefined
+              ? target.id === undefined
+              : r.destination === target.destination),
+        );
+      const scheduled = this.scheduler.flush(target);
+      const after = new Map(this.scheduler.summary().map((r) => [r.destination, r]));
+      const lifted = held.filter((r) => after.get(r.destination)?.state !== "backoff");
+      const waiting = lifted.reduce((n, r) => n + r.messages, 0);
+      return {
+        flushed: Math.max(scheduled, waiting),
+        backoffLifted: lifted.map((r) => r.destination),
+        live: true,
+      };
+    }
     const now = this.clock.now();
     const slots = this.select(
       {
@@ -482,7 +505,7 @@ export class QueueOps {
         }),
       ),
     );
-    return { flushed: slots.length, live: false };
+    return { flushed: slots.length, backoffLifted: [], live: false };
   }
 
   private needScheduler(what: string): LiveScheduler {
@@ -496,8 +519,12 @@ export class QueueOps {
     reason?: string,
   ): { destination: string; untilMs: number | null } {
     if (!destination) throw new QueueError("usage", "suspend needs a destination", 400);
-    if (forMs !== undefined && !(Number.isFinite(forMs) && forMs > 0))
-      throw new QueueError("usage", "for must be a positive duration", 400);
+    if (forMs !== undefined && !(Number.isFinite(forMs) && forMs > 0 && forMs <= MAX_DURATION_MS))
+      throw new QueueError(
+        "usage",
+        "forMs must be a positive number of milliseconds of at most 100 years",
+        400,
+      );
     this.needScheduler("suspend").suspend(destination, forMs, reason ?? "suspended by operator");
     return { destination, untilMs: forMs === undefined ? null : this.clock.now() + forMs };
   }

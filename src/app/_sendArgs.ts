@@ -2,15 +2,16 @@
  * `mta send` / `sendmail` command line: sendmail's getopt-style flags (glued or separate values,
  * grouped letters such as `-ti`) plus our long options.
  *
- * Owns: argv → `SendArgs`; which positional arguments are recipients and which are batch inputs.
+ * Owns: argv → `SendArgs`. Every operand is a recipient, as in sendmail(1), whatever files exist in
+ * the working directory; only `--batch` makes the operands input files (so `cd / && sendmail root`
+ * mails root and never reads /root).
  * Does not own: reading input, sending (send.ts).
- * Invariant: a flag that would change what is sent and that we do not implement (`-bs`, `-q`, ...) is a
- * usage error, never silently ignored; flags that only tune sendmail's own queue (`-oem`, `-odb`, ...)
- * are accepted and ignored.
+ * Invariants: a flag that would change what is sent and that we do not implement (`-bs`, `-q`, ...) is
+ * a usage error, never silently ignored; flags that only tune sendmail's own queue (`-oem`, `-odb`,
+ * ...) are accepted and ignored; -F never carries CR or LF into a header.
  */
-import { existsSync, statSync } from "node:fs";
-import ms from "ms";
-import { UsageError } from "../lib/index.ts";
+import { DURATION_HINT, parseDuration, UsageError } from "../lib/index.ts";
+import { cleanDisplayName } from "./_sendMessage.ts";
 
 export interface SendArgs {
   /** -t: recipients from To/Cc/Bcc (added to those on the command line); Bcc removed. */
@@ -24,7 +25,9 @@ export interface SendArgs {
   /** -B: body type attribute. */
   bodyType?: "7BIT" | "8BITMIME";
   recipients: string[];
-  /** Files or directories: batch mode. */
+  /** --batch: the operands are files or directories to send. */
+  batch: boolean;
+  /** With --batch: the files or directories. */
   inputs: string[];
   config?: string;
   batchId?: string;
@@ -46,24 +49,10 @@ const WITH_VALUE = new Set(["f", "r", "F", "B", "o", "O", "N", "R", "V", "X", "L
 /** Letters accepted and ignored without a value. */
 const IGNORED_FLAGS = new Set(["m", "n", "U", "G", "e", "s"]);
 
-const INPUT_EXT = /\.(eml|mbox|mbx|jsonl|ndjson|json)$/i;
-
 function duration(name: string, text: string): number {
-  const v = /^\d+$/.test(text) ? Number(text) * 1000 : ms(text as ms.StringValue);
-  if (typeof v !== "number" || !Number.isFinite(v) || v < 0)
-    throw new UsageError(`${name} must be a duration such as 30s or 5m, not "${text}"`);
+  const v = parseDuration(text);
+  if (v === undefined) throw new UsageError(`${name} must be ${DURATION_HINT}, not "${text}"`);
   return v;
-}
-
-/** Whether a positional argument names a batch input rather than a recipient. */
-export function isInputPath(arg: string): boolean {
-  if (arg.includes("@")) return false;
-  if (arg.includes("/") || INPUT_EXT.test(arg)) return true;
-  try {
-    return existsSync(arg) && statSync(arg).isDirectory();
-  } catch {
-    return false;
-  }
 }
 
 export function parseSendArgs(argv: readonly string[]): SendArgs {
@@ -71,6 +60,7 @@ export function parseSendArgs(argv: readonly string[]): SendArgs {
     extractRecipients: false,
     ignoreDots: false,
     recipients: [],
+    batch: false,
     inputs: [],
     dryRun: false,
     maxTimeMs: DEFAULT_MAX_TIME_MS,
@@ -109,6 +99,10 @@ export function parseSendArgs(argv: readonly string[]): SendArgs {
           a.batchId = id;
           break;
         }
+        case "batch":
+          if (eq > 0) throw new UsageError("--batch takes no value: the files follow it as operands");
+          a.batch = true;
+          break;
         case "dry-run":
           a.dryRun = true;
           break;
@@ -162,16 +156,16 @@ export function parseSendArgs(argv: readonly string[]): SendArgs {
       else throw new UsageError(`unknown option -${letter}`);
     }
   }
-  for (const p of positional) {
-    if (p === "-")
-      throw new UsageError('"-" is not needed: without files the message is read from standard input');
-    if (isInputPath(p)) a.inputs.push(p);
-    else a.recipients.push(p);
-  }
-  if (a.inputs.length > 0 && a.recipients.length > 0)
-    throw new UsageError(
-      `give either recipients (message on standard input) or files, not both: recipients ${a.recipients.join(", ")}; files ${a.inputs.join(", ")}`,
-    );
+  if (a.batch) {
+    if (positional.length === 0) throw new UsageError("--batch needs files or directories to send");
+    if (positional.includes("-"))
+      throw new UsageError(
+        '"-" is not an input of --batch: without --batch the message is read from standard input',
+      );
+    if (a.extractRecipients)
+      throw new UsageError("-t is for a message on standard input; batch files always name their recipients");
+    a.inputs = positional;
+  } else a.recipients = positional;
   return a;
 }
 
@@ -182,7 +176,8 @@ function applyValue(a: SendArgs, letter: string, value: string): void {
       a.sender = value === "<>" ? "" : value.replace(/^<(.*)>$/, "$1");
       return;
     case "F":
-      a.fullName = value;
+      // A newline in a name would start a new header field (a Bcc:, say): never let one through.
+      a.fullName = cleanDisplayName(value);
       return;
     case "B": {
       const v = value.toUpperCase();

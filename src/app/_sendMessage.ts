@@ -3,37 +3,45 @@
  * one ready for the spool, and finding its recipients in the header for `-t`.
  *
  * Owns: CRLF normalization, header field splitting and unfolding, RFC 5322 address-list parsing
- * (quoted strings, comments, groups, angle addresses), Bcc removal, the headers a message must carry,
- * mail-merge placeholders (`{{name}}`).
- * Invariant: the header is handled as Latin-1 so every byte of the body and of 8-bit header text survives.
+ * (quoted strings, comments, groups, angle addresses), qualifying bare local parts in address headers
+ * (Postfix's append_at_myorigin), Bcc removal, the headers a message must carry, mail-merge
+ * placeholders (`{{name}}`).
+ * Invariants: the header is handled as Latin-1 so every byte of the body and of 8-bit header text
+ * survives; a header value built from an argument (`-F`) never carries CR or LF.
  */
-import { latin1Decoder } from "../lib/index.ts";
-import { messageIdFor, rfc5322Date } from "./compose.ts";
+import { hasEightBit, latin1Decoder } from "../lib/index.ts";
+import { encodeHeaderValue, messageIdFor, rfc5322Date } from "./compose.ts";
 
 const CR = 13;
 const LF = 10;
 
-/** Normalizes CR, LF and CRLF line ends to CRLF. Returns the input when it is already clean. */
+/**
+ * Normalizes CR, LF and CRLF line ends to CRLF. Returns the input when it is already clean. Lines are
+ * found with indexOf (native), so a large message costs a few operations per line, not per byte.
+ */
 export function toCrlf(bytes: Uint8Array): Uint8Array {
-  let fix = 0;
-  for (let i = 0; i < bytes.length; i++) {
-    const b = bytes[i]!;
-    if (b === LF && (i === 0 || bytes[i - 1] !== CR)) fix++;
-    else if (b === CR && bytes[i + 1] !== LF) fix++;
-  }
-  if (fix === 0) return bytes;
-  const out = new Uint8Array(bytes.length + fix);
+  const buf = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  // Positions where a CRLF must be written instead of a lone LF, a lone CR, or nothing.
+  const cuts: { at: number; skip: number }[] = [];
+  for (let i = buf.indexOf(LF); i >= 0; i = buf.indexOf(LF, i + 1))
+    if (i === 0 || buf[i - 1] !== CR) cuts.push({ at: i, skip: 1 });
+  for (let i = buf.indexOf(CR); i >= 0; i = buf.indexOf(CR, i + 1))
+    if (buf[i + 1] !== LF) cuts.push({ at: i, skip: 1 });
+  if (cuts.length === 0) return bytes;
+  cuts.sort((a, b) => a.at - b.at);
+  // Plain Uint8Array views: Buffer#subarray builds a Buffer each time, twice as slow here.
+  const view = new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const out = new Uint8Array(bytes.length + cuts.length);
+  let from = 0;
   let o = 0;
-  for (let i = 0; i < bytes.length; i++) {
-    const b = bytes[i]!;
-    if (b === LF && (i === 0 || bytes[i - 1] !== CR)) {
-      out[o++] = CR;
-      out[o++] = LF;
-    } else if (b === CR && bytes[i + 1] !== LF) {
-      out[o++] = CR;
-      out[o++] = LF;
-    } else out[o++] = b;
+  for (const c of cuts) {
+    out.set(view.subarray(from, c.at), o);
+    o += c.at - from;
+    out[o++] = CR;
+    out[o++] = LF;
+    from = c.at + c.skip;
   }
+  out.set(view.subarray(from), o);
   return out;
 }
 
@@ -86,10 +94,8 @@ export function splitMessage(msg: Uint8Array): SplitMessage {
 /** Offset of the empty line that ends the header (or the length when there is none). */
 function headerEnd(msg: Uint8Array): number {
   if (msg[0] === CR && msg[1] === LF) return 0;
-  for (let i = 0; i + 3 < msg.length; i++) {
-    if (msg[i] === CR && msg[i + 1] === LF && msg[i + 2] === CR && msg[i + 3] === LF) return i + 2;
-  }
-  return msg.length;
+  const i = Buffer.from(msg.buffer, msg.byteOffset, msg.byteLength).indexOf("\r\n\r\n");
+  return i < 0 ? msg.length : i + 2;
 }
 
 export function joinMessage(
@@ -167,8 +173,132 @@ export function parseAddressList(value: string): string[] {
   return out.filter((a) => !/^"[^"]*"$/.test(a)); // a display name alone is no address
 }
 
+/** Header fields whose addresses are qualified like the envelope (Postfix rewrites the same ones). */
+export const ADDRESS_FIELDS = new Set([
+  "from",
+  "sender",
+  "reply-to",
+  "to",
+  "cc",
+  "bcc",
+  "resent-from",
+  "resent-sender",
+  "resent-reply-to",
+  "resent-to",
+  "resent-cc",
+  "resent-bcc",
+]);
+
+const DOT_ATOM = /^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+$/;
+
+/**
+ * Appends `@origin` to every bare local part in an address list (`root` → `root@origin`,
+ * `root (Cron Daemon)` → `root@origin (Cron Daemon)`, `Ops <ops>` → `Ops <ops@origin>`), keeping
+ * everything else (display names, comments, groups, folding) byte for byte. Returns the same string
+ * when nothing needed it.
+ */
+export function qualifyAddressList(value: string, origin: string): string {
+  const inserts: number[] = [];
+  let depth = 0;
+  let quoted = false;
+  let angle = -1;
+  /** Positions of the element's characters outside comments, quotes included; reset per element. */
+  let first = -1;
+  let last = -1;
+  let words = 0;
+  let inWord = false;
+  let sawAngle = false;
+  const endElement = () => {
+    if (!sawAngle && first >= 0 && words === 1) {
+      const addr = value.slice(first, last + 1);
+      if (!addr.includes("@") && (DOT_ATOM.test(addr) || /^"([^"\\]|\\.)*"$/.test(addr)))
+        inserts.push(last + 1);
+    }
+    first = last = -1;
+    words = 0;
+    inWord = false;
+    sawAngle = false;
+  };
+  for (let i = 0; i < value.length; i++) {
+    const c = value[i]!;
+    if (depth > 0) {
+      if (c === "\\") i++;
+      else if (c === "(") depth++;
+      else if (c === ")") depth--;
+      inWord = false;
+      continue;
+    }
+    if (quoted) {
+      if (c === "\\") i++;
+      else if (c === '"') quoted = false;
+      last = i;
+      continue;
+    }
+    if (angle >= 0) {
+      if (c === ">") {
+        const inner = value.slice(angle + 1, i);
+        const spec = inner.includes(":") ? inner.slice(inner.lastIndexOf(":") + 1) : inner; // source route
+        if (spec.trim() !== "" && !spec.includes("@")) inserts.push(i);
+        angle = -1;
+      } else if (c === '"') {
+        // a quoted local part inside <...>: skip to its end
+        for (i++; i < value.length && value[i] !== '"'; i++) if (value[i] === "\\") i++;
+      }
+      continue;
+    }
+    if (c === "(") {
+      depth = 1;
+      inWord = false;
+    } else if (c === "<") {
+      angle = i;
+      sawAngle = true;
+    } else if (c === "," || c === ";") endElement();
+    else if (c === ":") {
+      // a group's display name: what came before is no address
+      first = last = -1;
+      words = 0;
+      inWord = false;
+    } else if (c === " " || c === "\t" || c === "\r" || c === "\n") inWord = false;
+    else {
+      if (!inWord) words++;
+      inWord = true;
+      if (first < 0) first = i;
+      last = i;
+      if (c === '"') quoted = true;
+    }
+  }
+  endElement();
+  if (inserts.length === 0) return value;
+  let out = "";
+  let at = 0;
+  for (const p of inserts.sort((a, b) => a - b)) {
+    out += `${value.slice(at, p)}@${origin}`;
+    at = p;
+  }
+  return out + value.slice(at);
+}
+
+/** A header field with its bare local parts qualified (raw text rewritten, folding kept). */
+function qualifyField(f: HeaderField, origin: string): HeaderField {
+  const colon = f.raw.indexOf(":");
+  const rewritten = qualifyAddressList(f.raw.slice(colon + 1), origin);
+  if (rewritten === f.raw.slice(colon + 1)) return f;
+  const raw = f.raw.slice(0, colon + 1) + rewritten;
+  return { name: f.name, raw, value: qualifyAddressList(f.value, origin) };
+}
+
+/** A display name from an argument (`-F`): CR, LF and other control characters become spaces. */
+export function cleanDisplayName(name: string): string {
+  return name
+    .replace(/[\x00-\x1f\x7f]+/g, " ")
+    .replace(/\s+/g, " ")
+    .trim();
+}
+
 export interface PrepareOptions {
   hostname: string;
+  /** Domain appended to bare local parts in the address headers (Postfix's myorigin); none when absent. */
+  origin?: string;
   /** Envelope sender; also the address of a From header we add. */
   sender: string;
   /** -F: display name of a From header we add. */
@@ -193,8 +323,10 @@ export interface PreparedMessage {
 }
 
 function quoteDisplayName(name: string): string {
-  if (/^[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~ ]*$/.test(name)) return name;
-  return `"${name.replace(/["\\]/g, "\\$&")}"`;
+  const clean = cleanDisplayName(name);
+  if (/[^\x20-\x7e]/.test(clean)) return encodeHeaderValue(clean); // RFC 2047 for non-ASCII
+  if (/^[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~ ]*$/.test(clean)) return clean;
+  return `"${clean.replace(/["\\]/g, "\\$&")}"`;
 }
 
 /** CRLF line ends, Bcc removed, Date/Message-ID/From added when missing (RFC 6409 §8.1-8.3). */
@@ -205,8 +337,19 @@ export function prepareMessage(input: Uint8Array, o: PrepareOptions): PreparedMe
     const nl = bytes.indexOf(LF);
     bytes = nl < 0 ? new Uint8Array(0) : bytes.subarray(nl + 1);
   }
-  const { fields, rest } = splitMessage(bytes);
+  const split = splitMessage(bytes);
+  const { rest } = split;
   const lower = (f: HeaderField) => f.name.toLowerCase();
+  let qualified = false;
+  const fields =
+    o.origin === undefined
+      ? split.fields
+      : split.fields.map((f) => {
+          if (!ADDRESS_FIELDS.has(lower(f))) return f;
+          const q = qualifyField(f, o.origin!);
+          if (q !== f) qualified = true;
+          return q;
+        });
   const headerRecipients: string[] = [];
   if (o.extractRecipients) {
     for (const f of fields) {
@@ -224,15 +367,9 @@ export function prepareMessage(input: Uint8Array, o: PrepareOptions): PreparedMe
   if (!mid) add.push(`Message-ID: ${messageIdFor(o.hostname)}`);
   if (!from && o.sender)
     add.push(`From: ${o.fullName ? `${quoteDisplayName(o.fullName)} <${o.sender}>` : o.sender}`);
-  const message = add.length === 0 && kept.length === fields.length ? bytes : joinMessage(kept, rest, add);
-  let eightBit = false;
-  for (let i = 0; i < message.length; i++) {
-    if (message[i]! > 127) {
-      eightBit = true;
-      break;
-    }
-  }
-  const out: PreparedMessage = { message, headerRecipients, eightBit };
+  const message =
+    add.length === 0 && kept.length === fields.length && !qualified ? bytes : joinMessage(kept, rest, add);
+  const out: PreparedMessage = { message, headerRecipients, eightBit: hasEightBit(message) };
   if (mid?.value) out.originalMessageId = mid.value;
   const fromAddr = from ? parseAddressList(fromLatin1(from.value))[0] : undefined;
   if (fromAddr) out.fromAddress = fromAddr;

@@ -6,14 +6,16 @@
  * splitting (From_ lines, mboxrd `>From` unquoting), JSON Lines items (full message or parts, mail-merge
  * substitutions), the journal key of each item, item validation with file and line.
  * Invariant: memory holds one item (and one read chunk) at a time, never a whole input file; a bad item
- * is reported as a value with its place and never stops the items after it.
+ * or an input that cannot be read (missing, a directory where a file was named, no permission) is
+ * reported as a value with its place and never stops the items after it.
  */
 import { closeSync, fstatSync, openSync, readdirSync, readSync, statSync } from "node:fs";
 import { extname, join, resolve } from "node:path";
+import { errnoText } from "../lib/index.ts";
 import { parseMailbox } from "../smtp/index.ts";
 import { composeMessage } from "./compose.ts";
-import { checkItem, type InjectItem } from "./inject.ts";
-import { prepareMessage, substitute } from "./_sendMessage.ts";
+import { checkItem, decodeBase64Message, type InjectItem } from "./inject.ts";
+import { ADDRESS_FIELDS, prepareMessage, qualifyAddressList, substitute } from "./_sendMessage.ts";
 
 export interface SendItem {
   /** Where the item came from, for messages: `file:line`, `file#n`, `stdin`. */
@@ -29,11 +31,14 @@ export interface SendItem {
 export type ReadResult = { ok: true; item: SendItem } | { ok: false; source: string; problem: string };
 
 export interface ReadContext {
+  /** For generated Message-IDs. */
   hostname: string;
-  /** -f: overrides any sender found in the input. */
+  /** Appended to bare local parts of addresses (Postfix's myorigin with append_at_myorigin). */
+  origin: string;
+  /** -f: overrides any sender found in the input (already qualified). */
   sender?: string;
-  /** Used when neither -f nor the input names a sender: user@hostname. */
-  defaultSender: string;
+  /** Used when neither -f nor the input names a sender: login@origin; absent without a passwd entry. */
+  defaultSender?: string;
   fullName?: string;
   bodyType?: "7BIT" | "8BITMIME";
   maxMessageBytes: number;
@@ -102,29 +107,40 @@ export function inputKind(path: string): InputKind {
   }
 }
 
-/** Total bytes of the inputs (directories: their .eml files), for progress. */
+/** Total bytes of the inputs (directories: their .eml files), for progress; what cannot be read counts 0. */
 export function inputBytes(paths: readonly string[]): number {
   let total = 0;
   for (const p of paths) {
-    const st = statSync(p);
-    if (st.isDirectory()) {
-      for (const f of emlFiles(p)) total += statSync(f).size;
-    } else total += st.size;
+    try {
+      const st = statSync(p);
+      if (st.isDirectory()) {
+        for (const f of emlFiles(p)) {
+          try {
+            total += statSync(f).size;
+          } catch {}
+        }
+      } else total += st.size;
+    } catch {}
   }
   return total;
 }
 
+/** The `.eml` entries of a directory in name order (one that is not a file is reported when read). */
 function emlFiles(dir: string): string[] {
-  return readdirSync(dir, { withFileTypes: true })
-    .filter((e) => e.isFile() && e.name.toLowerCase().endsWith(".eml"))
-    .map((e) => join(dir, e.name))
+  return readdirSync(dir)
+    .filter((name) => name.toLowerCase().endsWith(".eml"))
+    .map((name) => join(dir, name))
     .sort();
 }
 
-/** Qualifies a bare local name (`root`) with the hostname, as sendmail does; validates the address. */
-export function qualify(address: string, hostname: string): string | undefined {
+/**
+ * Qualifies a bare local part (`root`) with the origin domain, as Postfix's append_at_myorigin does,
+ * and validates the address; "" (the null sender) stays "". Undefined when it is not an address.
+ */
+export function qualify(address: string, origin: string): string | undefined {
   const a = address.trim();
-  const full = a.includes("@") ? a : `${a}@${hostname}`;
+  if (a === "") return "";
+  const full = a.includes("@") ? a : `${a}@${origin}`;
   return parseMailbox(full) ? full : undefined;
 }
 
@@ -138,33 +154,48 @@ function checkSize(item: SendItem, ctx: ReadContext): ReadResult {
   return { ok: true, item };
 }
 
+/** Why there is no sender, when neither -f nor the input names one and the user has no login name. */
+const NO_LOGIN = `no sender: user id ${process.getuid?.() ?? "?"} has no login name in the user database; give one with -f`;
+
 /**
  * One RFC 5322 message: recipients from `recipients` (command line) plus, with `extract`, To/Cc/Bcc.
- * Sender: -f, else `envelopeSender` (mbox From_ line), else the From header's address, else the default.
+ * Sender: -f, else `envelopeSender` (mbox From_ line), else (batch files only, `senderFromHeader`) the
+ * From header's address, else login@origin, as Postfix's sendmail does for standard input.
  */
 export function messageItem(
   raw: Uint8Array,
-  o: { source: string; keyPlace: string; recipients: string[]; extract: boolean; envelopeSender?: string },
+  o: {
+    source: string;
+    keyPlace: string;
+    recipients: string[];
+    extract: boolean;
+    envelopeSender?: string;
+    senderFromHeader?: boolean;
+  },
   ctx: ReadContext,
 ): ReadResult {
   const sender0 = ctx.sender ?? o.envelopeSender;
   const prepared = prepareMessage(raw, {
     hostname: ctx.hostname,
-    sender: sender0 ?? ctx.defaultSender,
+    origin: ctx.origin,
+    sender: sender0 ?? ctx.defaultSender ?? "",
     ...(ctx.fullName !== undefined ? { fullName: ctx.fullName } : {}),
     extractRecipients: o.extract,
     removeBcc: true,
   });
-  const sender = sender0 ?? prepared.fromAddress ?? ctx.defaultSender;
-  if (sender !== "" && !parseMailbox(sender))
+  const fromHeader = o.senderFromHeader ? prepared.fromAddress : undefined;
+  const found = sender0 ?? fromHeader ?? ctx.defaultSender;
+  if (found === undefined) return { ok: false, source: o.source, problem: NO_LOGIN };
+  const sender = qualify(found, ctx.origin);
+  if (sender === undefined)
     return {
       ok: false,
       source: o.source,
-      problem: `the sender is not an address: ${JSON.stringify(sender)}`,
+      problem: `the sender is not an address: ${JSON.stringify(found)}`,
     };
   const recipients: string[] = [];
   for (const r of [...o.recipients, ...prepared.headerRecipients]) {
-    const q = qualify(r, ctx.hostname);
+    const q = qualify(r, ctx.origin);
     if (!q)
       return { ok: false, source: o.source, problem: `a recipient is not an address: ${JSON.stringify(r)}` };
     if (!recipients.includes(q)) recipients.push(q);
@@ -184,7 +215,18 @@ export function messageItem(
 
 function* emlItems(path: string, ctx: ReadContext, progress?: ReadProgress): Generator<ReadResult> {
   let raw: Uint8Array;
-  const fd = openSync(path, "r");
+  let fd: number;
+  try {
+    fd = openSync(path, "r");
+    if (!fstatSync(fd).isFile()) {
+      closeSync(fd);
+      yield { ok: false, source: path, problem: "cannot read: not a regular file" };
+      return;
+    }
+  } catch (err) {
+    yield { ok: false, source: path, problem: `cannot read: ${errnoText(err)}` };
+    return;
+  }
   try {
     const size = fstatSync(fd).size;
     if (size > ctx.maxMessageBytes * 2 + 65536) {
@@ -205,10 +247,17 @@ function* emlItems(path: string, ctx: ReadContext, progress?: ReadProgress): Gen
     }
     raw = buf.subarray(0, off);
     if (progress) progress.bytesRead += off;
+  } catch (err) {
+    yield { ok: false, source: path, problem: `cannot read: ${errnoText(err)}` };
+    return;
   } finally {
     closeSync(fd);
   }
-  yield messageItem(raw, { source: path, keyPlace: resolve(path), recipients: [], extract: true }, ctx);
+  yield messageItem(
+    raw,
+    { source: path, keyPlace: resolve(path), recipients: [], extract: true, senderFromHeader: true },
+    ctx,
+  );
 }
 
 const FROM_LINE = /^From (\S+)/;
@@ -237,6 +286,7 @@ function* mboxItems(path: string, ctx: ReadContext, progress?: ReadProgress): Ge
           keyPlace: `${abs}#${index}`,
           recipients: [],
           extract: true,
+          senderFromHeader: true,
           ...(envelopeSender !== undefined ? { envelopeSender } : {}),
         },
         ctx,
@@ -307,11 +357,45 @@ function headerValue(headers: Record<string, string> | undefined, name: string):
   return undefined;
 }
 
+/** Bare local parts in "sender" and "recipients" qualified with the origin (others left to checkItem). */
+function qualifyItem(value: unknown, origin: string): unknown {
+  if (!value || typeof value !== "object" || Array.isArray(value)) return value;
+  const v = { ...(value as Record<string, unknown>) };
+  const q = (a: unknown) => (typeof a === "string" ? (qualify(a, origin) ?? a) : a);
+  if (typeof v.sender === "string") v.sender = q(v.sender);
+  if (Array.isArray(v.recipients)) {
+    const qualified = v.recipients.map(q);
+    // mail-merge substitutions are keyed by recipient: follow the qualification.
+    if (v.substitutions && typeof v.substitutions === "object" && !Array.isArray(v.substitutions)) {
+      const subs: Record<string, unknown> = {};
+      for (const [k, s] of Object.entries(v.substitutions as Record<string, unknown>)) subs[String(q(k))] = s;
+      v.substitutions = subs;
+    }
+    v.recipients = qualified;
+  }
+  return v;
+}
+
+/** Parts' address headers (`from`, `headers` such as Reply-To) with bare local parts qualified. */
+function qualifyParts(it: JsonItem, origin: string): { from?: string; headers?: Record<string, string> } {
+  const out: { from?: string; headers?: Record<string, string> } = {};
+  if (it.from !== undefined) out.from = qualifyAddressList(it.from, origin);
+  if (it.headers !== undefined)
+    out.headers = Object.fromEntries(
+      Object.entries(it.headers).map(([k, v]) => [
+        k,
+        ADDRESS_FIELDS.has(k.toLowerCase()) ? qualifyAddressList(v, origin) : v,
+      ]),
+    );
+  return out;
+}
+
 /** One JSON Lines item: one message, or with `substitutions` one message per recipient. */
 export function jsonItems(value: unknown, source: string, keyPlace: string, ctx: ReadContext): ReadResult[] {
-  const problem = checkItem(value, ctx.maxMessageBytes);
+  const qualified = qualifyItem(value, ctx.origin);
+  const problem = checkItem(qualified, ctx.maxMessageBytes);
   if (problem) return [{ ok: false, source, problem }];
-  const item = value as JsonItem;
+  const item = qualified as JsonItem;
   const subProblem = checkSubstitutions(item.substitutions, item.recipients);
   if (subProblem) return [{ ok: false, source, problem: subProblem }];
   const sender = ctx.sender ?? item.sender;
@@ -319,9 +403,14 @@ export function jsonItems(value: unknown, source: string, keyPlace: string, ctx:
     const attributes: Record<string, string> = { listener: "send", ...(it.attributes ?? {}) };
     let message: Uint8Array;
     let mid: string | undefined;
-    if (it.message !== undefined) {
-      const p = prepareMessage(Buffer.from(it.message, "utf8"), {
+    if (it.message !== undefined || it.messageBase64 !== undefined) {
+      const raw =
+        it.messageBase64 !== undefined
+          ? decodeBase64Message(it.messageBase64)
+          : Buffer.from(it.message!, "utf8");
+      const p = prepareMessage(raw, {
         hostname: ctx.hostname,
+        origin: ctx.origin,
         sender,
         extractRecipients: false,
         removeBcc: true,
@@ -330,14 +419,15 @@ export function jsonItems(value: unknown, source: string, keyPlace: string, ctx:
       mid = p.originalMessageId;
       if (p.eightBit && !attributes.body) attributes.body = "8BITMIME";
     } else {
+      const q = qualifyParts(it, ctx.origin);
       message = composeMessage(
         {
-          from: it.from ?? sender,
+          from: q.from ?? sender,
           to: recipients,
           ...(it.subject !== undefined ? { subject: it.subject } : {}),
           ...(it.text !== undefined ? { text: it.text } : {}),
           ...(it.html !== undefined ? { html: it.html } : {}),
-          ...(it.headers !== undefined ? { headers: it.headers } : {}),
+          ...(q.headers !== undefined ? { headers: q.headers } : {}),
         },
         ctx.hostname,
       );
@@ -409,6 +499,27 @@ function* jsonlItems(path: string, ctx: ReadContext, progress?: ReadProgress): G
   }
 }
 
+/** mbox and JSON Lines items; a read error part-way (EIO, EACCES) ends that input with one bad item. */
+function* readLines(
+  path: string,
+  items: (path: string, ctx: ReadContext, progress?: ReadProgress) => Generator<ReadResult>,
+  ctx: ReadContext,
+  progress?: ReadProgress,
+): Generator<ReadResult> {
+  const it = items(path, ctx, progress);
+  for (;;) {
+    let r: IteratorResult<ReadResult>;
+    try {
+      r = it.next();
+    } catch (err) {
+      yield { ok: false, source: path, problem: `cannot read: ${errnoText(err)}` };
+      return;
+    }
+    if (r.done) return;
+    yield r.value;
+  }
+}
+
 /** Every item of every input, in order. */
 export function* readInputs(
   paths: readonly string[],
@@ -417,15 +528,16 @@ export function* readInputs(
 ): Generator<ReadResult> {
   for (const path of paths) {
     let kind: InputKind;
+    let files: string[] = [];
     try {
       kind = inputKind(path);
+      if (kind === "dir") files = emlFiles(path);
     } catch (err) {
-      yield { ok: false, source: path, problem: `cannot read: ${(err as Error).message}` };
+      yield { ok: false, source: path, problem: `cannot read: ${errnoText(err)}` };
       continue;
     }
-    if (kind === "dir") for (const f of emlFiles(path)) yield* emlItems(f, ctx, progress);
+    if (kind === "dir") for (const f of files) yield* emlItems(f, ctx, progress);
     else if (kind === "eml") yield* emlItems(path, ctx, progress);
-    else if (kind === "mbox") yield* mboxItems(path, ctx, progress);
-    else yield* jsonlItems(path, ctx, progress);
+    else yield* readLines(path, kind === "mbox" ? mboxItems : jsonlItems, ctx, progress);
   }
 }

@@ -114,10 +114,11 @@ export function addMissingHeaders(
   message: Uint8Array,
   opts: { hostname: string; from?: string; nowMs?: number },
 ): Uint8Array {
-  const text = Buffer.from(message.buffer, message.byteOffset, message.byteLength).toString("latin1");
-  let end = text.indexOf("\r\n\r\n");
-  if (end < 0) end = text.startsWith("\r\n") ? 0 : text.length;
-  const head = text.slice(0, end);
+  // Only the header is decoded: a message of many megabytes costs one native search.
+  const buf = Buffer.from(message.buffer, message.byteOffset, message.byteLength);
+  let end = buf.indexOf("\r\n\r\n");
+  if (end < 0) end = buf[0] === 13 && buf[1] === 10 ? 0 : buf.length;
+  const head = buf.toString("latin1", 0, end);
   const present = (name: string) => new RegExp(`^${name}:`, "im").test(head);
   const add: string[] = [];
   if (!present("date")) add.push(`Date: ${rfc5322Date(opts.nowMs ?? Date.now())}`);

@@ -17,7 +17,7 @@ import {
   type RawConfig,
   restartNeeded,
 } from "../config/index.ts";
-import { EXIT, errorMessage, formatHostPort, UnavailableError } from "../lib/index.ts";
+import { EXIT, errnoOf, errnoText, errorMessage, formatHostPort, UnavailableError } from "../lib/index.ts";
 import {
   type ControlServer,
   createLogger,
@@ -27,7 +27,8 @@ import {
 } from "../observe/index.ts";
 import { type Listener, type ListenerOptions, startListener } from "../listener/index.ts";
 import { Engine } from "./engine.ts";
-import { injectHandler } from "./inject.ts";
+import { startProblems } from "./preflight.ts";
+import { injectHandler, injectLimitBytes } from "./inject.ts";
 import { QueueOps, queueRoutes } from "./queue.ts";
 
 export interface DaemonOptions {
@@ -65,11 +66,16 @@ export function listenerOptions(l: ListenerConfig, hostname: string): ListenerOp
   return opts;
 }
 
+/** Why a bind failed, in words: errno's meaning when there is one, Bun's message otherwise. */
+function bindReason(err: unknown): string {
+  return errnoOf(err) ? errnoText(err) : errorMessage(err);
+}
+
 function startControlServerOr(where: string, opts: Parameters<typeof startControlServer>[0]): ControlServer {
   try {
     return startControlServer(opts);
   } catch (err) {
-    throw new UnavailableError(`cannot serve control.address ${where}: ${errorMessage(err)}`, { cause: err });
+    throw new UnavailableError(`control.address ${where}: cannot listen: ${bindReason(err)}`, { cause: err });
   }
 }
 
@@ -101,7 +107,7 @@ export class Daemon {
           log: log.withTag("control"),
           metrics: engine.metrics,
         });
-        const maxMessageBytes = Math.max(...config.listen.map((l) => l.maxMessageBytes), 1);
+        const maxMessageBytes = injectLimitBytes(config);
         control.addRoute(
           "POST /api/v1/inject",
           injectHandler(engine.pipeline, { hostname: config.hostname, maxMessageBytes }),
@@ -117,7 +123,7 @@ export class Daemon {
         for (const [key, handler] of Object.entries(queueRoutes(queueOps))) control.addRoute(key, handler);
       }
       for (const [i, l] of config.listen.entries()) {
-        const where = `listen[${i}] ${formatHostPort(l.address)}`;
+        const where = `listen[${i}].address ${formatHostPort(l.address)}`;
         try {
           listeners.push(
             await startListener(listenerOptions(l, config.hostname), engine.pipeline, {
@@ -126,12 +132,7 @@ export class Daemon {
             }),
           );
         } catch (err) {
-          throw new UnavailableError(
-            `cannot listen on ${where}: ${errorMessage(err)} (address in use or not local?)`,
-            {
-              cause: err,
-            },
-          );
+          throw new UnavailableError(`${where}: cannot listen: ${bindReason(err)}`, { cause: err });
         }
       }
     } catch (err) {
@@ -181,7 +182,14 @@ export class Daemon {
 
 /** `mta serve`: loads the configuration, runs the daemon until SIGTERM/SIGINT, returns the exit code. */
 export async function runDaemon(configFile: string): Promise<number> {
-  const { config, raw } = loadConfig(configFile);
+  const { config, raw, problemAt } = loadConfig(configFile);
+  // What check-config checks, serve checks: refused here, with the YAML path and line, before any bind.
+  const problems = startProblems(config);
+  if (problems.length > 0)
+    throw new ConfigError(
+      configFile,
+      problems.map((p) => problemAt(p.path, p.message)),
+    );
   const log = createLogger({ level: config.log.level, format: config.log.format });
   const daemon = await Daemon.start(config, { log, raw });
   return new Promise<number>((resolve) => {
@@ -191,7 +199,7 @@ export async function runDaemon(configFile: string): Promise<number> {
         () => resolve(EXIT.ok),
         (err) => {
           log.error("stop failed", { error: errorMessage(err) });
-          resolve(EXIT.runtime);
+          resolve(EXIT.software);
         },
       );
     };

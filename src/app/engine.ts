@@ -14,10 +14,15 @@ import type { Config } from "../config/index.ts";
 import { Deliverer } from "../deliverer/index.ts";
 import { createResolver, type Resolver } from "../dns/index.ts";
 import { type DkimOptions, DkimSigner, DkimSignerPool, readKeyFile } from "../dkim/index.ts";
-import { errorMessage } from "../lib/index.ts";
+import { errorMessage, fileError } from "../lib/index.ts";
 import { DeliveryLog, type Logger, Metrics, registerProcessMetrics } from "../observe/index.ts";
 import { Router } from "../route/index.ts";
-import { type PoolMember, Scheduler, type SchedulerSettings } from "../scheduler/index.ts";
+import {
+  type PoolMember,
+  Scheduler,
+  type SchedulerEvent,
+  type SchedulerSettings,
+} from "../scheduler/index.ts";
 import { Spool } from "../spool/index.ts";
 import { AcceptPipeline } from "./accept.ts";
 
@@ -26,6 +31,8 @@ export interface EngineOptions {
   metrics?: Metrics;
   /** false: open the spool and accept, but deliver nothing (the scheduler is not started). */
   deliver?: boolean;
+  /** Also told every message event the delivery log gets (`mta send` counts its own results). */
+  onEvent?: (e: SchedulerEvent) => void;
 }
 
 /** What a reload may change in the running scheduler. */
@@ -182,15 +189,21 @@ export class Engine {
     if (!opts.metrics) registerProcessMetrics(metrics, pkg.version);
     // Before the lock: a bad key is a config error, not a half-start.
     const signer = makeSignerPool(config, log.withTag("dkim"));
-    const spool = await Spool.open({
-      dir: config.spool.dir,
-      sync: config.spool.sync,
-      segmentSizeBytes: config.spool.segmentSizeBytes,
-      compactBelowLiveRatio: config.spool.compactBelowLiveRatio,
-      bodyCacheBytes: config.spool.bodyCacheBytes,
-      log: log.withTag("spool"),
-      metrics,
-    });
+    let spool: Spool;
+    try {
+      spool = await Spool.open({
+        dir: config.spool.dir,
+        sync: config.spool.sync,
+        segmentSizeBytes: config.spool.segmentSizeBytes,
+        compactBelowLiveRatio: config.spool.compactBelowLiveRatio,
+        bodyCacheBytes: config.spool.bodyCacheBytes,
+        log: log.withTag("spool"),
+        metrics,
+      });
+    } catch (err) {
+      signer?.close();
+      throw fileError(err, `spool.dir ${config.spool.dir}`, "write");
+    }
     const r = spool.recovery;
     log.info("spool open", {
       dir: config.spool.dir,
@@ -201,7 +214,14 @@ export class Engine {
       ms: Math.round(r.ms),
     });
     for (const d of r.damaged) log.warn("damaged spool record skipped", { ...d });
-    const deliveryLog = new DeliveryLog(config.log.deliveriesFile);
+    let deliveryLog: DeliveryLog;
+    try {
+      deliveryLog = new DeliveryLog(config.log.deliveriesFile);
+    } catch (err) {
+      signer?.close();
+      await spool.close();
+      throw fileError(err, `log.deliveries ${config.log.deliveriesFile}`, "write");
+    }
     const loopbackOnly = process.env.MTA_LOOPBACK_ONLY === "1";
     const t = config.delivery.timeouts;
     const deliverer = new Deliverer({
@@ -230,7 +250,10 @@ export class Engine {
       hostname: config.hostname,
       ...schedulerSettings(config),
       ...egressPools(config),
-      onEvent: (e) => deliveryLog.write({ ...e }),
+      onEvent: (e) => {
+        deliveryLog.write({ ...e });
+        opts.onEvent?.(e);
+      },
       onDestinationEvent: (e) => deliveryLog.write({ ...e }),
       log: log.withTag("scheduler"),
       metrics,

@@ -1,5 +1,6 @@
 export { Daemon, runDaemon } from "./daemon.ts";
 export { dkimProblems, Engine } from "./engine.ts";
+export { type StartProblem, startProblems } from "./preflight.ts";
 export { DkimSigner, formatTxtRecord, generateKey } from "../dkim/index.ts";
 export * from "./queue.ts";
 export { formatSummary, parseSendArgs, runSend, type SendArgs, type SendSummary, send } from "./send.ts";

@@ -3,17 +3,24 @@
  *
  * Owns: request validation (every item checked before any is appended: nothing half-accepted on bad
  * input), composing messages given as parts, the JSON answer with the ids of each message.
- * Body: `{ "messages": [ { "sender", "recipients": [..], "message": "<RFC 5322 text>" } | { "sender",
- * "recipients", "subject", "text", "html", "headers", "from" } ] }` or one such object alone.
+ * Body: `{ "messages": [ item, ... ] }` or one item alone, where an item is `{ "sender", "recipients":
+ * [..] }` plus one of: `"message": "<RFC 5322 text>"` (JSON text, so UTF-8), `"messageBase64": "<the
+ * message's bytes in base64>"` (any bytes: 8-bit ISO-8859-1, binary MIME parts), or parts (`subject`,
+ * `text`, `html`, `headers`, `from`).
  */
+import type { Config } from "../config/index.ts";
+import { hasEightBit } from "../lib/index.ts";
 import { jsonError, jsonResponse } from "../observe/index.ts";
 import { type AcceptPipeline, contentRefusal } from "./accept.ts";
 import { addMissingHeaders, composeMessage } from "./compose.ts";
+import { toCrlf as bytesToCrlf } from "./_sendMessage.ts";
 
 export interface InjectItem {
   sender: string;
   recipients: string[];
   message?: string;
+  /** The message's bytes, base64 (RFC 4648 §4), for content that is not UTF-8. */
+  messageBase64?: string;
   from?: string;
   subject?: string;
   text?: string;
@@ -37,11 +44,12 @@ export function checkItem(item: unknown, maxBytes: number): string | undefined {
     if (typeof r !== "string" || !ADDRESS.test(r))
       return `a recipient is not an address: ${JSON.stringify(r)}`;
   }
-  const hasRaw = m.message !== undefined;
+  const raws = (m.message !== undefined ? 1 : 0) + (m.messageBase64 !== undefined ? 1 : 0);
   const hasParts = m.text !== undefined || m.html !== undefined || m.subject !== undefined;
-  if (hasRaw && hasParts) return 'give either "message" or parts (subject, text, html), not both';
-  if (!hasRaw && !hasParts) return 'missing "message" or parts (subject, text, html)';
-  for (const k of ["message", "subject", "text", "html", "from"]) {
+  if (raws > 1) return 'give "message" or "messageBase64", not both';
+  if (raws > 0 && hasParts) return 'give either "message" or parts (subject, text, html), not both';
+  if (raws === 0 && !hasParts) return 'missing "message", "messageBase64" or parts (subject, text, html)';
+  for (const k of ["message", "messageBase64", "subject", "text", "html", "from"]) {
     if (m[k] !== undefined && typeof m[k] !== "string") return `"${k}" must be a string`;
   }
   for (const k of ["headers", "attributes"]) {
@@ -54,12 +62,41 @@ export function checkItem(item: unknown, maxBytes: number): string | undefined {
         return `"headers.${name}" is not a valid header`;
     }
   }
+  if (typeof m.messageBase64 === "string" && !BASE64.test(m.messageBase64))
+    return '"messageBase64" is not base64 (RFC 4648: A-Z a-z 0-9 + / and = padding)';
   const size =
+    (typeof m.messageBase64 === "string" ? base64Bytes(m.messageBase64) : 0) +
     Buffer.byteLength(String(m.message ?? "")) +
     Buffer.byteLength(String(m.text ?? "")) +
     Buffer.byteLength(String(m.html ?? ""));
   if (size > maxBytes) return `message is ${size} bytes, over the limit of ${maxBytes}`;
   return undefined;
+}
+
+/** listen[].max_message_size's default, for a daemon without SMTP listeners. */
+const DEFAULT_MAX_MESSAGE_BYTES = 25_000_000;
+
+/**
+ * The largest message the inject API (and `mta send`, in either mode) accepts: the largest listener's
+ * max_message_size, or that key's default when there is no listener (an API-only daemon).
+ */
+export function injectLimitBytes(config: Config): number {
+  return config.listen.length > 0
+    ? Math.max(...config.listen.map((l) => l.maxMessageBytes))
+    : DEFAULT_MAX_MESSAGE_BYTES;
+}
+
+const BASE64 = /^[A-Za-z0-9+/]*={0,2}$/;
+
+/** Decoded size of a base64 text, without decoding it. */
+function base64Bytes(text: string): number {
+  const pad = text.endsWith("==") ? 2 : text.endsWith("=") ? 1 : 0;
+  return Math.floor((text.length * 3) / 4) - pad;
+}
+
+/** The bytes of a checked `messageBase64`. */
+export function decodeBase64Message(text: string): Uint8Array {
+  return Buffer.from(text, "base64");
 }
 
 /** Normalizes line ends of a raw message to CRLF, as SMTP would carry it. */
@@ -68,6 +105,11 @@ function toCrlf(text: string): Uint8Array {
 }
 
 export function itemToMessage(item: InjectItem, hostname: string): Uint8Array {
+  if (item.messageBase64 !== undefined)
+    return addMissingHeaders(bytesToCrlf(decodeBase64Message(item.messageBase64)), {
+      hostname,
+      from: item.sender || undefined,
+    });
   if (item.message !== undefined)
     return addMissingHeaders(toCrlf(item.message), { hostname, from: item.sender || undefined });
   return composeMessage(
@@ -114,14 +156,18 @@ export function injectHandler(
       if (refusal) return jsonError(400, refusal.lines.join(" "), { index: i });
     }
     const results = await Promise.all(
-      (items as InjectItem[]).map((item, i) =>
-        pipeline.submit({
+      (items as InjectItem[]).map((item, i) => {
+        const message = composed[i]!;
+        const attributes: Record<string, string> = { listener: "api", ...(item.attributes ?? {}) };
+        // RFC 6152: 8-bit content travels as BODY=8BITMIME unless the caller said otherwise.
+        if (!attributes.body && hasEightBit(message)) attributes.body = "8BITMIME";
+        return pipeline.submit({
           sender: item.sender,
           recipients: item.recipients.map((address) => ({ address })),
-          attributes: { listener: "api", ...(item.attributes ?? {}) },
-          message: composed[i]!,
-        }),
-      ),
+          attributes,
+          message,
+        });
+      }),
     );
     const failed = results.findIndex((r) => !r.ok);
     const messages = results.map((r, index) =>

@@ -11,20 +11,30 @@
  * answered 200 after its group commit); its journal key is written after that, never before; memory holds
  * at most `inFlight × batchSize` messages whatever the input size.
  * Exit codes (sysexits): 0 all delivered or bounced, or handed to the daemon; 75 some deferred (left in
- * the spool); 65 some input item was bad (the others were still sent); 69 spool or daemon unavailable;
- * 64 usage.
+ * the spool); 65 some input item was bad or unreadable (the others were still sent); 66 a batch held
+ * no message at all; 69 spool or daemon unavailable; 64 usage. "Nothing was sent" is never 0 (except
+ * a --dry-run, or a re-run whose items the journal already holds).
  */
-import { userInfo } from "node:os";
 import type { Config } from "../config/index.ts";
 import { findConfigPath, loadConfig } from "../config/index.ts";
-import { EXIT, errorMessage, MtaError, UnavailableError, UsageError } from "../lib/index.ts";
+import {
+  EXIT,
+  errorMessage,
+  fileError,
+  loginName,
+  MtaError,
+  UnavailableError,
+  UsageError,
+} from "../lib/index.ts";
 import { createLogger, type Logger, Metrics } from "../observe/index.ts";
 import { Engine } from "./engine.ts";
+import { injectLimitBytes } from "./inject.ts";
 import { parseSendArgs, type SendArgs } from "./_sendArgs.ts";
 import { BatchJournal, JournalBusyError } from "./_sendJournal.ts";
 import {
   inputBytes,
   messageItem,
+  qualify,
   type ReadContext,
   type ReadProgress,
   type ReadResult,
@@ -71,11 +81,18 @@ interface Sink {
   readonly mode: "daemon" | "local";
   readonly inFlight: number;
   readonly batchSize: number;
+  /** A batch is cut when its messages' bytes reach this (one bigger message goes alone). */
+  readonly batchBytes: number;
   submit(items: SendItem[]): Promise<SubmitOutcome[]>;
   waitForRoom?(): Promise<void>;
 }
 
 const INJECT_BATCH = 100;
+/**
+ * Message bytes per inject request: base64 makes them 4/3 larger on the wire, far below the control
+ * API's 256 MiB request limit, and a daemon decodes one request at a time without a memory spike.
+ */
+const INJECT_BATCH_BYTES = 16 * 1024 * 1024;
 /** Local mode: at most this many of this run's messages queued and not yet delivered before reading on. */
 const LOCAL_BACKLOG = 5_000;
 
@@ -101,10 +118,47 @@ export async function daemonReachable(config: Config, timeoutMs = 2000): Promise
   }
 }
 
+type InjectAnswer = {
+  messages?: unknown;
+  error?: unknown;
+  index?: unknown;
+};
+
+/** One item's answer in a 200/503 reply: `{ index, ids }` or `{ index, error }`. */
+function answerOf(v: unknown): { index: number; ids?: string[]; error?: string } | undefined {
+  if (!v || typeof v !== "object") return undefined;
+  const m = v as { index?: unknown; ids?: unknown; error?: unknown };
+  if (typeof m.index !== "number") return undefined;
+  const out: { index: number; ids?: string[]; error?: string } = { index: m.index };
+  if (Array.isArray(m.ids) && m.ids.every((x) => typeof x === "string")) out.ids = m.ids as string[];
+  if (typeof m.error === "string") out.error = m.error;
+  return out;
+}
+
+/**
+ * `{ "messages": [...] }` for POST /api/v1/inject, each message as `messageBase64` (its exact bytes,
+ * 8-bit or not; it is already prepared: CRLF, headers). Built from parts into a Blob: JSON.stringify
+ * would scan megabytes of base64 for characters to escape, and there are none.
+ */
+function injectBody(items: readonly SendItem[]): Blob {
+  const parts: string[] = ['{"messages":['];
+  items.forEach((it, k) => {
+    const head = JSON.stringify({ sender: it.sender, recipients: it.recipients, attributes: it.attributes });
+    parts.push(k > 0 ? "," : "", head.slice(0, -1), ',"messageBase64":"');
+    parts.push(
+      Buffer.from(it.message.buffer, it.message.byteOffset, it.message.byteLength).toString("base64"),
+    );
+    parts.push('"}');
+  });
+  parts.push("]}");
+  return new Blob(parts, { type: "application/json" });
+}
+
 class DaemonSink implements Sink {
   readonly mode = "daemon";
   readonly inFlight = 4;
   readonly batchSize = INJECT_BATCH;
+  readonly batchBytes = INJECT_BATCH_BYTES;
   private readonly url: string;
   private readonly headers: Record<string, string>;
 
@@ -117,67 +171,52 @@ class DaemonSink implements Sink {
   async submit(items: SendItem[]): Promise<SubmitOutcome[]> {
     const out: SubmitOutcome[] = new Array(items.length);
     let pending = items.map((_, i) => i);
-    const decoder = new TextDecoder("utf-8", { fatal: true });
-    const bodies: (string | undefined)[] = items.map((it, i) => {
-      try {
-        return decoder.decode(it.message);
-      } catch {
-        out[i] = {
-          ok: false,
-          bad: "the message is not UTF-8; the inject API carries text (stop the daemon to send it locally)",
-        };
-        return undefined;
-      }
-    });
-    pending = pending.filter((i) => bodies[i] !== undefined);
     // A 400/413 names one bad item: mark it and send the rest again (the API is all-or-nothing per request).
     while (pending.length > 0) {
-      const messages = pending.map((i) => ({
-        sender: items[i]!.sender,
-        recipients: items[i]!.recipients,
-        message: bodies[i]!,
-        attributes: items[i]!.attributes,
-      }));
+      const body = injectBody(pending.map((i) => items[i]!));
       let res: Response;
-      let body: {
-        messages?: { index: number; ids?: string[]; error?: string }[];
-        error?: string;
-        index?: number;
-      };
+      let text: string;
       try {
         res = await fetch(this.url, {
           method: "POST",
           headers: this.headers,
-          body: JSON.stringify({ messages }),
+          body,
         });
-        body = (await res.json()) as typeof body;
+        text = await res.text();
       } catch (err) {
         for (const i of pending)
           out[i] = { ok: false, unavailable: `daemon unreachable: ${errorMessage(err)}` };
         return out;
       }
+      let answer: InjectAnswer = {};
+      try {
+        const parsed = JSON.parse(text) as unknown;
+        if (parsed && typeof parsed === "object") answer = parsed as InjectAnswer;
+      } catch {
+        for (const i of pending)
+          out[i] = { ok: false, unavailable: `daemon answered ${res.status} without a JSON body` };
+        return out;
+      }
       if (res.status === 200 || res.status === 503) {
-        for (const m of body.messages ?? []) {
-          const i = pending[m.index]!;
-          out[i] = m.ids
-            ? { ok: true, ids: m.ids }
-            : { ok: false, unavailable: `daemon: ${m.error ?? "refused"}` };
+        for (const a of Array.isArray(answer.messages) ? answer.messages.map(answerOf) : []) {
+          const i = a ? pending[a.index] : undefined;
+          if (a === undefined || i === undefined) continue;
+          out[i] = a.ids
+            ? { ok: true, ids: a.ids }
+            : { ok: false, unavailable: `daemon: ${a.error ?? "refused"}` };
         }
         for (const i of pending)
           out[i] ??= { ok: false, unavailable: `daemon answered ${res.status} without this item` };
         return out;
       }
-      if (
-        (res.status === 400 || res.status === 413) &&
-        typeof body.index === "number" &&
-        pending[body.index] !== undefined
-      ) {
-        out[pending[body.index]!] = { ok: false, bad: `daemon refused it: ${body.error ?? res.status}` };
-        pending = pending.filter((_, k) => k !== body.index);
+      const index = typeof answer.index === "number" ? answer.index : undefined;
+      const error = typeof answer.error === "string" ? answer.error : `HTTP ${res.status}`;
+      if ((res.status === 400 || res.status === 413) && index !== undefined && pending[index] !== undefined) {
+        out[pending[index]!] = { ok: false, bad: `daemon refused it: ${error}` };
+        pending = pending.filter((_, k) => k !== index);
         continue;
       }
-      for (const i of pending)
-        out[i] = { ok: false, unavailable: `daemon answered ${res.status}: ${body.error ?? ""}` };
+      for (const i of pending) out[i] = { ok: false, unavailable: `daemon answered ${res.status}: ${error}` };
       return out;
     }
     return out;
@@ -188,11 +227,16 @@ class LocalSink implements Sink {
   readonly mode = "local";
   readonly inFlight = 8;
   readonly batchSize = 64;
+  readonly batchBytes = 64 * 1024 * 1024;
   /** Ids of this run's messages, to count what is still deferred at the end. */
   readonly ids: string[] = [];
   private readonly base: number;
 
-  constructor(readonly engine: Engine) {
+  /** `runIds` learns each id as soon as its append resolved, before any delivery event can name it. */
+  constructor(
+    readonly engine: Engine,
+    private readonly runIds: Set<string>,
+  ) {
     this.base = engine.spool.messageCount;
   }
 
@@ -213,14 +257,16 @@ class LocalSink implements Sink {
 
   async submit(items: SendItem[]): Promise<SubmitOutcome[]> {
     const results = await Promise.all(
-      items.map((it) =>
-        this.engine.pipeline.submit({
+      items.map(async (it) => {
+        const r = await this.engine.pipeline.submit({
           sender: it.sender,
           recipients: it.recipients.map((address) => ({ address })),
           attributes: it.attributes,
           message: it.message,
-        }),
-      ),
+        });
+        if (r.ok) for (const id of r.ids) this.runIds.add(id);
+        return r;
+      }),
     );
     return results.map((r) => {
       // A 5xx is about this message's content (mime/'s rules); a 4xx is the spool failing.
@@ -232,11 +278,15 @@ class LocalSink implements Sink {
   }
 }
 
-async function startEngine(config: Config, log: Logger, metrics: Metrics, waitMs: number): Promise<Engine> {
+async function startEngine(
+  config: Config,
+  opts: { log: Logger; metrics: Metrics; onEvent: (e: { type: string; id?: string }) => void },
+  waitMs: number,
+): Promise<Engine> {
   const deadline = Date.now() + waitMs;
   for (;;) {
     try {
-      return await Engine.start(config, { log, metrics });
+      return await Engine.start(config, opts);
     } catch (err) {
       if (!(err instanceof MtaError && err.code === "spool-locked")) throw err;
       if (Date.now() >= deadline)
@@ -319,26 +369,44 @@ export async function send(args: SendArgs, config: Config, io: SendIo): Promise<
     elapsedMs: 0,
     exitCode: EXIT.ok,
   };
-  const user = io.env.USER ?? io.env.LOGNAME ?? safeUser();
-  const maxMessageBytes = Math.max(25_000_000, ...config.listen.map((l) => l.maxMessageBytes));
+  const origin = config.send.origin;
+  // Postfix's sendmail: the default sender is the login name of the real user id, from the user
+  // database, qualified like every other bare name ($USER is the caller's to set; it is not asked).
+  const login = loginName();
+  let sender: string | undefined;
+  if (args.sender !== undefined) {
+    sender = qualify(args.sender, origin);
+    if (sender === undefined) throw new UsageError(`-f ${JSON.stringify(args.sender)} is not an address`);
+  }
+  // The same limit as the daemon's inject API: what local mode accepts, a daemon accepts too.
+  const maxMessageBytes = injectLimitBytes(config);
   const ctx: ReadContext = {
     hostname: config.hostname,
-    defaultSender: `${user}@${config.hostname}`,
+    origin,
+    ...(login !== undefined ? { defaultSender: `${login}@${origin}` } : {}),
     maxMessageBytes,
-    ...(args.sender !== undefined ? { sender: args.sender } : {}),
+    ...(sender !== undefined ? { sender } : {}),
     ...(args.fullName !== undefined ? { fullName: args.fullName } : {}),
     ...(args.bodyType !== undefined ? { bodyType: args.bodyType } : {}),
   };
   const batch = args.inputs.length > 0;
   if (!batch && args.recipients.length === 0 && !args.extractRecipients)
-    throw new UsageError("no recipients: name them, use -t to take them from the header, or give files");
+    throw new UsageError(
+      "no recipients: name them, use -t to take them from the header, or send files with --batch",
+    );
+  if (!batch) noteFileLikeRecipients(args.recipients, origin, io);
   const progressState: ReadProgress = { bytesRead: 0, totalBytes: batch ? inputBytes(args.inputs) : 0 };
 
   // The items, one at a time: from files, or the single message on standard input.
   let items: Iterable<ReadResult>;
   if (batch) items = readInputs(args.inputs, ctx, progressState);
   else {
-    const raw = await readStdin(io.stdin, maxMessageBytes, args.ignoreDots);
+    let raw: Uint8Array;
+    try {
+      raw = await readStdin(io.stdin, maxMessageBytes, args.ignoreDots);
+    } catch (err) {
+      throw fileError(err, "standard input", "read");
+    }
     items = [
       messageItem(
         raw,
@@ -364,12 +432,20 @@ export async function send(args: SendArgs, config: Config, io: SendIo): Promise<
       } else reportBad(r.source, r.problem);
     }
     s.elapsedMs = Date.now() - started;
-    s.exitCode = s.invalid > 0 ? EXIT.dataErr : EXIT.ok;
+    s.exitCode = s.invalid > 0 ? EXIT.dataErr : s.accepted === 0 ? EXIT.noInput : EXIT.ok;
+    if (s.exitCode === EXIT.noInput) io.stderr.write("mta send: no message in the input\n");
     return s;
   }
 
   const log = createLogger({ level: args.verbose ? "info" : "error", format: config.log.format });
   const metrics = new Metrics();
+  // Local mode: results of this run's own messages (a DSN that the run's bounces queue is not one).
+  const runIds = new Set<string>();
+  const onEvent = (e: { type: string; id?: string }) => {
+    if (e.id === undefined || !runIds.has(e.id)) return;
+    if (e.type === "delivery") s.delivered++;
+    else if (e.type === "bounce" || e.type === "expiration") s.bounced++;
+  };
   let journal: BatchJournal | undefined;
   let engine: Engine | undefined;
   let sink: Sink;
@@ -380,7 +456,7 @@ export async function send(args: SendArgs, config: Config, io: SendIo): Promise<
         journal = await BatchJournal.open(config.spool.dir, args.batchId, args.lockWaitMs);
       } catch (err) {
         if (err instanceof JournalBusyError) throw new UnavailableError(err.message);
-        throw err;
+        throw fileError(err, `--batch-id journal in spool.dir ${config.spool.dir}`, "write");
       }
       if (args.verbose && journal.size > 0)
         log.info(`batch ${args.batchId}: ${journal.size} items already accepted`);
@@ -389,21 +465,12 @@ export async function send(args: SendArgs, config: Config, io: SendIo): Promise<
       sink = new DaemonSink(config);
       s.mode = "daemon";
     } else {
-      engine = await startEngine(config, log, metrics, args.lockWaitMs);
-      sink = new LocalSink(engine);
+      engine = await startEngine(config, { log, metrics, onEvent }, args.lockWaitMs);
+      sink = new LocalSink(engine, runIds);
       s.mode = "local";
     }
-    const recipientCounter = metrics.counter(
-      "mta_scheduler_recipients_total",
-      "Recipient results, by result",
-    );
-    const refreshCounts = () => {
-      s.delivered = recipientCounter.get({ result: "delivered" });
-      s.bounced = recipientCounter.get({ result: "permanent" }) + recipientCounter.get({ result: "expired" });
-    };
     if (wantProgress) {
       progress = new Progress(io.stderr, (ms) => {
-        refreshCounts();
         const rate = ms > 0 ? Math.round((s.accepted * 1000) / ms) : 0;
         const frac = progressState.totalBytes > 0 ? progressState.bytesRead / progressState.totalBytes : 1;
         const tail = s.mode === "local" ? `  ${fmt(s.delivered)} delivered` : "";
@@ -437,6 +504,7 @@ export async function send(args: SendArgs, config: Config, io: SendIo): Promise<
       inFlight.add(p);
     };
     let group: SendItem[] = [];
+    let groupBytes = 0;
     const seen = new Set<string>();
     for (const r of items) {
       if (unavailable) {
@@ -454,10 +522,18 @@ export async function send(args: SendArgs, config: Config, io: SendIo): Promise<
         }
         seen.add(r.item.key);
       }
+      if (group.length > 0 && groupBytes + r.item.message.byteLength > sink.batchBytes) {
+        run(group);
+        group = [];
+        groupBytes = 0;
+        while (inFlight.size >= sink.inFlight) await Promise.race(inFlight);
+      }
       group.push(r.item);
+      groupBytes += r.item.message.byteLength;
       if (group.length >= sink.batchSize) {
         run(group);
         group = [];
+        groupBytes = 0;
         while (inFlight.size >= sink.inFlight) await Promise.race(inFlight);
         await sink.waitForRoom?.();
       }
@@ -477,7 +553,6 @@ export async function send(args: SendArgs, config: Config, io: SendIo): Promise<
       if (timer) clearTimeout(timer);
       s.deferred = countDeferred(engine, (sink as LocalSink).ids);
       await engine.stop(1000);
-      refreshCounts();
     }
   } finally {
     progress?.stop();
@@ -490,8 +565,26 @@ export async function send(args: SendArgs, config: Config, io: SendIo): Promise<
     s.exitCode = EXIT.unavailable;
   } else if (s.invalid > 0) s.exitCode = EXIT.dataErr;
   else if (s.deferred > 0) s.exitCode = EXIT.tempFail;
-  else s.exitCode = EXIT.ok;
+  else if (s.accepted === 0 && s.skipped === 0) {
+    // An empty file or a directory without .eml files: nothing was sent, and that is not success.
+    io.stderr.write("mta send: no message in the input\n");
+    s.exitCode = EXIT.noInput;
+  } else s.exitCode = EXIT.ok;
   return s;
+}
+
+/**
+ * A recipient that looks like a path (`x.eml`, `./mail/`, `/tmp/a.eml`) is still a recipient, as in
+ * sendmail: say so on stderr, in case files were meant (they need --batch). Bare words (`root`, even
+ * where a directory /root exists) are never questioned.
+ */
+function noteFileLikeRecipients(recipients: readonly string[], origin: string, io: SendIo): void {
+  for (const r of recipients) {
+    if (r.includes("@") || !(r.includes("/") || /\.(eml|mbox|mbx|jsonl|ndjson|json)$/i.test(r))) continue;
+    io.stderr.write(
+      `mta send: note: ${JSON.stringify(r)} is a recipient (${r}@${origin}); to send the file, use mta send --batch ${r}\n`,
+    );
+  }
 }
 
 /** Pending recipients of this run's messages: read from the spool index before it closes. */
@@ -502,14 +595,6 @@ function countDeferred(engine: Engine, ids: readonly string[]): number {
     if (slot !== undefined && engine.spool.isLive(slot)) n += engine.spool.pendingRecipientsOf(slot);
   }
   return n;
-}
-
-function safeUser(): string {
-  try {
-    return userInfo().username;
-  } catch {
-    return "nobody";
-  }
 }
 
 export function formatSummary(s: SendSummary): string {
@@ -527,19 +612,23 @@ export function formatSummary(s: SendSummary): string {
   return `mta send: ${parts.join(", ")} in ${(s.elapsedMs / 1000).toFixed(1)} s`;
 }
 
-export const SEND_USAGE = `Usage: mta send [flags] [recipient...] < message
-       mta send [flags] FILE|DIR...        (.eml, directories of .eml, mbox, JSON Lines)
-       sendmail [flags] [recipient...] < message   (mta invoked through a symlink named sendmail)
+export const SEND_USAGE = `Usage: mta send [flags] recipient... < message     (every operand is a recipient)
+       mta send [flags] -t < message                  (recipients from To, Cc, Bcc)
+       mta send --batch [flags] FILE|DIR...           (.eml, directories of .eml, mbox, JSON Lines)
+       sendmail [flags] recipient... < message        (mta invoked through a symlink named sendmail)
+
+A bare name (root, -f backup, To: ops) gets @ and send.origin appended (default: hostname).
 
 sendmail flags:
   -t              recipients from To, Cc and Bcc (added to those named); Bcc is removed
-  -f ADDR, -r ADDR  envelope sender (also glued: -fADDR); default USER@hostname
+  -f ADDR, -r ADDR  envelope sender (also glued: -fADDR); default: your login name @ send.origin
   -F NAME         display name of the From header when one is added
   -i, -oi         a line with a single "." does not end the message
   -B 7BIT|8BITMIME  body type
   -oXXX, -odi, -odb, -oem, -N, -R, -V, -L, -h, -m, -n, -U, -G   accepted and ignored
   --              end of flags
 mta options:
+  --batch             the operands are files and directories to send, not recipients
   -c, --config FILE   configuration (else $MTA_CONFIG, ./mta.yaml, /etc/mta/mta.yaml)
   --batch-id ID       journal accepted items in <spool>/batches/ID.journal; a re-run skips them
   --dry-run           validate the input only
@@ -548,7 +637,8 @@ mta options:
   --json              print the summary as JSON on standard output
   -v, --verbose       log and print the summary even on success
   --progress, --no-progress   progress bar on standard error (default: when it is a terminal)
-Exit: 0 delivered/handed over, 75 some deferred, 65 bad input, 69 unavailable, 64 usage, 78 config.
+Exit: 0 sent (delivered, bounced or handed to the daemon), 75 some deferred, 65 bad input (the rest
+was sent), 66 no message in the input, 69 unavailable, 64 usage, 78 config; others as for every command.
 `;
 
 /** `mta send` / `sendmail` from a raw argument vector; returns the exit code. */

@@ -7,7 +7,7 @@
 import { basename } from "node:path";
 import { defineCommand } from "citty";
 import pkg from "../../package.json" with { type: "json" };
-import { run } from "./_run.ts";
+import { reportInternal, run } from "./_run.ts";
 
 export const main = defineCommand({
   meta: {
@@ -25,6 +25,11 @@ export const main = defineCommand({
     send: () => import("./send.ts").then((m) => m.default),
   },
 });
+
+// Whatever escapes a command (a rejection nobody awaited, a throw in a callback) is still one line
+// and exit 70, never Bun's stack trace of the minified bundle.
+process.on("uncaughtException", (err) => process.exit(reportInternal(err)));
+process.on("unhandledRejection", (err) => process.exit(reportInternal(err)));
 
 // Invoked through a symlink named sendmail (/usr/sbin/sendmail -> mta): behave as `mta send`.
 // process.argv0 keeps the name it was called by; execPath would resolve the link.

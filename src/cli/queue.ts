@@ -7,7 +7,6 @@
  * the daemon's control API when one answers at control.address, else the spool directory).
  */
 import { defineCommand } from "citty";
-import ms from "ms";
 import {
   type ActionResult,
   MESSAGE_STATES,
@@ -19,7 +18,15 @@ import {
   type SortKey,
 } from "../app/index.ts";
 import { findConfigPath, loadConfig } from "../config/index.ts";
-import { EXIT, formatBytes, isMessageId, MtaError, UsageError } from "../lib/index.ts";
+import {
+  DURATION_HINT,
+  EXIT,
+  formatBytes,
+  isMessageId,
+  MtaError,
+  parseDuration,
+  UsageError,
+} from "../lib/index.ts";
 import { configArg } from "./_args.ts";
 
 const common = {
@@ -45,10 +52,10 @@ function printJson(v: unknown): void {
 }
 
 function duration(text: string | undefined, what: string): number | undefined {
-  if (text === undefined || text === "") return undefined;
-  const v = /^\d+$/.test(text) ? Number(text) * 1000 : ms(text as ms.StringValue);
-  if (typeof v !== "number" || !Number.isFinite(v) || v < 0)
-    throw new UsageError(`${what} must be a duration such as 90s, 15m, 2h or 3d, not "${text}"`);
+  if (text === undefined) return undefined;
+  const v = parseDuration(text);
+  if (v === undefined)
+    throw new UsageError(`${what} must be ${DURATION_HINT} of at most 100 years, not "${text}"`);
   return v;
 }
 
@@ -263,9 +270,10 @@ const flush = defineCommand({
     const c = await client(args);
     const r = await c.flush(target);
     if (args.json) return printJson(r);
+    const lifted = r.backoffLifted.length ? `; backoff lifted for ${r.backoffLifted.join(", ")}` : "";
     print(
       r.live
-        ? `${r.flushed} message(s) due now`
+        ? `${r.flushed} message(s) due now${lifted}`
         : `${r.flushed} message(s) marked due now; the daemon tries them when it starts`,
     );
   },
@@ -281,6 +289,7 @@ const suspend = defineCommand({
   },
   async run({ args }) {
     const forMs = duration(args.for, "--for");
+    if (forMs === 0) throw new UsageError("--for must be more than 0 (leave it out to suspend until resume)");
     const c = await client(args);
     const r = await c.suspend(args.destination.toLowerCase(), forMs, args.reason);
     if (args.json) return printJson(r);

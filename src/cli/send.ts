@@ -6,13 +6,16 @@
  */
 import { defineCommand } from "citty";
 import { runSend } from "../app/index.ts";
+import { ownArguments } from "./_run.ts";
 
-export default defineCommand({
-  meta: {
-    name: "send",
-    description: "Send mail like sendmail (message on stdin) or batches of .eml/mbox/JSON Lines files",
-  },
-  run({ rawArgs }) {
-    return runSend(rawArgs);
-  },
-});
+export default ownArguments(
+  defineCommand({
+    meta: {
+      name: "send",
+      description: "Send mail like sendmail (message on stdin) or batches of .eml/mbox/JSON Lines files",
+    },
+    run({ rawArgs }) {
+      return runSend(rawArgs);
+    },
+  }),
+);

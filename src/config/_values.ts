@@ -3,21 +3,9 @@
  *
  * Owns: parsing each into a typed value; `undefined` when malformed, so the schema can say what was expected.
  */
-import ms from "ms";
 import { type Cidr, type HostPort, parseCidr, parseHostPort, parseSize } from "../lib/index.ts";
 
-/** `"30s"`, `"5m"`, `"4h"`, `"5d"`, `"250ms"` → milliseconds. A bare number is refused: it hides its unit. */
-export function parseDuration(text: unknown): number | undefined {
-  if (typeof text !== "string" || !/^\s*\d+(\.\d+)?\s*[a-z]+\s*$/i.test(text)) {
-    return text === "0" || text === 0 ? 0 : undefined;
-  }
-  const v = ms(text.trim() as ms.StringValue);
-  return typeof v === "number" && Number.isFinite(v) && v >= 0 ? v : undefined;
-}
-
-export function formatDuration(valueMs: number): string {
-  return ms(valueMs);
-}
+export { formatDuration, parseDuration } from "../lib/index.ts";
 
 /** `"25MB"`, `"64MiB"`, or a plain number of bytes → bytes. */
 export function parseSizeValue(value: unknown): number | undefined {
@@ -69,30 +57,4 @@ export function parseAddressValue(value: unknown, defaultPort?: number): HostPor
   return typeof value === "string" ? parseHostPort(value, defaultPort) : undefined;
 }
 
-/** Levenshtein distance, for did-you-mean hints on unknown keys. */
-export function editDistance(a: string, b: string): number {
-  const prev = Array.from({ length: b.length + 1 }, (_, i) => i);
-  for (let i = 1; i <= a.length; i++) {
-    let diag = prev[0]!;
-    prev[0] = i;
-    for (let j = 1; j <= b.length; j++) {
-      const tmp = prev[j]!;
-      prev[j] = Math.min(prev[j]! + 1, prev[j - 1]! + 1, diag + (a[i - 1] === b[j - 1] ? 0 : 1));
-      diag = tmp;
-    }
-  }
-  return prev[b.length]!;
-}
-
-export function closest(word: string, candidates: readonly string[]): string | undefined {
-  let best: string | undefined;
-  let bestD = Number.POSITIVE_INFINITY;
-  for (const c of candidates) {
-    const d = editDistance(word.toLowerCase(), c.toLowerCase());
-    if (d < bestD) {
-      bestD = d;
-      best = c;
-    }
-  }
-  return best !== undefined && bestD <= Math.max(2, Math.floor(word.length / 3)) ? best : undefined;
-}
+export { closestWord as closest, editDistance } from "../lib/index.ts";

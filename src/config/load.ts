@@ -4,13 +4,13 @@
  * Owns: `findConfigPath`, `loadConfig`, `parseConfigText`, `ConfigError` with its problem list.
  * Every problem names its YAML path and `line:column`; unknown keys get a did-you-mean.
  */
-import { accessSync, constants, existsSync, readFileSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { dirname, resolve } from "node:path";
 import * as v from "valibot";
 import { isMap, isPair, isScalar, isSeq, LineCounter, type Node, parseDocument, stringify } from "yaml";
-import { MtaError } from "../lib/index.ts";
+import { errnoText, MtaError } from "../lib/index.ts";
 import { closest } from "./_values.ts";
-import { ConfigSchema, type RawConfig } from "./schema.ts";
+import { ConfigSchema, type RawConfig, show } from "./schema.ts";
 import { buildConfig, type Config } from "./types.ts";
 
 export interface ConfigProblem {
@@ -35,9 +35,14 @@ export function formatProblems(file: string, problems: readonly ConfigProblem[])
   const head = `${file}: ${problems.length} problem${problems.length === 1 ? "" : "s"}`;
   const lines = problems.map((p) => {
     const at = p.line !== undefined ? `${p.line}:${p.column ?? 1}` : "-";
-    return `  ${at}  ${p.path || "(file)"}: ${p.message}`;
+    return `  ${at}  ${printable(p.path || "(file)")}: ${printable(p.message)}`;
   });
   return [head, ...lines].join("\n");
+}
+
+/** Control characters (from a binary file, an odd key) shown as \xNN, never sent to a terminal raw. */
+export function printable(text: string): string {
+  return text.replace(/[\x00-\x1f\x7f-\x9f]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, "0")}`);
 }
 
 export const CONFIG_SEARCH_PATH = ["./mta.yaml", "/etc/mta/mta.yaml"];
@@ -91,6 +96,25 @@ function nodeAt(
   return last;
 }
 
+/** The YAML path of the mapping key that starts at `offset`. */
+function keyPathAt(node: unknown, offset: number, path: PathKey[]): PathKey[] | undefined {
+  if (isMap(node)) {
+    for (const pair of node.items) {
+      const key = pair.key as Node | null;
+      const name = isScalar(key) ? String(key.value) : "?";
+      if (key?.range?.[0] === offset) return [...path, name];
+      const found = keyPathAt(pair.value, offset, [...path, name]);
+      if (found) return found;
+    }
+  } else if (isSeq(node)) {
+    for (const [i, item] of node.items.entries()) {
+      const found = keyPathAt(item, offset, [...path, i]);
+      if (found) return found;
+    }
+  }
+  return undefined;
+}
+
 type Schema = v.GenericSchema;
 
 /** The object schema found by walking `path` through the config schema, for did-you-mean hints. */
@@ -120,30 +144,17 @@ function unwrap(s: Schema | undefined): Schema | undefined {
   return cur as unknown as Schema | undefined;
 }
 
-/** Cross-field checks the schema cannot express; problems are pushed with their paths. */
-function semanticChecks(
-  raw: RawConfig,
-  baseDir: string,
-  push: (path: PathKey[], message: string) => void,
-): void {
+/**
+ * Cross-field checks the schema cannot express; problems are pushed with their paths. Files the
+ * configuration names (TLS, DKIM keys, spool, log) are checked by app/preflight.ts, for the commands
+ * that use them (`serve`, `check-config`), not here: `mta send` run by any user must load this file.
+ */
+function semanticChecks(raw: RawConfig, push: (path: PathKey[], message: string) => void): void {
   const seen = new Map<string, number>();
   raw.listen.forEach((l, i) => {
     const prev = seen.get(l.address);
     if (prev !== undefined) push(["listen", i, "address"], `the same address as listen[${prev}]`);
     seen.set(l.address, i);
-    if (l.tls) {
-      for (const k of ["cert", "key"] as const) {
-        const file = resolve(baseDir, l.tls[k]);
-        try {
-          accessSync(file, constants.R_OK);
-        } catch (err) {
-          push(
-            ["listen", i, "tls", k],
-            `cannot read ${file} (${(err as NodeJS.ErrnoException).code ?? err})`,
-          );
-        }
-      }
-    }
     if (l.auth !== "off" && Object.keys(l.users).length === 0) {
       push(["listen", i, "auth"], `auth is ${l.auth} but listen[${i}].users is empty`);
     }
@@ -162,17 +173,6 @@ function semanticChecks(
       }
     }
   });
-  raw.dkim.keys.forEach((k, i) => {
-    const file = resolve(baseDir, k.key_file);
-    try {
-      accessSync(file, constants.R_OK);
-    } catch (err) {
-      push(
-        ["dkim", "keys", i, "key_file"],
-        `cannot read ${file} (${(err as NodeJS.ErrnoException).code ?? err})`,
-      );
-    }
-  });
 }
 
 export interface LoadedConfig {
@@ -188,12 +188,48 @@ export function parseConfigText(text: string, file: string): LoadedConfig {
   const lineCounter = new LineCounter();
   const doc = parseDocument(text, { lineCounter, prettyErrors: true, uniqueKeys: true });
   const problems: ConfigProblem[] = [];
+  // A duplicate key leaves a usable document: report it with everything else. Any other YAML error
+  // (bad syntax) leaves nothing to validate.
+  let fatal = false;
   for (const e of doc.errors) {
     const pos = e.linePos?.[0];
-    problems.push({ path: "", line: pos?.line, column: pos?.col, message: e.message.split("\n")[0]! });
+    if (e.code === "DUPLICATE_KEY") {
+      const path = keyPathAt(doc.contents, e.pos[0], []);
+      problems.push({
+        path: path ? formatPath(path) : "",
+        line: pos?.line,
+        column: pos?.col,
+        message: "appears twice in the same mapping (the second would win): remove one",
+      });
+      continue;
+    }
+    fatal = true;
+    const message = e.message.split("\n")[0]!.replace(/ at line \d+, column \d+:?$/, "");
+    problems.push({ path: "", line: pos?.line, column: pos?.col, message });
   }
-  if (problems.length) throw new ConfigError(file, problems);
-  const input = doc.toJS() ?? {};
+  if (fatal) throw new ConfigError(file, problems);
+  let input: unknown;
+  try {
+    // maxAliasCount: a "billion laughs" file of nested aliases is refused, not expanded.
+    input = doc.toJS({ maxAliasCount: 100 }) ?? {};
+  } catch (err) {
+    throw new ConfigError(file, [
+      ...problems,
+      { path: "", message: `cannot expand the YAML: ${(err as Error).message.split("\n")[0]}` },
+    ]);
+  }
+  if (typeof input !== "object" || input === null || Array.isArray(input))
+    throw new ConfigError(file, [
+      {
+        path: "",
+        line: 1,
+        column: 1,
+        message: `expected a mapping of keys at the top level (hostname:, spool:, listen:, ...), got ${show(input)}`,
+      },
+    ]);
+  // A section whose keys are all commented out (`send:` alone) is its defaults, as if absent.
+  for (const [k, val] of Object.entries(input))
+    if (val === null) delete (input as Record<string, unknown>)[k];
   const push = (path: readonly PathKey[], message: string, key = false) => {
     const node = nodeAt(doc, path, key);
     const pos = node?.range ? lineCounter.linePos(node.range[0]) : undefined;
@@ -211,10 +247,7 @@ export function parseConfigText(text: string, file: string): LoadedConfig {
         const hint = parent?.entries ? closest(key, Object.keys(parent.entries)) : undefined;
         push(path, `unknown key "${key}"${hint ? ` (did you mean "${hint}"?)` : ""}`, true);
       } else if (issue.type === "strict_object") {
-        push(
-          path,
-          issue.input === undefined ? "missing" : `expected a mapping, got ${JSON.stringify(issue.input)}`,
-        );
+        push(path, issue.input === undefined ? "missing" : `expected a mapping, got ${show(issue.input)}`);
       } else {
         const message =
           issue.input === undefined && issue.kind === "schema" ? `missing (${issue.message})` : issue.message;
@@ -224,9 +257,15 @@ export function parseConfigText(text: string, file: string): LoadedConfig {
     throw new ConfigError(file, sortByLine(dedupe(problems)));
   }
   const baseDir = dirname(file);
-  semanticChecks(result.output, baseDir, push);
-  if (problems.length) throw new ConfigError(file, problems);
+  semanticChecks(result.output, push);
+  if (problems.length) throw new ConfigError(file, sortByLine(problems));
   const problemAt = (path: readonly PathKey[], message: string): ConfigProblem => {
+    // A key the file does not set has no line of its own: its default is what is wrong.
+    if (!doc.hasIn(path as PathKey[]))
+      return {
+        path: formatPath(path),
+        message: `${message} (the default: set ${formatPath(path)} to change it)`,
+      };
     const node = nodeAt(doc, path, false);
     const pos = node?.range ? lineCounter.linePos(node.range[0]) : undefined;
     return { path: formatPath(path), line: pos?.line, column: pos?.col, message };
@@ -260,13 +299,32 @@ function dedupe(problems: ConfigProblem[]): ConfigProblem[] {
 }
 
 export function loadConfig(file: string): LoadedConfig {
-  let text: string;
+  let bytes: Buffer;
   try {
-    text = readFileSync(file, "utf8");
+    bytes = readFileSync(file);
   } catch (err) {
-    throw new ConfigError(file, [{ path: "", message: `cannot read: ${(err as Error).message}` }]);
+    throw new ConfigError(file, [{ path: "", message: `cannot read: ${errnoText(err)}` }]);
   }
-  return parseConfigText(text, resolve(file));
+  return parseConfigText(configText(bytes, file), resolve(file));
+}
+
+/** The file as text: UTF-8 without NUL bytes, else it is not a YAML file (and is never printed). */
+function configText(bytes: Uint8Array, file: string): string {
+  const nul = bytes.indexOf(0);
+  let text: string | undefined;
+  try {
+    text = new TextDecoder("utf-8", { fatal: true }).decode(bytes);
+  } catch {
+    text = undefined;
+  }
+  if (nul >= 0 || text === undefined)
+    throw new ConfigError(file, [
+      {
+        path: "",
+        message: `not a YAML text file: ${nul >= 0 ? `a NUL byte at offset ${nul}` : "it is not UTF-8"} (is this the right file?)`,
+      },
+    ]);
+  return text;
 }
 
 export function renderConfigYaml(raw: RawConfig): string {

@@ -41,6 +41,8 @@ export const RELOAD: Readonly<Record<string, ReloadClass>> = Object.freeze({
   "delivery.max_ready_per_site": "live",
   // Keys are loaded and checked first; a bad one keeps the running keys.
   dkim: "live",
+  // Read by each `mta send` when it starts; the daemon does not use it.
+  send: "live",
   "log.level": "live",
   "log.format": "restart",
   "log.deliveries": "live",

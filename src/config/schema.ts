@@ -8,19 +8,46 @@
  */
 import { isIP } from "node:net";
 import * as v from "valibot";
+import { DURATION_HINT } from "../lib/index.ts";
 import { parseAddressValue, parseCidrValue, parseDuration, parseRate, parseSizeValue } from "./_values.ts";
 
-function show(x: unknown): string {
+/** A value as the user wrote it, for "got ..." in messages: a list or mapping by its kind, not its text. */
+export function show(x: unknown): string {
+  if (Array.isArray(x)) return "a list";
+  if (x === null) return "nothing (null)";
+  if (typeof x === "object") return "a mapping";
   return typeof x === "string" ? JSON.stringify(x) : String(x);
 }
 
-export const Duration = v.custom<string>(
+/** Every value written as a string, with our own words when it is something else. */
+const str = (what: string) => v.string((i) => `expected ${what}, got ${show(i.input)}`);
+const list = <T extends v.GenericSchema>(item: T, what: string) =>
+  v.array(item, (i) => `expected a list of ${what}, got ${show(i.input)}`);
+const mapping = <T extends v.GenericSchema>(value: T, what: string) =>
+  v.record(v.string(), value, (i) => `expected a mapping of ${what}, got ${show(i.input)}`);
+
+export const Duration = v.custom<string | number>(
   (x) => parseDuration(x) !== undefined,
-  (i) => `expected a duration such as "30s", "5m", "4h" or "5d", got ${show(i.input)}`,
+  (i) => `expected ${DURATION_HINT}, got ${show(i.input)}`,
 );
+/** A duration where zero makes no sense (a timeout, a retry interval, the queue lifetime): 0 is refused. */
+const positiveDuration = (zero = "expected a duration greater than 0") =>
+  v.custom<string | number>(
+    (x) => (parseDuration(x) ?? 0) > 0,
+    (i) => (parseDuration(i.input) === 0 ? zero : `expected ${DURATION_HINT}, got ${show(i.input)}`),
+  );
+export const PositiveDuration = positiveDuration();
 export const Size = v.custom<string | number>(
   (x) => parseSizeValue(x) !== undefined,
   (i) => `expected a size such as "25MB", "64MiB" or a number of bytes, got ${show(i.input)}`,
+);
+/** A size where zero makes no sense: 0 is refused, never read as "no limit". */
+export const PositiveSize = v.custom<string | number>(
+  (x) => (parseSizeValue(x) ?? 0) > 0,
+  (i) =>
+    parseSizeValue(i.input) === 0
+      ? 'expected a size greater than 0 (0 is not read as "no limit": a message is held in memory while it is received)'
+      : `expected a size such as "25MB", "64MiB" or a number of bytes, got ${show(i.input)}`,
 );
 export const Rate = v.custom<string>(
   (x) => parseRate(x) !== undefined,
@@ -39,9 +66,18 @@ export const HostText = v.custom<string>(
   (x) => parseAddressValue(x, 25) !== undefined,
   (i) => `expected "host" or "host:port" such as "smtp.example.com:587", got ${show(i.input)}`,
 );
-const Positive = v.pipe(v.number("expected a number"), v.integer("expected a whole number"), v.minValue(1));
-const Ratio = v.pipe(v.number("expected a number between 0 and 1"), v.minValue(0), v.maxValue(1));
-const Bool = v.boolean("expected true or false");
+const Positive = v.pipe(
+  v.number((i) => `expected a whole number of at least 1, got ${show(i.input)}`),
+  v.integer((i) => `expected a whole number of at least 1, got ${show(i.input)}`),
+  v.minValue(1, (i) => `expected a whole number of at least 1, got ${show(i.input)}`),
+);
+const ratioMessage = (i: { input: unknown }) => `expected a number between 0 and 1, got ${show(i.input)}`;
+const Ratio = v.pipe(v.number(ratioMessage), v.minValue(0, ratioMessage), v.maxValue(1, ratioMessage));
+const Bool = v.boolean((i) => `expected true or false, got ${show(i.input)}`);
+const HostName = v.pipe(
+  str("a host name"),
+  v.regex(/^[A-Za-z0-9.-]+$/, (i) => `expected a host name, got ${show(i.input)}`),
+);
 const TlsMode = v.picklist(
   ["off", "opportunistic", "required"],
   (i) => `expected off, opportunistic or required, got ${show(i.input)}`,
@@ -57,34 +93,37 @@ const AuthMode = v.pipe(
 
 export const ListenerSchema = v.strictObject({
   address: AddressText,
-  name: v.optional(v.string()),
-  relay_from: v.optional(v.array(CidrText), ["127.0.0.0/8", "::1/128"]),
+  name: v.optional(str("a name")),
+  relay_from: v.optional(list(CidrText, 'CIDR ranges such as "10.0.0.0/8"'), ["127.0.0.0/8", "::1/128"]),
   tls: v.optional(
     v.strictObject({
-      cert: v.string("expected the path of a PEM certificate"),
-      key: v.string("expected the path of a PEM private key"),
+      cert: str("the path of a PEM certificate"),
+      key: str("the path of a PEM private key"),
       implicit: v.optional(Bool, false),
     }),
   ),
   auth: v.optional(AuthMode, "off"),
-  users: v.optional(v.record(v.string(), v.string("expected a password hash from `mta hash-password`")), {}),
+  users: v.optional(
+    mapping(str("a password hash from `mta hash-password`"), "user names to password hashes"),
+    {},
+  ),
   allow_plaintext_auth: v.optional(Bool, false),
   submission: v.optional(Bool, false),
-  max_message_size: v.optional(Size, "25MB"),
+  max_message_size: v.optional(PositiveSize, "25MB"),
   max_recipients: v.optional(Positive, 1000),
   max_line_length: v.optional(Positive, 4096),
   max_errors: v.optional(Positive, 10),
   max_junk_commands: v.optional(Positive, 100),
-  command_timeout: v.optional(Duration, "5m"),
-  data_timeout: v.optional(Duration, "10m"),
+  command_timeout: v.optional(PositiveDuration, "5m"),
+  data_timeout: v.optional(PositiveDuration, "10m"),
   max_connections: v.optional(Positive, 10000),
   max_connections_per_ip: v.optional(Positive, 2000),
   reject_bare_newlines: v.optional(Bool, true),
 });
 
 const RouteObject = v.strictObject({
-  hosts: v.array(HostText),
-  auth: v.optional(v.strictObject({ username: v.string(), password: v.string() })),
+  hosts: list(HostText, '"host:port" addresses'),
+  auth: v.optional(v.strictObject({ username: str("a user name"), password: str("a password") })),
   tls: v.optional(TlsMode),
 });
 const Route = v.union(
@@ -99,21 +138,22 @@ export const DomainPolicySchema = v.strictObject({
   connection_rate: v.optional(Rate),
   tls: v.optional(TlsMode),
   tls_verify: v.optional(Bool),
-  retry: v.optional(v.array(Duration)),
+  retry: v.optional(list(PositiveDuration, "durations")),
   /** MX rollup: an entry with `mx` is a site shared by every domain whose MX host matches a pattern. */
   mx: v.optional(
-    v.array(
+    list(
       v.pipe(
-        v.string(),
+        str('an MX host name or pattern such as "*.google.com"'),
         v.regex(/^(\*\.)?[A-Za-z0-9.-]+\.?$/, 'expected an MX host name or pattern such as "*.google.com"'),
       ),
+      "MX host names or patterns",
     ),
   ),
-  pool: v.optional(v.string("expected the name of a pool in delivery.pools")),
+  pool: v.optional(str("the name of a pool in delivery.pools")),
 });
 
 const IpText = v.pipe(
-  v.string(),
+  str("a local IP address"),
   v.check(
     (x) => isIP(x) !== 0,
     (i) => `expected a local IP address such as "192.0.2.10", got ${show(i.input)}`,
@@ -121,12 +161,14 @@ const IpText = v.pipe(
 );
 export const SourceSchema = v.strictObject({
   address: IpText,
-  ehlo: v.optional(v.pipe(v.string(), v.regex(/^[A-Za-z0-9.-]+$/, "expected a host name"))),
+  ehlo: v.optional(HostName),
 });
 const PoolMemberSchema = v.union(
-  [v.string(), v.strictObject({ source: v.string(), weight: v.optional(Positive, 1) })],
+  [v.string(), v.strictObject({ source: str("the name of a source"), weight: v.optional(Positive, 1) })],
   (i) => `expected a source name or { source, weight }, got ${show(i.input)}`,
 );
+
+const portMessage = (i: { input: unknown }) => `expected a port number (1-65535), got ${show(i.input)}`;
 
 const DEFAULT_POLICY = {
   max_connections: 20,
@@ -136,53 +178,69 @@ const DEFAULT_POLICY = {
 };
 
 export const ConfigSchema = v.strictObject({
-  hostname: v.optional(v.pipe(v.string(), v.regex(/^[A-Za-z0-9.-]+$/, "expected a host name"))),
+  hostname: v.optional(HostName),
   spool: v.optional(
     v.strictObject({
-      dir: v.optional(v.string(), "./spool"),
+      dir: v.optional(str("the path of a directory"), "./spool"),
       sync: v.optional(Bool, true),
-      segment_size: v.optional(Size, "64MiB"),
+      segment_size: v.optional(PositiveSize, "64MiB"),
       compact_below: v.optional(Ratio, 0.3),
       body_cache: v.optional(Size, "64MiB"),
     }),
     {},
   ),
-  listen: v.optional(v.array(ListenerSchema), [{ address: "127.0.0.1:2525" }]),
+  listen: v.optional(list(ListenerSchema, "listeners ({ address: ... })"), [{ address: "127.0.0.1:2525" }]),
   control: v.optional(
     v.strictObject({
-      address: v.optional(v.union([AddressText, v.literal("")]), "127.0.0.1:8025"),
-      token: v.optional(v.string()),
+      address: v.optional(
+        v.union(
+          [AddressText, v.literal("")],
+          (i) => `expected "host:port" such as "127.0.0.1:8025", or "" for none, got ${show(i.input)}`,
+        ),
+        "127.0.0.1:8025",
+      ),
+      token: v.optional(str("a bearer token")),
     }),
     {},
   ),
   dns: v.optional(
     v.strictObject({
-      servers: v.optional(v.array(HostText), []),
-      timeout: v.optional(Duration, "5s"),
+      servers: v.optional(list(HostText, '"host:port" addresses'), []),
+      timeout: v.optional(PositiveDuration, "5s"),
       attempts: v.optional(Positive, 2),
-      prefer: v.optional(v.picklist(["ipv4", "ipv6"], "expected ipv4 or ipv6"), "ipv4"),
+      prefer: v.optional(
+        v.picklist(["ipv4", "ipv6"], (i) => `expected ipv4 or ipv6, got ${show(i.input)}`),
+        "ipv4",
+      ),
     }),
     {},
   ),
   delivery: v.optional(
     v.pipe(
       v.strictObject({
-        routes: v.optional(v.record(v.string(), Route), {}),
-        retry: v.optional(v.pipe(v.array(Duration), v.minLength(1, "expected at least one duration")), [
-          "5m",
-          "10m",
-          "30m",
-          "1h",
-          "2h",
-          "4h",
-        ]),
-        max_age: v.optional(Duration, "5d"),
+        routes: v.optional(mapping(Route, 'domains to "host:port"'), {}),
+        retry: v.optional(
+          v.pipe(list(PositiveDuration, "durations"), v.minLength(1, "expected at least one duration")),
+          ["5m", "10m", "30m", "1h", "2h", "4h"],
+        ),
+        // 0 is refused: it would expire every message (and its DSN) before the first attempt.
+        max_age: v.optional(
+          positiveDuration(
+            "expected a duration greater than 0: 0 would expire every message before its first attempt",
+          ),
+          "5d",
+        ),
         site_backoff: v.optional(
-          v.pipe(v.array(Duration), v.minLength(1, "expected at least one duration")),
+          v.pipe(list(PositiveDuration, "durations"), v.minLength(1, "expected at least one duration")),
           ["1m", "5m", "15m", "30m"],
         ),
         port: v.optional(
-          v.pipe(v.number("expected a port number"), v.integer(), v.minValue(1), v.maxValue(65535)),
+          v.pipe(
+            v.number(portMessage),
+            v.integer(portMessage),
+            v.minValue(1, portMessage),
+            v.maxValue(65535, portMessage),
+          ),
           25,
         ),
         delay_warning: v.optional(Duration, "0"),
@@ -190,22 +248,22 @@ export const ConfigSchema = v.strictObject({
         idle_timeout: v.optional(Duration, "5s"),
         timeouts: v.optional(
           v.strictObject({
-            connect: v.optional(Duration, "30s"),
-            greeting: v.optional(Duration, "5m"),
-            ehlo: v.optional(Duration, "5m"),
-            mail: v.optional(Duration, "5m"),
-            rcpt: v.optional(Duration, "5m"),
-            data_init: v.optional(Duration, "2m"),
-            data_block: v.optional(Duration, "3m"),
-            data_done: v.optional(Duration, "10m"),
-            rset: v.optional(Duration, "1m"),
-            quit: v.optional(Duration, "10s"),
+            connect: v.optional(PositiveDuration, "30s"),
+            greeting: v.optional(PositiveDuration, "5m"),
+            ehlo: v.optional(PositiveDuration, "5m"),
+            mail: v.optional(PositiveDuration, "5m"),
+            rcpt: v.optional(PositiveDuration, "5m"),
+            data_init: v.optional(PositiveDuration, "2m"),
+            data_block: v.optional(PositiveDuration, "3m"),
+            data_done: v.optional(PositiveDuration, "10m"),
+            rset: v.optional(PositiveDuration, "1m"),
+            quit: v.optional(PositiveDuration, "10s"),
           }),
           {},
         ),
-        domains: v.optional(v.record(v.string(), DomainPolicySchema), { default: DEFAULT_POLICY }),
-        sources: v.optional(v.record(v.string(), SourceSchema), {}),
-        pools: v.optional(v.record(v.string(), v.array(PoolMemberSchema)), {}),
+        domains: v.optional(mapping(DomainPolicySchema, "domains to policies"), { default: DEFAULT_POLICY }),
+        sources: v.optional(mapping(SourceSchema, "source names to { address, ehlo }"), {}),
+        pools: v.optional(mapping(list(PoolMemberSchema, "sources"), "pool names to lists of sources"), {}),
         max_connections_per_source: v.optional(Positive, 20000),
         max_ready_per_site: v.optional(Positive, 10000),
       }),
@@ -219,31 +277,61 @@ export const ConfigSchema = v.strictObject({
   dkim: v.optional(
     v.strictObject({
       keys: v.optional(
-        v.array(
+        list(
           v.strictObject({
-            domain: v.pipe(v.string(), v.regex(/^[A-Za-z0-9.-]+$/, "expected a domain name")),
-            selector: v.pipe(v.string(), v.regex(/^[A-Za-z0-9._-]+$/, "expected a selector")),
-            key_file: v.string("expected the path of a PEM private key (RSA 2048+ or Ed25519)"),
+            domain: v.pipe(
+              str("a domain name"),
+              v.regex(/^[A-Za-z0-9.-]+$/, (i) => `expected a domain name, got ${show(i.input)}`),
+            ),
+            selector: v.pipe(
+              str("a selector"),
+              v.regex(/^[A-Za-z0-9._-]+$/, (i) => `expected a selector, got ${show(i.input)}`),
+            ),
+            key_file: str("the path of a PEM private key (RSA 2048+ or Ed25519)"),
           }),
+          "keys ({ domain, selector, key_file })",
         ),
         [],
       ),
-      headers: v.optional(v.array(v.string())),
-      oversign: v.optional(v.array(v.string()), []),
+      headers: v.optional(list(str("a header field name"), "header field names")),
+      oversign: v.optional(list(str("a header field name"), "header field names"), []),
       canonicalization: v.optional(
-        v.picklist(["relaxed/relaxed", "relaxed/simple", "simple/simple", "simple/relaxed"]),
+        v.picklist(
+          ["relaxed/relaxed", "relaxed/simple", "simple/simple", "simple/relaxed"],
+          (i) =>
+            `expected relaxed/relaxed, relaxed/simple, simple/simple or simple/relaxed, got ${show(i.input)}`,
+        ),
         "relaxed/relaxed",
       ),
       expire: v.optional(Duration, "0"),
-      domain_map: v.optional(v.record(v.string(), v.string()), {}),
+      domain_map: v.optional(mapping(str("a signing domain"), "sender domains to signing domains"), {}),
+    }),
+    {},
+  ),
+  send: v.optional(
+    v.strictObject({
+      // Postfix's myorigin: appended to bare local parts (`root`) in mail submitted with `mta send`.
+      origin: v.optional(HostName),
     }),
     {},
   ),
   log: v.optional(
     v.strictObject({
-      level: v.optional(v.picklist(["silent", "error", "warn", "info", "debug", "trace"]), "info"),
-      format: v.optional(v.picklist(["pretty", "json"], "expected pretty or json"), "pretty"),
-      deliveries: v.optional(v.string(), "./log/deliveries.jsonl"),
+      level: v.optional(
+        v.picklist(
+          ["silent", "error", "warn", "info", "debug", "trace"],
+          (i) => `expected silent, error, warn, info, debug or trace, got ${show(i.input)}`,
+        ),
+        "info",
+      ),
+      format: v.optional(
+        v.picklist(["pretty", "json"], (i) => `expected pretty or json, got ${show(i.input)}`),
+        "pretty",
+      ),
+      deliveries: v.optional(
+        str('the path of the delivery log file (or "" for none)'),
+        "./log/deliveries.jsonl",
+      ),
     }),
     {},
   ),

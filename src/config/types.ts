@@ -125,6 +125,8 @@ export interface Config {
     expireAfterMs: number;
     domainMap: Record<string, string>;
   };
+  /** `mta send`: `origin` is appended to bare local parts of addresses (default: hostname). */
+  send: { origin: string };
   log: {
     level: "silent" | "error" | "warn" | "info" | "debug" | "trace";
     format: "pretty" | "json";
@@ -132,7 +134,7 @@ export interface Config {
   };
 }
 
-const dur = (x: string) => parseDuration(x)!;
+const dur = (x: string | number) => parseDuration(x)!;
 
 function policy(p: NonNullable<RawConfig["delivery"]["domains"]>[string]): DomainPolicy {
   const out: DomainPolicy = {};
@@ -175,9 +177,10 @@ export function buildConfig(raw: RawConfig, source: string, baseDir: string): Co
   const def = { ...policy(DEFAULT_POLICY), ...(domains.default ?? {}) };
   domains.default = def;
 
+  const hostname = raw.hostname ?? osHostname();
   const config: Config = {
     source,
-    hostname: raw.hostname ?? osHostname(),
+    hostname,
     spool: {
       dir: path(raw.spool.dir),
       sync: raw.spool.sync,
@@ -265,6 +268,7 @@ export function buildConfig(raw: RawConfig, source: string, baseDir: string): Co
       expireAfterMs: dur(raw.dkim.expire),
       domainMap: { ...raw.dkim.domain_map },
     },
+    send: { origin: (raw.send.origin ?? hostname).toLowerCase().replace(/\.$/, "") },
     log: { level: raw.log.level, format: raw.log.format, deliveriesFile: path(raw.log.deliveries) },
   };
   if (raw.dkim.headers) config.dkim.headers = raw.dkim.headers;

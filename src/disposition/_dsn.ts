@@ -9,7 +9,7 @@
  * than delivering twice).
  */
 import { buildDsn, type DsnRecipient, isNullSender } from "../bounce/index.ts";
-import { errorMessage } from "../lib/index.ts";
+import { errorMessage, hasEightBit } from "../lib/index.ts";
 import type { Counter, Logger } from "../observe/index.ts";
 import { domainOf } from "../smtp/index.ts";
 import type { MessageEvent } from "./_types.ts";
@@ -31,11 +31,6 @@ export interface DsnSubject {
   sender: string;
   arrivalMs: number;
   attributes: Record<string, string>;
-}
-
-function eightBit(bytes: Uint8Array): boolean {
-  for (let i = 0; i < bytes.length; i++) if (bytes[i]! > 0x7f) return true;
-  return false;
 }
 
 /** The DSN's action as one word: failed over delayed over delivered. */
@@ -83,7 +78,7 @@ export async function queueDsn(
     const dsnId = await deps.injector.injectDsn({
       recipient: m.sender,
       body: bytes,
-      attributes: { dsn: m.id, body: eightBit(bytes) ? "8BITMIME" : "7BIT" },
+      attributes: { dsn: m.id, body: hasEightBit(bytes) ? "8BITMIME" : "7BIT" },
     });
     deps.counter?.inc({ action });
     deps.onEvent({

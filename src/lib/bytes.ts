@@ -3,6 +3,7 @@
  *
  * Owns: constants and small functions over `Uint8Array`.
  */
+import { isAscii } from "node:buffer";
 
 export const CR = 13;
 export const LF = 10;
@@ -79,4 +80,9 @@ export function formatBytes(n: number): string {
     i++;
   } while (v >= 1024 && i < units.length - 1);
   return `${v.toFixed(v < 10 ? 1 : 0)} ${units[i]}`;
+}
+
+/** Whether any byte is over 127 (the message needs 8BITMIME): native, about 1 GB/s and more. */
+export function hasEightBit(bytes: Uint8Array): boolean {
+  return !isAscii(bytes);
 }

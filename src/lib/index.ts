@@ -6,3 +6,6 @@ export * from "./ids.ts";
 export * from "./net.ts";
 export * from "./flock.ts";
 export * from "./fault.ts";
+export * from "./duration.ts";
+export * from "./words.ts";
+export * from "./passwd.ts";

@@ -252,8 +252,8 @@ test("actions give the same answers live and offline; suspend and resume need th
   const viaDaemon = await run(live.client);
   const viaSpool = await run(local);
   expect(strip(viaSpool)).toEqual(strip(viaDaemon));
-  expect(viaDaemon.flushOne).toEqual({ flushed: 1, live: true });
-  expect(viaSpool.flushOne).toEqual({ flushed: 1, live: false });
+  expect(viaDaemon.flushOne).toEqual({ flushed: 1, backoffLifted: [], live: true });
+  expect(viaSpool.flushOne).toEqual({ flushed: 1, backoffLifted: [], live: false });
   expect(viaDaemon.noSelector).toEqual(["usage", 400]);
   expect(viaDaemon.unknown).toEqual(["data", 404]);
   expect(viaDaemon.bounce).toMatchObject({

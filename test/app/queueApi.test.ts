@@ -101,8 +101,39 @@ test("inject: malformed JSON, missing fields and oversize bodies get 4xx naming 
   await refused(
     JSON.stringify({ messages: [good, good, { sender: "app@origin.test", recipients: ["a@one.test"] }] }),
     400,
-    'missing "message" or parts',
+    'missing "message", "messageBase64" or parts',
     2,
+  );
+  await refused(
+    JSON.stringify({
+      messages: [good, { ...good, subject: undefined, text: undefined, messageBase64: "**" }],
+    }),
+    400,
+    '"messageBase64" is not base64',
+    1,
+  );
+  await refused(
+    JSON.stringify({
+      messages: [{ sender: "a@b.test", recipients: ["c@d.test"], message: "x", messageBase64: "eA==" }],
+    }),
+    400,
+    'give "message" or "messageBase64", not both',
+    0,
+  );
+  await refused(
+    JSON.stringify({
+      messages: [
+        good,
+        {
+          sender: "a@b.test",
+          recipients: ["c@d.test"],
+          messageBase64: Buffer.alloc(MAX + 1, 0x78).toString("base64"),
+        },
+      ],
+    }),
+    413,
+    "over the limit",
+    1,
   );
   await refused(
     JSON.stringify({ messages: [good, { ...good, recipients: ["not an address"] }] }),
@@ -156,6 +187,99 @@ test("inject: a good batch is answered with one id per message part after the ap
   };
   expect(shown.body).toContain("Subject: raw\r\n\r\nbody\r\n");
   expect(shown.headers.map((h) => h.name)).toEqual(expect.arrayContaining(["Date", "Message-ID", "Subject"]));
+});
+
+test("inject: messageBase64 carries any bytes (ISO-8859-1, bare CR kept as CRLF) and marks 8-bit as 8BITMIME", async () => {
+  const latin1 = Buffer.from(
+    "Subject: caf\xe9\nContent-Type: text/plain; charset=ISO-8859-1\n\nd\xe9j\xe0 vu\n",
+    "latin1",
+  );
+  const res = await inject(
+    JSON.stringify({
+      sender: "a@origin.test",
+      recipients: ["b@one.test"],
+      messageBase64: latin1.toString("base64"),
+    }),
+  );
+  expect(res.status).toBe(200);
+  const { messages } = (await res.json()) as { messages: { ids: string[] }[] };
+  const shown = (await (
+    await fetch(`${base}/api/v1/queue/messages/${messages[0]!.ids[0]}?body=1`)
+  ).json()) as {
+    body: string;
+    attributes: Record<string, string>;
+  };
+  // The show API gives the bytes as Latin-1 text: each byte survived as it was sent.
+  expect(shown.body).toContain("Subject: caf\xe9\r\n");
+  expect(shown.body).toContain("\r\n\r\nd\xe9j\xe0 vu\r\n");
+  expect(shown.attributes.body).toBe("8BITMIME");
+});
+
+test("every HTTP error has a JSON body: 413 for a request over the limit, 400 for a bad path or forMs", async () => {
+  // A 300 MB request: refused from its Content-Length with a JSON body, before the body is read
+  // (a raw request: fetch would correct the header to the length of what it sends).
+  const raw = await new Promise<string>((resolve, reject) => {
+    let got = "";
+    Bun.connect({
+      hostname: "127.0.0.1",
+      port: control.port,
+      socket: {
+        open(sock) {
+          sock.write(
+            `POST /api/v1/inject HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: ${300 * 1024 * 1024}\r\n\r\n{"messages":[`,
+          );
+        },
+        data(sock, d) {
+          got += d.toString();
+          if (got.includes("\r\n\r\n") && got.trimEnd().endsWith("}")) {
+            sock.end();
+            resolve(got);
+          }
+        },
+        close: () => resolve(got),
+        connectError: (_s, e) => reject(e),
+      },
+    });
+  });
+  expect(raw).toStartWith("HTTP/1.1 413");
+  expect(raw.toLowerCase()).toContain("content-type: application/json");
+  expect(JSON.parse(raw.slice(raw.indexOf("\r\n\r\n") + 4)).error).toContain("over the limit");
+  // A chunked body (no Content-Length) that grows past the limit: the same answer, when enough arrived.
+  const small = startControlServer({
+    host: "127.0.0.1",
+    port: 0,
+    log: silentLogger(),
+    metrics: engine.metrics,
+    maxBodyBytes: 1024,
+    routes: {
+      "POST /api/v1/inject": injectHandler(engine.pipeline, { hostname: "mta.test", maxMessageBytes: MAX }),
+    },
+  });
+  try {
+    const stream = new ReadableStream({
+      start(c) {
+        for (let i = 0; i < 4; i++) c.enqueue(new TextEncoder().encode("x".repeat(600)));
+        c.close();
+      },
+    });
+    const r = await fetch(`http://127.0.0.1:${small.port}/api/v1/inject`, { method: "POST", body: stream });
+    expect(r.status).toBe(413);
+    expect(((await r.json()) as { error: string }).error).toContain("over the limit of 1024 bytes");
+  } finally {
+    await small.stop();
+  }
+  const bad = await fetch(`${base}/api/v1/queue/messages/%ZZ`);
+  expect(bad.status).toBe(400);
+  expect(((await bad.json()) as { error: string }).error).toContain("percent-encoding");
+  const forMs = await fetch(`${base}/api/v1/queue/suspend`, {
+    method: "POST",
+    body: JSON.stringify({ destination: "x.test", forMs: 1e308 }),
+  });
+  expect(forMs.status).toBe(400);
+  expect(((await forMs.json()) as { error: string }).error).toContain("at most 100 years");
+  const missing = await fetch(`${base}/api/v1/nothing`);
+  expect(missing.status).toBe(404);
+  expect(((await missing.json()) as { error: string }).error).toContain("no such endpoint");
 });
 
 test("/metrics parses as Prometheus text format, names follow mta_<module>_<thing>_<unit>, queue series are right", async () => {

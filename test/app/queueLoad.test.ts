@@ -20,9 +20,10 @@ import { AcceptPipeline } from "../../src/app/accept.ts";
 import { Scheduler } from "../../src/scheduler/index.ts";
 import { type TestRoute, testRouter } from "../support/router.ts";
 import { Spool } from "../../src/spool/index.ts";
-import { SMTP_SINK, startSink } from "../support/sink.ts";
+import { startSink } from "../support/sink.ts";
+import { lacking } from "../support/peers.ts";
 
-test.skipIf(!SMTP_SINK)(
+test.skipIf(lacking("smtp-sink"))(
   "a bounce of 10,000 messages to one destination while deliveries to another go on",
   async () => {
     const dir = mkdtempSync(join(tmpdir(), "mta-queue-load-"));

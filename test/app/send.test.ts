@@ -5,9 +5,11 @@ import { join } from "node:path";
 import { Daemon } from "../../src/app/daemon.ts";
 import { parseSendArgs, runSend, type SendIo, send } from "../../src/app/send.ts";
 import { type Config, loadConfig } from "../../src/config/index.ts";
+import { loginName } from "../../src/lib/index.ts";
 import { silentLogger } from "../../src/observe/index.ts";
 import { Spool } from "../../src/spool/index.ts";
-import { freePort, SMTP_SINK, startSink } from "../support/sink.ts";
+import { freePort, startSink } from "../support/sink.ts";
+import { lacking } from "../support/peers.ts";
 
 function tmp(): { dir: string } & Disposable {
   const dir = mkdtempSync(join(tmpdir(), "mta-send-"));
@@ -62,7 +64,7 @@ function jsonl(file: string, n: number, from = 0): void {
 
 const subjects = (dumps: string[]) => dumps.map((d) => /^Subject: (.*)$/m.exec(d)?.[1]?.trim() ?? "?");
 
-describe.skipIf(!SMTP_SINK)("mta send without a daemon (local engine)", () => {
+describe.skipIf(lacking("smtp-sink"))("mta send without a daemon (local engine)", () => {
   test("a message on stdin is enqueued and delivered; exit 0 and silent; Date/Message-ID/From added", async () => {
     using t = tmp();
     await using sink = await startSink({ dir: t.dir });
@@ -72,9 +74,11 @@ describe.skipIf(!SMTP_SINK)("mta send without a daemon (local engine)", () => {
     expect(code).toBe(0);
     expect(o.err.join("")).toBe("");
     const [dump] = await sink.waitFor(1);
-    expect(dump).toContain("X-Mail-Args: <tester@mta.test> BODY=8BITMIME");
+    // The sender is the login name of this process's uid (not $USER, which io() sets to "tester").
+    const login = loginName()!;
+    expect(dump).toContain(`X-Mail-Args: <${login}@mta.test> BODY=8BITMIME`);
     expect(dump).toContain("X-Rcpt-Args: <root@mta.test>");
-    expect(dump).toContain("From: CronDaemon <tester@mta.test>");
+    expect(dump).toContain(`From: CronDaemon <${login}@mta.test>`);
     expect(dump).toMatch(/^Message-ID: <.+@mta\.test>$/m);
     expect(dump).toContain("line 1");
     expect(dump).not.toContain("not sent"); // without -i a lone dot ends the message
@@ -88,7 +92,7 @@ describe.skipIf(!SMTP_SINK)("mta send without a daemon (local engine)", () => {
     jsonl(f, 5);
     writeFileSync(f, `${readFileSync(f, "utf8")}{"sender":"a@x.test"}\n`);
     const o = io();
-    const code = await runSend(["-c", cfg, "--json", f], o);
+    const code = await runSend(["-c", cfg, "--json", "--batch", f], o);
     expect(code).toBe(65);
     expect(o.err.join("")).toContain(`${f}:6: missing "recipients"`);
     const summary = JSON.parse(o.out.join(""));
@@ -102,14 +106,14 @@ describe.skipIf(!SMTP_SINK)("mta send without a daemon (local engine)", () => {
     const cfg = writeConfig(t.dir, sink.port);
     const f = join(t.dir, "b.jsonl");
     jsonl(f, 50);
-    expect(await runSend(["-c", cfg, "--batch-id", "nightly", f], io())).toBe(0);
+    expect(await runSend(["-c", cfg, "--batch-id", "nightly", "--batch", f], io())).toBe(0);
     await sink.waitFor(50);
     const o = io();
-    expect(await runSend(["-c", cfg, "--batch-id", "nightly", "--json", f], o)).toBe(0);
+    expect(await runSend(["-c", cfg, "--batch-id", "nightly", "--json", "--batch", f], o)).toBe(0);
     expect(JSON.parse(o.out.join(""))).toMatchObject({ accepted: 0, skipped: 50 });
     jsonl(f, 60); // the file grew: lines 51-60 are new
     const o2 = io();
-    expect(await runSend(["-c", cfg, "--batch-id", "nightly", "--json", f], o2)).toBe(0);
+    expect(await runSend(["-c", cfg, "--batch-id", "nightly", "--json", "--batch", f], o2)).toBe(0);
     expect(JSON.parse(o2.out.join(""))).toMatchObject({ accepted: 10, skipped: 50 });
     await Bun.sleep(300);
     const got = subjects(await sink.waitFor(60));
@@ -155,7 +159,7 @@ describe.skipIf(!SMTP_SINK)("mta send without a daemon (local engine)", () => {
   });
 });
 
-describe.skipIf(!SMTP_SINK)("mta send with a daemon", () => {
+describe.skipIf(lacking("smtp-sink"))("mta send with a daemon", () => {
   test("injects through the control API, returns after the daemon made it durable; --batch-id re-run skips", async () => {
     using t = tmp();
     await using sink = await startSink({ dir: t.dir });
@@ -167,7 +171,7 @@ describe.skipIf(!SMTP_SINK)("mta send with a daemon", () => {
       const f = join(t.dir, "b.jsonl");
       jsonl(f, 250);
       const o = io();
-      const args = parseSendArgs(["--batch-id", "d1", f]);
+      const args = parseSendArgs(["--batch-id", "d1", "--batch", f]);
       const s = await send(args, config, o);
       expect(s).toMatchObject({ mode: "daemon", accepted: 250, exitCode: 0 });
       // The daemon holds the spool: the journal sits next to it, written by the client.

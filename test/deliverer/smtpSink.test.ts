@@ -14,8 +14,10 @@ import {
 } from "../../src/deliverer/index.ts";
 import { silentLogger } from "../../src/observe/index.ts";
 import { closedPort } from "../support/scriptedPeer.ts";
+import { lacking, peer } from "../support/peers.ts";
 
-const SINK = ["/usr/sbin/smtp-sink", "/usr/lib/postfix/sbin/smtp-sink"].find((p) => fs.existsSync(p));
+const SINK = peer("smtp-sink");
+const NO_SINK = lacking("smtp-sink");
 const FAST = {
   ...RFC5321_TIMEOUTS,
   connectMs: 2000,
@@ -100,7 +102,7 @@ async function dumped(dir: string, count: number): Promise<{ headers: string; me
 
 const asSinkWrites = (body: string) => `${body.replace(/\r\n/g, "\n")}\n`;
 
-test.skipIf(!SINK)(
+test.skipIf(NO_SINK)(
   "smtp-sink receives the exact message, dot lines included, for every recipient",
   async () => {
     const { port, dir } = await startSink("exact");
@@ -124,25 +126,28 @@ test.skipIf(!SINK)(
   },
 );
 
-test.skipIf(!SINK)("a 2 MB message and several messages on one reused connection arrive intact", async () => {
-  const { port, dir } = await startSink("big");
-  const line = `${"x".repeat(76)}\r\n`;
-  const big = `Subject: big\r\n\r\n${line.repeat(Math.ceil(2_000_000 / line.length))}`;
-  const d = new Deliverer({
-    timeouts: FAST,
-    maxMessagesPerConnection: 10,
-    idleTimeoutMs: 5000,
-    log: silentLogger(),
-  });
-  const bodies = [big, "Subject: 2\r\n\r\ntwo\r\n", "Subject: 3\r\n\r\n.three\r\n"];
-  for (const b of bodies)
-    expect((await d.deliver(target(port), message(b, ["r@a.test"]))).recipients[0]!.kind).toBe("delivered");
-  const got = await dumped(dir, 3);
-  expect(got.map((g) => g.message).sort()).toEqual(bodies.map(asSinkWrites).sort());
-  await d.close();
-});
+test.skipIf(NO_SINK)(
+  "a 2 MB message and several messages on one reused connection arrive intact",
+  async () => {
+    const { port, dir } = await startSink("big");
+    const line = `${"x".repeat(76)}\r\n`;
+    const big = `Subject: big\r\n\r\n${line.repeat(Math.ceil(2_000_000 / line.length))}`;
+    const d = new Deliverer({
+      timeouts: FAST,
+      maxMessagesPerConnection: 10,
+      idleTimeoutMs: 5000,
+      log: silentLogger(),
+    });
+    const bodies = [big, "Subject: 2\r\n\r\ntwo\r\n", "Subject: 3\r\n\r\n.three\r\n"];
+    for (const b of bodies)
+      expect((await d.deliver(target(port), message(b, ["r@a.test"]))).recipients[0]!.kind).toBe("delivered");
+    const got = await dumped(dir, 3);
+    expect(got.map((g) => g.message).sort()).toEqual(bodies.map(asSinkWrites).sort());
+    await d.close();
+  },
+);
 
-test.skipIf(!SINK)(
+test.skipIf(NO_SINK)(
   "smtp-sink's 421 after RCPT (-Q) and soft RCPT rejects (-r) defer the recipients",
   async () => {
     const q = await startSink("q421", ["-Q", "RCPT"]);
@@ -166,7 +171,7 @@ test.skipIf(!SINK)(
   },
 );
 
-test.skipIf(!SINK)(
+test.skipIf(NO_SINK)(
   "a slow smtp-sink (-W, delayed reply to the final dot) beyond the timeout defers",
   async () => {
     const { port } = await startSink("slow", ["-W", ".:1"]);

@@ -4,6 +4,7 @@ import os from "node:os";
 import path from "node:path";
 import { dkimVerify } from "mailauth/lib/dkim/verify.js";
 import { DkimSigner, readKeyFile } from "../../src/dkim/index.ts";
+import { MTA } from "../support/mta.ts";
 import { startTxtServer, type TxtServer } from "./_dns.ts";
 
 let dir: string;
@@ -18,9 +19,7 @@ afterAll(async () => {
 });
 
 function keygen(...args: string[]) {
-  const proc = Bun.spawnSync([process.execPath, path.join(import.meta.dir, "_cli.ts"), "keygen", ...args], {
-    cwd: dir,
-  });
+  const proc = Bun.spawnSync([MTA, "dkim", "keygen", ...args], { cwd: dir });
   return { code: proc.exitCode, stdout: proc.stdout.toString(), stderr: proc.stderr.toString() };
 }
 
@@ -61,15 +60,28 @@ test("keygen refuses to overwrite a key, a bad type, and a short RSA key", () =>
   const out = path.join(dir, "exists.pem");
   fs.writeFileSync(out, "precious");
   const r1 = keygen("--domain", "example.com", "--selector", "s", "--type", "ed25519", "--out", out);
-  expect(r1.code).toBe(64);
-  expect(r1.stderr).toContain("exists; not overwriting a key");
+  expect(r1.code).toBe(73);
+  expect(r1.stderr).toBe(`mta: ${out} exists; not overwriting a key\n`);
   expect(fs.readFileSync(out, "utf8")).toBe("precious");
   const r2 = keygen("--domain", "example.com", "--selector", "s", "--type", "dsa");
   expect(r2.code).toBe(64);
   expect(r2.stderr).toContain('--type must be rsa or ed25519, not "dsa"');
   const r3 = keygen("--domain", "example.com", "--selector", "s", "--bits", "1024");
-  expect(r3.code).toBe(1);
+  expect(r3.code).toBe(64);
   expect(r3.stderr).toContain("RSA key size 1024: use 2048 to 8192 bits");
+  const r4 = keygen("--selector", "s");
+  expect(r4.code).toBe(64);
+  expect(r4.stderr).toBe("mta: dkim keygen: missing option --domain (see mta dkim keygen --help)\n");
+  const r5 = keygen(
+    "--domain",
+    "example.com",
+    "--selector",
+    "s",
+    "--out",
+    path.join(dir, "no/such/dir/k.pem"),
+  );
+  expect(r5.code).toBe(73);
+  expect(r5.stderr).toBe(`mta: --out ${path.join(dir, "no/such/dir/k.pem")}: no such file or directory\n`);
 });
 
 test("keygen without --out writes <selector>.<domain>.pem in the working directory", () => {

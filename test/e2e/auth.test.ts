@@ -1,8 +1,9 @@
 import { expect, test } from "bun:test";
 import { spawnSync } from "bun";
 import { runMta, startMta, tempDir, testConfig } from "../support/mta.ts";
+import { lacking } from "../support/peers.ts";
 
-test.skipIf(!Bun.which("swaks"))(
+test.skipIf(lacking("swaks"))(
   "a hash from `mta hash-password` lets a user relay with AUTH; a wrong password and an unauthenticated relay are refused",
   async () => {
     using dir = tempDir();

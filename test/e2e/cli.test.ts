@@ -23,10 +23,16 @@ describe("mta executable", () => {
     expect(c.stdout).toContain("--json");
   });
 
-  test("an unknown command is a usage error (64)", () => {
+  test("an unknown command is a usage error (64) naming it, with a did-you-mean", () => {
     const r = runMta(["frobnicate"]);
     expect(r.code).toBe(64);
-    expect(r.stderr).toContain("Unknown command");
+    expect(r.stdout).toBe("");
+    expect(r.stderr).toBe(
+      'mta: unknown command "frobnicate"; the commands are serve, check-config, dkim, hash-password, queue, send (see mta --help)\n',
+    );
+    const q = runMta(["queue", "sumary"]);
+    expect(q.code).toBe(64);
+    expect(q.stderr).toStartWith('mta: queue: unknown command "sumary" (did you mean "summary"?)');
   });
 
   test("check-config accepts mta.example.yaml and prints the effective config as YAML or JSON", () => {

@@ -2,8 +2,7 @@ import { describe, expect, test } from "bun:test";
 import { spawnSync } from "bun";
 import { deliveryLog, startMta, tempDir, testConfig } from "../support/mta.ts";
 import { startSink } from "../support/sink.ts";
-
-const SWAKS = Bun.which("swaks");
+import { lacking } from "../support/peers.ts";
 
 function swaks(port: number, args: string[]): { code: number; out: string } {
   const r = spawnSync(["swaks", "--server", `127.0.0.1:${port}`, "--helo", "client.test", ...args], {
@@ -23,7 +22,7 @@ async function waitFor<T>(fn: () => T | undefined, timeoutMs = 10_000): Promise<
   }
 }
 
-describe.skipIf(!SWAKS)("mail through mta serve", () => {
+describe.skipIf(lacking("swaks", "smtp-sink", "python3"))("mail through mta serve", () => {
   test("swaks → mta serve → smtp-sink: the exact bytes arrive, dot-stuffed lines survive", async () => {
     using dir = tempDir();
     await using sink = await startSink({ dir: dir.path });

@@ -6,6 +6,7 @@ import { expect, test } from "bun:test";
 import { countingPeer } from "../support/countingPeer.ts";
 import { startDnsServer } from "../support/dnsServer.ts";
 import { deliveryLog, startMta, tempDir, testConfig } from "../support/mta.ts";
+import { lacking } from "../support/peers.ts";
 import { startSink } from "../support/sink.ts";
 
 async function injectMany(controlPort: number, recipients: string[]): Promise<void> {
@@ -83,33 +84,37 @@ test("the queue view names the next hop as the site of every domain it carries",
   ]);
 }, 30_000);
 
-test("when no IPv4 address of the MX answers, its IPv6 address is looked up and tried in the same attempt", async () => {
-  using dir = tempDir();
-  await using sink = await startSink({ dir: dir.path, host: "::1" });
-  await using dns = await startDnsServer({
-    "dual.test": { mx: [{ exchange: "mx.dual.test", preference: 10 }] },
-    // Nothing listens at 127.0.0.2 on the sink's port: refused; the sink is at ::1.
-    "mx.dual.test": { a: ["127.0.0.2"], aaaa: ["::1"] },
-  });
-  await using mta = await startMta({
-    dir: dir.path,
-    config: testConfig(
-      dir.path,
-      [`dns: { servers: ["127.0.0.1:${dns.port}"], timeout: 1s }`, `delivery: { port: ${sink.port} }`].join(
-        "\n",
+test.skipIf(lacking("smtp-sink"))(
+  "when no IPv4 address of the MX answers, its IPv6 address is looked up and tried in the same attempt",
+  async () => {
+    using dir = tempDir();
+    await using sink = await startSink({ dir: dir.path, host: "::1" });
+    await using dns = await startDnsServer({
+      "dual.test": { mx: [{ exchange: "mx.dual.test", preference: 10 }] },
+      // Nothing listens at 127.0.0.2 on the sink's port: refused; the sink is at ::1.
+      "mx.dual.test": { a: ["127.0.0.2"], aaaa: ["::1"] },
+    });
+    await using mta = await startMta({
+      dir: dir.path,
+      config: testConfig(
+        dir.path,
+        [`dns: { servers: ["127.0.0.1:${dns.port}"], timeout: 1s }`, `delivery: { port: ${sink.port} }`].join(
+          "\n",
+        ),
       ),
-    ),
-  });
-  await injectMany(mta.controlPort, ["someone@dual.test"]);
-  await sink.waitFor(1, 15_000);
-  let events = deliveryLog(dir.path);
-  for (let i = 0; i < 100 && !events.some((e) => e.type === "delivery"); i++) {
-    await Bun.sleep(50);
-    events = deliveryLog(dir.path);
-  }
-  expect(events.find((e) => e.type === "delivery")).toMatchObject({ ip: "::1", attempt: 1 });
-  expect(events.some((e) => e.type === "transient-failure" || e.type === "suspension")).toBe(false);
-  // The AAAA question came after the A question, not with it.
-  const asked = dns.queries.filter((q) => q.name === "mx.dual.test").map((q) => q.type);
-  expect(asked).toEqual(["A", "AAAA"]);
-}, 30_000);
+    });
+    await injectMany(mta.controlPort, ["someone@dual.test"]);
+    await sink.waitFor(1, 15_000);
+    let events = deliveryLog(dir.path);
+    for (let i = 0; i < 100 && !events.some((e) => e.type === "delivery"); i++) {
+      await Bun.sleep(50);
+      events = deliveryLog(dir.path);
+    }
+    expect(events.find((e) => e.type === "delivery")).toMatchObject({ ip: "::1", attempt: 1 });
+    expect(events.some((e) => e.type === "transient-failure" || e.type === "suspension")).toBe(false);
+    // The AAAA question came after the A question, not with it.
+    const asked = dns.queries.filter((q) => q.name === "mx.dual.test").map((q) => q.type);
+    expect(asked).toEqual(["A", "AAAA"]);
+  },
+  30_000,
+);

@@ -4,8 +4,9 @@ import { join } from "node:path";
 import { selfSignedCert } from "../support/scriptedPeer.ts";
 import { startMta, tempDir, testConfig } from "../support/mta.ts";
 import { startSink } from "../support/sink.ts";
+import { lacking } from "../support/peers.ts";
 
-test.skipIf(!Bun.which("swaks") || !Bun.which("openssl"))(
+test.skipIf(lacking("swaks-tls", "openssl", "smtp-sink"))(
   "mta serve with a TLS listener: STARTTLS (swaks, openssl s_client) and implicit TLS, then delivery",
   async () => {
     using dir = tempDir();

@@ -2,10 +2,11 @@ import { expect, test } from "bun:test";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { SMTP_SINK, startSink } from "../support/sink.ts";
+import { startSink } from "../support/sink.ts";
 import { harness } from "./_harness.ts";
+import { lacking } from "../support/peers.ts";
 
-test.skipIf(!SMTP_SINK)(
+test.skipIf(lacking("smtp-sink"))(
   "messages to several destinations reach Postfix's smtp-sink with their exact bytes",
   async () => {
     const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "mta-sched-sink-"));

@@ -280,7 +280,7 @@ test("a torn last record is cut off at every byte offset, and the spool appends 
     await s2.close();
     fs.rmSync(dir, { recursive: true });
   }
-});
+}, 60_000); // ~1 s on a quiet machine, over 5 s on a busy one: it asserts recovery, not speed
 
 test("a flipped byte in a sealed segment loses that record only, and verify names segment and offset", async () => {
   using tmp = tempDir();

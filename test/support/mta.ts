@@ -5,9 +5,10 @@
  * spool and log dir, whose bound ports are read from its JSON start line), `tempDir`.
  */
 import { type Subprocess, spawn, spawnSync } from "bun";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
+import { freePort } from "./sink.ts";
 
 export const MTA = resolve(import.meta.dir, "../../dist/mta");
 
@@ -17,24 +18,47 @@ export interface RunResult {
   stderr: string;
 }
 
+/** `cmd` run as the unprivileged user nobody (uid and gid 65534, no supplementary groups). */
+export function asNobody(cmd: string[]): string[] {
+  return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", ...cmd];
+}
+
 export function runMta(
   args: string[],
-  opts: { env?: Record<string, string>; cwd?: string; stdin?: string } = {},
+  opts: {
+    env?: Record<string, string>;
+    cwd?: string;
+    /** Text or bytes on standard input, or an open file descriptor (e.g. a directory's). */
+    stdin?: string | Uint8Array | number;
+    /** Run as nobody (setpriv). */
+    nobody?: boolean;
+  } = {},
 ): RunResult {
-  const r = spawnSync([MTA, ...args], {
+  const cmd = opts.nobody ? asNobody([MTA, ...args]) : [MTA, ...args];
+  const r = spawnSync(cmd, {
     env: { ...process.env, ...opts.env },
     cwd: opts.cwd,
-    stdin: opts.stdin === undefined ? "ignore" : Buffer.from(opts.stdin),
+    stdin:
+      opts.stdin === undefined
+        ? "ignore"
+        : typeof opts.stdin === "number"
+          ? opts.stdin
+          : Buffer.from(opts.stdin as string),
   });
   return { code: r.exitCode ?? -1, stdout: r.stdout.toString(), stderr: r.stderr.toString() };
 }
+
+/** A line that looks like a stack frame or a source position: what a user must never see. */
+export const STACK_FRAME = /^\s+at |\$bunfs|\b[\w/.-]+\.(ts|js|mjs):\d+|^\s*\d+ \| |^error: |Bun v\d/m;
 
 export interface TempDir extends Disposable {
   path: string;
 }
 
-export function tempDir(prefix = "mta-test-"): TempDir {
+/** A fresh directory under the system's temp dir; `open: true` lets other users (nobody) in. */
+export function tempDir(prefix = "mta-test-", opts: { open?: boolean } = {}): TempDir {
   const path = mkdtempSync(join(tmpdir(), prefix));
+  if (opts.open) chmodSync(path, 0o755);
   return { path, [Symbol.dispose]: () => rmSync(path, { recursive: true, force: true }) };
 }
 
@@ -68,6 +92,30 @@ export function testConfig(dir: string, extra = ""): string {
     "control: { address: 127.0.0.1:0 }",
     `log: { level: info, format: json, deliveries: ${join(dir, "deliveries.jsonl")} }`,
     extra,
+  ].join("\n");
+}
+
+/**
+ * A configuration for `mta send` tests: hostname mta.test (so bare names become name@mta.test), no SMTP
+ * listener, a fixed control port (a daemon started on this file is found by `mta send`), each routed
+ * domain sent to a loopback port, DNS at a port where nothing answers.
+ */
+export function sendConfig(
+  dir: string,
+  opts: { routes: Record<string, number>; controlPort?: number; deliveries?: string; extra?: string },
+): string {
+  const routes = Object.entries(opts.routes)
+    .map(([domain, port]) => `${domain}: "127.0.0.1:${port}"`)
+    .join(", ");
+  return [
+    "hostname: mta.test",
+    `spool: { dir: ${join(dir, "spool")} }`,
+    "listen: []",
+    `control: { address: 127.0.0.1:${opts.controlPort ?? freePort()} }`,
+    'dns: { servers: ["127.0.0.1:9"], timeout: 1s, attempts: 1 }',
+    `delivery: { routes: { ${routes} }, retry: [1h] }`,
+    `log: { level: info, format: json, deliveries: ${opts.deliveries ?? join(dir, "deliveries.jsonl")} }`,
+    opts.extra ?? "",
   ].join("\n");
 }
 

@@ -1,8 +1,9 @@
 import { expect, test } from "bun:test";
 import { diskFull, diskFullDefaults } from "../../torture/diskFull.ts";
+import { lacking } from "../support/peers.ts";
 
 // Mounting the small tmpfs needs root; the scenario reports "not run" (a failure) when it cannot mount.
-test.skipIf(process.getuid?.() !== 0)(
+test.skipIf(lacking("root"))(
   "disk full: 452 while the spool's filesystem is full, 250 again once space returns, nothing acknowledged lost",
   async () => {
     const r = await diskFull(
