@@ -280,6 +280,9 @@ class StubResolver implements Resolver {
           const waiter = packet.id === undefined ? undefined : this.pending.get(packet.id);
           waiter?.(packet);
         },
+        // ICMP port unreachable from a server that is down (ECONNREFUSED): the question times out
+        // and the next server or round is asked; it must not become an uncaught error.
+        error: () => {},
       },
     }).then((sock) => {
       sock.unref();
