@@ -14,17 +14,14 @@ import type { Config } from "../config/index.ts";
 import { Deliverer } from "../deliverer/index.ts";
 import { createResolver, type Resolver } from "../dns/index.ts";
 import { type DkimOptions, DkimSigner, DkimSignerPool, readKeyFile } from "../dkim/index.ts";
-import { errorMessage, fileError } from "../lib/index.ts";
+import { errorMessage, fileError, MtaError } from "../lib/index.ts";
 import { DeliveryLog, type Logger, Metrics, registerProcessMetrics } from "../observe/index.ts";
 import { Router } from "../route/index.ts";
-import {
-  type PoolMember,
-  Scheduler,
-  type SchedulerEvent,
-  type SchedulerSettings,
-} from "../scheduler/index.ts";
+import { type PoolMember, Scheduler, type SchedulerEvent, type SchedulerSettings } from "../scheduler/index.ts";
 import { Spool } from "../spool/index.ts";
+import { readCaBundle, type TlsPolicies } from "../tlspolicy/index.ts";
 import { AcceptPipeline } from "./accept.ts";
+import { openTlsPolicies, PolicyDeliverer, tlsPolicyProblems } from "./tlsDelivery.ts";
 
 export interface EngineOptions {
   log: Logger;
@@ -61,6 +58,7 @@ function makeResolver(config: Config, metrics: Metrics): Resolver {
     servers: dnsServers,
     timeoutMs: config.dns.timeoutMs,
     attempts: config.dns.attempts,
+    dnssec: config.dns.dnssec,
     metrics,
   });
 }
@@ -169,6 +167,7 @@ export function dkimProblems(config: Config): { path: (string | number)[]; messa
 export class Engine {
   private stopping: Promise<void> | undefined;
   private signer: DkimSignerPool | undefined;
+  tlsPolicies: TlsPolicies | undefined;
 
   private constructor(
     public config: Config,
@@ -187,6 +186,12 @@ export class Engine {
     const { log } = opts;
     const metrics = opts.metrics ?? new Metrics();
     if (!opts.metrics) registerProcessMetrics(metrics, pkg.version);
+    // Before the lock (and before signing threads start): a TLS policy that cannot work is a config
+    // error, not a half-start. `mta serve` has checked this already (preflight); `mta send` has not.
+    const tlsProblems = tlsPolicyProblems(config);
+    if (tlsProblems.length > 0)
+      throw new MtaError("config", tlsProblems.map((p) => `${p.path.join(".")}: ${p.message}`).join("; "));
+    const ca = readCaBundle(config.tlsPolicy.caFile || undefined);
     // Before the lock: a bad key is a config error, not a half-start.
     const signer = makeSignerPool(config, log.withTag("dkim"));
     let spool: Spool;
@@ -223,16 +228,25 @@ export class Engine {
       throw fileError(err, `log.deliveries ${config.log.deliveriesFile}`, "write");
     }
     const loopbackOnly = process.env.MTA_LOOPBACK_ONLY === "1";
+    const resolver = makeResolver(config, metrics);
     const t = config.delivery.timeouts;
     const deliverer = new Deliverer({
       timeouts: { ...t, idleMs: config.delivery.idleTimeoutMs },
       maxMessagesPerConnection: config.delivery.domains.default.maxMessagesPerConnection,
       idleTimeoutMs: config.delivery.idleTimeoutMs,
       ...(loopbackOnly ? { allowAddress: isLoopback } : {}),
+      rememberBrokenTlsMs: config.tlsPolicy.rememberBrokenTlsMs,
       log: log.withTag("deliverer"),
       metrics,
     });
-    const router = new Router(config, makeResolver(config, metrics));
+    const tlsPolicies = openTlsPolicies(config, resolver, {
+      ca,
+      loopbackOnly,
+      log: log.withTag("tlspolicy"),
+      metrics,
+      submit: (sub) => engine.pipeline.submit(sub),
+    });
+    const router = new Router(config, resolver);
     const pipeline = new AcceptPipeline({
       spool,
       deliveryLog,
@@ -243,7 +257,7 @@ export class Engine {
     });
     const scheduler = new Scheduler({
       spool,
-      deliverer,
+      deliverer: new PolicyDeliverer(deliverer, tlsPolicies, () => engine.config),
       router,
       // DSNs go through the accept pipeline: DKIM-signed and logged like any message.
       dsn: pipeline,
@@ -273,6 +287,7 @@ export class Engine {
       delivering,
     );
     engine.signer = signer;
+    engine.tlsPolicies = tlsPolicies;
     if (delivering) scheduler.start();
     return engine;
   }
@@ -282,16 +297,17 @@ export class Engine {
   }
 
   /**
-   * Applies a new, validated configuration to the delivery side at once: DKIM keys, routes and DNS,
-   * retry schedule and the other scheduler settings, every live site's policy; reopens the delivery
-   * log. The new keys are checked before anything changes: a bad one throws and nothing changes.
+   * Applies a new, validated configuration to the delivery side at once: DKIM keys, routes, the
+   * retry schedule and the other scheduler settings, every live site's policy; moves or reopens the
+   * delivery log. The new keys are checked before anything changes: a bad one throws and nothing
+   * changes. DNS and TLS-policy settings are `restart` keys (config/'s reload table): the resolver
+   * and the TLS policy state are shared with tlspolicy/ and kept as they started.
    */
   reload(config: Config): void {
     const signer = makeSignerPool(config, this.log.withTag("dkim"));
     this.signer?.close(); // its threads finish what they hold, then end
     this.signer = signer;
-    const dnsChanged = JSON.stringify(config.dns) !== JSON.stringify(this.config.dns);
-    this.router.reload(config, dnsChanged ? makeResolver(config, this.metrics) : undefined);
+    this.router.reload(config);
     this.scheduler.reload(schedulerSettings(config));
     this.config = config;
     this.deliveryLog.reopen(config.log.deliveriesFile);
@@ -300,6 +316,7 @@ export class Engine {
   async stop(graceMs = 1500): Promise<void> {
     this.stopping ??= (async () => {
       if (this.delivering) await this.scheduler.stop(graceMs);
+      await this.tlsPolicies?.close();
       this.signer?.close();
       await this.deliverer.close();
       this.deliveryLog.close();

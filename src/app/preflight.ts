@@ -4,7 +4,8 @@
  *
  * Owns: the checks of what the configuration points at: the control token rule, each listener's TLS
  * certificate and key (readable files, PEM that loads, a key that matches the certificate), the DKIM
- * keys, the spool directory and the delivery log (the right kind of path, writable by this user).
+ * keys, the TLS policy (its CA bundle; tls: dane/sts where they can work), the spool directory and the
+ * delivery log (the right kind of path, writable by this user).
  * Does not own: the YAML itself (config/), binding (daemon.ts).
  * Invariant: each problem names the YAML path it belongs to; nothing here changes the file system.
  */
@@ -14,6 +15,7 @@ import { dirname, join } from "node:path";
 import type { Config } from "../config/index.ts";
 import { errnoOf, errnoText, errorMessage, formatHostPort, isLoopback } from "../lib/index.ts";
 import { dkimProblems } from "./engine.ts";
+import { tlsPolicyProblems } from "./tlsDelivery.ts";
 
 export interface StartProblem {
   path: (string | number)[];
@@ -59,6 +61,7 @@ export function startProblems(config: Config): StartProblem[] {
   });
 
   for (const p of dkimProblems(config)) problems.push(p);
+  for (const p of tlsPolicyProblems(config)) problems.push(p);
 
   const spool = directoryProblem(config.spool.dir);
   if (spool) push(["spool", "dir"], spool);

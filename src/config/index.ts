@@ -12,4 +12,13 @@ export {
 } from "./load.ts";
 export { RELOAD, type ReloadClass, reloadClassOf, restartNeeded } from "./reload.ts";
 export type { RawConfig } from "./schema.ts";
-export type { Config, DeliveryConfig, DomainPolicy, ListenerConfig, RouteConfig, TlsMode } from "./types.ts";
+export type {
+  Config,
+  DeliveryConfig,
+  DomainPolicy,
+  DomainTlsMode,
+  ListenerConfig,
+  RouteConfig,
+  TlsMode,
+  TlsPolicyConfig,
+} from "./types.ts";

@@ -17,11 +17,8 @@ export const RELOAD: Readonly<Record<string, ReloadClass>> = Object.freeze({
   spool: "restart",
   listen: "restart",
   control: "restart",
-  // The router gets a new resolver when any of these change.
-  "dns.servers": "live",
-  "dns.timeout": "live",
-  "dns.attempts": "live",
-  "dns.prefer": "live",
+  // The resolver is shared by the routing step and tlspolicy/ (its MTA-STS and DANE state): as started.
+  dns: "restart",
   "delivery.routes": "live",
   "delivery.retry": "live",
   "delivery.max_age": "live",
@@ -41,6 +38,8 @@ export const RELOAD: Readonly<Record<string, ReloadClass>> = Object.freeze({
   "delivery.max_ready_per_site": "live",
   // Keys are loaded and checked first; a bad one keeps the running keys.
   dkim: "live",
+  // DANE, MTA-STS and TLS-RPT state (under the spool) opened at start.
+  tls_policy: "restart",
   // Read by each `mta send` when it starts; the daemon does not use it.
   send: "live",
   "log.level": "live",

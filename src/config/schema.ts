@@ -83,6 +83,12 @@ const TlsMode = v.picklist(
   (i) => `expected off, opportunistic or required, got ${show(i.input)}`,
 );
 
+/** A destination's outbound TLS (tls_policy: block): auto = DANE, else MTA-STS, else opportunistic. */
+const DomainTlsMode = v.picklist(
+  ["auto", "dane", "sts", "required", "opportunistic", "off"],
+  (i) => `expected auto, dane, sts, required, opportunistic or off, got ${show(i.input)}`,
+);
+
 const AuthMode = v.pipe(
   v.union(
     [v.literal(false), v.picklist(["off", "optional", "required"])],
@@ -136,7 +142,7 @@ export const DomainPolicySchema = v.strictObject({
   max_messages_per_connection: v.optional(Positive),
   message_rate: v.optional(Rate),
   connection_rate: v.optional(Rate),
-  tls: v.optional(TlsMode),
+  tls: v.optional(DomainTlsMode),
   tls_verify: v.optional(Bool),
   retry: v.optional(list(PositiveDuration, "durations")),
   /** MX rollup: an entry with `mx` is a site shared by every domain whose MX host matches a pattern. */
@@ -150,6 +156,48 @@ export const DomainPolicySchema = v.strictObject({
     ),
   ),
   pool: v.optional(str("the name of a pool in delivery.pools")),
+});
+
+/** Outbound TLS policy (MTA-STS, DANE, TLS-RPT, remembered broken TLS): one self-contained block. */
+const AtLeastOneSecond = v.custom<string>(
+  (x) => (parseDuration(x) ?? 0) >= 1000,
+  (i) => `expected a duration of at least 1s such as "1d", got ${show(i.input)}`,
+);
+const TlsPolicySchema = v.strictObject({
+  ca_file: v.optional(v.string("expected the path of a PEM CA bundle"), ""),
+  remember_broken_tls: v.optional(Duration, "0"),
+  mta_sts: v.optional(
+    v.strictObject({
+      enabled: v.optional(Bool, true),
+      port: v.optional(
+        v.pipe(v.number("expected a port number"), v.integer(), v.minValue(1), v.maxValue(65535)),
+        443,
+      ),
+      fetch_timeout: v.optional(AtLeastOneSecond, "10s"),
+      max_policy_size: v.optional(
+        v.pipe(
+          Size,
+          v.check(
+            (x) => (parseSizeValue(x) ?? 0) >= 1024,
+            "expected at least 1KB (RFC 8461 §3.2 policies are small, but not that small)",
+          ),
+        ),
+        "64KB",
+      ),
+    }),
+    {},
+  ),
+  dane: v.optional(v.strictObject({ enabled: v.optional(Bool, true) }), {}),
+  tls_rpt: v.optional(
+    v.strictObject({
+      enabled: v.optional(Bool, true),
+      interval: v.optional(AtLeastOneSecond, "1d"),
+      organization: v.optional(v.string()),
+      contact: v.optional(v.string()),
+      from: v.optional(v.string()),
+    }),
+    {},
+  ),
 });
 
 const IpText = v.pipe(
@@ -173,7 +221,7 @@ const portMessage = (i: { input: unknown }) => `expected a port number (1-65535)
 const DEFAULT_POLICY = {
   max_connections: 20,
   max_messages_per_connection: 100,
-  tls: "opportunistic" as const,
+  tls: "auto" as const,
   tls_verify: false,
 };
 
@@ -212,6 +260,7 @@ export const ConfigSchema = v.strictObject({
         v.picklist(["ipv4", "ipv6"], (i) => `expected ipv4 or ipv6, got ${show(i.input)}`),
         "ipv4",
       ),
+      dnssec: v.optional(Bool, false),
     }),
     {},
   ),
@@ -315,6 +364,7 @@ export const ConfigSchema = v.strictObject({
     }),
     {},
   ),
+  tls_policy: v.optional(TlsPolicySchema, {}),
   log: v.optional(
     v.strictObject({
       level: v.optional(

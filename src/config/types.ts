@@ -19,6 +19,8 @@ import {
 import { DEFAULT_POLICY, type RawConfig } from "./schema.ts";
 
 export type TlsMode = "off" | "opportunistic" | "required";
+/** A destination's TLS: `auto` applies DANE, else MTA-STS, else opportunistic (see tls_policy). */
+export type DomainTlsMode = "auto" | "dane" | "sts" | TlsMode;
 
 export interface ListenerConfig {
   name: string;
@@ -52,7 +54,7 @@ export interface DomainPolicy {
   maxMessagesPerConnection?: number;
   messageRate?: Rate;
   connectionRate?: Rate;
-  tls?: TlsMode;
+  tls?: DomainTlsMode;
   tlsVerify?: boolean;
   retryMs?: number[];
   /** MX rollup: host names or `*.suffix` patterns; lower case, no trailing dot. */
@@ -102,6 +104,16 @@ export interface DeliveryConfig {
   maxReadyPerSite: number;
 }
 
+export interface TlsPolicyConfig {
+  /** PEM CA bundle; "" = the system store. */
+  caFile: string;
+  rememberBrokenTlsMs: number;
+  mtaSts: { enabled: boolean; port: number; fetchTimeoutMs: number; maxPolicyBytes: number };
+  dane: { enabled: boolean };
+  /** organization/contact/from: "" = derived from the hostname. */
+  tlsRpt: { enabled: boolean; intervalMs: number; organization: string; contact: string; from: string };
+}
+
 export interface Config {
   /** Absolute path of the file this was loaded from ("" for built-in). */
   source: string;
@@ -115,7 +127,8 @@ export interface Config {
   };
   listen: ListenerConfig[];
   control: { address?: HostPort; token?: string };
-  dns: { servers: HostPort[]; timeoutMs: number; attempts: number; prefer: "ipv4" | "ipv6" };
+  dns: { servers: HostPort[]; timeoutMs: number; attempts: number; prefer: "ipv4" | "ipv6"; dnssec: boolean };
+  tlsPolicy: TlsPolicyConfig;
   delivery: DeliveryConfig;
   dkim: {
     keys: { domain: string; selector: string; keyFile: string }[];
@@ -217,6 +230,25 @@ export function buildConfig(raw: RawConfig, source: string, baseDir: string): Co
       timeoutMs: dur(raw.dns.timeout),
       attempts: raw.dns.attempts,
       prefer: raw.dns.prefer,
+      dnssec: raw.dns.dnssec,
+    },
+    tlsPolicy: {
+      caFile: path(raw.tls_policy.ca_file),
+      rememberBrokenTlsMs: dur(raw.tls_policy.remember_broken_tls),
+      mtaSts: {
+        enabled: raw.tls_policy.mta_sts.enabled,
+        port: raw.tls_policy.mta_sts.port,
+        fetchTimeoutMs: dur(raw.tls_policy.mta_sts.fetch_timeout),
+        maxPolicyBytes: parseSizeValue(raw.tls_policy.mta_sts.max_policy_size)!,
+      },
+      dane: { enabled: raw.tls_policy.dane.enabled },
+      tlsRpt: {
+        enabled: raw.tls_policy.tls_rpt.enabled,
+        intervalMs: dur(raw.tls_policy.tls_rpt.interval),
+        organization: raw.tls_policy.tls_rpt.organization ?? "",
+        contact: raw.tls_policy.tls_rpt.contact ?? "",
+        from: raw.tls_policy.tls_rpt.from ?? "",
+      },
     },
     delivery: {
       routes,

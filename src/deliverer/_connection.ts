@@ -21,6 +21,30 @@ const MAX_LINE_BYTES = 8192;
 /** A reply with more lines than this is a broken or hostile server. */
 const MAX_REPLY_LINES = 200;
 
+/** What the server showed in the TLS handshake, for a policy to judge (tlspolicy/ does, for DANE and MTA-STS). */
+export interface PeerTls {
+  /** DER certificates, leaf first, each followed by its issuer as far as the chain goes. */
+  chain: Uint8Array[];
+  /** The TLS stack's verdict against the CA bundle and the server name; undefined: trusted. */
+  authorizationError?: { code: string; message: string };
+}
+
+/** The peer's chain from a detailed getPeerCertificate (Bun: `false` = not abbreviated, with issuers). */
+function peerChain(socket: Socket<undefined>): Uint8Array[] {
+  const out: Uint8Array[] = [];
+  const seen = new Set<string>();
+  type Cert = { raw?: Uint8Array; fingerprint256?: string; issuerCertificate?: Cert };
+  let c: Cert | null | undefined = (
+    socket as unknown as { getPeerCertificate(abbreviated: boolean): Cert | null }
+  ).getPeerCertificate(false);
+  while (c?.raw && !seen.has(c.fingerprint256 ?? String(out.length))) {
+    seen.add(c.fingerprint256 ?? String(out.length));
+    out.push(new Uint8Array(c.raw));
+    c = c.issuerCertificate;
+  }
+  return out;
+}
+
 export interface ConnectOptions {
   ip: string;
   port: number;
@@ -45,6 +69,8 @@ export class SmtpConnection {
   closed = false;
   closeDetail = "";
   tls: { protocol: string; cipher: string } | undefined;
+  /** After STARTTLS: the certificates the server presented and the TLS stack's verdict on them. */
+  peer: PeerTls | undefined;
   /** Called once when the connection closes for any reason (the pool drops idle ones this way). */
   onClose: (() => void) | undefined;
 
@@ -234,6 +260,8 @@ export class SmtpConnection {
   async startTls(opts: {
     servername?: string;
     verify: boolean;
+    /** PEM bundle to judge the certificate against (default: the runtime's root store). */
+    ca?: string;
     timeoutMs: number;
   }): Promise<{ ok: true } | { ok: false; detail: string }> {
     if (!this.socket || this.closed) return { ok: false, detail: "connection closed" };
@@ -255,6 +283,7 @@ export class SmtpConnection {
       const tls = {
         rejectUnauthorized: opts.verify,
         ...(opts.servername ? { serverName: opts.servername } : {}),
+        ...(opts.ca !== undefined ? { ca: opts.ca } : {}),
       };
       const pair = this.socket.upgradeTLS({
         tls,
@@ -283,6 +312,11 @@ export class SmtpConnection {
     this.upgrading = false;
     const cipher = tlsSocket.getCipher();
     this.tls = { protocol: tlsSocket.getTLSVersion() ?? cipher.version, cipher: cipher.name };
+    const code = (r.err as { code?: string } | null)?.code;
+    this.peer = {
+      chain: peerChain(tlsSocket),
+      ...(r.err ? { authorizationError: { code: code ?? "UNKNOWN", message: r.err.message } } : {}),
+    };
     return { ok: true };
   }
 

@@ -1,8 +1,10 @@
 /**
  * One delivery attempt: one message to one destination, over pooled or fresh connections.
  *
- * Owns: host order (next host on connection failure or 421), the opportunistic-TLS plain retry,
- * the retry of a dead reused connection on a fresh one (once), the result of the attempt.
+ * Owns: host order (next host on connection failure or 421), the opportunistic-TLS plain retry and
+ * remembered broken TLS (a host whose handshake failed goes plain for `rememberBrokenTlsMs`, like
+ * KumoMTA's remember_broken_tls, but never when its policy requires TLS), the retry of a dead reused
+ * connection on a fresh one (once), the result of the attempt with each new connection's TLS report.
  * Does not own: DNS (dns/), retries over time and bounces (scheduler/, bounce/).
  * Invariants: `deliver` never throws for remote behaviour and returns one result per recipient.
  */
@@ -11,6 +13,7 @@ import { type Clock, systemClock } from "../lib/index.ts";
 import type { Logger, Metrics } from "../observe/index.ts";
 import { ConnectionPool } from "./_pool.ts";
 import { reply, replyText, type SmtpReply } from "../smtp/index.ts";
+import type { HostTlsPolicy, TlsSessionReport } from "./_tls.ts";
 import {
   type AttemptTarget,
   type OpenSession,
@@ -23,13 +26,28 @@ import {
   transaction,
 } from "./_session.ts";
 
+/** The TLS of the connection that carried the message, as the delivery log shows it. */
+export interface AttemptTls {
+  /** The host policy's name: dane, sts-enforce, sts-testing, required, opportunistic, off, ... */
+  policy: string;
+  /** TLS version and cipher; absent when the message went in plain text. */
+  version?: string;
+  cipher?: string;
+  /** The peer passed the policy's certificate check (DANE, MTA-STS, tls_verify). */
+  verified: boolean;
+  /** TLS failures on the way (other hosts, or reported-only under MTA-STS testing): RFC 8460 types. */
+  failures?: { result: string; mx: string; ip: string }[];
+}
+
 export interface AttemptResult {
   /** One per recipient of the message, always. */
   recipients: RecipientResult[];
   /** No host could be reached / every greeting refused (a site-level failure). */
   connectionFailed: boolean;
   mx?: { name: string; ip: string; port: number };
-  tls?: { protocol: string; cipher: string };
+  tls?: AttemptTls;
+  /** Every new connection of this attempt that got as far as EHLO, with what became of its TLS. */
+  tlsSessions?: TlsSessionReport[];
   durationMs: number;
 }
 
@@ -40,6 +58,8 @@ export interface DelivererOptions {
   maxIdlePerKey?: number;
   /** Which remote addresses may be connected to (default: any); a refused one is a site failure. */
   allowAddress?: (ip: string) => boolean;
+  /** After a failed opportunistic handshake, connect to that host in plain text for this long (0: never). */
+  rememberBrokenTlsMs?: number;
   log: Logger;
   metrics?: Metrics;
   clock?: Clock;
@@ -62,11 +82,12 @@ export const RFC5321_TIMEOUTS: Timeouts = {
 
 /**
  * A pooled session may carry a message only for a target with the same identity: the same source,
- * host, TLS policy, EHLO name and credentials. The password is part of it (as a digest, so the key
- * never holds it in clear): a route with the right user name and a wrong password must fail its own
- * AUTH, not ride on a session another route authenticated.
+ * host, TLS policy (a host's own, from DANE or MTA-STS, by its key), EHLO name and credentials. The
+ * password is part of it (as a digest, so the key never holds it in clear): a route with the right
+ * user name and a wrong password must fail its own AUTH, not ride on a session another route
+ * authenticated.
  */
-function poolKey(target: AttemptTarget, host: { ip: string; port: number }): string {
+function poolKey(target: AttemptTarget, host: AttemptTarget["hosts"][number]): string {
   const auth = target.auth
     ? `${target.auth.username}\0${createHash("sha256").update(target.auth.password).digest("base64")}`
     : "";
@@ -74,7 +95,7 @@ function poolKey(target: AttemptTarget, host: { ip: string; port: number }): str
     target.sourceAddress ?? "*",
     host.ip,
     host.port,
-    target.tls,
+    host.tls ? host.tls.key : target.tls,
     target.tlsVerify ? "v" : "nv",
     target.ehloName,
     auth,
@@ -86,6 +107,8 @@ export class Deliverer {
   private readonly clock: Clock;
   private active = 0;
   private closed = false;
+  /** ip:port → until when its TLS is remembered as broken. */
+  private readonly brokenTls = new Map<string, number>();
   private readonly m;
 
   constructor(private readonly opts: DelivererOptions) {
@@ -110,6 +133,14 @@ export class Deliverer {
             "Messages sent on a reused connection",
           ),
           recipients: mt.counter("mta_deliverer_recipients_total", "Recipient results, by kind"),
+          tlsSessions: mt.counter(
+            "mta_deliverer_tls_sessions_total",
+            "New outbound connections by TLS policy and result (success, plain, or an RFC 8460 result type)",
+          ),
+          rememberedBroken: mt.counter(
+            "mta_deliverer_tls_remembered_broken_total",
+            "Connections sent in plain text because the host's TLS was remembered as broken",
+          ),
         }
       : undefined;
     mt?.gauge("mta_deliverer_connections_active", "Outbound connections in use", (set) => set(this.active));
@@ -158,6 +189,24 @@ export class Deliverer {
       msg.recipients.map((rc) => ({ index: rc.index, kind, reply: r }));
     if (msg.recipients.length === 0) return { recipients: [], connectionFailed: false, durationMs: 0 };
 
+    const sessions: TlsSessionReport[] = [];
+    const failures: NonNullable<AttemptTls["failures"]> = [];
+    const note = (r: TlsSessionReport | undefined) => {
+      if (!r) return;
+      sessions.push(r);
+      this.m?.tlsSessions.inc({ policy: r.policy, result: r.result });
+      if (r.result !== "success" && r.result !== "plain")
+        failures.push({ result: r.result, mx: r.host, ip: r.ip });
+    };
+    const finish = (out: Omit<AttemptResult, "durationMs"> & { durationMs: number }) => {
+      if (sessions.length > 0) out.tlsSessions = sessions;
+      if (failures.length > 0) {
+        const policy = out.tls?.policy ?? sessions[sessions.length - 1]!.policy;
+        out.tls = { ...(out.tls ?? { policy, verified: false }), failures };
+      }
+      return out;
+    };
+
     for (const host of target.hosts) {
       if (this.opts.allowAddress && !this.opts.allowAddress(host.ip)) {
         siteFailure = reply(421, "4.4.1", `${host.ip}: address not allowed by this process's policy`);
@@ -174,21 +223,36 @@ export class Deliverer {
           if (pooled.clean || (await reset(pooled, t))) {
             this.m?.reused.inc();
             const out = await this.run(key, pooled, msg, target);
-            if (out) return out;
+            if (out) return finish(out);
           }
         } finally {
           this.active--;
         }
       }
 
-      let opened = await this.openCounted(host, target, false);
+      const mayGoPlain =
+        (host.tls?.starttls ?? (target.tls === "required" ? "require" : "try")) !== "require";
+      const remembered = mayGoPlain && this.isBrokenTls(host);
+      if (remembered) this.m?.rememberedBroken.inc();
+      let opened = await this.openCounted(host, target, remembered);
       if (opened.kind === "tls-failed") {
+        note(opened.tlsReport);
         this.opts.log.info("TLS handshake failed, retrying in plain text", {
           ip: host.ip,
           reason: replyText(opened.reply),
         });
+        this.rememberBrokenTls(host);
         opened = await this.openCounted(host, target, true);
       }
+      if (remembered && opened.kind === "open")
+        opened.tlsReport = {
+          host: host.name,
+          ip: host.ip,
+          policy: host.tls?.name ?? target.tls,
+          result: "plain",
+          detail: "TLS remembered as broken",
+        };
+      note(opened.tlsReport);
       if (opened.kind === "unreachable" || opened.kind === "tls-failed") {
         siteFailure = opened.reply;
         continue;
@@ -200,19 +264,36 @@ export class Deliverer {
       this.active++;
       try {
         const out = await this.run(key, opened.session, msg, target);
-        if (out) return out;
+        if (out) return finish(out);
         siteFailure = reply(421, "4.4.2", `${host.ip}: connection lost before MAIL was answered`);
       } finally {
         this.active--;
       }
     }
     if (policyFailure)
-      return { recipients: everyone("transient", policyFailure), connectionFailed: false, durationMs: 0 };
-    return { recipients: everyone("transient", siteFailure), connectionFailed: true, durationMs: 0 };
+      return finish({
+        recipients: everyone("transient", policyFailure),
+        connectionFailed: false,
+        durationMs: 0,
+      });
+    return finish({ recipients: everyone("transient", siteFailure), connectionFailed: true, durationMs: 0 });
+  }
+
+  private isBrokenTls(host: { ip: string; port: number }): boolean {
+    const until = this.brokenTls.get(`${host.ip}:${host.port}`);
+    if (until === undefined) return false;
+    if (until > this.clock.now()) return true;
+    this.brokenTls.delete(`${host.ip}:${host.port}`);
+    return false;
+  }
+
+  private rememberBrokenTls(host: { ip: string; port: number }): void {
+    const ms = this.opts.rememberBrokenTlsMs ?? 0;
+    if (ms > 0) this.brokenTls.set(`${host.ip}:${host.port}`, this.clock.now() + ms);
   }
 
   private async openCounted(
-    host: { name: string; ip: string; port: number },
+    host: { name: string; ip: string; port: number; tls?: HostTlsPolicy },
     target: AttemptTarget,
     plainOnly: boolean,
   ) {
@@ -223,9 +304,23 @@ export class Deliverer {
 
   /** Runs the transaction; undefined when the site failed before anything was accepted (try on). */
   private async run(key: string, s: OpenSession, msg: OutboundMessage, target: AttemptTarget) {
+    const tls: AttemptTls | undefined = s.tlsPolicy
+      ? {
+          policy: s.tlsPolicy.name,
+          ...(s.conn.tls ? { version: s.conn.tls.protocol, cipher: s.conn.tls.cipher } : {}),
+          verified: s.tlsPolicy.verified,
+        }
+      : s.conn.tls
+        ? {
+            policy: "opportunistic",
+            version: s.conn.tls.protocol,
+            cipher: s.conn.tls.cipher,
+            verified: false,
+          }
+        : undefined;
     const base = {
       mx: { name: s.host.name, ip: s.host.ip, port: s.host.port },
-      ...(s.conn.tls ? { tls: s.conn.tls } : {}),
+      ...(tls ? { tls } : {}),
       connectionFailed: false,
       durationMs: 0,
     };

@@ -16,6 +16,7 @@
 import { concatBytes, isLoopback } from "../lib/index.ts";
 import { prepareForTransport, scanContent } from "../mime/index.ts";
 import { SmtpConnection } from "./_connection.ts";
+import { type HostTlsPolicy, legacyTlsPolicy, negotiateTls, type TlsSessionReport } from "./_tls.ts";
 import {
   classifyReply,
   dotStuff,
@@ -58,7 +59,8 @@ export interface OutboundMessage {
 }
 
 export interface AttemptTarget {
-  hosts: { name: string; ip: string; port: number }[];
+  /** `tls`: this host's TLS policy (DANE, MTA-STS, ...); without it the target's `tls`/`tlsVerify` apply. */
+  hosts: { name: string; ip: string; port: number; tls?: HostTlsPolicy }[];
   ehloName: string;
   sourceAddress?: string;
   tls: "off" | "opportunistic" | "required";
@@ -83,6 +85,8 @@ export interface OpenSession {
   caps: ServerCapabilities;
   host: { name: string; ip: string; port: number };
   messages: number;
+  /** The TLS policy this connection was set up under, and whether the peer passed its verdict. */
+  tlsPolicy?: { name: string; verified: boolean };
   /**
    * The last transaction ended with the reply to the end of data, which resets the server's state
    * (RFC 5321 §4.1.1.4): the next one needs no RSET first, saving a round trip per message.
@@ -90,14 +94,15 @@ export interface OpenSession {
   clean?: boolean;
 }
 
+/** `tlsReport`: what became of TLS on this new connection, once EHLO was answered. */
 export type OpenResult =
-  | { kind: "open"; session: OpenSession }
+  | { kind: "open"; session: OpenSession; tlsReport?: TlsSessionReport }
   /** Site-level: no connection, no greeting, a 421/5xx greeting or EHLO: try the next host. */
-  | { kind: "unreachable"; reply: SmtpReply }
+  | { kind: "unreachable"; reply: SmtpReply; tlsReport?: TlsSessionReport }
   /** Opportunistic TLS handshake failed: the caller retries this host in plain text. */
-  | { kind: "tls-failed"; reply: SmtpReply }
+  | { kind: "tls-failed"; reply: SmtpReply; tlsReport?: TlsSessionReport }
   /** Our policy cannot be met here (TLS required, AUTH failed): the next host may do better. */
-  | { kind: "policy"; reply: SmtpReply };
+  | { kind: "policy"; reply: SmtpReply; tlsReport?: TlsSessionReport };
 
 const RESULT_KIND: Record<ReplyClass, RecipientResult["kind"]> = {
   success: "delivered",
@@ -114,7 +119,7 @@ function timedOut(detail: string): SmtpReply {
 }
 
 export async function openSession(
-  host: { name: string; ip: string; port: number },
+  host: { name: string; ip: string; port: number; tls?: HostTlsPolicy },
   target: AttemptTarget,
   t: Timeouts,
   opts: { plainOnly: boolean },
@@ -141,31 +146,19 @@ export async function openSession(
   let caps = await hello(c, target.ehloName, t);
   if ("reply" in caps) return fail("unreachable", caps.reply);
 
-  if (target.tls !== "off" && !opts.plainOnly) {
-    if (caps.caps.starttls) {
-      const r = await c.command("STARTTLS", t.ehloMs);
-      if (!r.ok) return fail("unreachable", lost(r.detail));
-      if (r.reply.code === 220) {
-        const servername = /^[\d.]+$|:/.test(host.name) ? undefined : host.name;
-        const hs = await c.startTls({ servername, verify: target.tlsVerify, timeoutMs: t.ehloMs });
-        if (!hs.ok) {
-          const r2 = reply(421, "4.7.5", hs.detail);
-          return target.tls === "required"
-            ? { kind: "policy", reply: r2 }
-            : { kind: "tls-failed", reply: r2 };
-        }
-        caps = await hello(c, target.ehloName, t);
-        if ("reply" in caps) return fail("unreachable", caps.reply);
-      } else if (target.tls === "required") {
-        return fail("policy", reply(421, "4.7.4", `TLS required but STARTTLS refused: ${r.reply.code}`));
-      }
-    } else if (target.tls === "required") {
-      await c.quit(t.quitMs);
-      return {
-        kind: "policy",
-        reply: reply(421, "4.7.4", "TLS required but the server does not offer STARTTLS"),
-      };
+  const policy = host.tls ?? legacyTlsPolicy(target, host);
+  let tlsReport: TlsSessionReport | undefined;
+  let verified = false;
+  if (!opts.plainOnly) {
+    const n = await negotiateTls(c, host, caps.caps, policy, t.ehloMs, () => hello(c, target.ehloName, t));
+    if (n.kind === "unreachable") return fail("unreachable", n.reply);
+    if (n.kind === "policy" || n.kind === "tls-failed") {
+      if (!c.closed) await c.quit(t.quitMs);
+      return { kind: n.kind, reply: n.reply, tlsReport: n.report };
     }
+    caps = { caps: n.caps };
+    verified = n.verified;
+    tlsReport = n.report;
   }
 
   if (target.auth) {
@@ -184,7 +177,11 @@ export async function openSession(
       return { kind: "policy", reply: r };
     }
   }
-  return { kind: "open", session: { conn: c, caps: caps.caps, host, messages: 0 } };
+  return {
+    kind: "open",
+    session: { conn: c, caps: caps.caps, host, messages: 0, tlsPolicy: { name: policy.name, verified } },
+    ...(tlsReport ? { tlsReport } : {}),
+  };
 }
 
 /** EHLO, and HELO when the server does not know EHLO (RFC 5321 §3.2). */

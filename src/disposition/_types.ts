@@ -71,7 +71,8 @@ export interface MessageEvent {
   recipient?: string;
   mx?: string;
   ip?: string;
-  tls?: { protocol: string; cipher: string };
+  /** The TLS of the connection and the policy that applied (deliverer/'s `AttemptResult.tls`). */
+  tls?: AttemptResult["tls"];
   code?: number;
   enhanced?: string;
   text?: string;

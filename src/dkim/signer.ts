@@ -76,6 +76,9 @@ export const DEFAULT_SIGNED_HEADERS: readonly string[] = [
   "List-Owner",
   "List-Archive",
   "Feedback-ID",
+  // RFC 8460 §5.3: TLS-RPT reports are found by these; a signature over them says who sent the report.
+  "TLS-Report-Domain",
+  "TLS-Report-Submitter",
 ];
 
 const FOLD_COLUMN = 76;

@@ -6,7 +6,7 @@
  * A site is a recipient domain, an MX rollup's name, or a static route's next hop ("relay:25"): the
  * same lookup serves all three, so `delivery.domains."relay:25"` sets the limits of a smarthost.
  */
-import type { Config, DomainPolicy, Rate as ConfigRate, TlsMode } from "../config/index.ts";
+import type { Config, DomainPolicy, DomainTlsMode, Rate as ConfigRate, TlsMode } from "../config/index.ts";
 import type { BackoffRule } from "./_rules.ts";
 
 /** `count` events per `perMs` (a parsed `"100/s"`). */
@@ -31,6 +31,14 @@ export interface DestinationPolicy {
   pool?: string;
 }
 
+/**
+ * The TLS the connection itself asks for. `auto`, `dane` and `sts` are opportunistic here: the TLS
+ * policy step (tlspolicy/, through app/'s PolicyDeliverer) plans each host's stronger requirement.
+ */
+function connectionTls(mode: DomainTlsMode): TlsMode {
+  return mode === "off" || mode === "required" ? mode : "opportunistic";
+}
+
 /** The effective policy of a site: its own entry over `default`. */
 export function policyOf(domains: Config["delivery"]["domains"], site: string): DestinationPolicy {
   const def = domains.default;
@@ -38,7 +46,7 @@ export function policyOf(domains: Config["delivery"]["domains"], site: string): 
   const p: DestinationPolicy = {
     maxConnections: own.maxConnections ?? def.maxConnections,
     maxMessagesPerConnection: own.maxMessagesPerConnection ?? def.maxMessagesPerConnection,
-    tls: own.tls ?? def.tls,
+    tls: connectionTls(own.tls ?? def.tls),
     tlsVerify: own.tlsVerify ?? def.tlsVerify,
   };
   const messageRate = own.messageRate ?? def.messageRate;

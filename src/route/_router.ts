@@ -70,18 +70,14 @@ export class Router {
 
   constructor(
     config: Config,
-    private resolver: Resolver,
+    private readonly resolver: Resolver,
   ) {
     this.t = tablesOf(config);
   }
 
-  /** A new configuration (and resolver, when DNS settings changed): every later decision uses it. */
-  reload(config: Config, resolver?: Resolver): void {
+  /** A new configuration: every later decision uses it (the resolver stays: DNS keys need a restart). */
+  reload(config: Config): void {
     this.t = tablesOf(config);
-    if (resolver) {
-      this.resolver.close?.();
-      this.resolver = resolver;
-    }
     this.learned.clear();
     this.version++;
   }

@@ -10,6 +10,7 @@ const ALLOWED: Record<string, string[] | "*"> = {
   smtp: ["lib"],
   listener: ["smtp", "lib", "observe"],
   deliverer: ["smtp", "mime", "dns", "lib", "observe"],
+  tlspolicy: ["dns", "lib", "observe"],
   dns: ["lib", "observe"],
   route: ["config", "dns", "smtp", "lib"],
   scheduler: ["deliverer", "disposition", "route", "smtp", "lib", "observe"],

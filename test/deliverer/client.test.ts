@@ -6,7 +6,6 @@ import {
   Deliverer,
   type DelivererOptions,
   type OutboundMessage,
-  RFC5321_TIMEOUTS,
 } from "../../src/deliverer/index.ts";
 import { silentLogger } from "../../src/observe/index.ts";
 import {
@@ -16,20 +15,7 @@ import {
   selfSignedCert,
   startScriptedPeer,
 } from "../support/scriptedPeer.ts";
-
-const FAST = {
-  ...RFC5321_TIMEOUTS,
-  connectMs: 1000,
-  greetingMs: 300,
-  ehloMs: 1000,
-  mailMs: 1000,
-  rcptMs: 1000,
-  dataInitMs: 1000,
-  dataBlockMs: 1000,
-  dataDoneMs: 300,
-  rsetMs: 300,
-  quitMs: 300,
-};
+import { FAST } from "./_timeouts.ts";
 
 let tmp: string;
 let cert: { cert: string; key: string };
@@ -259,8 +245,9 @@ test("opportunistic STARTTLS encrypts when offered and reports the cipher", asyn
   const r = await deliverer().deliver({ ...target(p), tls: "opportunistic" }, message(["a@x.test"]));
   expect(r.recipients[0]!.kind).toBe("delivered");
   expect(p.sessions[0]!.tls).toBe(true);
-  expect(r.tls?.protocol).toMatch(/TLS/);
-  expect(r.tls?.cipher.length).toBeGreaterThan(0);
+  expect(r.tls?.version).toMatch(/TLS/);
+  expect(r.tls?.cipher?.length).toBeGreaterThan(0);
+  expect(r.tls).toMatchObject({ policy: "opportunistic", verified: false });
   expect(p.sessions[0]!.commands.filter((c) => c.startsWith("EHLO")).length).toBe(2);
   expect(p.sessions[0]!.messages[0]!.body.toString()).toBe(BODY);
 });
@@ -269,7 +256,12 @@ test("a failed TLS handshake: opportunistic retries the host in plain text, requ
   const p = await peer({ tls: "fail" });
   const r = await deliverer().deliver({ ...target(p), tls: "opportunistic" }, message(["a@x.test"]));
   expect(r.recipients[0]!.kind).toBe("delivered");
-  expect(r.tls).toBeUndefined();
+  // Delivered in plain text (no version), with the failed handshake on the way reported.
+  expect(r.tls).toEqual({
+    policy: "opportunistic",
+    verified: false,
+    failures: [{ result: "validation-failure", mx: "mx0.test", ip: "127.0.0.1" }],
+  });
   expect(p.sessions.length).toBe(2);
   const q = await peer({ tls: "fail" });
   const r2 = await deliverer().deliver({ ...target(q), tls: "required" }, message(["a@x.test"]));

@@ -1,6 +1,7 @@
 /**
  * aiosmtpd (Debian's python3-aiosmtpd, run by /usr/bin/python3) as a real third-party receiving
- * server in tests: optionally without 8BITMIME, with SMTPUTF8, with AUTH, refusing some recipients.
+ * server in tests: optionally without 8BITMIME, with SMTPUTF8, with AUTH, refusing some recipients,
+ * on a given loopback address and port, with STARTTLS and a given certificate (or hiding STARTTLS).
  *
  * Owns: starting `aiosmtpd_peer.py` on a free loopback port and reading back what it received.
  * There is no skip: where python3-aiosmtpd is missing the test fails (CI installs it).
@@ -14,6 +15,8 @@ export interface AiosmtpdMessage {
   mail_from: string;
   rcpt_tos: string[];
   mail_options: string[];
+  /** Whether it came over STARTTLS. */
+  tls: boolean;
   /** The exact octets received. */
   content: Buffer;
 }
@@ -24,6 +27,8 @@ export interface Aiosmtpd extends AsyncDisposable {
   messages(): AiosmtpdMessage[];
   /** Refused AUTH attempts, by user name. */
   authFailures(): string[];
+  /** EHLO and MAIL commands seen, in order. */
+  commands(): string[];
   waitFor(n: number, timeoutMs?: number): Promise<AiosmtpdMessage[]>;
 }
 
@@ -33,14 +38,22 @@ export async function startAiosmtpd(opts: {
   smtputf8?: boolean;
   auth?: { username: string; password: string };
   rejectRcptPrefix?: string;
+  /** Loopback address and port to listen on; default 127.0.0.1 and a free port. */
+  host?: string;
+  port?: number;
+  /** Offer STARTTLS with this certificate (its chain, when given) and key; else no STARTTLS. */
+  tls?: { certFile: string; keyFile: string; chainFile?: string };
 }): Promise<Aiosmtpd> {
-  const port = freePort();
-  const out = join(opts.dir, `aiosmtpd-${port}.jsonl`);
+  const host = opts.host ?? "127.0.0.1";
+  const port = opts.port ?? freePort(host);
+  const out = join(opts.dir, `aiosmtpd-${host}-${port}.jsonl`);
   const args = [String(port), out];
   if (opts.noEightBitMime) args.push("--no-8bitmime");
   if (opts.smtputf8) args.push("--smtputf8");
   if (opts.auth) args.push("--auth", `${opts.auth.username}:${opts.auth.password}`);
   if (opts.rejectRcptPrefix) args.push("--reject-rcpt", opts.rejectRcptPrefix);
+  if (opts.host) args.push("--host", opts.host);
+  if (opts.tls) args.push("--tls", opts.tls.chainFile ?? opts.tls.certFile, opts.tls.keyFile);
   const proc = spawn(["/usr/bin/python3", join(import.meta.dir, "aiosmtpd_peer.py"), ...args], {
     stdout: "pipe",
     stderr: "pipe",
@@ -71,6 +84,7 @@ export async function startAiosmtpd(opts: {
     proc,
     messages,
     authFailures: () => lines().flatMap((l) => ("auth_failed" in l ? [String(l.auth_failed)] : [])),
+    commands: () => lines().flatMap((l) => ("command" in l ? [String(l.command)] : [])),
     async waitFor(n, timeoutMs = 15_000) {
       const end = Date.now() + timeoutMs;
       for (;;) {

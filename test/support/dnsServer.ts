@@ -5,17 +5,29 @@
  * Names not in the zone are NXDOMAIN; a name without records of the asked type is NODATA (with a SOA
  * whose minimum sets the negative TTL). `truncate` answers UDP with TC set and no records, so the
  * client must repeat the question over TCP.
+ *
+ * DNSSEC as a validating resolver would show it, without signatures: `ad` sets the AD bit in answers
+ * to queries that asked for it (AD or DO set), `mode: "bogus"` answers SERVFAIL (with the Extended DNS
+ * Error `ede` when given) unless the query set CD, which gets the records: what unbound does for data
+ * whose signatures fail. The real thing (unbound over a signed zone) is in test/support/unbound.ts.
  */
 import dgram from "node:dgram";
 import net from "node:net";
 import dnsPacket from "dns-packet";
 
 export interface NameSpec {
-  mode?: "answer" | "nxdomain" | "servfail" | "refused" | "silent";
+  mode?: "answer" | "nxdomain" | "servfail" | "refused" | "silent" | "bogus";
   ttlS?: number;
   mx?: { exchange: string; preference: number }[];
   a?: string[];
   aaaa?: string[];
+  /** Each record a list of character-strings (a string is one string of at most 255 bytes). */
+  txt?: (string | string[])[];
+  tlsa?: { usage: number; selector: number; matchingType: number; data: Buffer }[];
+  /** Answers (and denials) for this name are "authenticated": AD set when the query asked. */
+  ad?: boolean;
+  /** RFC 8914 info code in the OPT record of a SERVFAIL/bogus answer. */
+  ede?: number;
   /** Answer UDP with the TC bit and no records; TCP gets the full answer. */
   truncate?: boolean;
 }
@@ -24,7 +36,7 @@ export interface DnsServer {
   host: string;
   port: number;
   /** Every question received, in order. */
-  queries: { name: string; type: string; transport: "udp" | "tcp" }[];
+  queries: { name: string; type: string; transport: "udp" | "tcp"; do: boolean; ad: boolean; cd: boolean }[];
   set(name: string, spec: NameSpec | undefined): void;
   close(): Promise<void>;
   [Symbol.asyncDispose](): Promise<void>;
@@ -42,11 +54,39 @@ export async function startDnsServer(zone: Record<string, NameSpec> = {}): Promi
     const q = query.questions?.[0];
     if (!q) return undefined;
     const name = q.name.toLowerCase();
-    queries.push({ name, type: q.type, transport });
+    const opt = (query.additionals ?? []).find((a) => a.type === "OPT") as
+      | (dnsPacket.OptAnswer & { flag_do?: boolean })
+      | undefined;
+    const asked = {
+      do: opt?.flag_do === true,
+      ad: (query as { flag_ad?: boolean }).flag_ad === true,
+      cd: (query as { flag_cd?: boolean }).flag_cd === true,
+    };
+    queries.push({ name, type: q.type, transport, ...asked });
     const spec = names.get(name);
-    const base = { type: "response" as const, id: query.id, questions: [q] };
+    const base = {
+      type: "response" as const,
+      id: query.id,
+      questions: [q],
+      ...(spec?.ede !== undefined
+        ? {
+            additionals: [
+              {
+                type: "OPT",
+                name: ".",
+                udpPayloadSize: 1232,
+                options: [{ code: 15, data: Buffer.from([spec.ede >> 8, spec.ede & 255]) }],
+              } as unknown as dnsPacket.OptAnswer,
+            ],
+          }
+        : {}),
+    };
     const flags =
-      dnsPacket.RECURSION_AVAILABLE | dnsPacket.AUTHORITATIVE_ANSWER | dnsPacket.RECURSION_DESIRED;
+      dnsPacket.RECURSION_AVAILABLE |
+      dnsPacket.AUTHORITATIVE_ANSWER |
+      dnsPacket.RECURSION_DESIRED |
+      (spec?.ad && (asked.do || asked.ad) ? dnsPacket.AUTHENTIC_DATA : 0) |
+      (asked.cd ? 1 << 4 : 0);
     const soa: dnsPacket.Answer = {
       type: "SOA",
       name,
@@ -56,7 +96,8 @@ export async function startDnsServer(zone: Record<string, NameSpec> = {}): Promi
     if (spec?.mode === "silent") return undefined;
     if (!spec || spec.mode === "nxdomain")
       return dnsPacket.encode({ ...base, flags: flags | RCODE.NXDOMAIN, authorities: [soa] });
-    if (spec.mode === "servfail") return dnsPacket.encode({ ...base, flags: flags | RCODE.SERVFAIL });
+    if (spec.mode === "servfail" || (spec.mode === "bogus" && !asked.cd))
+      return dnsPacket.encode({ ...base, flags: flags | RCODE.SERVFAIL });
     if (spec.mode === "refused") return dnsPacket.encode({ ...base, flags: flags | RCODE.REFUSED });
     const ttl = spec.ttlS ?? 300;
     const answers: dnsPacket.Answer[] = [];
@@ -64,6 +105,22 @@ export async function startDnsServer(zone: Record<string, NameSpec> = {}): Promi
     if (q.type === "A") for (const ip of spec.a ?? []) answers.push({ type: "A", name, ttl, data: ip });
     if (q.type === "AAAA")
       for (const ip of spec.aaaa ?? []) answers.push({ type: "AAAA", name, ttl, data: ip });
+    if (q.type === "TXT")
+      for (const t of spec.txt ?? [])
+        answers.push({
+          type: "TXT",
+          name,
+          ttl,
+          data: (Array.isArray(t) ? t : [t]).map((x) => Buffer.from(x)),
+        });
+    if (q.type === "TLSA")
+      for (const r of spec.tlsa ?? [])
+        answers.push({
+          type: "TLSA",
+          name,
+          ttl,
+          data: { usage: r.usage, selector: r.selector, matchingType: r.matchingType, certificate: r.data },
+        } as unknown as dnsPacket.Answer);
     if (spec.truncate && transport === "udp")
       return dnsPacket.encode({ ...base, flags: flags | dnsPacket.TRUNCATED_RESPONSE });
     if (answers.length === 0) return dnsPacket.encode({ ...base, flags, authorities: [soa] });

@@ -233,3 +233,44 @@ export function deliveryLog(dir: string): Record<string, unknown>[] {
     return [];
   }
 }
+
+/** Waits for the first delivery-log line (in `dir`) for `recipient` of `type`. */
+export async function waitForLogLine(
+  dir: string,
+  recipient: string,
+  type: string,
+  timeoutMs = 15_000,
+): Promise<Record<string, unknown>> {
+  const until = Date.now() + timeoutMs;
+  for (;;) {
+    const line = deliveryLog(dir).find((l) => l.recipient === recipient && l.type === type);
+    if (line) return line;
+    if (Date.now() > until)
+      throw new Error(
+        `no ${type} line for ${recipient} in the delivery log: ${JSON.stringify(deliveryLog(dir))}`,
+      );
+    await Bun.sleep(50);
+  }
+}
+
+/** One message through swaks (a third-party client) to an mta listener; returns swaks's output. */
+export function swaksTo(smtpPort: number, to: string | string[], from = "app@sender.test"): string {
+  const r = spawnSync(
+    [
+      "swaks",
+      "--server",
+      `127.0.0.1:${smtpPort}`,
+      "--helo",
+      "client.test",
+      "--from",
+      from,
+      "--to",
+      Array.isArray(to) ? to.join(",") : to,
+    ],
+    { stdout: "pipe", stderr: "pipe" },
+  );
+  const out = r.stdout.toString();
+  if (!/250 2\.0\.0 Ok: queued as/.test(out))
+    throw new Error(`swaks was not answered 250: ${out}${r.stderr}`);
+  return out;
+}

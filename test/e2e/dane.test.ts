@@ -1,0 +1,130 @@
+/**
+ * DANE through the compiled binary with a real validating resolver: unbound serving zones signed with
+ * ldns-signzone (trust anchors from their DS), aiosmtpd MX hosts, TLSA digests computed by openssl.
+ */
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { type HttpsServer, startHttpsServer, stsPolicyResponse } from "../support/httpsServer.ts";
+import { type StartedMta, startMta, swaksTo, tempDir, testConfig, waitForLogLine } from "../support/mta.ts";
+import { freePort } from "../support/sink.ts";
+import { createTestCa, selfSignedFor, type TestCa, tlsaDigest } from "../support/testCa.ts";
+import { type Aiosmtpd, startAiosmtpd } from "../support/aiosmtpd.ts";
+import { breakSignature, startUnbound, type Unbound } from "../support/unbound.ts";
+
+const dir = tempDir("mta-e2e-dane-");
+let ca: TestCa;
+let unbound: Unbound;
+let web: HttpsServer;
+const peers: Record<string, Aiosmtpd> = {};
+let port = 0;
+let mta: StartedMta;
+
+beforeAll(async () => {
+  ca = createTestCa(dir.path);
+  port = freePort("127.0.0.61");
+  // TLSA records sit at _<port>._tcp: the port mta connects to (delivery.port; 25 outside tests).
+  // DANE-EE needs no CA: the MX certificates are self-signed, their keys published in TLSA records.
+  const good = selfSignedFor(dir.path, "mx.good.dane.test");
+  const wrong = selfSignedFor(dir.path, "mx.bad.dane.test");
+  const published = selfSignedFor(dir.path, "mx.bad.dane.test"); // what bad.dane.test's TLSA names
+  const bogus = selfSignedFor(dir.path, "mx.bogus.test");
+  const plainMx = ca.issue("mx.plain.test");
+  peers.good = await startAiosmtpd({ host: "127.0.0.61", port, dir: dir.path, tls: good });
+  peers.bad = await startAiosmtpd({ host: "127.0.0.62", port, dir: dir.path, tls: wrong });
+  peers.bogus = await startAiosmtpd({ host: "127.0.0.63", port, dir: dir.path, tls: bogus });
+  peers.plain = await startAiosmtpd({ host: "127.0.0.64", port, dir: dir.path, tls: plainMx });
+  const policyHost = ca.issue("mta-sts.plain.test");
+  web = await startHttpsServer({
+    cert: policyHost.chainPem,
+    key: policyHost.keyPem,
+    handler: () => stsPolicyResponse({ mode: "enforce", mx: ["mx.plain.test"], maxAgeS: 86400 }),
+  });
+  const tlsa = (pem: string) => `IN TLSA 3 1 1 ${tlsaDigest(pem, 1, 1, dir.path)}`;
+  unbound = await startUnbound(dir.path, [
+    {
+      name: "dane.test",
+      signed: true,
+      records: [
+        "good IN MX 10 mx.good",
+        "mx.good IN A 127.0.0.61",
+        `_${port}._tcp.mx.good ${tlsa(good.certPem)}`,
+        "bad IN MX 10 mx.bad",
+        "mx.bad IN A 127.0.0.62",
+        `_${port}._tcp.mx.bad ${tlsa(published.certPem)}`,
+      ],
+    },
+    {
+      name: "bogus.test",
+      signed: true,
+      records: ["@ IN MX 10 mx", "mx IN A 127.0.0.63", `_${port}._tcp.mx ${tlsa(bogus.certPem)}`],
+      tamper: breakSignature("TLSA"),
+    },
+    {
+      // Not signed: its TLSA record must be ignored and its MTA-STS policy applied instead.
+      name: "plain.test",
+      signed: false,
+      records: [
+        "@ IN MX 10 mx",
+        "mx IN A 127.0.0.64",
+        `_${port}._tcp.mx ${tlsa(bogus.certPem)}`,
+        '_mta-sts IN TXT "v=STSv1; id=1;"',
+        "mta-sts IN A 127.0.0.1",
+      ],
+    },
+  ]);
+  mta = await startMta({
+    dir: dir.path,
+    config: testConfig(
+      dir.path,
+      [
+        `dns: { servers: ["127.0.0.1:${unbound.port}"], timeout: 2s, attempts: 1, dnssec: true }`,
+        `delivery: { port: ${port}, retry: [1h] }`,
+        `tls_policy: { ca_file: ${ca.certFile}, mta_sts: { port: ${web.port} }, tls_rpt: { enabled: false } }`,
+      ].join("\n"),
+    ),
+  });
+}, 60_000);
+
+afterAll(async () => {
+  await mta?.stop();
+  for (const p of Object.values(peers)) await p[Symbol.asyncDispose]();
+  await web.stop();
+  await unbound[Symbol.asyncDispose]();
+  dir[Symbol.dispose]();
+});
+
+describe("DANE through mta serve, unbound validating", () => {
+  test("DANE-EE match: delivered over TLS, verified against the TLSA record (no CA involved)", async () => {
+    swaksTo(mta.smtpPorts[0]!, "a@good.dane.test");
+    expect(await waitForLogLine(dir.path, "a@good.dane.test", "delivery")).toMatchObject({
+      mx: "mx.good.dane.test",
+      tls: { policy: "dane", verified: true, version: expect.stringMatching(/^TLSv1\.[23]$/) },
+    });
+    expect(peers.good!.messages()).toEqual([expect.objectContaining({ tls: true })]);
+  }, 30_000);
+
+  test("a certificate that matches no TLSA record defers (4.7.5); nothing is sent", async () => {
+    swaksTo(mta.smtpPorts[0]!, "b@bad.dane.test");
+    expect(await waitForLogLine(dir.path, "b@bad.dane.test", "transient-failure")).toMatchObject({
+      enhanced: "4.7.5",
+      tls: { policy: "dane", failures: [{ result: "tlsa-invalid", mx: "mx.bad.dane.test" }] },
+    });
+    expect(peers.bad!.commands()).not.toContain("MAIL");
+  }, 30_000);
+
+  test("a bogus TLSA signature defers without connecting at all (dnssec-invalid)", async () => {
+    swaksTo(mta.smtpPorts[0]!, "c@bogus.test");
+    expect(await waitForLogLine(dir.path, "c@bogus.test", "transient-failure")).toMatchObject({
+      enhanced: "4.7.5",
+      tls: { failures: [{ result: "dnssec-invalid", mx: "mx.bogus.test" }] },
+    });
+    expect(peers.bogus!.commands()).toEqual([]);
+  }, 30_000);
+
+  test("an unsigned zone: its TLSA record is ignored and the domain's MTA-STS policy applies", async () => {
+    swaksTo(mta.smtpPorts[0]!, "d@plain.test");
+    expect(await waitForLogLine(dir.path, "d@plain.test", "delivery")).toMatchObject({
+      tls: { policy: "sts-enforce", verified: true },
+    });
+    expect(peers.plain!.messages()).toEqual([expect.objectContaining({ tls: true })]);
+  }, 30_000);
+});

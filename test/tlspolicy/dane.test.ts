@@ -1,0 +1,119 @@
+/** DANE matching (RFC 7672 §3) against certificates and digests made by openssl. */
+import { afterAll, beforeAll, expect, test } from "bun:test";
+import { X509Certificate } from "node:crypto";
+import type { TlsaRecord } from "../../src/dns/index.ts";
+import { checkDane, isUsableTlsa, splitTlsa } from "../../src/tlspolicy/index.ts";
+import { tempDir } from "../support/mta.ts";
+import { createTestCa, type IssuedCert, type TestCa, tlsaDigest } from "../support/testCa.ts";
+
+const dir = tempDir("mta-dane-");
+let root: TestCa;
+let inter: TestCa;
+let leaf: IssuedCert; // mx1.dane.test, issued by the intermediate
+let expired: IssuedCert; // mx2.dane.test, expired in 2020, issued by the root
+let other: IssuedCert;
+
+const now = Date.now() + 60_000; // after every certificate below was issued
+const der = (pems: string): Uint8Array[] =>
+  pems
+    .split(/(?=-----BEGIN CERTIFICATE-----)/)
+    .filter((p) => p.includes("BEGIN"))
+    .map((p) => new Uint8Array(new X509Certificate(p).raw));
+const rec = (usage: number, selector: number, matchingType: number, hex: string): TlsaRecord => ({
+  usage,
+  selector,
+  matchingType,
+  data: new Uint8Array(Buffer.from(hex, "hex")),
+});
+
+beforeAll(() => {
+  root = createTestCa(dir.path);
+  inter = root.intermediate("DANE test intermediate");
+  leaf = inter.issue("mx1.dane.test");
+  expired = root.issue("mx2.dane.test", { expired: true });
+  other = root.issue("mx9.dane.test");
+});
+afterAll(() => dir[Symbol.dispose]());
+
+test("DANE-EE(3) SPKI SHA-256 matches the server's key; the name and the dates do not matter", () => {
+  const r = rec(3, 1, 1, tlsaDigest(expired.certPem, 1, 1, dir.path));
+  expect(checkDane(der(expired.chainPem), [r], ["elsewhere.test"], now)).toMatchObject({
+    ok: true,
+    matched: expect.stringMatching(/^3 1 1 /),
+  });
+});
+
+test("DANE-EE(3) full-certificate SHA-512 and exact match work too", () => {
+  const sha512 = rec(3, 0, 2, tlsaDigest(leaf.certPem, 0, 2, dir.path));
+  expect(checkDane(der(leaf.chainPem), [sha512], ["mx1.dane.test"], now).ok).toBe(true);
+  const exact: TlsaRecord = { usage: 3, selector: 0, matchingType: 0, data: der(leaf.certPem)[0]! };
+  expect(checkDane(der(leaf.chainPem), [exact], ["mx1.dane.test"], now).ok).toBe(true);
+});
+
+test("a certificate that matches no usable record is tlsa-invalid", () => {
+  const r = rec(3, 1, 1, tlsaDigest(other.certPem, 1, 1, dir.path));
+  expect(checkDane(der(leaf.chainPem), [r], ["mx1.dane.test"], now)).toMatchObject({
+    ok: false,
+    resultType: "tlsa-invalid",
+  });
+});
+
+test("DANE-TA(2) matches the intermediate the server presents, and the leaf must name the MX host", () => {
+  const ta = rec(2, 1, 1, tlsaDigest(inter.certPem, 1, 1, dir.path));
+  expect(checkDane(der(leaf.chainPem), [ta], ["mx1.dane.test", "dane.test"], now).ok).toBe(true);
+  expect(checkDane(der(leaf.chainPem), [ta], ["mx7.dane.test", "dane.test"], now)).toMatchObject({
+    ok: false,
+    resultType: "certificate-host-mismatch",
+  });
+  // The next-hop domain is a reference identifier too (RFC 7672 §3.2.2).
+  const nexthop = inter.issue("dane.test");
+  expect(checkDane(der(nexthop.chainPem), [ta], ["mx1.dane.test", "dane.test"], now)).toMatchObject({
+    ok: true,
+  });
+});
+
+test("DANE-TA(2) checks the path below the anchor: an expired leaf fails, a leaf the anchor did not sign fails", () => {
+  const rootTa = rec(2, 0, 1, tlsaDigest(root.certPem, 0, 1, dir.path));
+  // The expired leaf's chain as a server would present it, with the root included.
+  const chain = [...der(expired.chainPem), ...der(root.certPem)];
+  expect(checkDane(chain, [rootTa], ["mx2.dane.test"], now)).toMatchObject({
+    ok: false,
+    resultType: "certificate-expired",
+  });
+  // A chain that claims the intermediate but whose leaf was signed by someone else.
+  const forged = [...der(other.certPem), ...der(inter.certPem)];
+  const interTa = rec(2, 1, 1, tlsaDigest(inter.certPem, 1, 1, dir.path));
+  expect(checkDane(forged, [interTa], ["mx9.dane.test"], now)).toMatchObject({
+    ok: false,
+    resultType: "validation-failure",
+  });
+  // A DANE-TA record never matches the leaf itself.
+  const leafAsTa = rec(2, 1, 1, tlsaDigest(leaf.certPem, 1, 1, dir.path));
+  expect(checkDane(der(leaf.chainPem), [leafAsTa], ["mx1.dane.test"], now)).toMatchObject({
+    ok: false,
+    resultType: "tlsa-invalid",
+  });
+});
+
+test("usable records are DANE-TA/DANE-EE with a known selector, matching type and digest length", () => {
+  const h32 = "ab".repeat(32);
+  expect(isUsableTlsa(rec(3, 1, 1, h32))).toBe(true);
+  expect(isUsableTlsa(rec(2, 0, 2, "ab".repeat(64)))).toBe(true);
+  expect(isUsableTlsa(rec(1, 1, 1, h32))).toBe(false); // PKIX-EE: unusable in SMTP (RFC 7672 §3.1.3)
+  expect(isUsableTlsa(rec(0, 1, 1, h32))).toBe(false); // PKIX-TA
+  expect(isUsableTlsa(rec(3, 2, 1, h32))).toBe(false); // unknown selector
+  expect(isUsableTlsa(rec(3, 1, 3, h32))).toBe(false); // unknown matching type
+  expect(isUsableTlsa(rec(3, 1, 1, "ab".repeat(20)))).toBe(false); // a SHA-256 of the wrong length
+  expect(isUsableTlsa(rec(3, 1, 0, ""))).toBe(false);
+  const { usable, unusable } = splitTlsa([rec(3, 1, 1, h32), rec(1, 1, 1, h32)]);
+  expect([usable.length, unusable.length]).toEqual([1, 1]);
+});
+
+test("an empty or unparsable chain is a validation failure, not a crash", () => {
+  const r = rec(3, 1, 1, "ab".repeat(32));
+  expect(checkDane([], [r], ["x.test"], now)).toMatchObject({ ok: false, resultType: "validation-failure" });
+  expect(checkDane([new Uint8Array([1, 2, 3])], [r], ["x.test"], now)).toMatchObject({
+    ok: false,
+    resultType: "validation-failure",
+  });
+});
