@@ -17,11 +17,16 @@ import { type DkimOptions, DkimSigner, DkimSignerPool, readKeyFile } from "../dk
 import { errorMessage, fileError, MtaError } from "../lib/index.ts";
 import { DeliveryLog, type Logger, Metrics, registerProcessMetrics } from "../observe/index.ts";
 import { Router } from "../route/index.ts";
-import { type PoolMember, Scheduler, type SchedulerEvent, type SchedulerSettings } from "../scheduler/index.ts";
+import {
+  type PoolMember,
+  Scheduler,
+  type SchedulerEvent,
+  type SchedulerSettings,
+} from "../scheduler/index.ts";
 import { Spool } from "../spool/index.ts";
 import { readCaBundle, type TlsPolicies } from "../tlspolicy/index.ts";
 import { AcceptPipeline } from "./accept.ts";
-import { openTlsPolicies, PolicyDeliverer, tlsPolicyProblems } from "./tlsDelivery.ts";
+import { openTlsPolicies, tlsPolicyProblems } from "./tlsDelivery.ts";
 
 export interface EngineOptions {
   log: Logger;
@@ -246,7 +251,8 @@ export class Engine {
       metrics,
       submit: (sub) => engine.pipeline.submit(sub),
     });
-    const router = new Router(config, resolver);
+    // The routing step plans each attempt's TLS (DANE, MTA-STS, the domain's mode) with tlspolicy/.
+    const router = new Router(config, resolver, tlsPolicies);
     const pipeline = new AcceptPipeline({
       spool,
       deliveryLog,
@@ -257,7 +263,7 @@ export class Engine {
     });
     const scheduler = new Scheduler({
       spool,
-      deliverer: new PolicyDeliverer(deliverer, tlsPolicies, () => engine.config),
+      deliverer,
       router,
       // DSNs go through the accept pipeline: DKIM-signed and logged like any message.
       dsn: pipeline,

@@ -209,7 +209,6 @@ class StubResolver implements Resolver {
     return this.lookup(domain, "MX") as Promise<MxLookup>;
   }
 
-
   addresses(host: string, family: 4 | 6): Promise<AddressLookup> {
     return this.lookup(host, family === 4 ? "A" : "AAAA") as Promise<AddressLookup>;
   }
@@ -476,7 +475,11 @@ class StubResolver implements Resolver {
     const family = net.isIP(server.host) === 6 ? 6 : 4;
     return this.socketFor(family).then(
       (socket) => this.exchange(socket, server, qname, type, checkingDisabled, id, query),
-      (err: unknown): RawAnswer => ({ kind: "error", error: "other", detail: `no UDP socket: ${String(err)}` }),
+      (err: unknown): RawAnswer => ({
+        kind: "error",
+        error: "other",
+        detail: `no UDP socket: ${String(err)}`,
+      }),
     );
   }
 

@@ -33,7 +33,7 @@ export interface DestinationPolicy {
 
 /**
  * The TLS the connection itself asks for. `auto`, `dane` and `sts` are opportunistic here: the TLS
- * policy step (tlspolicy/, through app/'s PolicyDeliverer) plans each host's stronger requirement.
+ * TLS step of routing (route/_tls.ts, with tlspolicy/) plans each host's stronger requirement.
  */
 function connectionTls(mode: DomainTlsMode): TlsMode {
   return mode === "off" || mode === "required" ? mode : "opportunistic";

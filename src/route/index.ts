@@ -6,6 +6,7 @@
  */
 export { type DestinationPolicy, policyOf, type Rate } from "./_policy.ts";
 export { hasRollups, mxMatches, siteFor } from "./_rollup.ts";
-export { type RouteDecision, Router } from "./_router.ts";
+export { type RouteDecision, type RouteOptions, Router } from "./_router.ts";
 export { type BackoffRule, DEFAULT_BACKOFF_RULES, matchRule, type ReplyLike } from "./_rules.ts";
 export { findRoute, nextHopName } from "./_static.ts";
+export { type PlannedNextHop, policyDomain, type TlsPlanner, tlsModeOf } from "./_tls.ts";

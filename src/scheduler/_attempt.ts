@@ -12,7 +12,7 @@
  */
 import type { OutboundMessage, AttemptResult, AttemptTarget } from "../deliverer/index.ts";
 import type { DisposableMessage, Disposed, Outcome } from "../disposition/index.ts";
-import { AssertionError, assert, errorMessage } from "../lib/index.ts";
+import { AssertionError, assert, errorMessage, latin1Decoder } from "../lib/index.ts";
 import type { RouteDecision } from "../route/index.ts";
 import { reply, type SmtpReply } from "../smtp/index.ts";
 import type { SchedulerCore } from "./_core.ts";
@@ -34,6 +34,14 @@ export interface WorkerCtx {
 
 function hasNonAscii(text: string): boolean {
   return /[^\x00-\x7f]/.test(text);
+}
+
+/** RFC 8689 §5: `TLS-Required: No` in the header section. Only the first 64 KiB are looked at. */
+export function asksTlsRequiredNo(body: Uint8Array): boolean {
+  const head = latin1Decoder.decode(body.subarray(0, Math.min(body.length, 65_536)));
+  const end = head.search(/\r?\n\r?\n/);
+  const header = end < 0 ? head : head.slice(0, end + 1);
+  return /(^|\n)tls-required[ \t]*:[ \t]*no[ \t]*\r?(\n|$)/i.test(header);
 }
 
 function headerHasEightBit(body: Uint8Array): boolean {
@@ -160,17 +168,23 @@ export class Attempts {
         reply: bouncing,
         reason: `rule:${site.bounce!.rule}`,
       });
-    const route = await core.opts.router.route(domain);
+    // The message first: its header may ask that recipient TLS policies be ignored (RFC 8689).
+    const { message, body } = await sp.read(slot);
+    if (!message.recipients.some((r) => r.state === "pending")) return "done";
+    const route = await core.opts.router.route(domain, { tls: { requiredNo: asksTlsRequiredNo(body) } });
     if (route.kind === "transient") {
       this.siteFailure(site, ref, reply(451, "4.4.3", `DNS: ${route.reason}`));
       return "site-failure";
     }
     if (route.kind === "permanent")
-      return this.dispose(site, ref, id, {
-        kind: "failed",
-        reply: reply(550, route.enhanced, route.reason),
-        reason: "route",
-      });
+      return this.dispose(
+        site,
+        ref,
+        id,
+        { kind: "failed", reply: reply(550, route.enhanced, route.reason), reason: "route" },
+        message,
+        body,
+      );
     if (route.site !== site.name) {
       // Its site changed under it (a reload changed the routes, or the MX named a rollup): over there.
       core.slots.where[slot] = NONE;
@@ -178,8 +192,24 @@ export class Attempts {
       if (d) core.starter.tryStart(d);
       return "requeued";
     }
-    const { message, body } = await sp.read(slot);
-    if (!message.recipients.some((r) => r.state === "pending")) return "done";
+    if (route.kind === "deferred") {
+      // The TLS policy leaves no host: a transient result for every recipient, nothing sent.
+      const r = reply(451, route.enhanced, route.text);
+      const result: AttemptResult = {
+        recipients: outboundOf(id, message, body).recipients.map((rc) => ({
+          index: rc.index,
+          kind: "transient",
+          reply: r,
+        })),
+        connectionFailed: false,
+        tls: { policy: route.policy, verified: false },
+        durationMs: 0,
+      };
+      route.report?.(result);
+      const end = await this.dispose(site, ref, id, { kind: "attempt", result }, message, body);
+      site.onReplies([r]); // the queue view's last error says why
+      return end;
+    }
     const pool = message.attributes.pool
       ? (core.egress.indexOf(message.attributes.pool) ?? core.egress.poolOf(site.policy))
       : core.egress.poolOf(site.policy);
@@ -193,10 +223,14 @@ export class Attempts {
     const target = targetOf(route, site, w.source, core.opts.hostname);
     const outbound = outboundOf(id, message, body);
     let result = await core.opts.deliverer.deliver(target, outbound);
+    route.report?.(result, target.sourceAddress);
     if (result.connectionFailed && route.more) {
       // None of the preferred family's addresses answered: the other family's, in the same attempt.
-      const hosts = await route.more();
-      if (hosts.length > 0) result = await core.opts.deliverer.deliver({ ...target, hosts }, outbound);
+      const second = await route.more();
+      if (second?.kind === "hosts" && second.hosts.length > 0) {
+        result = await core.opts.deliverer.deliver({ ...target, hosts: second.hosts }, outbound);
+        second.report?.(result, target.sourceAddress);
+      }
     }
     if (result.connectionFailed) {
       this.siteFailure(

@@ -11,7 +11,7 @@ import type { AttemptResult, AttemptTarget, OutboundMessage } from "../deliverer
 import type { DisposableMessage, DsnInjector, MessageEvent } from "../disposition/index.ts";
 import type { Clock } from "../lib/index.ts";
 import type { Logger, Metrics } from "../observe/index.ts";
-import type { DestinationPolicy, RouteDecision } from "../route/index.ts";
+import type { DestinationPolicy, RouteDecision, RouteOptions } from "../route/index.ts";
 
 export type RecipientState = "pending" | "delivered" | "failed";
 
@@ -48,7 +48,8 @@ export interface DeliveryEngine {
 export interface SchedulerRouter {
   /** The queue key of a domain when known without I/O; undefined: `route` must be asked first. */
   siteOf(domain: string): string | undefined;
-  route(domain: string): Promise<RouteDecision>;
+  /** With `tls`, the hosts come planned for this message's TLS (tlspolicy/). */
+  route(domain: string, opts?: RouteOptions): Promise<RouteDecision>;
   policyOf(site: string): DestinationPolicy;
   /** Changes whenever the routes change (a reload): queued mail is re-keyed then. */
   readonly version: number;

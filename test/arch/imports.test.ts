@@ -12,7 +12,7 @@ const ALLOWED: Record<string, string[] | "*"> = {
   deliverer: ["smtp", "mime", "dns", "lib", "observe"],
   tlspolicy: ["dns", "lib", "observe"],
   dns: ["lib", "observe"],
-  route: ["config", "dns", "smtp", "lib"],
+  route: ["config", "dns", "tlspolicy", "smtp", "lib"],
   scheduler: ["deliverer", "disposition", "route", "smtp", "lib", "observe"],
   disposition: ["bounce", "deliverer", "smtp", "lib", "observe"],
   spool: ["lib", "observe"],
