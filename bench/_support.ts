@@ -323,6 +323,8 @@ export async function startUnbound(
       data() {
         answered = true;
       },
+      // Port unreachable until unbound listens: try again.
+      error() {},
     },
   });
   for (let i = 0; i < 200 && !answered && proc.exitCode === null; i++) {
