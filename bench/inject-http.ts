@@ -18,7 +18,7 @@ await using mta = await startBenchMta(
     "hostname: bench.mta.test",
     `spool: { dir: ${join(dir.path, "spool")}, sync: true }`,
     "listen: [{ address: 127.0.0.1:0 }]",
-    "control: { address: 127.0.0.1:0 }",
+    "control: { address: 127.0.0.1:0, token: bench-token }",
     "delivery: { routes: { k1.test: 127.0.0.1:9 }, retry: [1h] }",
     `log: { level: info, format: json, deliveries: "" }`,
   ].join("\n"),
@@ -41,7 +41,11 @@ await Promise.all(
   Array.from({ length: inFlight }, async () => {
     while (sent < total) {
       sent += BATCH;
-      const r = await fetch(url, { method: "POST", body, headers: { "content-type": "application/json" } });
+      const r = await fetch(url, {
+        method: "POST",
+        body,
+        headers: { "content-type": "application/json", authorization: "Bearer bench-token" },
+      });
       const j = (await r.json()) as { accepted?: number };
       if (r.ok) accepted += j.accepted ?? 0;
       else failed += BATCH;

@@ -142,11 +142,12 @@ const ops = new QueueOps({ spool, scheduler, hostname: "bench.test", metrics });
 const control = startControlServer({
   host: "127.0.0.1",
   port: 0,
+  token: "load-token",
   log: silentLogger(),
   metrics,
   routes: queueRoutes(ops),
 });
-const http = new HttpQueueClient("127.0.0.1", control.port);
+const http = new HttpQueueClient("127.0.0.1", control.port, "load-token");
 scheduler.start();
 {
   const direct: number[] = [];

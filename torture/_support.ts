@@ -99,6 +99,9 @@ export async function metric(controlPort: number, name: string): Promise<number>
  * The config every scenario starts from: JSON logs, kernel-chosen ports, a spool and a delivery log in
  * `dir`, static routes, short retries. `extra` adds keys under `spool`, `listen[0]` and `delivery`.
  */
+/** The control token of every torture config: over TCP the control API's /api/ needs one. */
+export const CONTROL_TOKEN = "torture-control-token";
+
 export function tortureConfig(
   dir: string,
   opts: {
@@ -117,7 +120,7 @@ export function tortureConfig(
     "hostname: mta.test",
     `spool: { dir: ${opts.spoolDir ?? join(dir, "spool")}${opts.spool ? `, ${opts.spool}` : ""} }`,
     `listen: [{ address: 127.0.0.1:0${opts.listen ? `, ${opts.listen}` : ""} }]`,
-    "control: { address: 127.0.0.1:0 }",
+    `control: { address: 127.0.0.1:0, token: ${CONTROL_TOKEN} }`,
     `log: { level: ${opts.level ?? "info"}, format: json, deliveries: ${join(dir, "deliveries.jsonl")} }`,
     `delivery: { routes: { ${routes} }, retry: [1s]${opts.delivery ? `, ${opts.delivery}` : ""} }`,
   ].join("\n");
@@ -154,7 +157,10 @@ export async function api(
 ): Promise<unknown> {
   const r = await fetch(`http://127.0.0.1:${controlPort}${path}`, {
     method,
-    headers: body === undefined ? {} : { "content-type": "application/json" },
+    headers: {
+      authorization: `Bearer ${CONTROL_TOKEN}`,
+      ...(body === undefined ? {} : { "content-type": "application/json" }),
+    },
     body: body === undefined ? undefined : JSON.stringify(body),
   });
   if (!r.ok) throw new Error(`${method} ${path}: ${r.status} ${await r.text()}`);

@@ -4,12 +4,14 @@
  * restart.
  *
  * Holds when: `mta queue verify` exits 65 naming every damaged sealed segment, the restarted daemon logs
- * `damaged spool record skipped` with segment and offset and keeps running, and every message whose
- * MESSAGE record was left intact is delivered. Messages whose only record was damaged are counted as
- * "lost to damage" (that is the damage, not a broken promise).
- * The record layout read here is docs/spool-format.md (magic, crc32, length, type, payload).
+ * `damaged spool record skipped` with segment, offset and the quarantine file holding exactly those
+ * bytes, keeps running, and every message whose MESSAGE record was left intact (and, in the active
+ * segment, whose batch the cut left whole) is delivered. Messages whose only record was damaged are
+ * counted as "lost to damage" (that is the damage, not a broken promise).
+ * The record layout read here is docs/spool-format.md (magic, crc32, length, type, payload; BATCH
+ * records).
  */
-import { readdirSync, readFileSync, truncateSync, writeFileSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, truncateSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { tempDir } from "../test/support/mta.ts";
 import { startInjector } from "./_client.ts";
@@ -49,11 +51,15 @@ const SEGMENT_HEADER_BYTES = 16;
 const RECORD_HEADER_BYTES = 16;
 const TYPE_MESSAGE = 1;
 
+const TYPE_BATCH = 3;
+
 interface RecordSpan {
   segment: string;
   offset: number;
   end: number;
   type: number;
+  /** End of the group-commit batch the record belongs to (a BATCH record says; format version 2). */
+  batchEnd: number;
   tokens: string[];
 }
 
@@ -61,13 +67,22 @@ interface RecordSpan {
 function recordsOf(segment: string, bytes: Buffer): RecordSpan[] {
   const out: RecordSpan[] = [];
   let off = SEGMENT_HEADER_BYTES;
+  let batchEnd = 0;
   while (off + RECORD_HEADER_BYTES <= bytes.length) {
     if (bytes.readUInt32LE(off) !== RECORD_MAGIC) throw new Error(`${segment}: no record magic at ${off}`);
     const len = bytes.readUInt32LE(off + 8);
     const type = bytes[off + 12] ?? 0;
     const end = off + RECORD_HEADER_BYTES + len;
+    if (type === TYPE_BATCH) batchEnd = end + bytes.readUInt32LE(off + RECORD_HEADER_BYTES);
     const payload = bytes.subarray(off + RECORD_HEADER_BYTES, end).toString("latin1");
-    out.push({ segment, offset: off, end, type, tokens: type === TYPE_MESSAGE ? tokensOf(payload) : [] });
+    out.push({
+      segment,
+      offset: off,
+      end,
+      type,
+      batchEnd: Math.max(batchEnd, end),
+      tokens: type === TYPE_MESSAGE ? tokensOf(payload) : [],
+    });
     off = end;
   }
   return out;
@@ -103,6 +118,8 @@ async function oneRound(o: DamagedSpoolOptions, round: number, log: Log) {
       .sort();
     const active = names[names.length - 1] ?? "";
     const records: RecordSpan[] = [];
+    /** Each damaged segment as it was after the damage, to check the quarantine files against. */
+    const originals = new Map<string, Buffer>();
     const damaged = new Set<string>();
     const hits: { segment: string; at: number }[] = [];
     let cut = Number.POSITIVE_INFINITY;
@@ -122,10 +139,13 @@ async function oneRound(o: DamagedSpoolOptions, round: number, log: Log) {
         damaged.add(name);
       }
       writeFileSync(file, bytes);
+      originals.set(name, Buffer.from(bytes));
     }
+    // A cut inside a batch of the active segment is a torn tail: the whole batch was never
+    // acknowledged and goes, complete records and all.
     const intact = (r: RecordSpan) =>
       !hits.some((h) => h.segment === r.segment && h.at >= r.offset && h.at < r.end) &&
-      !(r.segment === active && r.end > cut);
+      !(r.segment === active && r.batchEnd > cut);
     const expected = new Set<string>();
     for (const r of records)
       if (r.type === TYPE_MESSAGE && intact(r)) for (const t of r.tokens) expected.add(t);
@@ -148,6 +168,17 @@ async function oneRound(o: DamagedSpoolOptions, round: number, log: Log) {
     for (const name of damaged)
       if (!skipped.some((l) => String(l.segment).endsWith(name) && typeof l.offset === "number"))
         violations.push(`no "damaged spool record skipped" log line names ${name}`);
+    for (const l of skipped) {
+      // Moved aside, never cut away: the quarantine file holds exactly the bytes found bad.
+      const q = typeof l.quarantine === "string" ? l.quarantine : "";
+      const original = originals.get(String(l.segment));
+      if (!q || !existsSync(q)) violations.push(`no quarantine file for ${l.segment} offset ${l.offset}`);
+      else if (original) {
+        const off = Number(l.offset);
+        const want = original.subarray(off, off + Number(l.bytes));
+        if (!readFileSync(q).equals(want)) violations.push(`${q} does not hold the damaged bytes`);
+      }
+    }
     await api(mta.controlPort, "POST", "/api/v1/queue/flush", { destination: "torture.test" });
     await until(() => [...expected].every((t) => sink.counts.has(t)), 30_000);
     if (mta.proc.exitCode !== null) violations.push(`the daemon exited ${mta.proc.exitCode} after recovery`);

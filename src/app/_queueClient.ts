@@ -2,7 +2,8 @@
  * `mta queue` transport: the control API routes behind every queue command, and `QueueClient`, which
  * runs a command either through a running daemon's control API or directly on a stopped spool.
  *
- * Owns: the HTTP paths and their JSON bodies, HTTP status <-> `QueueError`, choosing daemon or local.
+ * Owns: the HTTP paths and their JSON bodies, HTTP status <-> `QueueError`, choosing daemon (its control
+ * socket, or TCP with the token: _control.ts) or local.
  * Does not own: what the commands do (_queueOps.ts), the HTTP server (observe/control.ts).
  * Invariant: both clients return the very objects `QueueOps` returns (HTTP only adds a JSON round
  * trip), so scripts see the same shapes whether a daemon runs or not.
@@ -21,7 +22,8 @@
 import { statSync } from "node:fs";
 import { join } from "node:path";
 import type { Config } from "../config/index.ts";
-import { errnoOf, errorMessage, fileError, formatHostPort, MtaError } from "../lib/index.ts";
+import { errnoOf, errorMessage, fileError, formatHostPort, MtaError, PermissionError } from "../lib/index.ts";
+import { type ControlEndpoint, findDaemon, tcpEndpoint } from "./_control.ts";
 import {
   DeliveryLog,
   jsonError,
@@ -211,41 +213,36 @@ function errorFromStatus(status: number, message: string): QueueError {
       ? "usage"
       : status === 404
         ? "data"
-        : status === 401 || status === 503
-          ? "unavailable"
-          : "runtime";
+        : status === 401 || status === 403
+          ? "noperm"
+          : status === 503
+            ? "unavailable"
+            : "runtime";
   return new QueueError(code, message, status);
 }
 
 export class HttpQueueClient implements QueueClient {
   readonly mode = "daemon";
-  private readonly base: string;
+  private readonly endpoint: ControlEndpoint;
 
-  /** `host`: the daemon's control address; a wildcard address is reached on loopback. */
-  constructor(
-    host: string,
-    port: number,
-    private readonly token?: string,
-  ) {
-    const h = host === "0.0.0.0" || host === "" ? "127.0.0.1" : host === "::" ? "::1" : host;
-    this.base = `http://${formatHostPort({ host: h, port })}`;
+  /** An endpoint from findDaemon, or `host`, `port` and the token: TCP (a wildcard is reached on loopback). */
+  constructor(endpointOrHost: ControlEndpoint | string, port = 0, token?: string) {
+    if (typeof endpointOrHost !== "string") this.endpoint = endpointOrHost;
+    else {
+      const h = endpointOrHost;
+      const host = h === "0.0.0.0" || h === "" ? "127.0.0.1" : h === "::" ? "::1" : h;
+      this.endpoint = tcpEndpoint(`http://${formatHostPort({ host, port })}`, token);
+    }
   }
 
   private async call<T>(method: "GET" | "POST", path: string, body?: unknown): Promise<T> {
-    const headers: Record<string, string> = {};
-    if (this.token) headers.authorization = `Bearer ${this.token}`;
-    if (body !== undefined) headers["content-type"] = "application/json";
     let res: Response;
     try {
-      res = await fetch(`${this.base}${path}`, {
-        method,
-        headers,
-        ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
-      });
+      res = await this.endpoint.request(method, path, body);
     } catch (err) {
       throw new QueueError(
         "unavailable",
-        `the daemon's control API at ${this.base} did not answer: ${errorMessage(err)}`,
+        `the daemon's control API at ${this.endpoint.where} did not answer: ${errorMessage(err)}`,
         503,
       );
     }
@@ -265,10 +262,10 @@ export class HttpQueueClient implements QueueClient {
     return json as T;
   }
 
-  /** True when an mta control API answers /healthz at this address. */
+  /** True when an mta control API answers /healthz at this endpoint. */
   async reachable(timeoutMs = 1000): Promise<boolean> {
     try {
-      const res = await fetch(`${this.base}/healthz`, { signal: AbortSignal.timeout(timeoutMs) });
+      const res = await this.endpoint.request("GET", "/healthz", undefined, AbortSignal.timeout(timeoutMs));
       const j = (await res.json()) as { status?: unknown };
       return typeof j.status === "string";
     } catch {
@@ -461,10 +458,10 @@ export async function openQueueClient(
   config: Config,
   opts: { prefer?: "daemon" | "local"; timeoutMs?: number } = {},
 ): Promise<QueueClient> {
-  const a = config.control.address;
-  if (opts.prefer !== "local" && a && a.port !== 0) {
-    const http = new HttpQueueClient(a.host, a.port, config.control.token);
-    if (await http.reachable(opts.timeoutMs ?? 1000)) return http;
+  if (opts.prefer !== "local") {
+    const d = await findDaemon(config, opts.timeoutMs ?? 1000);
+    if ("found" in d) return new HttpQueueClient(d.found);
+    if ("refused" in d) throw new PermissionError(`queue: ${d.refused}`);
   }
   return new LocalQueueClient(config);
 }

@@ -25,7 +25,7 @@ import { verifySpool } from "../spool/index.ts";
 export class QueueError extends MtaError {
   override name = "QueueError";
   constructor(
-    code: "usage" | "data" | "unavailable" | "runtime",
+    code: "usage" | "data" | "unavailable" | "noperm" | "runtime",
     message: string,
     readonly status: number,
   ) {

@@ -9,7 +9,16 @@
  * the daemon's inject API (which answers after its own fdatasync). A crash between the two re-sends that
  * message on the next run (at least once), never loses one.
  */
-import { closeSync, fdatasyncSync, fstatSync, mkdirSync, openSync, readSync, writeSync } from "node:fs";
+import {
+  closeSync,
+  fchmodSync,
+  fdatasyncSync,
+  fstatSync,
+  mkdirSync,
+  openSync,
+  readSync,
+  writeSync,
+} from "node:fs";
 import { join } from "node:path";
 import { loadFlock, tryLockExclusive } from "../lib/index.ts";
 
@@ -34,9 +43,10 @@ export class BatchJournal {
    */
   static async open(spoolDir: string, batchId: string, waitMs: number): Promise<BatchJournal> {
     const dir = join(spoolDir, "batches");
-    mkdirSync(dir, { recursive: true });
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
     const path = join(dir, `${batchId}.journal`);
-    const fd = openSync(path, "a+", 0o640);
+    const fd = openSync(path, "a+", 0o600);
+    fchmodSync(fd, 0o600); // spool files are private whatever the umask
     if (loadFlock()) {
       const deadline = Date.now() + waitMs;
       while (!tryLockExclusive(fd)) {

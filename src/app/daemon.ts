@@ -7,14 +7,16 @@
  * Invariant: the spool lock is held for the whole life of the daemon; nothing is acknowledged before
  * the spool is open, and the spool closes only after every listener and delivery has stopped.
  */
-import { readFileSync } from "node:fs";
+import { readFileSync, statSync } from "node:fs";
 import pkg from "../../package.json" with { type: "json" };
 import {
   type Config,
   ConfigError,
+  inlineSecretPaths,
   type ListenerConfig,
   loadConfig,
   type RawConfig,
+  resolveSecrets,
   restartNeeded,
 } from "../config/index.ts";
 import { EXIT, errnoOf, errnoText, errorMessage, formatHostPort, UnavailableError } from "../lib/index.ts";
@@ -29,6 +31,7 @@ import { type Listener, type ListenerOptions, startListener } from "../listener/
 import { Engine } from "./engine.ts";
 import { startProblems } from "./preflight.ts";
 import { injectHandler, injectLimitBytes } from "./inject.ts";
+import { MaildropPickup } from "./_maildrop.ts";
 import { QueueOps, queueRoutes } from "./queue.ts";
 
 export interface DaemonOptions {
@@ -75,7 +78,9 @@ function startControlServerOr(where: string, opts: Parameters<typeof startContro
   try {
     return startControlServer(opts);
   } catch (err) {
-    throw new UnavailableError(`control.address ${where}: cannot listen: ${bindReason(err)}`, { cause: err });
+    const msg = bindReason(err);
+    const what = msg.startsWith("control.socket") ? msg : `control.address ${where}: cannot listen: ${msg}`;
+    throw new UnavailableError(what, { cause: err });
   }
 }
 
@@ -88,6 +93,7 @@ export class Daemon {
     readonly engine: Engine,
     readonly control: ControlServer | undefined,
     readonly listeners: Listener[],
+    readonly maildrop: MaildropPickup | undefined,
     /** The file the daemon started with: what its `restart` keys are running on. */
     private readonly started: RawConfig | undefined,
   ) {}
@@ -97,12 +103,15 @@ export class Daemon {
     const engine = await Engine.start(config, { log });
     let control: ControlServer | undefined;
     const listeners: Listener[] = [];
+    let maildrop: MaildropPickup | undefined;
     try {
-      if (config.control.address) {
-        const where = formatHostPort(config.control.address);
+      if (config.control.address || config.control.socketPath) {
+        const a = config.control.address;
+        const where = a ? formatHostPort(a) : "";
         control = startControlServerOr(where, {
-          host: config.control.address.host,
-          port: config.control.address.port,
+          ...(a ? { host: a.host, port: a.port } : {}),
+          ...(config.control.socketPath ? { socketPath: config.control.socketPath } : {}),
+          hostNames: config.control.hostNames,
           token: config.control.token,
           log: log.withTag("control"),
           metrics: engine.metrics,
@@ -135,13 +144,33 @@ export class Daemon {
           throw new UnavailableError(`${where}: cannot listen: ${bindReason(err)}`, { cause: err });
         }
       }
+      if (config.spool.maildrop) {
+        maildrop = new MaildropPickup({
+          dir: config.spool.maildrop,
+          pipeline: engine.pipeline,
+          hostname: config.hostname,
+          maxMessageBytes: injectLimitBytes(config),
+          log: log.withTag("maildrop"),
+        });
+        try {
+          maildrop.start();
+        } catch (err) {
+          throw new UnavailableError(
+            `cannot prepare spool.maildrop ${config.spool.maildrop}: ${errorMessage(err)}`,
+            {
+              cause: err,
+            },
+          );
+        }
+      }
     } catch (err) {
+      await maildrop?.stop();
       for (const l of listeners) await l.close({ graceMs: 0 });
       await control?.stop();
       await engine.stop();
       throw err;
     }
-    return new Daemon(config, log, engine, control, listeners, opts.raw);
+    return new Daemon(config, log, engine, control, listeners, maildrop, opts.raw);
   }
 
   /** The "started" log line, with the bound addresses (tests and scripts read the ports from it). */
@@ -150,7 +179,10 @@ export class Daemon {
       spool: this.config.spool.dir,
       messages: this.engine.spool.recovery.messages,
       listeners: this.listeners.map((l) => formatHostPort({ host: l.host, port: l.port })),
-      control: this.control ? formatHostPort({ host: this.control.host, port: this.control.port }) : "off",
+      control: this.control?.host
+        ? formatHostPort({ host: this.control.host, port: this.control.port })
+        : "off",
+      controlSocket: this.control?.socketPath ?? "off",
     });
   }
 
@@ -167,34 +199,69 @@ export class Daemon {
     this.log.info("configuration reloaded", needsRestart.length ? { needsRestart } : {});
   }
 
-  /** Graceful stop: listeners stop accepting and drain (sessions in DATA may finish), then the rest. */
-  stop(graceMs = 1500): Promise<void> {
+  /**
+   * Graceful stop within `graceMs` (shutdown_grace): listeners stop accepting at once and sessions in
+   * the middle of a message may finish and get their 250; the control API refuses new requests that
+   * would change anything and lets those in flight finish; deliveries in flight get what is left of the
+   * grace (at least 1 s) to record their outcome; then the spool closes. A message whose session is
+   * cut at the end of the grace gets 421 and is not kept.
+   */
+  stop(graceMs = this.config.shutdownGraceMs): Promise<void> {
     this.stopping ??= (async () => {
-      this.log.info("stopping");
-      await Promise.all(this.listeners.map((l) => l.close({ graceMs })));
-      await this.control?.stop();
-      await this.engine.stop(graceMs);
+      const deadline = Date.now() + graceMs;
+      this.log.info("stopping", { graceMs });
+      this.control?.drain();
+      await Promise.all([this.maildrop?.stop(), ...this.listeners.map((l) => l.close({ graceMs }))]);
+      await this.control?.stop(Math.max(0, deadline - Date.now()));
+      await this.engine.stop(Math.max(1000, deadline - Date.now()));
       this.log.info("stopped");
     })();
     return this.stopping;
   }
+
+  /** A second signal: sessions still receiving a message get 421 now (what is being stored is kept). */
+  hurry(): void {
+    this.log.info("ending the shutdown grace now");
+    for (const l of this.listeners) void l.close({ graceMs: 0 });
+  }
+}
+
+/** Secrets written inline in a file every local user may read are not secret: say so at start. */
+function warnReadableSecrets(file: string, inline: string[], log: Logger): void {
+  if (inline.length === 0) return;
+  let mode = 0;
+  try {
+    mode = statSync(file).mode;
+  } catch {
+    return;
+  }
+  if ((mode & 0o004) !== 0)
+    log.warn(
+      `${file} is readable by every local user and holds ${inline.join(", ")}: move them to *_file keys (mode 0600) or chmod o-r the file`,
+    );
 }
 
 /** `mta serve`: loads the configuration, runs the daemon until SIGTERM/SIGINT, returns the exit code. */
 export async function runDaemon(configFile: string): Promise<number> {
-  const { config, raw, problemAt } = loadConfig(configFile);
+  const { config: loaded, raw, problemAt } = loadConfig(configFile);
   // What check-config checks, serve checks: refused here, with the YAML path and line, before any bind.
-  const problems = startProblems(config);
+  const problems = startProblems(loaded);
   if (problems.length > 0)
     throw new ConfigError(
       configFile,
       problems.map((p) => problemAt(p.path, p.message)),
     );
+  // The secret files were found readable just now (startProblems): read them into the configuration.
+  const { config } = resolveSecrets(loaded);
   const log = createLogger({ level: config.log.level, format: config.log.format });
+  warnReadableSecrets(configFile, inlineSecretPaths(raw), log);
   const daemon = await Daemon.start(config, { log, raw });
   return new Promise<number>((resolve) => {
+    let signalled = false;
     const stop = (signal: string) => {
       log.info(`received ${signal}`);
+      if (signalled) return daemon.hurry();
+      signalled = true;
       daemon.stop().then(
         () => resolve(EXIT.ok),
         (err) => {
@@ -207,8 +274,14 @@ export async function runDaemon(configFile: string): Promise<number> {
     process.on("SIGINT", () => stop("SIGINT"));
     process.on("SIGHUP", () => {
       try {
-        const next = loadConfig(configFile);
-        daemon.reload(next.config, next.raw);
+        const { config: next, raw: nextRaw, problemAt } = loadConfig(configFile);
+        const secrets = resolveSecrets(next);
+        if (secrets.problems.length > 0)
+          throw new ConfigError(
+            configFile,
+            secrets.problems.map((p) => problemAt(p.path, p.message)),
+          );
+        daemon.reload(secrets.config, nextRaw);
       } catch (err) {
         const detail = err instanceof ConfigError ? err.message : errorMessage(err);
         log.error(`configuration reload failed; keeping the running configuration\n${detail}`);

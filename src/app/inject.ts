@@ -9,10 +9,10 @@
  * `text`, `html`, `headers`, `from`).
  */
 import type { Config } from "../config/index.ts";
-import { hasEightBit } from "../lib/index.ts";
-import { jsonError, jsonResponse } from "../observe/index.ts";
+import { concatBytes, hasEightBit, textEncoder } from "../lib/index.ts";
+import { jsonError, jsonResponse, type Peer } from "../observe/index.ts";
 import { type AcceptPipeline, contentRefusal } from "./accept.ts";
-import { addMissingHeaders, composeMessage } from "./compose.ts";
+import { addMissingHeaders, composeMessage, rfc5322Date } from "./compose.ts";
 import { toCrlf as bytesToCrlf } from "./_sendMessage.ts";
 
 export interface InjectItem {
@@ -125,12 +125,22 @@ export function itemToMessage(item: InjectItem, hostname: string): Uint8Array {
   );
 }
 
+/** `Received: from [ip] by host (mta) with HTTP; date`, or `by host (mta, control socket)`. */
+export function injectReceived(peer: Peer, hostname: string, nowMs: number): string {
+  const date = rfc5322Date(nowMs);
+  if (peer.socket)
+    return `Received: by ${hostname} (mta, inject API on the control socket);\r\n\t${date}\r\n`;
+  const a = peer.address.replace(/^::ffff:/, "");
+  const literal = a.includes(":") ? `IPv6:${a}` : a;
+  return `Received: from [${literal}]\r\n\tby ${hostname} (mta, inject API) with HTTP;\r\n\t${date}\r\n`;
+}
+
 export function injectHandler(
   pipeline: AcceptPipeline,
   opts: { hostname: string; maxMessageBytes: number; maxItems?: number },
 ) {
   const maxItems = opts.maxItems ?? 10_000;
-  return async (req: Request): Promise<Response> => {
+  return async (req: Request, _url: URL, peer: Peer): Promise<Response> => {
     let body: unknown;
     try {
       body = await req.json();
@@ -155,6 +165,9 @@ export function injectHandler(
       const refusal = contentRefusal(composed[i]!, (items[i] as InjectItem).attributes?.body);
       if (refusal) return jsonError(400, refusal.lines.join(" "), { index: i });
     }
+    // RFC 5321 §4.4: a trace line for this hop, naming the client as the listener's Received does.
+    const trace = textEncoder.encode(injectReceived(peer, opts.hostname, Date.now()));
+    const client = peer.socket ? "control socket" : peer.address;
     const results = await Promise.all(
       (items as InjectItem[]).map((item, i) => {
         const message = composed[i]!;
@@ -164,8 +177,8 @@ export function injectHandler(
         return pipeline.submit({
           sender: item.sender,
           recipients: item.recipients.map((address) => ({ address })),
-          attributes,
-          message,
+          attributes: { ...attributes, client },
+          message: concatBytes([trace, message]),
         });
       }),
     );

@@ -2,7 +2,8 @@
  * Everything `mta serve` checks before it binds a socket, as a list of problems: `mta check-config`
  * runs exactly this, so that what check-config passes, serve starts (binding aside).
  *
- * Owns: the checks of what the configuration points at: the control token rule, each listener's TLS
+ * Owns: the checks of what the configuration points at: the control token rule and the secret files,
+ * each listener's TLS
  * certificate and key (readable files, PEM that loads, a key that matches the certificate), the DKIM
  * keys, the TLS policy (its CA bundle; tls: dane/sts where they can work), the spool directory and the
  * delivery log (the right kind of path, writable by this user).
@@ -12,7 +13,7 @@
 import { X509Certificate, createPrivateKey } from "node:crypto";
 import { accessSync, constants, readdirSync, readFileSync, statSync } from "node:fs";
 import { dirname, join } from "node:path";
-import type { Config } from "../config/index.ts";
+import { type Config, resolveSecrets } from "../config/index.ts";
 import { errnoOf, errnoText, errorMessage, formatHostPort, isLoopback } from "../lib/index.ts";
 import { dkimProblems } from "./engine.ts";
 import { tlsPolicyProblems } from "./tlsDelivery.ts";
@@ -28,7 +29,7 @@ export function startProblems(config: Config): StartProblem[] {
   const push = (path: (string | number)[], message: string) => problems.push({ path, message });
 
   const control = config.control.address;
-  if (control && !isLoopback(control.host) && !config.control.token)
+  if (control && !isLoopback(control.host) && !config.control.token && !config.control.tokenFile)
     push(
       ["control", "address"],
       `${formatHostPort(control)} is not loopback: set control.token (a bearer token), or listen on 127.0.0.1`,
@@ -61,6 +62,8 @@ export function startProblems(config: Config): StartProblem[] {
   });
 
   for (const p of dkimProblems(config)) problems.push(p);
+  // The secret files (control.token_file, listen[].users_file, a route's auth.password_file).
+  for (const p of resolveSecrets(config).problems) problems.push(p);
   for (const p of tlsPolicyProblems(config)) problems.push(p);
 
   const spool = directoryProblem(config.spool.dir);

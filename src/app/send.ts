@@ -2,8 +2,9 @@
  * `mta send` (and `sendmail`): one message from standard input, or batches from files, handed to the
  * running daemon through its inject API, or enqueued and delivered by this process itself.
  *
- * Owns: choosing where mail goes (daemon reachable at control.address → inject API; else the spool
- * itself through an Engine, waiting a bounded time for its lock), the pump from readers to the sink
+ * Owns: choosing where mail goes (_submit.ts: a daemon this user may talk to → inject API; a user who
+ * may not touch the spool → the maildrop; else the spool itself through an Engine, waiting a bounded
+ * time for its lock), the pump from readers to the sink
  * with bounded concurrency, the batch journal, progress, the summary and the exit code.
  * Does not own: flag parsing (_sendArgs.ts), message fixing (_sendMessage.ts), readers (_sendReaders.ts),
  * the journal file (_sendJournal.ts).
@@ -27,7 +28,10 @@ import {
   UsageError,
 } from "../lib/index.ts";
 import { createLogger, type Logger, Metrics } from "../observe/index.ts";
+import type { ControlEndpoint } from "./_control.ts";
 import { Engine } from "./engine.ts";
+import { withLocalReceived } from "./_maildrop.ts";
+import { MaildropSink, submissionWay, withSecrets } from "./_submit.ts";
 import { injectLimitBytes } from "./inject.ts";
 import { parseSendArgs, type SendArgs } from "./_sendArgs.ts";
 import { BatchJournal, JournalBusyError } from "./_sendJournal.ts";
@@ -52,7 +56,7 @@ export interface SendIo {
 }
 
 export interface SendSummary {
-  mode: "daemon" | "local" | "dry-run";
+  mode: "daemon" | "local" | "maildrop" | "dry-run";
   /** Messages accepted (durable) in this run. */
   accepted: number;
   /** Items skipped because the batch journal says they were accepted by an earlier run. */
@@ -78,7 +82,7 @@ type SubmitOutcome =
   | { ok: false; unavailable: string };
 
 interface Sink {
-  readonly mode: "daemon" | "local";
+  readonly mode: "daemon" | "local" | "maildrop";
   readonly inFlight: number;
   readonly batchSize: number;
   /** A batch is cut when its messages' bytes reach this (one bigger message goes alone). */
@@ -95,28 +99,6 @@ const INJECT_BATCH = 100;
 const INJECT_BATCH_BYTES = 16 * 1024 * 1024;
 /** Local mode: at most this many of this run's messages queued and not yet delivered before reading on. */
 const LOCAL_BACKLOG = 5_000;
-
-function controlBase(config: Config): string | undefined {
-  const a = config.control.address;
-  if (!a) return undefined;
-  let host = a.host;
-  if (host === "0.0.0.0") host = "127.0.0.1";
-  if (host === "::") host = "::1";
-  return host.includes(":") ? `http://[${host}]:${a.port}` : `http://${host}:${a.port}`;
-}
-
-/** Whether a daemon answers GET /healthz at control.address. */
-export async function daemonReachable(config: Config, timeoutMs = 2000): Promise<boolean> {
-  const base = controlBase(config);
-  if (!base) return false;
-  try {
-    const r = await fetch(`${base}/healthz`, { signal: AbortSignal.timeout(timeoutMs) });
-    await r.arrayBuffer();
-    return r.ok;
-  } catch {
-    return false;
-  }
-}
 
 type InjectAnswer = {
   messages?: unknown;
@@ -159,29 +141,28 @@ class DaemonSink implements Sink {
   readonly inFlight = 4;
   readonly batchSize = INJECT_BATCH;
   readonly batchBytes = INJECT_BATCH_BYTES;
-  private readonly url: string;
-  private readonly headers: Record<string, string>;
-
-  constructor(config: Config) {
-    this.url = `${controlBase(config)}/api/v1/inject`;
-    this.headers = { "content-type": "application/json" };
-    if (config.control.token) this.headers.authorization = `Bearer ${config.control.token}`;
-  }
+  constructor(
+    private readonly endpoint: ControlEndpoint,
+    private readonly hostname: string,
+  ) {}
 
   async submit(items: SendItem[]): Promise<SubmitOutcome[]> {
     const out: SubmitOutcome[] = new Array(items.length);
     let pending = items.map((_, i) => i);
     // A 400/413 names one bad item: mark it and send the rest again (the API is all-or-nothing per request).
     while (pending.length > 0) {
-      const body = injectBody(pending.map((i) => items[i]!));
+      // The trace line for this hop names the uid that ran mta send (the daemon adds its own below).
+      const uid = process.getuid?.() ?? 0;
+      const body = injectBody(
+        pending.map((i) => ({
+          ...items[i]!,
+          message: withLocalReceived(items[i]!.message, uid, this.hostname),
+        })),
+      );
       let res: Response;
       let text: string;
       try {
-        res = await fetch(this.url, {
-          method: "POST",
-          headers: this.headers,
-          body,
-        });
+        res = await this.endpoint.request("POST", "/api/v1/inject", body);
         text = await res.text();
       } catch (err) {
         for (const i of pending)
@@ -262,7 +243,7 @@ class LocalSink implements Sink {
           sender: it.sender,
           recipients: it.recipients.map((address) => ({ address })),
           attributes: it.attributes,
-          message: it.message,
+          message: withLocalReceived(it.message, process.getuid?.() ?? 0, this.engine.config.hostname),
         });
         if (r.ok) for (const id of r.ids) this.runIds.add(id);
         return r;
@@ -461,11 +442,15 @@ export async function send(args: SendArgs, config: Config, io: SendIo): Promise<
       if (args.verbose && journal.size > 0)
         log.info(`batch ${args.batchId}: ${journal.size} items already accepted`);
     }
-    if (await daemonReachable(config)) {
-      sink = new DaemonSink(config);
+    const way = await submissionWay(config);
+    if (way.daemon) {
+      sink = new DaemonSink(way.daemon, config.hostname);
       s.mode = "daemon";
+    } else if (way.maildrop) {
+      sink = new MaildropSink(way.maildrop);
+      s.mode = "maildrop";
     } else {
-      engine = await startEngine(config, { log, metrics, onEvent }, args.lockWaitMs);
+      engine = await startEngine(withSecrets(config), { log, metrics, onEvent }, args.lockWaitMs);
       sink = new LocalSink(engine, runIds);
       s.mode = "local";
     }
@@ -604,7 +589,9 @@ export function formatSummary(s: SendSummary): string {
       ? [`${fmt(s.delivered)} delivered`, `${fmt(s.deferred)} deferred`, `${fmt(s.bounced)} bounced`]
       : s.mode === "daemon"
         ? ["handed to the daemon"]
-        : ["valid (dry run)"]),
+        : s.mode === "maildrop"
+          ? ["left in the maildrop for the daemon"]
+          : ["valid (dry run)"]),
   ];
   if (s.skipped) parts.push(`${fmt(s.skipped)} skipped (already sent)`);
   if (s.invalid) parts.push(`${fmt(s.invalid)} invalid`);

@@ -4,12 +4,13 @@
  *
  * Owns: the output: YAML (or `--json`) of the effective configuration on success; on failure the
  * problems, one per line with YAML path and line (or `--json`: `{ ok: false, file, problems }` on
- * stdout); `-q` prints nothing either way. Exit 0 or 78.
+ * stdout); `-q` prints nothing either way. Exit 0 or 78. Secrets (control.token, relay passwords,
+ * user hashes, inline or in their *_file) are printed as `<redacted>`.
  * Does not own: the checks (config/ for the file, app/'s `startProblems` for what it points at).
  */
 import { defineCommand } from "citty";
 import { startProblems } from "../app/index.ts";
-import { ConfigError, findConfigPath, loadConfig, renderConfigYaml } from "../config/index.ts";
+import { ConfigError, findConfigPath, loadConfig, redactSecrets, renderConfigYaml } from "../config/index.ts";
 import { EXIT } from "../lib/index.ts";
 import { configArg } from "./_args.ts";
 
@@ -33,9 +34,10 @@ export default defineCommand({
           file,
           problems.map((p) => problemAt(p.path, p.message)),
         );
+      const shown = redactSecrets(raw);
       if (!args.quiet)
         process.stdout.write(
-          args.json ? `${JSON.stringify(raw, null, 2)}\n` : `# ${file}: ok\n${renderConfigYaml(raw)}`,
+          args.json ? `${JSON.stringify(shown, null, 2)}\n` : `# ${file}: ok\n${renderConfigYaml(shown)}`,
         );
       return EXIT.ok;
     } catch (err) {

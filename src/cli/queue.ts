@@ -2,13 +2,15 @@
  * `mta queue`: what is queued, where, why, and the levers to act on it.
  *
  * Owns: the subcommands' arguments, human tables (default) and `--json` output, exit codes
- * (verify with damage 65; usage 64; no daemon for suspend/resume, or a locked spool, 69).
+ * (verify with damage or quarantined bytes 65; usage 64; no daemon for suspend/resume, or a locked
+ * spool, 69; a user who may reach neither the daemon nor the spool 77).
  * Does not own: the operations (app/'s QueueOps) or how they reach the spool (app/'s QueueClient:
  * the daemon's control API when one answers at control.address, else the spool directory).
  */
 import { defineCommand } from "citty";
 import {
   type ActionResult,
+  formatVerifyReport,
   MESSAGE_STATES,
   type MessageState,
   openQueueClient,
@@ -39,6 +41,8 @@ const common = {
 } as const;
 
 async function client(args: { config?: string; local?: boolean }): Promise<QueueClient> {
+  // Secret files stay unread (loadConfig never reads them): the token is read only when the control
+  // socket cannot be used.
   const { config } = loadConfig(findConfigPath(args.config));
   return openQueueClient(config, args.local ? { prefer: "local" } : {});
 }
@@ -385,21 +389,13 @@ const verify = defineCommand({
     const c = await client(args);
     const r = await c.verify();
     if (args.json) printJson(r);
-    else {
-      const lines = [
-        `spool ${r.dir}: ${r.segments.length} segment(s), ${r.records} record(s), ${formatBytes(r.fileBytes)}`,
-        `live: ${r.messages} message(s), ${r.recipients.pending} pending recipient(s), ${formatBytes(r.liveBytes)}`,
-        ...r.damaged.map((d) => `DAMAGED ${d.segment} offset ${d.offset} (${d.bytes} bytes): ${d.reason}`),
-      ];
-      if (r.tornTail)
-        lines.push(
-          `torn tail: ${r.tornTail.segment} from offset ${r.tornTail.offset} (${r.tornTail.bytes} bytes; a batch being written, or cut by a crash)`,
-        );
-      lines.push(r.ok ? "ok" : `${r.damaged.length} damaged record(s)`);
-      print(lines.join("\n"));
-    }
+    else print(formatVerifyReport(r));
     // Thrown, not returned: citty drops a subcommand's return value; _run.ts maps "data" to 65.
-    if (!r.ok) throw new MtaError("data", `${r.damaged.length} damaged record(s) in ${r.dir}`);
+    if (!r.ok)
+      throw new MtaError(
+        "data",
+        `${r.damaged.length} damaged range(s) and ${r.quarantined.length} quarantined file(s) in ${r.dir}`,
+      );
     return EXIT.ok;
   },
 });

@@ -1,3 +1,11 @@
+export {
+  controlToken,
+  inlineSecretPaths,
+  REDACTED,
+  redactSecrets,
+  resolveSecrets,
+  type SecretProblem,
+} from "./_secrets.ts";
 export { formatDuration, type Rate } from "./_values.ts";
 export {
   CONFIG_SEARCH_PATH,

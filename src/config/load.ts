@@ -5,11 +5,11 @@
  * Every problem names its YAML path and `line:column`; unknown keys get a did-you-mean.
  */
 import { existsSync, readFileSync } from "node:fs";
-import { dirname, resolve } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import * as v from "valibot";
 import { isMap, isPair, isScalar, isSeq, LineCounter, type Node, parseDocument, stringify } from "yaml";
 import { errnoText, MtaError } from "../lib/index.ts";
-import { closest } from "./_values.ts";
+import { closest, parseDuration } from "./_values.ts";
 import { ConfigSchema, type RawConfig, show } from "./schema.ts";
 import { buildConfig, type Config } from "./types.ts";
 
@@ -149,13 +149,17 @@ function unwrap(s: Schema | undefined): Schema | undefined {
  * configuration names (TLS, DKIM keys, spool, log) are checked by app/preflight.ts, for the commands
  * that use them (`serve`, `check-config`), not here: `mta send` run by any user must load this file.
  */
-function semanticChecks(raw: RawConfig, push: (path: PathKey[], message: string) => void): void {
+function semanticChecks(
+  raw: RawConfig,
+  baseDir: string,
+  push: (path: PathKey[], message: string) => void,
+): void {
   const seen = new Map<string, number>();
   raw.listen.forEach((l, i) => {
     const prev = seen.get(l.address);
     if (prev !== undefined) push(["listen", i, "address"], `the same address as listen[${prev}]`);
     seen.set(l.address, i);
-    if (l.auth !== "off" && Object.keys(l.users).length === 0) {
+    if (l.auth !== "off" && Object.keys(l.users).length === 0 && l.users_file === undefined) {
       push(["listen", i, "auth"], `auth is ${l.auth} but listen[${i}].users is empty`);
     }
     if (l.auth === "required" && !l.tls && !l.allow_plaintext_auth) {
@@ -173,6 +177,24 @@ function semanticChecks(raw: RawConfig, push: (path: PathKey[], message: string)
       }
     }
   });
+  if (raw.control.token !== undefined && raw.control.token_file !== undefined)
+    push(["control", "token_file"], "give control.token or control.token_file, not both");
+  const spoolDir = resolve(baseDir, raw.spool.dir);
+  const drop = raw.spool.maildrop === "" ? "" : resolve(baseDir, raw.spool.maildrop);
+  if (drop && (drop === spoolDir || drop.startsWith(`${spoolDir}/`) || spoolDir.startsWith(`${drop}/`)))
+    push(
+      ["spool", "maildrop"],
+      "must be outside spool.dir, and not hold it: the spool is private (0700), the maildrop open to every local user",
+    );
+  const socket = raw.control.socket ?? join(spoolDir, "control.sock");
+  if (socket !== "" && Buffer.byteLength(resolve(baseDir, socket)) > 107)
+    push(
+      raw.control.socket === undefined ? ["spool", "dir"] : ["control", "socket"],
+      `the control socket ${resolve(baseDir, socket)} is longer than a Unix socket path may be (107 bytes): set control.socket to a shorter path, or "" for none`,
+    );
+  // Longer than any service manager waits, and past what a timer can hold.
+  if ((parseDuration(raw.shutdown_grace) ?? 0) > 3_600_000)
+    push(["shutdown_grace"], `expected at most 1h, got ${show(raw.shutdown_grace)}`);
 }
 
 export interface LoadedConfig {
@@ -257,7 +279,7 @@ export function parseConfigText(text: string, file: string): LoadedConfig {
     throw new ConfigError(file, sortByLine(dedupe(problems)));
   }
   const baseDir = dirname(file);
-  semanticChecks(result.output, push);
+  semanticChecks(result.output, baseDir, push);
   if (problems.length) throw new ConfigError(file, sortByLine(problems));
   const problemAt = (path: readonly PathKey[], message: string): ConfigProblem => {
     // A key the file does not set has no line of its own: its default is what is wrong.

@@ -14,6 +14,8 @@ export type ReloadClass = "live" | "restart";
 export const RELOAD: Readonly<Record<string, ReloadClass>> = Object.freeze({
   // Listeners, the control endpoint and the spool hold sockets, a lock and files opened at start.
   hostname: "restart",
+  // Read when the daemon is told to stop.
+  shutdown_grace: "live",
   spool: "restart",
   listen: "restart",
   control: "restart",

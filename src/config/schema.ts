@@ -113,6 +113,7 @@ export const ListenerSchema = v.strictObject({
     mapping(str("a password hash from `mta hash-password`"), "user names to password hashes"),
     {},
   ),
+  users_file: v.optional(str("the path of a file of `user:hash` lines")),
   allow_plaintext_auth: v.optional(Bool, false),
   submission: v.optional(Bool, false),
   max_message_size: v.optional(PositiveSize, "25MB"),
@@ -129,7 +130,19 @@ export const ListenerSchema = v.strictObject({
 
 const RouteObject = v.strictObject({
   hosts: list(HostText, '"host:port" addresses'),
-  auth: v.optional(v.strictObject({ username: str("a user name"), password: str("a password") })),
+  auth: v.optional(
+    v.pipe(
+      v.strictObject({
+        username: str("a user name"),
+        password: v.optional(str("a password")),
+        password_file: v.optional(str("the path of a file holding the password")),
+      }),
+      v.check(
+        (a) => (a.password === undefined) !== (a.password_file === undefined),
+        "expected exactly one of password and password_file",
+      ),
+    ),
+  ),
   tls: v.optional(TlsMode),
 });
 const Route = v.union(
@@ -227,9 +240,11 @@ const DEFAULT_POLICY = {
 
 export const ConfigSchema = v.strictObject({
   hostname: v.optional(HostName),
+  shutdown_grace: v.optional(Duration, "30s"),
   spool: v.optional(
     v.strictObject({
       dir: v.optional(str("the path of a directory"), "./spool"),
+      maildrop: v.optional(str('the path of a directory, or "" for none'), "./maildrop"),
       sync: v.optional(Bool, true),
       segment_size: v.optional(PositiveSize, "64MiB"),
       compact_below: v.optional(Ratio, 0.3),
@@ -248,6 +263,9 @@ export const ConfigSchema = v.strictObject({
         "127.0.0.1:8025",
       ),
       token: v.optional(str("a bearer token")),
+      token_file: v.optional(str("the path of a file holding the token")),
+      socket: v.optional(str('the path of the control socket, or "" for none')),
+      hosts: v.optional(list(HostName, "host names such as mta.example.com"), []),
     }),
     {},
   ),

@@ -6,7 +6,7 @@
  * directory of the configuration file.
  */
 import { hostname as osHostname } from "node:os";
-import { isAbsolute, resolve } from "node:path";
+import { isAbsolute, join, resolve } from "node:path";
 import type { Cidr, HostPort } from "../lib/index.ts";
 import {
   parseAddressValue,
@@ -28,7 +28,9 @@ export interface ListenerConfig {
   relayFrom: Cidr[];
   tls?: { certFile: string; keyFile: string; implicit: boolean };
   auth: "off" | "optional" | "required";
+  /** Inline `users` merged with `users_file` (empty when the secrets were not read). */
   users: Record<string, string>;
+  usersFile?: string;
   allowPlaintextAuth: boolean;
   submission: boolean;
   maxMessageBytes: number;
@@ -45,7 +47,8 @@ export interface ListenerConfig {
 
 export interface RouteConfig {
   hosts: HostPort[];
-  auth?: { username: string; password: string };
+  /** `password` is "" when the secrets were not read (clients such as `mta send` to a daemon). */
+  auth?: { username: string; password: string; passwordFile?: string };
   tls?: TlsMode;
 }
 
@@ -118,15 +121,28 @@ export interface Config {
   /** Absolute path of the file this was loaded from ("" for built-in). */
   source: string;
   hostname: string;
+  /** How long a stopping daemon lets sessions in DATA and deliveries in flight finish. */
+  shutdownGraceMs: number;
   spool: {
     dir: string;
+    /** Where users who may not touch the spool drop mail (`mta send` as them); "" for none. */
+    maildrop: string;
     sync: boolean;
     segmentSizeBytes: number;
     compactBelowLiveRatio: number;
     bodyCacheBytes: number;
   };
   listen: ListenerConfig[];
-  control: { address?: HostPort; token?: string };
+  control: {
+    address?: HostPort;
+    /** Inline, or read from `tokenFile` when the secrets were read. */
+    token?: string;
+    tokenFile?: string;
+    /** The local control socket (Unix domain); undefined: none. Default `<spool.dir>/control.sock`. */
+    socketPath?: string;
+    /** Host names a request may give besides the bound address. */
+    hostNames: string[];
+  };
   dns: { servers: HostPort[]; timeoutMs: number; attempts: number; prefer: "ipv4" | "ipv6"; dnssec: boolean };
   tlsPolicy: TlsPolicyConfig;
   delivery: DeliveryConfig;
@@ -180,7 +196,10 @@ export function buildConfig(raw: RawConfig, source: string, baseDir: string): Co
     const hosts = typeof r === "string" ? [r] : Array.isArray(r) ? r : r.hosts;
     const route: RouteConfig = { hosts: hosts.map((h) => parseAddressValue(h, 25)!) };
     if (typeof r === "object" && !Array.isArray(r)) {
-      if (r.auth) route.auth = { ...r.auth };
+      if (r.auth) {
+        route.auth = { username: r.auth.username, password: r.auth.password ?? "" };
+        if (r.auth.password_file !== undefined) route.auth.passwordFile = path(r.auth.password_file);
+      }
       if (r.tls) route.tls = r.tls;
     }
     routes[domain.toLowerCase()] = route;
@@ -194,8 +213,10 @@ export function buildConfig(raw: RawConfig, source: string, baseDir: string): Co
   const config: Config = {
     source,
     hostname,
+    shutdownGraceMs: dur(raw.shutdown_grace),
     spool: {
       dir: path(raw.spool.dir),
+      maildrop: path(raw.spool.maildrop),
       sync: raw.spool.sync,
       segmentSizeBytes: parseSizeValue(raw.spool.segment_size)!,
       compactBelowLiveRatio: raw.spool.compact_below,
@@ -222,9 +243,10 @@ export function buildConfig(raw: RawConfig, source: string, baseDir: string): Co
         rejectBareNewlines: l.reject_bare_newlines,
       };
       if (l.tls) out.tls = { certFile: path(l.tls.cert), keyFile: path(l.tls.key), implicit: l.tls.implicit };
+      if (l.users_file !== undefined) out.usersFile = path(l.users_file);
       return out;
     }),
-    control: {},
+    control: { hostNames: raw.control.hosts.map((h) => h.toLowerCase().replace(/\.$/, "")) },
     dns: {
       servers: raw.dns.servers.map((s) => parseAddressValue(s, 53)!),
       timeoutMs: dur(raw.dns.timeout),
@@ -306,5 +328,8 @@ export function buildConfig(raw: RawConfig, source: string, baseDir: string): Co
   if (raw.dkim.headers) config.dkim.headers = raw.dkim.headers;
   if (raw.control.address) config.control.address = parseAddressValue(raw.control.address)!;
   if (raw.control.token) config.control.token = raw.control.token;
+  if (raw.control.token_file !== undefined) config.control.tokenFile = path(raw.control.token_file);
+  const socket = raw.control.socket ?? join(config.spool.dir, "control.sock");
+  if (socket !== "") config.control.socketPath = path(socket);
   return deepFreeze(config);
 }

@@ -77,6 +77,14 @@ export class UnavailableError extends MtaError {
   }
 }
 
+/** Not allowed for this user (exit 77, EX_NOPERM), e.g. a spool or secret only root and mta may read. */
+export class PermissionError extends MtaError {
+  override name = "PermissionError";
+  constructor(message: string, options?: { cause?: unknown }) {
+    super("noperm", message, options);
+  }
+}
+
 /** The sysexits code for an error: its `MtaError` code, an errno's meaning, else 70 (a bug). */
 export function exitCodeOf(err: unknown): ExitCode {
   if (err instanceof MtaError) return EXIT_OF_CODE[err.code] ?? EXIT.software;

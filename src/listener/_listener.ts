@@ -174,6 +174,8 @@ class SmtpServer implements Listener {
   private nextId = 1;
   private sweep: ReturnType<typeof setInterval> | undefined;
   private closingPromise: Promise<void> | undefined;
+  /** Sessions in a message may finish until then (shutdown grace). */
+  private graceEndMs = Number.POSITIVE_INFINITY;
   private stopping = false;
   private readonly clock: Clock;
   private readonly log: Logger;
@@ -962,18 +964,20 @@ class SmtpServer implements Listener {
     this.flush(s);
   }
 
+  /** A second call while closing can only shorten the grace (a second SIGTERM ends it at once). */
   close(opts: { graceMs?: number } = {}): Promise<void> {
-    this.closingPromise ??= this.shutdown(opts.graceMs ?? 0);
+    const end = Date.now() + (opts.graceMs ?? 0);
+    this.graceEndMs = Math.min(this.graceEndMs, end);
+    this.closingPromise ??= this.shutdown();
     return this.closingPromise;
   }
 
-  private async shutdown(graceMs: number): Promise<void> {
+  private async shutdown(): Promise<void> {
     this.stopping = true;
     this.server?.stop(false);
     for (const s of this.sessions) if (!s.inMessage()) this.goodbye(s);
     const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-    const graceEnd = Date.now() + graceMs;
-    while (Date.now() < graceEnd && [...this.sessions].some((s) => s.inMessage() && !s.closing))
+    while (Date.now() < this.graceEndMs && [...this.sessions].some((s) => s.inMessage() && !s.closing))
       await sleep(10);
     // Sessions still receiving a message get 421 now; one whose message is with the Acceptor is answered
     // when it returns (its reply is followed by 421), so nothing acknowledged is lost.

@@ -6,7 +6,7 @@
  * admin-delete, and per destination: suspension, resumption, rule.
  * Invariant: a line is written after the spool recorded the event it describes, never before.
  */
-import { closeSync, mkdirSync, openSync, writeSync } from "node:fs";
+import { closeSync, existsSync, fchmodSync, mkdirSync, openSync, writeSync } from "node:fs";
 import { dirname } from "node:path";
 
 export type DeliveryEventType =
@@ -44,8 +44,11 @@ export class DeliveryLog {
 
   private open(): void {
     if (!this.file) return;
-    mkdirSync(dirname(this.file), { recursive: true });
+    mkdirSync(dirname(this.file), { recursive: true, mode: 0o750 });
+    const created = !existsSync(this.file);
     this.fd = openSync(this.file, "a", 0o640);
+    // 0640 whatever the umask: the log names senders and recipients. A mode the operator set later stays.
+    if (created) fchmodSync(this.fd, 0o640);
   }
 
   write(event: DeliveryEvent): void {

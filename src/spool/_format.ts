@@ -11,7 +11,7 @@
  * | offset | size | field    | value                                    |
  * |-------:|-----:|----------|------------------------------------------|
  * |      0 |    8 | magic    | ASCII `MTASPOOL`                         |
- * |      8 |    4 | version  | u32, currently 1                         |
+ * |      8 |    4 | version  | u32: 2 (batch records); 1 is still read  |
  * |     12 |    4 | sequence | u32, the segment's sequence number       |
  *
  * Record (16-byte header + payload), repeated until the end of the file:
@@ -21,9 +21,16 @@
  * |      0 |    4 | magic    | u32 0x43455253 (ASCII `SREC`), lets a scan resync       |
  * |      4 |    4 | crc32    | CRC-32 (IEEE) of bytes 8 .. 16+length                  |
  * |      8 |    4 | length   | u32 payload length in bytes                            |
- * |     12 |    1 | type     | 1 = MESSAGE, 2 = OUTCOME                               |
+ * |     12 |    1 | type     | 1 = MESSAGE, 2 = OUTCOME, 3 = BATCH                    |
  * |     13 |    3 | reserved | zero                                                   |
  * |     16 |    n | payload  | see below                                              |
+ *
+ * Version 2: every group-commit batch (the part of it written to one segment, with one write and one
+ * fdatasync) starts with a BATCH record that says how many bytes and records follow it. A batch whose
+ * bytes run past the end of the active segment was cut by a crash before its fdatasync returned, so
+ * nothing in it was acknowledged; bad bytes inside a complete batch are damage to acknowledged data.
+ *
+ * BATCH payload (8 bytes): u32 batchBytes (the records after this one) | u32 recordCount
  *
  * Strings are `u32 byte length` + UTF-8 bytes. A message id is stored as its two numeric parts
  * (f64 milliseconds, u32 counter) and rebuilt as 14 Crockford base32 characters on demand.
@@ -43,7 +50,8 @@
 import { textDecoder, textEncoder } from "../lib/index.ts";
 
 export const FILE_MAGIC = textEncoder.encode("MTASPOOL");
-export const FILE_VERSION = 1;
+/** The version new segments get; 1 (no BATCH records) is still read. */
+export const FILE_VERSION = 2;
 export const FILE_HEADER_BYTES = 16;
 
 export const RECORD_MAGIC = 0x43455253;
@@ -55,6 +63,9 @@ export const MAX_PAYLOAD_BYTES = 0x7fff_0000;
 
 export const TYPE_MESSAGE = 1;
 export const TYPE_OUTCOME = 2;
+export const TYPE_BATCH = 3;
+/** A BATCH record: header + u32 batchBytes + u32 recordCount. */
+export const BATCH_RECORD_BYTES = RECORD_HEADER_BYTES + 8;
 
 export const STATE_PENDING = 0;
 export const STATE_DELIVERED = 1;
@@ -114,13 +125,27 @@ export function encodeFileHeader(sequence: number): Uint8Array {
   return out;
 }
 
-/** Whether `buf` starts with a valid file header; returns its sequence or -1. */
-export function checkFileHeader(buf: Uint8Array): number {
-  if (buf.length < FILE_HEADER_BYTES) return -1;
-  for (let i = 0; i < FILE_MAGIC.length; i++) if (buf[i] !== FILE_MAGIC[i]) return -1;
+/** Whether `buf` starts with a valid file header: its version and sequence, or undefined. */
+export function checkFileHeader(buf: Uint8Array): { version: number; sequence: number } | undefined {
+  if (buf.length < FILE_HEADER_BYTES) return undefined;
+  for (let i = 0; i < FILE_MAGIC.length; i++) if (buf[i] !== FILE_MAGIC[i]) return undefined;
   const dv = new DataView(buf.buffer, buf.byteOffset, FILE_HEADER_BYTES);
-  if (dv.getUint32(8, true) !== FILE_VERSION) return -1;
-  return dv.getUint32(12, true);
+  const version = dv.getUint32(8, true);
+  if (version !== 1 && version !== FILE_VERSION) return undefined;
+  return { version, sequence: dv.getUint32(12, true) };
+}
+
+/** The BATCH record that starts a batch of `records` records totalling `bytes` bytes. */
+export function encodeBatchHeader(bytes: number, records: number): Uint8Array {
+  const out = new Uint8Array(BATCH_RECORD_BYTES);
+  const dv = new DataView(out.buffer);
+  dv.setUint32(0, RECORD_MAGIC, true);
+  dv.setUint32(8, 8, true);
+  out[12] = TYPE_BATCH;
+  dv.setUint32(16, bytes >>> 0, true);
+  dv.setUint32(20, records >>> 0, true);
+  dv.setUint32(4, Bun.hash.crc32(out.subarray(RECORD_CRC_START)) >>> 0, true);
+  return out;
 }
 
 /** A growable little-endian writer. */
@@ -294,7 +319,8 @@ export function checkRecord(buf: Uint8Array, dv: DataView, off: number, end: num
   if (dv.getUint32(off, true) !== RECORD_MAGIC) return -1;
   const len = dv.getUint32(off + 8, true);
   const type = buf[off + 12];
-  if (len > MAX_PAYLOAD_BYTES || (type !== TYPE_MESSAGE && type !== TYPE_OUTCOME)) return -1;
+  if (len > MAX_PAYLOAD_BYTES || (type !== TYPE_MESSAGE && type !== TYPE_OUTCOME && type !== TYPE_BATCH))
+    return -1;
   if (buf[off + 13] !== 0 || buf[off + 14] !== 0 || buf[off + 15] !== 0) return -1;
   const total = RECORD_HEADER_BYTES + len;
   if (off + total > end) return 0;

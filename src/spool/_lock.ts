@@ -39,7 +39,8 @@ export interface SpoolLock {
 export function takeLock(dir: string): SpoolLock {
   const path = join(dir, "LOCK");
   if (loadFlock()) {
-    const fd = fs.openSync(path, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o644);
+    const fd = fs.openSync(path, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600);
+    fs.fchmodSync(fd, 0o600);
     if (!tryLockExclusive(fd)) {
       fs.closeSync(fd);
       throw new SpoolLockedError(dir, readPid(path));
@@ -60,7 +61,8 @@ export function takeLock(dir: string): SpoolLock {
   const holder = readPid(path);
   if (holder !== undefined && holder !== process.pid && alive(holder))
     throw new SpoolLockedError(dir, holder);
-  fs.writeFileSync(path, `${process.pid}\n`);
+  fs.writeFileSync(path, `${process.pid}\n`, { mode: 0o600 });
+  fs.chmodSync(path, 0o600);
   let released = false;
   return {
     path,

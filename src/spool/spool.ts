@@ -18,13 +18,16 @@ import { join } from "node:path";
 import { assert, type Clock, newMessageId, systemClock } from "../lib/index.ts";
 import type { Logger, Metrics } from "../observe/index.ts";
 import {
+  BATCH_RECORD_BYTES,
   DecodeError,
   decodeMessage,
   decodeOutcome,
   encodeFileHeader,
   encodeMessage,
   encodeOutcome,
+  encodeBatchHeader,
   FILE_HEADER_BYTES,
+  FILE_VERSION,
   joinId,
   type MessageRecord,
   newRecordHead,
@@ -41,6 +44,7 @@ import {
 import { type FileLayer, nodeFileLayer } from "./_files.ts";
 import { SlotIndex } from "./_index.ts";
 import { type SpoolLock, takeLock } from "./_lock.ts";
+import { quarantineRange } from "./_quarantine.ts";
 import { scanSegment } from "./_scan.ts";
 import { type BatchEntry, GroupCommit } from "./_writer.ts";
 import { SpoolClosedError, SpoolCorruptError, SpoolWriteError } from "./errors.ts";
@@ -59,6 +63,8 @@ import type {
 
 const DEFAULT_SEGMENT_BYTES = 64 << 20;
 const DEFAULT_BODY_CACHE_BYTES = 64 << 20;
+/** A record alone in its batch above this size is written after its BATCH record, not copied behind it. */
+const LARGE_RECORD_BYTES = 256 << 10;
 
 const STATE_NAMES: RecipientState[] = ["pending", "delivered", "failed"];
 const STATE_CODES: Record<RecipientState, number> = {
@@ -185,6 +191,8 @@ export class Spool {
   /** Takes LOCK (throws SpoolLockedError naming the holder's pid) and rebuilds the index from the segments. */
   static async open(opts: SpoolOptions): Promise<Spool> {
     const spool = new Spool(opts, false);
+    // 0700 both: a spool made by an older version (0755) is tightened too.
+    spool.files.mkdirp(opts.dir);
     spool.files.mkdirp(spool.segDir);
     spool.lock = takeLock(opts.dir);
     try {
@@ -232,6 +240,8 @@ export class Spool {
     const idx = this.index;
     /** Segments holding records superseded by a compaction copy (an interrupted compaction). */
     const staleSources = new Set<number>();
+    /** Segments holding damage: compacted right after the scan, once their bad bytes are quarantined. */
+    const damagedSegments = new Set<number>();
     for (let i = 0; i < names.length; i++) {
       const name = names[i]!;
       const seq = Number(name.slice(0, 20));
@@ -256,12 +266,13 @@ export class Spool {
       };
       this.segments.set(seq, seg);
       this.lastSeq = seq;
+      const damage: DamagedRecord[] = [];
       const result = scanSegment(this.files, fd, (buf, off, total, fileOffset) => {
         try {
           peekRecord(buf, off, total, head);
         } catch (err) {
           if (!(err instanceof DecodeError)) throw err;
-          rep.damaged.push({
+          damage.push({
             segment: name,
             offset: fileOffset,
             bytes: total,
@@ -296,7 +307,7 @@ export class Spool {
           seg.outcomeRecords++;
           if (slot < 0) return; // its message's segments are gone: the message was finished
           if (head.recipientCount !== idx.rcptCount[slot]) {
-            rep.damaged.push({
+            damage.push({
               segment: name,
               offset: fileOffset,
               bytes: total,
@@ -313,15 +324,16 @@ export class Spool {
         }
       });
       rep.records += result.records;
-      for (const d of result.damage) rep.damaged.push({ segment: name, ...d });
+      for (const d of result.damage) damage.push({ segment: name, ...d });
       seg.size = result.fileBytes;
       if (result.tailFrom >= 0) {
         const bytes = result.fileBytes - result.tailFrom;
         if (last) {
-          // A batch cut by a crash: never acknowledged, so cut it off.
+          // A batch cut by a crash before its fdatasync returned: never acknowledged, so cut it off.
           rep.truncatedBytes = bytes;
+          rep.tornTail = { segment: name, offset: result.tailFrom, bytes, reason: result.tailReason };
           if (!this.readOnly) {
-            if (result.sequence < 0) {
+            if (result.tailFrom < FILE_HEADER_BYTES) {
               this.files.truncate(fd, 0);
               await this.files.write(fd, encodeFileHeader(seq), 0);
               seg.size = FILE_HEADER_BYTES;
@@ -332,14 +344,27 @@ export class Spool {
             await this.files.fdatasync(fd);
           }
         } else {
-          rep.damaged.push({
+          // A sealed segment was complete when the next one was started: a short end is damage.
+          damage.push({
             segment: name,
             offset: result.tailFrom,
             bytes,
-            reason: result.sequence < 0 ? "bad segment header" : "bad bytes through the end of the segment",
+            reason: `${result.tailReason} at the end of a sealed segment`,
           });
         }
       }
+      if (damage.length > 0) {
+        damage.sort((a, b) => a.offset - b.offset);
+        damagedSegments.add(seq);
+        for (const d of damage) {
+          if (!this.readOnly)
+            d.quarantine = quarantineRange(this.files, fd, this.dir, name, d.offset, d.bytes);
+          rep.damaged.push(d);
+        }
+      }
+      // Appends go to a segment of the current version, and never after damage.
+      if (last && !this.readOnly && (result.version < FILE_VERSION || damage.length > 0))
+        this.mustRotate = true;
     }
     rep.segments = names.length;
 
@@ -366,12 +391,17 @@ export class Spool {
     if (!this.readOnly) {
       if (names.length === 0) await this.createSegment();
       else this.active = this.segments.get(this.lastSeq)!;
+      if (this.mustRotate) {
+        // Seal the old or damaged active segment now, so that the loop below can reclaim it.
+        await this.createSegment();
+        this.mustRotate = false;
+      }
       for (const seg of [...this.segments.values()]) {
         if (!seg.sealed) continue;
         if (seg.liveCount === 0 && seg.pins === 0) {
           this.scheduleDelete(seg);
           rep.segmentsReclaimed++;
-        } else if (staleSources.has(seg.seq) && seg.liveCount > 0) {
+        } else if ((staleSources.has(seg.seq) || damagedSegments.has(seg.seq)) && seg.liveCount > 0) {
           this.scheduleCompact(seg);
           rep.segmentsReclaimed++;
         }
@@ -380,7 +410,9 @@ export class Spool {
     }
     rep.ms = performance.now() - t0;
     if (rep.damaged.length > 0)
-      this.log?.warn(`spool ${this.dir}: ${rep.damaged.length} damaged record(s) skipped`, rep.damaged);
+      this.log?.warn(
+        `spool ${this.dir}: ${rep.damaged.length} damaged range(s) skipped${this.readOnly ? "" : " and copied to the quarantine"}`,
+      );
     this.log?.info(
       `spool ${this.dir}: ${rep.messages} messages in ${rep.segments} segments recovered in ${rep.ms.toFixed(0)} ms`,
     );
@@ -624,12 +656,14 @@ export class Spool {
         this.failEntries(batch, i, err, "creating a segment");
         return;
       }
+      // Each batch (the part of it that goes to this segment) starts with a BATCH record saying how
+      // many bytes follow: recovery tells a batch a crash cut from one damaged after its fdatasync.
       const start = seg.size;
-      let bytes = 0;
+      let bytes = BATCH_RECORD_BYTES;
       let j = i;
       while (j < batch.length) {
         const n = batch[j]!.bytes.length;
-        const empty = start + bytes === FILE_HEADER_BYTES;
+        const empty = start === FILE_HEADER_BYTES && j === i;
         if (!empty && start + bytes + n > this.segmentSizeBytes) break;
         bytes += n;
         j++;
@@ -638,18 +672,26 @@ export class Spool {
         this.mustRotate = true;
         continue;
       }
-      let buf: Uint8Array;
-      if (j - i === 1) buf = batch[i]!.bytes;
+      const header = encodeBatchHeader(bytes - BATCH_RECORD_BYTES, j - i);
+      // One write of header and records, except for one large record, which is not copied.
+      const pieces: Uint8Array[] = [];
+      if (j - i === 1 && bytes > LARGE_RECORD_BYTES) pieces.push(header, batch[i]!.bytes);
       else {
-        buf = new Uint8Array(bytes);
-        let o = 0;
+        const buf = new Uint8Array(bytes);
+        buf.set(header, 0);
+        let o = BATCH_RECORD_BYTES;
         for (let k = i; k < j; k++) {
           buf.set(batch[k]!.bytes, o);
           o += batch[k]!.bytes.length;
         }
+        pieces.push(buf);
       }
       try {
-        await this.files.write(seg.fd, buf, start);
+        let at = start;
+        for (const p of pieces) {
+          await this.files.write(seg.fd, p, at);
+          at += p.length;
+        }
         if (this.sync) await this.files.fdatasync(seg.fd);
       } catch (err) {
         // Nothing of this batch was acknowledged: cut it off, and write the next batch to a fresh
@@ -662,7 +704,7 @@ export class Spool {
         return;
       }
       seg.size = start + bytes;
-      let off = start;
+      let off = start + BATCH_RECORD_BYTES;
       for (let k = i; k < j; k++) {
         const e = batch[k]!;
         try {

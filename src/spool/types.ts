@@ -88,6 +88,8 @@ export interface DamagedRecord {
   offset: number;
   bytes: number;
   reason: string;
+  /** Where a writable open copied the bytes (`<spool>/quarantine/<sequence>-<offset>.bad`). */
+  quarantine?: string;
 }
 
 export interface RecoveryReport {
@@ -100,6 +102,9 @@ export interface RecoveryReport {
   recipients: { pending: number; delivered: number; failed: number };
   /** Bytes cut from the end of the active segment (a batch torn by a crash, never acknowledged). */
   truncatedBytes: number;
+  /** Where that torn tail was, and why it is one. */
+  tornTail?: { segment: string; offset: number; bytes: number; reason: string };
+  /** Damage to acknowledged data: reported, copied to the quarantine, never cut silently. */
   damaged: DamagedRecord[];
   /** Segments deleted or compacted right after the scan (empty, or left by an interrupted compaction). */
   segmentsReclaimed: number;
@@ -154,6 +159,8 @@ export interface VerifyReport {
   /** Bad records: each names its segment and offset. Any makes `ok` false (CLI exit 65). */
   damaged: DamagedRecord[];
   /** An incomplete last batch at the end of the newest segment: a crash, not damage. */
-  tornTail?: { segment: string; offset: number; bytes: number };
+  tornTail?: { segment: string; offset: number; bytes: number; reason: string };
+  /** Damaged bytes moved aside by an earlier start; any makes `ok` false until the operator removes them. */
+  quarantined: { path: string; bytes: number }[];
   ok: boolean;
 }

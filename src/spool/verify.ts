@@ -4,9 +4,11 @@
  * Owns: `verifySpool`, `spoolStats`, and their plain-text renderers.
  * Does not own: printing or exit codes (cli/); a damaged spool makes `ok` false and the CLI exits 65.
  * Invariant: nothing here writes to the spool directory, so it is safe next to a running daemon
- * (whose in-flight batch then shows as a torn tail, not as damage).
+ * (whose in-flight batch then shows as a torn tail, not as damage). Damage to acknowledged bytes, and
+ * quarantine files an earlier start left, both make `ok` false.
  */
 import { formatBytes } from "../lib/index.ts";
+import { listQuarantine } from "./_quarantine.ts";
 import { Spool } from "./spool.ts";
 import type { SpoolStats, VerifyReport } from "./types.ts";
 
@@ -32,15 +34,11 @@ export async function verifySpool(dir: string): Promise<VerifyReport> {
       liveBytes: st.liveBytes,
       fileBytes: st.fileBytes,
       damaged: rec.damaged,
-      ok: rec.damaged.length === 0,
+      quarantined: listQuarantine(dir),
+      ok: false,
     };
-    const last = segs[segs.length - 1];
-    if (rec.truncatedBytes > 0 && last)
-      report.tornTail = {
-        segment: last.name,
-        offset: last.bytes - rec.truncatedBytes,
-        bytes: rec.truncatedBytes,
-      };
+    report.ok = report.damaged.length === 0 && report.quarantined.length === 0;
+    if (rec.tornTail) report.tornTail = { ...rec.tornTail };
     return report;
   } finally {
     await spool.close();
@@ -64,11 +62,19 @@ export function formatVerifyReport(r: VerifyReport): string {
   ];
   for (const d of r.damaged)
     lines.push(`DAMAGED ${d.segment} offset ${d.offset} (${d.bytes} bytes): ${d.reason}`);
+  for (const q of r.quarantined)
+    lines.push(
+      `QUARANTINED ${q.path} (${q.bytes} bytes moved aside at an earlier start; remove it once looked at)`,
+    );
   if (r.tornTail)
     lines.push(
-      `torn tail: ${r.tornTail.segment} from offset ${r.tornTail.offset} (${r.tornTail.bytes} bytes, an unacknowledged batch; cut on next open)`,
+      `torn tail: ${r.tornTail.segment} from offset ${r.tornTail.offset} (${r.tornTail.bytes} bytes, ${r.tornTail.reason}: never acknowledged; cut on next start)`,
     );
-  lines.push(r.ok ? "ok" : `${r.damaged.length} damaged record(s)`);
+  const problems = [
+    ...(r.damaged.length > 0 ? [`${r.damaged.length} damaged range(s)`] : []),
+    ...(r.quarantined.length > 0 ? [`${r.quarantined.length} quarantined file(s)`] : []),
+  ];
+  lines.push(r.ok ? "ok" : problems.join(", "));
   return `${lines.join("\n")}\n`;
 }
 

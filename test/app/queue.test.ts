@@ -35,12 +35,16 @@ function tmp(): string {
   return d;
 }
 
+const TOKEN = "queue-test-token";
+const AUTH = { authorization: `Bearer ${TOKEN}` };
+const JSON_AUTH = { ...AUTH, "content-type": "application/json" };
+
 function configFor(dir: string, controlPort = 0): Config {
   return parseConfigText(
     [
       "hostname: mta.test",
       `spool: { dir: ${join(dir, "spool")}, sync: false }`,
-      `control: { address: 127.0.0.1:${controlPort} }`,
+      `control: { address: 127.0.0.1:${controlPort}, token: ${TOKEN} }`,
       // Loopback only: DNS lookups go to a port where nothing answers, never to the machine's resolver.
       'dns: { servers: ["127.0.0.1:9"], timeout: 1s, attempts: 1 }',
       `log: { deliveries: ${join(dir, "deliveries.jsonl")} }`,
@@ -136,13 +140,14 @@ async function startLive(dir: string, routes = new Map<string, TestRoute>()): Pr
   const control = startControlServer({
     host: "127.0.0.1",
     port: 0,
+    token: TOKEN,
     log: silentLogger(),
     metrics,
     routes: queueRoutes(ops),
   });
   scheduler.start();
   return {
-    client: new HttpQueueClient("127.0.0.1", control.port),
+    client: new HttpQueueClient("127.0.0.1", control.port, TOKEN),
     ops,
     spool,
     scheduler,
@@ -368,16 +373,24 @@ test("control API: bad requests get 4xx JSON errors", async () => {
   const live = await startLive(dir);
   try {
     const base = `http://127.0.0.1:${live.port}`;
-    const bad = await fetch(`${base}/api/v1/queue/bounce`, { method: "POST", body: "{nope" });
+    const bad = await fetch(`${base}/api/v1/queue/bounce`, {
+      method: "POST",
+      body: "{nope",
+      headers: JSON_AUTH,
+    });
     expect(bad.status).toBe(400);
     expect(((await bad.json()) as { error: string }).error).toContain("malformed JSON");
-    const top = await fetch(`${base}/api/v1/queue/summary?top=abc`);
+    const top = await fetch(`${base}/api/v1/queue/summary?top=abc`, { headers: AUTH });
     expect(top.status).toBe(400);
-    const sort = await fetch(`${base}/api/v1/queue/summary?sort=size`);
+    const sort = await fetch(`${base}/api/v1/queue/summary?sort=size`, { headers: AUTH });
     expect(((await sort.json()) as { error: string }).error).toContain("sort must be one of");
-    const susp = await fetch(`${base}/api/v1/queue/suspend`, { method: "POST", body: "{}" });
+    const susp = await fetch(`${base}/api/v1/queue/suspend`, {
+      method: "POST",
+      body: "{}",
+      headers: JSON_AUTH,
+    });
     expect(susp.status).toBe(400);
-    const none = await fetch(`${base}/api/v1/queue/messages/NOPE`);
+    const none = await fetch(`${base}/api/v1/queue/messages/NOPE`, { headers: AUTH });
     expect(none.status).toBe(404);
   } finally {
     await live.stop();

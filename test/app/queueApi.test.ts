@@ -26,6 +26,8 @@ const parsePrometheus = (
 let dir = "";
 let engine: Engine;
 let control: ControlServer;
+const TOKEN = "api-test-token";
+const AUTH = { authorization: `Bearer ${TOKEN}` };
 let base = "";
 const MAX = 2000;
 
@@ -52,6 +54,7 @@ beforeAll(async () => {
   control = startControlServer({
     host: "127.0.0.1",
     port: 0,
+    token: TOKEN,
     log: silentLogger(),
     metrics: engine.metrics,
     routes: {
@@ -72,7 +75,7 @@ function inject(body: string): Promise<Response> {
   return fetch(`${base}/api/v1/inject`, {
     method: "POST",
     body,
-    headers: { "content-type": "application/json" },
+    headers: { ...AUTH, "content-type": "application/json" },
   });
 }
 
@@ -180,7 +183,7 @@ test("inject: a good batch is answered with one id per message part after the ap
   expect(json.messages[1]!.ids).toHaveLength(2); // one spool message per recipient domain
   expect(engine.spool.messageCount).toBe(before + 3);
   const shown = (await (
-    await fetch(`${base}/api/v1/queue/messages/${json.messages[1]!.ids[0]}?body=1`)
+    await fetch(`${base}/api/v1/queue/messages/${json.messages[1]!.ids[0]}?body=1`, { headers: AUTH })
   ).json()) as {
     body: string;
     headers: { name: string }[];
@@ -204,7 +207,7 @@ test("inject: messageBase64 carries any bytes (ISO-8859-1, bare CR kept as CRLF)
   expect(res.status).toBe(200);
   const { messages } = (await res.json()) as { messages: { ids: string[] }[] };
   const shown = (await (
-    await fetch(`${base}/api/v1/queue/messages/${messages[0]!.ids[0]}?body=1`)
+    await fetch(`${base}/api/v1/queue/messages/${messages[0]!.ids[0]}?body=1`, { headers: AUTH })
   ).json()) as {
     body: string;
     attributes: Record<string, string>;
@@ -226,7 +229,7 @@ test("every HTTP error has a JSON body: 413 for a request over the limit, 400 fo
       socket: {
         open(sock) {
           sock.write(
-            `POST /api/v1/inject HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: ${300 * 1024 * 1024}\r\n\r\n{"messages":[`,
+            `POST /api/v1/inject HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer ${TOKEN}\r\nContent-Type: application/json\r\nContent-Length: ${300 * 1024 * 1024}\r\n\r\n{"messages":[`,
           );
         },
         data(sock, d) {
@@ -248,6 +251,7 @@ test("every HTTP error has a JSON body: 413 for a request over the limit, 400 fo
   const small = startControlServer({
     host: "127.0.0.1",
     port: 0,
+    token: TOKEN,
     log: silentLogger(),
     metrics: engine.metrics,
     maxBodyBytes: 1024,
@@ -262,18 +266,23 @@ test("every HTTP error has a JSON body: 413 for a request over the limit, 400 fo
         c.close();
       },
     });
-    const r = await fetch(`http://127.0.0.1:${small.port}/api/v1/inject`, { method: "POST", body: stream });
+    const r = await fetch(`http://127.0.0.1:${small.port}/api/v1/inject`, {
+      method: "POST",
+      body: stream,
+      headers: { ...AUTH, "content-type": "application/json" },
+    });
     expect(r.status).toBe(413);
     expect(((await r.json()) as { error: string }).error).toContain("over the limit of 1024 bytes");
   } finally {
     await small.stop();
   }
-  const bad = await fetch(`${base}/api/v1/queue/messages/%ZZ`);
+  const bad = await fetch(`${base}/api/v1/queue/messages/%ZZ`, { headers: AUTH });
   expect(bad.status).toBe(400);
   expect(((await bad.json()) as { error: string }).error).toContain("percent-encoding");
   const forMs = await fetch(`${base}/api/v1/queue/suspend`, {
     method: "POST",
     body: JSON.stringify({ destination: "x.test", forMs: 1e308 }),
+    headers: { ...AUTH, "content-type": "application/json" },
   });
   expect(forMs.status).toBe(400);
   expect(((await forMs.json()) as { error: string }).error).toContain("at most 100 years");
@@ -284,7 +293,7 @@ test("every HTTP error has a JSON body: 413 for a request over the limit, 400 fo
 
 test("/metrics parses as Prometheus text format, names follow mta_<module>_<thing>_<unit>, queue series are right", async () => {
   await inject(JSON.stringify(good));
-  const res = await fetch(`${base}/metrics`);
+  const res = await fetch(`${base}/metrics`, { headers: AUTH });
   expect(res.headers.get("content-type")).toContain("text/plain");
   const families = parsePrometheus(await res.text());
   const byName = new Map(families.map((f) => [f.name, f]));
@@ -319,9 +328,10 @@ test("/metrics parses as Prometheus text format, names follow mta_<module>_<thin
     await fetch(`${base}/api/v1/queue/delete`, {
       method: "POST",
       body: JSON.stringify({ destination: "one.test", yes: true }),
+      headers: { ...AUTH, "content-type": "application/json" },
     })
   ).json()) as { affected: number };
-  const after = parsePrometheus(await (await fetch(`${base}/metrics`)).text()).find(
+  const after = parsePrometheus(await (await fetch(`${base}/metrics`, { headers: AUTH })).text()).find(
     (f) => f.name === "mta_queue_admin_messages_total",
   )!;
   expect(after.metrics.find((m) => m.labels?.action === "delete")?.value).toBe(String(del.affected));

@@ -118,9 +118,12 @@ test("through a live control API the output is the same; actions count first, ac
   const offline = JSON.parse((await mta("list", "--json")).stdout);
   const spool = await Spool.open({ dir: join(dir, "spool"), sync: false, segmentSizeBytes: 4096 });
   const ops = new QueueOps({ spool, hostname: "mta.test" });
+  // As `mta serve` runs it: TCP without a token, and the control socket in the spool directory, which
+  // is the way in for root and the daemon's user (TCP alone would refuse /api/ without a token).
   const control = startControlServer({
     host: "127.0.0.1",
     port: 0,
+    socketPath: join(dir, "spool", "control.sock"),
     log: silentLogger(),
     metrics: new Metrics(),
     routes: queueRoutes(ops),

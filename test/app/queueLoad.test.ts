@@ -69,11 +69,12 @@ test.skipIf(lacking("smtp-sink"))(
     const control = startControlServer({
       host: "127.0.0.1",
       port: 0,
+      token: "load-token",
       log,
       metrics,
       routes: queueRoutes(ops),
     });
-    const client = new HttpQueueClient("127.0.0.1", control.port);
+    const client = new HttpQueueClient("127.0.0.1", control.port, "load-token");
     const body = new TextEncoder().encode(`Subject: load\r\n\r\n${"y".repeat(500)}\r\n`);
     try {
       scheduler.start();

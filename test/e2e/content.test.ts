@@ -13,7 +13,15 @@ import { dkimVerify } from "mailauth/lib/dkim/verify.js";
 import { startTxtServer, type TxtServer } from "../dkim/_dns.ts";
 import { Client } from "../listener/_harness.ts";
 import { startAiosmtpd } from "../support/aiosmtpd.ts";
-import { deliveryLog, runMta, startMta, type TempDir, tempDir, testConfig } from "../support/mta.ts";
+import {
+  controlFetch,
+  deliveryLog,
+  runMta,
+  startMta,
+  type TempDir,
+  tempDir,
+  testConfig,
+} from "../support/mta.ts";
 import { freePort, startSink } from "../support/sink.ts";
 
 const PY = "/usr/bin/python3";
@@ -120,9 +128,8 @@ describe("lines over 998 octets", () => {
         message,
       );
       expect(sent).toEqual({ refused: [] });
-      const api = await fetch(`http://127.0.0.1:${mta.controlPort}/api/v1/inject`, {
+      const api = await controlFetch(mta.dir, "/api/v1/inject", {
         method: "POST",
-        headers: { "content-type": "application/json" },
         body: JSON.stringify({ sender: "app@app.test", recipients: ["u@example.net"], message }),
       });
       expect(api.status).toBe(200);
@@ -160,9 +167,8 @@ describe("lines over 998 octets", () => {
       554,
       "5.5.2 Error: message not accepted: a header line of 1509 octets has no whitespace to fold it at within 998",
     ]);
-    const api = await fetch(`http://127.0.0.1:${mta.controlPort}/api/v1/inject`, {
+    const api = await controlFetch(mta.dir, "/api/v1/inject", {
       method: "POST",
-      headers: { "content-type": "application/json" },
       body: JSON.stringify({ sender: "a@app.test", recipients: ["b@example.net"], message }),
     });
     expect(api.status).toBe(400);

@@ -9,7 +9,7 @@ import { describe, expect, setDefaultTimeout, test } from "bun:test";
 import { spawn } from "bun";
 import { chownSync, closeSync, mkdirSync, openSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { MTA, runMta, STACK_FRAME, startMta, tempDir, testConfig } from "../support/mta.ts";
+import { controlFetch, MTA, runMta, STACK_FRAME, startMta, tempDir, testConfig } from "../support/mta.ts";
 import { lacking, peer } from "../support/peers.ts";
 import { selfSignedCert } from "../listener/_harness.ts";
 import { freePort } from "../support/sink.ts";
@@ -534,9 +534,8 @@ describe("misleading words corrected", () => {
     ).replace("control: { address: 127.0.0.1:0 }", `control: { address: 127.0.0.1:${freePort()} }`);
     await using mta = await startMta({ dir: dir.path, config });
     for (let i = 0; i < 3; i++) {
-      const res = await fetch(`http://127.0.0.1:${mta.controlPort}/api/v1/inject`, {
+      const res = await controlFetch(mta.dir, "/api/v1/inject", {
         method: "POST",
-        headers: { "content-type": "application/json" },
         body: JSON.stringify({
           sender: "a@x.test",
           recipients: [`r${i}@down.test`],

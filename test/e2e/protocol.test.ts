@@ -5,7 +5,7 @@
  */
 import { describe, expect, test } from "bun:test";
 import { spawnSync } from "bun";
-import { deliveryLog, startMta, tempDir, testConfig } from "../support/mta.ts";
+import { controlFetch, deliveryLog, startMta, tempDir, testConfig } from "../support/mta.ts";
 import { startSink } from "../support/sink.ts";
 
 /** Runs a Python 3 script (smtplib is the client under test) and returns what it printed as JSON. */
@@ -94,9 +94,8 @@ print(json.dumps({"refused": list(refused)}))
     await Bun.sleep(300);
     expect(sink.dumps()).toHaveLength(1);
     expect(rcptsOf(sink.dumps()).sort()).toEqual(["Bob@x.test", "bob@x.test"]);
-    const r = await fetch(`http://127.0.0.1:${mta.controlPort}/api/v1/inject`, {
+    const r = await controlFetch(mta.dir, "/api/v1/inject", {
       method: "POST",
-      headers: { "content-type": "application/json" },
       body: JSON.stringify({
         sender: "app@sender.test",
         recipients: ["ann@y.test", "ann@Y.test"],

@@ -26,3 +26,15 @@ export function segmentFiles(dir: string): string[] {
     .sort()
     .map((n) => join(dir, "segments", n));
 }
+
+/** A segment file's records, walked by their length fields (the file must be intact). */
+export function segmentRecords(bytes: Uint8Array): { offset: number; end: number; type: number }[] {
+  const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const out: { offset: number; end: number; type: number }[] = [];
+  for (let off = 16; off + 16 <= bytes.length; ) {
+    const end = off + 16 + dv.getUint32(off + 8, true);
+    out.push({ offset: off, end, type: bytes[off + 12]! });
+    off = end;
+  }
+  return out;
+}

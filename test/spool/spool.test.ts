@@ -294,11 +294,17 @@ test("a flipped byte in a sealed segment loses that record only, and verify name
   await spool.close();
   const first = segmentFiles(tmp.dir)[0]!;
   const bytes = fs.readFileSync(first);
-  // Find the victim's record: records follow the 16-byte header in append order.
+  // Find the victim's record: records follow the 16-byte header in append order, each batch behind
+  // its BATCH record (type 3).
   let off = 16;
   let n = 0;
+  const skipBatch = () => {
+    while (bytes[off + 12] === 3) off += 16 + bytes.readUInt32LE(off + 8);
+  };
+  skipBatch();
   while (n < 5) {
     off += 16 + bytes.readUInt32LE(off + 8);
+    skipBatch();
     n++;
   }
   const recordLen = 16 + bytes.readUInt32LE(off + 8);

@@ -83,6 +83,30 @@ export interface StartedMta extends AsyncDisposable {
  * a loopback port where nothing answers (unless `extra` sets dns:), so that no test ever asks the
  * machine's resolver: tests send traffic to loopback only.
  */
+/** The control token `withToken` sets: over TCP the control API's /api/ needs one. */
+export const CONTROL_TOKEN = "test-control-token";
+
+/** testConfig's text with `control.token` set (its control line must be the default one). */
+export function withToken(config: string): string {
+  const line = "control: { address: 127.0.0.1:0 }";
+  if (!config.includes(line)) throw new Error("withToken: the config has no default control line");
+  return config.replace(line, `control: { address: 127.0.0.1:0, token: ${CONTROL_TOKEN} }`);
+}
+
+/**
+ * A request to a started daemon's control API through its control socket (`<dir>/spool/control.sock`,
+ * as testConfig puts it): the way root and the daemon's user reach it, no token needed.
+ */
+export function controlFetch(dir: string, path: string, init: RequestInit = {}): Promise<Response> {
+  const headers = new Headers(init.headers);
+  if (init.method === "POST" && !headers.has("content-type")) headers.set("content-type", "application/json");
+  return fetch(`http://localhost${path}`, {
+    ...init,
+    headers,
+    unix: join(dir, "spool", "control.sock"),
+  } as RequestInit);
+}
+
 export function testConfig(dir: string, extra = ""): string {
   return [
     /^dns:/m.test(extra) ? "" : 'dns: { servers: ["127.0.0.1:9"], timeout: 1s, attempts: 1 }',
@@ -126,15 +150,24 @@ export async function startMta(opts: {
   env?: Record<string, string>;
   /** The program to run instead of dist/mta, e.g. the sources under bun (`[bun, src/cli/main.ts]`). */
   command?: string[];
+  uid?: number;
 }): Promise<StartedMta> {
   const configFile = join(opts.dir, "mta.yaml");
   writeFileSync(configFile, opts.config ?? testConfig(opts.dir));
-  const proc = spawn([...(opts.command ?? [MTA]), "serve", "-c", configFile, ...(opts.args ?? [])], {
-    stdin: "ignore",
-    stdout: "pipe",
-    stderr: "pipe",
-    env: { ...process.env, ...opts.env },
-  });
+  // `uid`: run the daemon as that user (and group), as a service with User= would.
+  const asUser =
+    opts.uid === undefined
+      ? []
+      : ["/usr/bin/setpriv", `--reuid=${opts.uid}`, `--regid=${opts.uid}`, "--clear-groups", "--"];
+  const proc = spawn(
+    [...asUser, ...(opts.command ?? [MTA]), "serve", "-c", configFile, ...(opts.args ?? [])],
+    {
+      stdin: "ignore",
+      stdout: "pipe",
+      stderr: "pipe",
+      env: { ...process.env, ...opts.env },
+    },
+  );
   const lines: Record<string, unknown>[] = [];
   const waiters: {
     pred: (r: Record<string, unknown>) => boolean;

@@ -23,6 +23,8 @@ export type Peer =
   | "script"
   | "msmtp"
   | "setpriv"
+  | "curl"
+  | "chromium"
   | "root";
 
 /** The Debian package that brings each peer (what .ci/run installs). */
@@ -37,6 +39,8 @@ const PACKAGE: Record<Peer, string> = {
   script: "bsdutils",
   msmtp: "msmtp",
   setpriv: "util-linux",
+  curl: "curl",
+  chromium: "chromium",
   root: "(run the tests as root)",
 };
 
@@ -67,6 +71,9 @@ const FIND: Record<Peer, () => string | undefined> = {
   script: () => Bun.which("script") ?? undefined,
   msmtp: () => Bun.which("msmtp") ?? undefined,
   setpriv: () => Bun.which("setpriv") ?? undefined,
+  curl: () => Bun.which("curl") ?? undefined,
+  // Debian's chromium (the brief's flags are for it).
+  chromium: () => firstFile("/usr/bin/chromium"),
   root: () => (process.getuid?.() === 0 ? "root" : undefined),
 };
 
