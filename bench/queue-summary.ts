@@ -13,7 +13,7 @@
 import * as fs from "node:fs";
 import * as os from "node:os";
 import { join } from "node:path";
-import { HttpQueueClient, LocalQueueClient, QueueOps, queueRoutes } from "../src/app/queue.ts";
+import { HttpQueueClient, LocalQueueClient, QueueOps, queueRoutes } from "../src/admin/index.ts";
 import { parseConfigText } from "../src/config/index.ts";
 import { Deliverer, RFC5321_TIMEOUTS } from "../src/deliverer/index.ts";
 import { Metrics, silentLogger, startControlServer } from "../src/observe/index.ts";

@@ -30,9 +30,9 @@ import {
 import { type Listener, type ListenerOptions, startListener } from "../listener/index.ts";
 import { Engine } from "./engine.ts";
 import { startProblems } from "./preflight.ts";
-import { injectHandler, injectLimitBytes } from "./inject.ts";
-import { MaildropPickup } from "./_maildrop.ts";
-import { QueueOps, queueRoutes } from "./queue.ts";
+import { injectHandler, injectLimitBytes } from "../accept/index.ts";
+import { MaildropPickup } from "../accept/index.ts";
+import { QueueOps, queueRoutes } from "../admin/index.ts";
 
 export interface DaemonOptions {
   log: Logger;

@@ -7,14 +7,13 @@
  * Invariant: the spool is opened (lock taken, index recovered) before anything is accepted or
  * delivered, and closed only after the scheduler stopped.
  */
-import { availableParallelism } from "node:os";
 import pkg from "../../package.json" with { type: "json" };
 import { isLoopback } from "../lib/index.ts";
 import type { Config } from "../config/index.ts";
 import { Deliverer } from "../deliverer/index.ts";
 import { createResolver, type Resolver } from "../dns/index.ts";
-import { type DkimOptions, DkimSigner, DkimSignerPool, readKeyFile } from "../dkim/index.ts";
-import { errorMessage, fileError, MtaError } from "../lib/index.ts";
+import { type DkimSignerPool, makeSignerPool } from "../dkim/index.ts";
+import { fileError, MtaError } from "../lib/index.ts";
 import { DeliveryLog, type Logger, Metrics, registerProcessMetrics } from "../observe/index.ts";
 import { Router } from "../route/index.ts";
 import {
@@ -25,7 +24,7 @@ import {
 } from "../scheduler/index.ts";
 import { Spool } from "../spool/index.ts";
 import { readCaBundle, type TlsPolicies } from "../tlspolicy/index.ts";
-import { AcceptPipeline } from "./accept.ts";
+import { AcceptPipeline } from "../accept/index.ts";
 import { openTlsPolicies, tlsPolicyProblems } from "./tlsDelivery.ts";
 
 export interface EngineOptions {
@@ -84,89 +83,6 @@ export function egressPools(config: Config): { pools: Record<string, PoolMember[
   if (!out.default && Object.keys(sources).length > 0)
     out.default = Object.keys(sources).map((name) => ({ source: source(name), weight: 1 }));
   return out.default ? { pools: out, defaultPool: "default" } : { pools: out };
-}
-
-/** The signer options of the configuration (key files read now), or undefined without keys. */
-function dkimOptions(config: Config): DkimOptions | undefined {
-  if (config.dkim.keys.length === 0) return undefined;
-  return {
-    keys: config.dkim.keys.map((k) => ({
-      domain: k.domain,
-      selector: k.selector,
-      privateKeyPem: readKeyFile(k.keyFile),
-      keyFile: k.keyFile,
-    })),
-    ...(config.dkim.headers ? { headers: config.dkim.headers } : {}),
-    oversign: config.dkim.oversign,
-    canonicalization: config.dkim.canonicalization,
-    ...(config.dkim.expireAfterMs > 0 ? { expireAfterMs: config.dkim.expireAfterMs } : {}),
-    domainMap: config.dkim.domainMap,
-  };
-}
-
-/** Loads and checks every DKIM key of the configuration; throws DkimKeyError (exit 78) on a bad one. */
-export function makeSigner(config: Config): DkimSigner | undefined {
-  const options = dkimOptions(config);
-  return options ? DkimSigner.create(options) : undefined;
-}
-
-/**
- * Signing threads: RSA signatures (~0.6 ms CPU each) go to one worker per core so that the event loop
- * keeps answering; Ed25519 alone (~40 µs) is cheaper than the hand-off. `MTA_DKIM_THREADS` overrides.
- */
-function dkimThreads(signer: DkimSigner): number {
-  const env = process.env.MTA_DKIM_THREADS;
-  if (env !== undefined && /^\d+$/.test(env)) return Math.min(Number(env), 16);
-  if (!signer.algorithms.includes("rsa-sha256")) return 0;
-  return Math.max(1, Math.min(4, availableParallelism()));
-}
-
-/** Loads and checks the keys (throws DkimKeyError), then starts the signing threads in the background. */
-function makeSignerPool(config: Config, log: Logger): DkimSignerPool | undefined {
-  const options = dkimOptions(config);
-  if (!options) return undefined;
-  const signer = DkimSigner.create(options);
-  const threads = dkimThreads(signer);
-  const pool = DkimSignerPool.create(options, {
-    threads,
-    onWorkerError: (message) => log.warn(`${message}; signing on the event loop instead`),
-  });
-  log.info("dkim keys loaded", {
-    keys: config.dkim.keys.map((k) => `${k.selector}._domainkey.${k.domain}`),
-    threads,
-  });
-  return pool;
-}
-
-/**
- * Every DKIM problem of the configuration, each with the YAML path it belongs to, for
- * `mta check-config`: each key on its own (unreadable, malformed, too short), then the set as a whole.
- */
-export function dkimProblems(config: Config): { path: (string | number)[]; message: string }[] {
-  const problems: { path: (string | number)[]; message: string }[] = [];
-  config.dkim.keys.forEach((k, i) => {
-    try {
-      DkimSigner.create({
-        keys: [
-          {
-            domain: k.domain,
-            selector: k.selector,
-            privateKeyPem: readKeyFile(k.keyFile),
-            keyFile: k.keyFile,
-          },
-        ],
-      });
-    } catch (err) {
-      problems.push({ path: ["dkim", "keys", i, "key_file"], message: errorMessage(err) });
-    }
-  });
-  if (problems.length > 0) return problems;
-  try {
-    makeSigner(config);
-  } catch (err) {
-    problems.push({ path: ["dkim"], message: errorMessage(err) });
-  }
-  return problems;
 }
 
 export class Engine {

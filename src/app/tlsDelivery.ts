@@ -10,7 +10,7 @@ import type { Resolver } from "../dns/index.ts";
 import { errorMessage, isLoopback } from "../lib/index.ts";
 import type { Logger, Metrics } from "../observe/index.ts";
 import { readCaBundle, TlsPolicies } from "../tlspolicy/index.ts";
-import type { AcceptPipeline } from "./accept.ts";
+import type { AcceptPipeline } from "../accept/index.ts";
 
 /**
  * What `mta check-config` and `mta serve` refuse in the TLS policy: an unreadable CA bundle, and a

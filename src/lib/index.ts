@@ -9,3 +9,4 @@ export * from "./fault.ts";
 export * from "./duration.ts";
 export * from "./words.ts";
 export * from "./passwd.ts";
+export * from "./rate.ts";

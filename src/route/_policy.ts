@@ -6,11 +6,9 @@
  * A site is a recipient domain, an MX rollup's name, or a static route's next hop ("relay:25"): the
  * same lookup serves all three, so `delivery.domains."relay:25"` sets the limits of a smarthost.
  */
-import type { Config, DomainPolicy, DomainTlsMode, Rate as ConfigRate, TlsMode } from "../config/index.ts";
+import type { Config, DomainPolicy, DomainTlsMode, TlsMode } from "../config/index.ts";
+import type { Rate } from "../lib/index.ts";
 import type { BackoffRule } from "./_rules.ts";
-
-/** `count` events per `perMs` (a parsed `"100/s"`). */
-export type Rate = Pick<ConfigRate, "count" | "perMs">;
 
 export interface DestinationPolicy {
   /** Connection limit for this site per source address (capped by the global `maxConnections`). */

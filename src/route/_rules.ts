@@ -9,7 +9,7 @@
  * must match.
  */
 import { replyLine, type SmtpReply } from "../smtp/index.ts";
-import type { Rate } from "./_policy.ts";
+import type { Rate } from "../lib/index.ts";
 
 export interface BackoffRule {
   /** Shown in logs, events and the `rule` label of metrics; keep it short and fixed. */

@@ -4,7 +4,7 @@
  * Owns: the public face of route/ (static routes, MX rollup, destination policies, reply rules).
  * Does not own: DNS (dns/), queues and limits (scheduler/).
  */
-export { type DestinationPolicy, policyOf, type Rate } from "./_policy.ts";
+export { type DestinationPolicy, policyOf } from "./_policy.ts";
 export { hasRollups, mxMatches, siteFor } from "./_rollup.ts";
 export { type RouteDecision, type RouteOptions, Router } from "./_router.ts";
 export { type BackoffRule, DEFAULT_BACKOFF_RULES, matchRule, type ReplyLike } from "./_rules.ts";

@@ -12,7 +12,8 @@
  */
 import type { OutboundMessage, AttemptResult, AttemptTarget } from "../deliverer/index.ts";
 import type { DisposableMessage, Disposed, Outcome } from "../disposition/index.ts";
-import { AssertionError, assert, errorMessage, latin1Decoder } from "../lib/index.ts";
+import { AssertionError, assert, errorMessage } from "../lib/index.ts";
+import { fieldValues, headerHasEightBit, headerText } from "../message/index.ts";
 import type { RouteDecision } from "../route/index.ts";
 import { reply, type SmtpReply } from "../smtp/index.ts";
 import type { SchedulerCore } from "./_core.ts";
@@ -36,21 +37,9 @@ function hasNonAscii(text: string): boolean {
   return /[^\x00-\x7f]/.test(text);
 }
 
-/** RFC 8689 §5: `TLS-Required: No` in the header section. Only the first 64 KiB are looked at. */
+/** RFC 8689 §5: the message asks that recipient TLS policies be ignored (`TLS-Required: No`). */
 export function asksTlsRequiredNo(body: Uint8Array): boolean {
-  const head = latin1Decoder.decode(body.subarray(0, Math.min(body.length, 65_536)));
-  const end = head.search(/\r?\n\r?\n/);
-  const header = end < 0 ? head : head.slice(0, end + 1);
-  return /(^|\n)tls-required[ \t]*:[ \t]*no[ \t]*\r?(\n|$)/i.test(header);
-}
-
-function headerHasEightBit(body: Uint8Array): boolean {
-  for (let i = 0; i < body.length; i++) {
-    const b = body[i]!;
-    if (b > 0x7f) return true;
-    if (b === 10 && (body[i + 1] === 10 || (body[i + 1] === 13 && body[i + 2] === 10))) return false;
-  }
-  return false;
+  return fieldValues(headerText(body), "tls-required").some((v) => v.toLowerCase() === "no");
 }
 
 /** The deliverer's view of a stored message: its pending recipients and how its content must travel. */

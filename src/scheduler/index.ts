@@ -5,7 +5,7 @@
  * Does not own: the spool, SMTP, routing and policy (route/), outcomes and DSNs (disposition/);
  * see _scheduler.ts for how its parts are composed.
  */
-export { type Rate, parseRate, RateLimiter } from "./_rate.ts";
+export { RateLimiter } from "./_rate.ts";
 export { Scheduler } from "./_scheduler.ts";
 export { Site, type SiteEnv, type SuspendKind } from "./_site.ts";
 export { type LiveView, queueTotals, summarize } from "./_summary.ts";

@@ -11,7 +11,7 @@ import { expect, test } from "bun:test";
 import { spawnSync } from "bun";
 import { readFileSync } from "node:fs";
 import { resolve } from "node:path";
-import { MTA, startMta, tempDir, testConfig } from "../support/mta.ts";
+import { controlFetch, MTA, startMta, tempDir, testConfig } from "../support/mta.ts";
 import { lacking } from "../support/peers.ts";
 import { startScriptedPeer } from "../support/scriptedPeer.ts";
 
@@ -41,10 +41,8 @@ test.skipIf(lacking("swaks"))(
     expect(out).not.toContain("452");
     const line = await mta.waitForLog((r) => r.msg === "accept failed inside the MTA; answering 451");
     expect(line).toMatchObject({ level: "error", error: "injected test fault at accept" });
-    expect(String(line.stack)).toContain("accept.ts");
-    const summary = (await (
-      await fetch(`http://127.0.0.1:${mta.controlPort}/api/v1/queue/summary`)
-    ).json()) as {
+    expect(String(line.stack)).toContain("accept/_pipeline.ts");
+    const summary = (await (await controlFetch(dir.path, "/api/v1/queue/summary")).json()) as {
       totals: { messages: number };
     };
     expect(summary.totals.messages).toBe(0);

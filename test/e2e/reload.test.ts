@@ -6,14 +6,13 @@
 import { expect, test } from "bun:test";
 import { writeFileSync } from "node:fs";
 import { countingPeer } from "../support/countingPeer.ts";
-import { type StartedMta, startMta, tempDir, testConfig } from "../support/mta.ts";
+import { controlFetch, type StartedMta, startMta, tempDir, testConfig } from "../support/mta.ts";
 import { type ScriptedPeer, selfSignedCert, startScriptedPeer } from "../support/scriptedPeer.ts";
 import { freePort } from "../support/sink.ts";
 
 async function inject(mta: StartedMta, to: string, subject: string): Promise<void> {
-  const r = await fetch(`http://127.0.0.1:${mta.controlPort}/api/v1/inject`, {
+  const r = await controlFetch(mta.dir, "/api/v1/inject", {
     method: "POST",
-    headers: { "content-type": "application/json" },
     body: JSON.stringify({ sender: "app@origin.test", recipients: [to], subject, text: `${subject}\n` }),
   });
   expect(r.status).toBe(200);
@@ -62,7 +61,7 @@ test("SIGHUP moves a route: a deferred message flushed after the reload goes to 
     "first try",
   );
   await reload(mta, config(newHost.port), 1);
-  const r = await fetch(`http://127.0.0.1:${mta.controlPort}/api/v1/queue/flush`, {
+  const r = await controlFetch(mta.dir, "/api/v1/queue/flush", {
     method: "POST",
     body: JSON.stringify({ destination: "example.net" }),
   });

@@ -5,19 +5,18 @@
 import { expect, test } from "bun:test";
 import { countingPeer } from "../support/countingPeer.ts";
 import { startDnsServer } from "../support/dnsServer.ts";
-import { deliveryLog, startMta, tempDir, testConfig } from "../support/mta.ts";
+import { controlFetch, deliveryLog, startMta, tempDir, testConfig } from "../support/mta.ts";
 import { lacking } from "../support/peers.ts";
 import { startSink } from "../support/sink.ts";
 
-async function injectMany(controlPort: number, recipients: string[]): Promise<void> {
+async function injectMany(dir: string, recipients: string[]): Promise<void> {
   const messages = recipients.map((to, i) => ({
     sender: "app@origin.test",
     recipients: [to],
     message: `From: app@origin.test\r\nTo: ${to}\r\nSubject: ${i}\r\n\r\nbody ${i}\r\n`,
   }));
-  const r = await fetch(`http://127.0.0.1:${controlPort}/api/v1/inject`, {
+  const r = await controlFetch(dir, "/api/v1/inject", {
     method: "POST",
-    headers: { "content-type": "application/json" },
     body: JSON.stringify({ messages }),
   });
   expect(r.status).toBe(200);
@@ -37,7 +36,7 @@ test("2,000 messages to 2,000 domains through one smarthost route: never more co
   // Each DATA is answered after 20 ms, so connections overlap and the limit is what holds them back.
   await using relay = await countingPeer(20);
   const hop = `127.0.0.1:${relay.port}`;
-  await using mta = await startMta({
+  await using _mta = await startMta({
     dir: dir.path,
     config: testConfig(
       dir.path,
@@ -48,7 +47,7 @@ test("2,000 messages to 2,000 domains through one smarthost route: never more co
     ),
   });
   const recipients = Array.from({ length: 2000 }, (_, i) => `u${i}@d${i}.test`);
-  await injectMany(mta.controlPort, recipients);
+  await injectMany(dir.path, recipients);
   await until(() => relay.messages.length >= 2000, 60_000, `${relay.messages.length} of 2000 at the relay`);
   expect(new Set(relay.messages.flatMap((m) => m.to)).size).toBe(2000);
   expect(relay.maxOpen).toBeLessThanOrEqual(4);
@@ -59,16 +58,14 @@ test("2,000 messages to 2,000 domains through one smarthost route: never more co
 
 test("the queue view names the next hop as the site of every domain it carries", async () => {
   using dir = tempDir();
-  await using mta = await startMta({
+  await using _mta = await startMta({
     dir: dir.path,
     // Nothing listens at port 9: the relay is down, mail waits under its next hop.
     config: testConfig(dir.path, `delivery: { routes: { "*": "127.0.0.1:9" }, retry: [1h] }`),
   });
-  await injectMany(mta.controlPort, ["a@one.test", "b@two.test"]);
+  await injectMany(dir.path, ["a@one.test", "b@two.test"]);
   const summary = async () =>
-    (await (
-      await fetch(`http://127.0.0.1:${mta.controlPort}/api/v1/queue/summary?sort=destination`)
-    ).json()) as {
+    (await (await controlFetch(dir.path, "/api/v1/queue/summary?sort=destination")).json()) as {
       destinations: { destination: string; state: string; messages: number }[];
     };
   let rows = (await summary()).destinations;
@@ -94,7 +91,7 @@ test.skipIf(lacking("smtp-sink"))(
       // Nothing listens at 127.0.0.2 on the sink's port: refused; the sink is at ::1.
       "mx.dual.test": { a: ["127.0.0.2"], aaaa: ["::1"] },
     });
-    await using mta = await startMta({
+    await using _mta = await startMta({
       dir: dir.path,
       config: testConfig(
         dir.path,
@@ -103,7 +100,7 @@ test.skipIf(lacking("smtp-sink"))(
         ),
       ),
     });
-    await injectMany(mta.controlPort, ["someone@dual.test"]);
+    await injectMany(dir.path, ["someone@dual.test"]);
     await sink.waitFor(1, 15_000);
     let events = deliveryLog(dir.path);
     for (let i = 0; i < 100 && !events.some((e) => e.type === "delivery"); i++) {

@@ -7,7 +7,7 @@ import os from "node:os";
 import path from "node:path";
 import { Deliverer, RFC5321_TIMEOUTS } from "../../src/deliverer/index.ts";
 import { ManualClock } from "../../src/lib/index.ts";
-import { AcceptPipeline } from "../../src/app/accept.ts";
+import { AcceptPipeline } from "../../src/accept/index.ts";
 import { DeliveryLog, Metrics, silentLogger } from "../../src/observe/index.ts";
 import type { DestinationPolicy } from "../../src/route/index.ts";
 import {

@@ -3,8 +3,8 @@
  * a rollup site, the pools handed to the scheduler, and the X-MTA-Pool header taken out at accept.
  */
 import { expect, test } from "bun:test";
-import { takePoolHeader } from "../../src/app/accept.ts";
-import { egressPools } from "../../src/app/engine.ts";
+import { takePoolHeader } from "../../src/accept/index.ts";
+import { egressPools } from "../../src/app/index.ts";
 import { hasRollups, mxMatches, policyOf, siteFor } from "../../src/route/index.ts";
 import { ConfigError, parseConfigText } from "../../src/config/index.ts";
 

@@ -10,8 +10,8 @@
  * a usage error, never silently ignored; flags that only tune sendmail's own queue (`-oem`, `-odb`,
  * ...) are accepted and ignored; -F never carries CR or LF into a header.
  */
-import { DURATION_HINT, parseDuration, UsageError } from "../lib/index.ts";
-import { cleanDisplayName } from "./_sendMessage.ts";
+import { durationArg, UsageError } from "../lib/index.ts";
+import { cleanDisplayName } from "../message/index.ts";
 
 export interface SendArgs {
   /** -t: recipients from To/Cc/Bcc (added to those on the command line); Bcc removed. */
@@ -48,12 +48,6 @@ export const DEFAULT_LOCK_WAIT_MS = 2 * 60_000;
 const WITH_VALUE = new Set(["f", "r", "F", "B", "o", "O", "N", "R", "V", "X", "L", "h", "C", "b", "p", "q"]);
 /** Letters accepted and ignored without a value. */
 const IGNORED_FLAGS = new Set(["m", "n", "U", "G", "e", "s"]);
-
-function duration(name: string, text: string): number {
-  const v = parseDuration(text);
-  if (v === undefined) throw new UsageError(`${name} must be ${DURATION_HINT}, not "${text}"`);
-  return v;
-}
 
 export function parseSendArgs(argv: readonly string[]): SendArgs {
   const a: SendArgs = {
@@ -107,10 +101,10 @@ export function parseSendArgs(argv: readonly string[]): SendArgs {
           a.dryRun = true;
           break;
         case "max-time":
-          a.maxTimeMs = duration("--max-time", value());
+          a.maxTimeMs = durationArg("--max-time", value());
           break;
         case "lock-wait":
-          a.lockWaitMs = duration("--lock-wait", value());
+          a.lockWaitMs = durationArg("--lock-wait", value());
           break;
         case "json":
           a.json = true;

@@ -11,9 +11,9 @@
 import type { Config } from "../config/index.ts";
 import { concatBytes, hasEightBit, textEncoder } from "../lib/index.ts";
 import { jsonError, jsonResponse, type Peer } from "../observe/index.ts";
-import { type AcceptPipeline, contentRefusal } from "./accept.ts";
-import { addMissingHeaders, composeMessage, rfc5322Date } from "./compose.ts";
-import { toCrlf as bytesToCrlf } from "./_sendMessage.ts";
+import { type AcceptPipeline, contentRefusal } from "./_pipeline.ts";
+import { addMissingHeaders, composeMessage, rfc5322Date } from "../message/index.ts";
+import { toCrlf as bytesToCrlf } from "../message/index.ts";
 
 export interface InjectItem {
   sender: string;

@@ -13,9 +13,9 @@ import { closeSync, fstatSync, openSync, readdirSync, readSync, statSync } from 
 import { extname, join, resolve } from "node:path";
 import { errnoText } from "../lib/index.ts";
 import { parseMailbox } from "../smtp/index.ts";
-import { composeMessage } from "./compose.ts";
-import { checkItem, decodeBase64Message, type InjectItem } from "./inject.ts";
-import { ADDRESS_FIELDS, prepareMessage, qualifyAddressList, substitute } from "./_sendMessage.ts";
+import { composeMessage } from "../message/index.ts";
+import { checkItem, decodeBase64Message, type InjectItem } from "../accept/index.ts";
+import { ADDRESS_FIELDS, prepareMessage, qualifyAddressList, substitute } from "../message/index.ts";
 
 export interface SendItem {
   /** Where the item came from, for messages: `file:line`, `file#n`, `stdin`. */

@@ -23,9 +23,9 @@ import * as fs from "node:fs";
 import { join } from "node:path";
 import { concatBytes, errorMessage, textEncoder } from "../lib/index.ts";
 import type { Logger } from "../observe/index.ts";
-import type { AcceptPipeline } from "./accept.ts";
-import { rfc5322Date } from "./compose.ts";
-import { checkItem } from "./inject.ts";
+import type { AcceptPipeline } from "./_pipeline.ts";
+import { rfc5322Date } from "../message/index.ts";
+import { checkItem } from "./_inject.ts";
 
 const MAGIC = "MTADROP1\n";
 /** rwx for the owner, wx for everyone, set-gid and sticky. */

@@ -6,7 +6,7 @@ import { afterAll, beforeAll, expect, test } from "bun:test";
 import { mkdtempSync, openSync, readdirSync, rmSync, statSync, writeSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
-import { QueueOps, queueRoutes } from "../../src/app/queue.ts";
+import { QueueOps, queueRoutes } from "../../src/admin/index.ts";
 import { Metrics, silentLogger, startControlServer } from "../../src/observe/index.ts";
 import { Spool } from "../../src/spool/index.ts";
 

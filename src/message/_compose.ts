@@ -7,6 +7,7 @@
  */
 import { randomBytes } from "node:crypto";
 import { textEncoder } from "../lib/index.ts";
+import { hasField, headerText } from "./_header.ts";
 
 export interface MessageParts {
   from?: string;
@@ -114,12 +115,8 @@ export function addMissingHeaders(
   message: Uint8Array,
   opts: { hostname: string; from?: string; nowMs?: number },
 ): Uint8Array {
-  // Only the header is decoded: a message of many megabytes costs one native search.
-  const buf = Buffer.from(message.buffer, message.byteOffset, message.byteLength);
-  let end = buf.indexOf("\r\n\r\n");
-  if (end < 0) end = buf[0] === 13 && buf[1] === 10 ? 0 : buf.length;
-  const head = buf.toString("latin1", 0, end);
-  const present = (name: string) => new RegExp(`^${name}:`, "im").test(head);
+  const head = headerText(message);
+  const present = (name: string) => hasField(head, name);
   const add: string[] = [];
   if (!present("date")) add.push(`Date: ${rfc5322Date(opts.nowMs ?? Date.now())}`);
   if (!present("message-id")) add.push(`Message-ID: ${messageIdFor(opts.hostname)}`);

@@ -10,7 +10,8 @@
  * survives; a header value built from an argument (`-F`) never carries CR or LF.
  */
 import { hasEightBit, latin1Decoder } from "../lib/index.ts";
-import { encodeHeaderValue, messageIdFor, rfc5322Date } from "./compose.ts";
+import { encodeHeaderValue, messageIdFor, rfc5322Date } from "./_compose.ts";
+import { headerEnd } from "./_header.ts";
 
 const CR = 13;
 const LF = 10;
@@ -61,7 +62,7 @@ export interface SplitMessage {
 
 /** Splits a CRLF message into header fields and the rest. A header line without a colon ends the header. */
 export function splitMessage(msg: Uint8Array): SplitMessage {
-  const text = latin1Decoder.decode(msg.subarray(0, Math.min(msg.length, headerEnd(msg))));
+  const text = latin1Decoder.decode(msg.subarray(0, headerEnd(msg)));
   const fields: HeaderField[] = [];
   let pos = 0;
   while (pos < text.length) {
@@ -89,13 +90,6 @@ export function splitMessage(msg: Uint8Array): SplitMessage {
   let headerBytes = 0;
   for (const f of fields) headerBytes += f.raw.length;
   return { fields, rest: msg.subarray(headerBytes) };
-}
-
-/** Offset of the empty line that ends the header (or the length when there is none). */
-function headerEnd(msg: Uint8Array): number {
-  if (msg[0] === CR && msg[1] === LF) return 0;
-  const i = Buffer.from(msg.buffer, msg.byteOffset, msg.byteLength).indexOf("\r\n\r\n");
-  return i < 0 ? msg.length : i + 2;
 }
 
 export function joinMessage(

@@ -17,6 +17,7 @@ import type { DsnInjector } from "../disposition/index.ts";
 import type { AcceptResult, Acceptor, Envelope } from "../listener/index.ts";
 import { errorMessage, testFault } from "../lib/index.ts";
 import type { Counter, DeliveryLog, Logger, Metrics } from "../observe/index.ts";
+import { takeField } from "../message/index.ts";
 import { prepareForStorage } from "../mime/index.ts";
 import { domainOf, reply, type SmtpReply } from "../smtp/index.ts";
 import { type NewMessage, type Spool, SpoolWriteError } from "../spool/index.ts";
@@ -25,42 +26,13 @@ export interface AcceptSink {
   enqueue(slot: number, hint?: { pool?: string }): void;
 }
 
-const LATIN1 = new TextDecoder("latin1");
-
 /**
  * Removes every `X-MTA-Pool` header field (with its folded lines) from the header section and
  * returns the first one's value; the message is returned unchanged when there is none.
  */
 export function takePoolHeader(message: Uint8Array): { message: Uint8Array; pool?: string } {
-  // The header section ends at the first empty line; only it is decoded (latin1: byte offsets hold).
-  const limit = Math.min(message.length, 256 * 1024);
-  const head = LATIN1.decode(message.subarray(0, limit));
-  const end = head.search(/\r?\n\r?\n/);
-  const header = end < 0 ? head : head.slice(0, end + 1);
-  if (!/(^|\n)x-mta-pool[ \t]*:/i.test(header)) return { message };
-  const field = /(^|\n)(x-mta-pool[ \t]*:([^\n]*\n?(?:[ \t][^\n]*\n?)*))/gi;
-  let pool: string | undefined;
-  const cuts: [number, number][] = [];
-  for (let m = field.exec(header); m; m = field.exec(header)) {
-    const start = m.index + m[1]!.length;
-    pool ??= m[3]!.replace(/\r?\n[ \t]*/g, " ").trim();
-    cuts.push([start, start + m[2]!.length]);
-    field.lastIndex = start + m[2]!.length - 1;
-  }
-  const parts: Uint8Array[] = [];
-  let at = 0;
-  for (const [a, b] of cuts) {
-    parts.push(message.subarray(at, a));
-    at = b;
-  }
-  parts.push(message.subarray(at));
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let o = 0;
-  for (const p of parts) {
-    out.set(p, o);
-    o += p.length;
-  }
-  return pool ? { message: out, pool } : { message: out };
+  const taken = takeField(message, "x-mta-pool");
+  return taken.value ? { message: taken.message, pool: taken.value } : { message: taken.message };
 }
 
 /**

@@ -8,8 +8,8 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Engine } from "../../src/app/index.ts";
-import { injectHandler } from "../../src/app/inject.ts";
-import { QueueOps, queueRoutes } from "../../src/app/queue.ts";
+import { injectHandler } from "../../src/accept/index.ts";
+import { QueueOps, queueRoutes } from "../../src/admin/index.ts";
 import { parseConfigText } from "../../src/config/index.ts";
 import { type ControlServer, silentLogger, startControlServer } from "../../src/observe/index.ts";
 

@@ -7,7 +7,7 @@ import { expect, test } from "bun:test";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { HttpQueueClient, QueueOps, queueRoutes } from "../../src/app/queue.ts";
+import { HttpQueueClient, QueueOps, queueRoutes } from "../../src/admin/index.ts";
 import { Deliverer, RFC5321_TIMEOUTS } from "../../src/deliverer/index.ts";
 import {
   createLogger,
@@ -16,7 +16,7 @@ import {
   silentLogger,
   startControlServer,
 } from "../../src/observe/index.ts";
-import { AcceptPipeline } from "../../src/app/accept.ts";
+import { AcceptPipeline } from "../../src/accept/index.ts";
 import { Scheduler } from "../../src/scheduler/index.ts";
 import { type TestRoute, testRouter } from "../support/router.ts";
 import { Spool } from "../../src/spool/index.ts";

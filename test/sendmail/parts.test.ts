@@ -2,10 +2,10 @@ import { describe, expect, test } from "bun:test";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { parseSendArgs } from "../../src/app/_sendArgs.ts";
-import { BatchJournal } from "../../src/app/_sendJournal.ts";
-import { parseAddressList, prepareMessage, toCrlf } from "../../src/app/_sendMessage.ts";
-import { type ReadContext, type ReadResult, readInputs } from "../../src/app/_sendReaders.ts";
+import { parseSendArgs } from "../../src/sendmail/index.ts";
+import { BatchJournal } from "../../src/sendmail/index.ts";
+import { parseAddressList, prepareMessage, toCrlf } from "../../src/message/index.ts";
+import { type ReadContext, type ReadResult, readInputs } from "../../src/sendmail/index.ts";
 
 const text = (b: Uint8Array) => Buffer.from(b).toString("latin1");
 const ctx: ReadContext = {

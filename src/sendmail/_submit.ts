@@ -12,9 +12,9 @@ import { accessSync, constants, existsSync } from "node:fs";
 import { dirname } from "node:path";
 import { type Config, ConfigError, resolveSecrets } from "../config/index.ts";
 import { errnoOf, PermissionError } from "../lib/index.ts";
-import { type ControlEndpoint, findDaemon } from "./_control.ts";
-import { dropMessage } from "./_maildrop.ts";
-import type { SendItem } from "./_sendReaders.ts";
+import { type ControlEndpoint, findDaemon } from "../admin/index.ts";
+import { dropMessage } from "../accept/index.ts";
+import type { SendItem } from "./_readers.ts";
 
 /**
  * Whether this user may be refused the spool for want of permission: false only for EACCES/EPERM on

@@ -14,8 +14,8 @@ import {
   QueueError,
   QueueOps,
   queueRoutes,
-} from "../../src/app/queue.ts";
-import { AcceptPipeline } from "../../src/app/accept.ts";
+} from "../../src/admin/index.ts";
+import { AcceptPipeline } from "../../src/accept/index.ts";
 import { type Config, parseConfigText } from "../../src/config/index.ts";
 import { Deliverer, RFC5321_TIMEOUTS } from "../../src/deliverer/index.ts";
 import { DeliveryLog, Metrics, silentLogger, startControlServer } from "../../src/observe/index.ts";

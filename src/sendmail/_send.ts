@@ -28,13 +28,13 @@ import {
   UsageError,
 } from "../lib/index.ts";
 import { createLogger, type Logger, Metrics } from "../observe/index.ts";
-import type { ControlEndpoint } from "./_control.ts";
-import { Engine } from "./engine.ts";
-import { withLocalReceived } from "./_maildrop.ts";
+import type { ControlEndpoint } from "../admin/index.ts";
+import { Engine } from "../app/index.ts";
+import { withLocalReceived } from "../accept/index.ts";
 import { MaildropSink, submissionWay, withSecrets } from "./_submit.ts";
-import { injectLimitBytes } from "./inject.ts";
-import { parseSendArgs, type SendArgs } from "./_sendArgs.ts";
-import { BatchJournal, JournalBusyError } from "./_sendJournal.ts";
+import { injectLimitBytes } from "../accept/index.ts";
+import { parseSendArgs, type SendArgs } from "./_args.ts";
+import { BatchJournal, JournalBusyError } from "./_journal.ts";
 import {
   inputBytes,
   messageItem,
@@ -44,9 +44,9 @@ import {
   type ReadResult,
   readInputs,
   type SendItem,
-} from "./_sendReaders.ts";
+} from "./_readers.ts";
 
-export { parseSendArgs, type SendArgs } from "./_sendArgs.ts";
+export { parseSendArgs, type SendArgs } from "./_args.ts";
 
 export interface SendIo {
   stdin: AsyncIterable<Uint8Array>;

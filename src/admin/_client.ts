@@ -46,9 +46,9 @@ import {
   type Selector,
   type SortKey,
   type StatsResult,
-} from "./_queueOps.ts";
-import { AcceptPipeline } from "./accept.ts";
-import { makeSigner } from "./engine.ts";
+} from "./_ops.ts";
+import { AcceptPipeline } from "../accept/index.ts";
+import { makeSigner } from "../dkim/index.ts";
 
 export interface QueueClient {
   /** "daemon": through the control API; "local": on the spool directory. */

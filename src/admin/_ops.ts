@@ -19,6 +19,7 @@ import type { Counter, DeliveryLog, Logger, Metrics } from "../observe/index.ts"
 import { type CommandResult, type DestinationSummary, queueTotals, summarize } from "../scheduler/index.ts";
 import type { CompactReport, Spool, SpoolStats, StoredMessage, VerifyReport } from "../spool/index.ts";
 import { silentLogger } from "../observe/index.ts";
+import { splitMessage } from "../message/index.ts";
 import { verifySpool } from "../spool/index.ts";
 
 /** An error of a queue command, with the HTTP status the control API answers it with. */
@@ -188,25 +189,20 @@ function nullable<T>(v: T | undefined): T | null {
   return v === undefined || (typeof v === "number" && !Number.isFinite(v)) ? null : v;
 }
 
-/** The header block of a message, unfolded (RFC 5322 §2.2.3), as Latin-1 text. */
+/**
+ * The header fields of a message for `mta queue show`, as Latin-1 text: each continuation line
+ * trimmed and joined with one space (message/'s `splitMessage` finds the fields).
+ */
 export function parseHeaders(body: Uint8Array): { name: string; value: string }[] {
-  const text = Buffer.from(body.buffer, body.byteOffset, Math.min(body.byteLength, 256 * 1024)).toString(
-    "latin1",
-  );
-  const end = text.search(/\r?\n\r?\n/);
-  const head = end >= 0 ? text.slice(0, end) : text;
-  const out: { name: string; value: string }[] = [];
-  for (const line of head.split(/\r?\n/)) {
-    const last = out[out.length - 1];
-    if (/^[ \t]/.test(line) && last) {
-      last.value += ` ${line.trim()}`;
-      continue;
-    }
-    const colon = line.indexOf(":");
-    if (colon <= 0) continue;
-    out.push({ name: line.slice(0, colon), value: line.slice(colon + 1).trim() });
-  }
-  return out;
+  return splitMessage(body).fields.map((f) => ({
+    name: f.name,
+    value: f.raw
+      .slice(f.name.length + 1)
+      .split(/\r?\n/)
+      .map((l) => l.trim())
+      .filter((l) => l !== "")
+      .join(" "),
+  }));
 }
 
 export class QueueOps {
