@@ -11,9 +11,9 @@
 import type { Config } from "../config/index.ts";
 import { concatBytes, hasEightBit, textEncoder } from "../lib/index.ts";
 import { jsonError, jsonResponse, type Peer } from "../observe/index.ts";
+import { replyText } from "../smtp/index.ts";
 import { type AcceptPipeline, contentRefusal } from "./_pipeline.ts";
-import { addMissingHeaders, composeMessage, rfc5322Date } from "../message/index.ts";
-import { toCrlf as bytesToCrlf } from "../message/index.ts";
+import { addMissingHeaders, composeMessage, rfc5322Date, toCrlf as bytesToCrlf } from "../message/index.ts";
 
 export interface InjectItem {
   sender: string;
@@ -174,20 +174,40 @@ export function injectHandler(
         const attributes: Record<string, string> = { listener: "api", ...(item.attributes ?? {}) };
         // RFC 6152: 8-bit content travels as BODY=8BITMIME unless the caller said otherwise.
         if (!attributes.body && hasEightBit(message)) attributes.body = "8BITMIME";
-        return pipeline.submit({
-          sender: item.sender,
-          recipients: item.recipients.map((address) => ({ address })),
-          attributes: { ...attributes, client },
-          message: concatBytes([trace, message]),
-        });
+        return pipeline.submit(
+          {
+            sender: item.sender,
+            recipients: item.recipients.map((address) => ({ address })),
+            attributes: { ...attributes, client },
+            message: concatBytes([trace, message]),
+          },
+          { refuse: true },
+        );
       }),
     );
-    const failed = results.findIndex((r) => !r.ok);
+    // Suppressed recipients (suppression.answer: refuse) are named per item, with the reply SMTP gives.
+    const refusedOf = (r: (typeof results)[number]) =>
+      r.refused
+        ? { refused: r.refused.map((x) => ({ recipient: x.address, error: replyText(x.reply) })) }
+        : {};
+    const spoolFailed = results.some((r) => !r.ok && !r.refused);
     const messages = results.map((r, index) =>
-      r.ok ? { index, ids: r.ids } : { index, error: r.reply.lines.join(" ") },
+      r.ok
+        ? { index, ids: r.ids, ...refusedOf(r) }
+        : {
+            index,
+            error: r.refused ? "every recipient is on the suppression list" : r.reply.lines.join(" "),
+            ...refusedOf(r),
+          },
     );
-    if (failed >= 0)
+    if (spoolFailed)
       return jsonResponse({ error: "the spool refused some messages; see each item", messages }, 503);
-    return jsonResponse({ accepted: messages.length, messages });
+    const accepted = results.filter((r) => r.ok).length;
+    if (accepted === 0)
+      return jsonResponse(
+        { error: "every recipient is on the suppression list; see each item", accepted, messages },
+        422,
+      );
+    return jsonResponse({ accepted, messages });
   };
 }

@@ -3,11 +3,13 @@
  * inject API) to messages durably in the spool and queued for delivery.
  *
  * Owns: splitting recipients by destination (one spool message per recipient domain, as AsyncOS
- * splinters), de-duplicating recipients, the content rules before signing (mime/: CRLF only, lines of
- * at most 998 octets, no NUL outside BINARYMIME), DKIM signing once before the append, the reception
- * line in the delivery log, the `X-MTA-Pool` header (taken out of the message, before signing, into
- * the `pool` attribute), and the one way DSNs are queued (`injectDsn`: the same path, so they are
- * signed and logged too).
+ * splinters; one per recipient when the sender gets VERP return paths), de-duplicating recipients,
+ * the content rules before signing (mime/: CRLF only, lines of at most 998 octets, no NUL outside
+ * BINARYMIME), DKIM signing once before the append, the reception line in the delivery log, the
+ * `X-MTA-Pool` header (taken out of the message, before signing, into the `pool` attribute), the
+ * suppression check of every recipient (RCPT: `checkRecipient`; inject and `mta send`: refused
+ * recipients in the result; otherwise dropped and logged as `suppressed`), and the one way DSNs are
+ * queued (`injectDsn`: the same path, so they are signed and logged too).
  * Invariants: `ok: true` is returned only after every part's append resolved (its bytes are on
  * stable storage); a spool write failure gives `452 4.3.1` (RFC 3463: mail system storage), any
  * other failure `451 4.3.0` and an error log line with its cause, never `250`; content that cannot
@@ -15,11 +17,12 @@
  */
 import type { DsnInjector } from "../disposition/index.ts";
 import type { AcceptResult, Acceptor, Envelope } from "../listener/index.ts";
-import { errorMessage, testFault } from "../lib/index.ts";
+import { errorMessage, newMessageId, testFault } from "../lib/index.ts";
 import type { Counter, DeliveryLog, Logger, Metrics } from "../observe/index.ts";
 import { takeField } from "../message/index.ts";
 import { prepareForStorage } from "../mime/index.ts";
 import { domainOf, reply, type SmtpReply } from "../smtp/index.ts";
+import type { Feedback } from "../feedback/index.ts";
 import { type NewMessage, type Spool, SpoolWriteError } from "../spool/index.ts";
 
 export interface AcceptSink {
@@ -58,7 +61,12 @@ export interface AcceptDeps {
   metrics: Metrics;
   /** Signs the message (DKIM) or returns it unchanged; may sign on another thread. */
   sign?: (message: Uint8Array) => Uint8Array | Promise<Uint8Array>;
+  /** Suppression list and VERP; absent: every recipient is taken. */
+  feedback?: Feedback;
 }
+
+/** A submission's result; `refused` lists recipients the suppression list turned away. */
+export type SubmitResult = AcceptResult & { refused?: { address: string; reply: SmtpReply }[] };
 
 export interface Submission {
   sender: string;
@@ -85,6 +93,21 @@ export class AcceptPipeline implements Acceptor, DsnInjector {
       "mta_accept_refused_total",
       "Messages refused, by reason (spool: the spool failed; internal: a failure inside the MTA; else the content rule)",
     );
+  }
+
+  /** RCPT: refuses a suppressed recipient when the answer is "refuse" (relay clients only). */
+  checkRecipient(r: { sender: string; recipient: string; relay: boolean }): SmtpReply | undefined {
+    const f = this.deps.feedback;
+    if (!f || !r.relay || f.answer !== "refuse") return undefined;
+    const h = f.hit(r.sender, r.recipient);
+    if (!h) return undefined;
+    f.recordHit(h, {
+      sender: r.sender,
+      recipient: r.recipient,
+      answer: "refused",
+      attributes: { listener: "smtp" },
+    });
+    return f.refusalFor(r.recipient, h);
   }
 
   /** Listener entry point. */
@@ -121,12 +144,17 @@ export class AcceptPipeline implements Acceptor, DsnInjector {
 
   /**
    * Shared by SMTP, the HTTP inject API and DSNs: append every part durably, then queue it. Never
-   * throws: a failure is a reply (452 for the spool's writes, 451 for anything else).
+   * throws: a failure is a reply (452 for the spool's writes, 451 for anything else). `refuse`:
+   * suppressed recipients are refused (in `refused`) rather than accepted and dropped (inject and
+   * `mta send` with suppression.answer refuse; SMTP refused them at RCPT already).
    */
-  async submit(sub: Submission): Promise<AcceptResult> {
+  async submit(sub: Submission, opts: { refuse?: boolean } = {}): Promise<SubmitResult> {
     const source = sub.source ?? sub.attributes.listener ?? "api";
     try {
-      return await this.store(sub, source);
+      const kept = this.suppressed(sub, opts.refuse === true);
+      if (kept.done) return kept.done;
+      const result = await this.store(kept.sub, source);
+      return kept.refused ? { ...result, refused: kept.refused } : result;
     } catch (err) {
       if (err instanceof SpoolWriteError) {
         this.refused.inc({ source, reason: "spool" });
@@ -143,6 +171,56 @@ export class AcceptPipeline implements Acceptor, DsnInjector {
     }
   }
 
+  /**
+   * The suppression list's part: the recipients to store, those refused, or the whole answer when no
+   * recipient is left (refused, or accepted and recorded as `suppression.answer: record` asks).
+   */
+  private suppressed(
+    sub: Submission,
+    refuseAsked: boolean,
+  ): { sub: Submission; refused?: { address: string; reply: SmtpReply }[]; done?: SubmitResult } {
+    const f = this.deps.feedback;
+    if (!f) return { sub };
+    let refused: { address: string; reply: SmtpReply }[] | undefined;
+    const keep: Submission["recipients"] = [];
+    const refuse = refuseAsked && f.answer === "refuse";
+    let recordedId: string | undefined;
+    for (const r of sub.recipients) {
+      const h = f.hit(sub.sender, r.address);
+      if (!h) {
+        keep.push(r);
+        continue;
+      }
+      if (refuse) {
+        (refused ??= []).push({ address: r.address, reply: f.refusalFor(r.address, h) });
+        f.recordHit(h, {
+          sender: sub.sender,
+          recipient: r.address,
+          answer: "refused",
+          attributes: sub.attributes,
+        });
+      } else {
+        recordedId ??= newMessageId();
+        f.recordHit(h, {
+          id: recordedId,
+          sender: sub.sender,
+          recipient: r.address,
+          answer: "recorded",
+          attributes: sub.attributes,
+        });
+      }
+    }
+    if (keep.length === 0) {
+      // Refused, or accepted as asked (suppression.answer: record) with nothing to deliver.
+      const done: SubmitResult = refused
+        ? { ok: false, reply: refused[0]!.reply, refused }
+        : { ok: true, ids: [recordedId!] };
+      return { sub, done };
+    }
+    const kept = keep.length === sub.recipients.length ? sub : { ...sub, recipients: keep };
+    return refused ? { sub: kept, refused } : { sub: kept };
+  }
+
   private async store(sub: Submission, source: string): Promise<AcceptResult> {
     testFault("accept");
     const taken = takePoolHeader(sub.message);
@@ -155,6 +233,8 @@ export class AcceptPipeline implements Acceptor, DsnInjector {
       return { ok: false, reply: refusalOf(prepared) };
     }
     const body = this.deps.sign ? await this.deps.sign(prepared.message) : prepared.message;
+    // VERP return paths name one recipient each, so such a message is split per recipient.
+    const perRecipient = this.deps.feedback?.verpApplies(sub.sender) === true;
     const byDestination = new Map<string, Submission["recipients"]>();
     // One copy per recipient, as Postfix's cleanup does: the same address given twice (in RCPT or in
     // the inject API) is delivered once, with the first one's DSN parameters. The domain compares
@@ -163,16 +243,17 @@ export class AcceptPipeline implements Acceptor, DsnInjector {
     for (const r of sub.recipients) {
       const d = domainOf(r.address);
       const at = r.address.lastIndexOf("@");
-      const key = `${at >= 0 ? r.address.slice(0, at) : r.address}@${d}`;
-      if (seen.has(key)) continue;
-      seen.add(key);
-      const list = byDestination.get(d);
+      const id = `${at >= 0 ? r.address.slice(0, at) : r.address}@${d}`;
+      if (seen.has(id)) continue;
+      seen.add(id);
+      const key = perRecipient ? `${d}\0${r.address}` : d;
+      const list = byDestination.get(key);
       if (list) list.push(r);
-      else byDestination.set(d, [r]);
+      else byDestination.set(key, [r]);
     }
-    const parts: NewMessage[] = [...byDestination].map(([destination, recipients]) => ({
+    const parts: NewMessage[] = [...byDestination].map(([key, recipients]) => ({
       sender: sub.sender,
-      destination,
+      destination: key.split("\0")[0]!,
       recipients,
       attributes: sub.attributes,
       body,

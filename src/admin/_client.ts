@@ -23,7 +23,9 @@ import { statSync } from "node:fs";
 import { join } from "node:path";
 import type { Config } from "../config/index.ts";
 import { errnoOf, errorMessage, fileError, formatHostPort, MtaError, PermissionError } from "../lib/index.ts";
+import { replyLineInput } from "../bounce/index.ts";
 import { type ControlEndpoint, findDaemon, tcpEndpoint } from "./_control.ts";
+import { loadClassifier } from "../feedback/index.ts";
 import {
   DeliveryLog,
   jsonError,
@@ -48,6 +50,7 @@ import {
   type StatsResult,
 } from "./_ops.ts";
 import { AcceptPipeline } from "../accept/index.ts";
+import type { DsnInjector } from "../disposition/index.ts";
 import { makeSigner } from "../dkim/index.ts";
 
 export interface QueueClient {
@@ -338,6 +341,16 @@ export class LocalQueueClient implements QueueClient {
     return this.config.spool.dir;
   }
 
+  /** The configuration's bounce rules for `show` and admin bounces (the built-in ones when they have problems). */
+  private ops(o: { spool: Spool; deliveryLog?: DeliveryLog; dsn?: DsnInjector }): QueueOps {
+    let classify: ((line: string) => string) | undefined;
+    try {
+      const c = loadClassifier(this.config);
+      classify = (line) => c.classify(replyLineInput(line)).class;
+    } catch {}
+    return new QueueOps({ ...o, hostname: this.config.hostname, ...(classify ? { classify } : {}) });
+  }
+
   private checkDir(): void {
     try {
       statSync(join(this.dir, "segments"));
@@ -358,7 +371,7 @@ export class LocalQueueClient implements QueueClient {
       throw fileError(err, `spool.dir ${this.dir}`, "read");
     });
     try {
-      return JSON.parse(JSON.stringify(await fn(new QueueOps({ spool, hostname: this.config.hostname }))));
+      return JSON.parse(JSON.stringify(await fn(this.ops({ spool }))));
     } finally {
       await spool.close();
     }
@@ -396,13 +409,7 @@ export class LocalQueueClient implements QueueClient {
             ...(signer ? { sign: (m: Uint8Array) => signer.sign(m) } : {}),
           })
         : undefined;
-      const ops = new QueueOps({
-        spool,
-        deliveryLog,
-        ...(dsn ? { dsn } : {}),
-        hostname: this.config.hostname,
-      });
-      return JSON.parse(JSON.stringify(await fn(ops)));
+      return JSON.parse(JSON.stringify(await fn(this.ops({ spool, deliveryLog, ...(dsn ? { dsn } : {}) }))));
     } finally {
       deliveryLog.close();
       await spool.close();

@@ -13,13 +13,15 @@
  * - an action goes through disposition/: recorded in the spool, then logged, then a DSN;
  * - suspensions live in the scheduler's memory: offline `suspend`/`resume` are refused, never faked.
  */
-import { Disposer, type DsnInjector } from "../disposition/index.ts";
+import { Classifier, replyLineInput } from "../bounce/index.ts";
+import { type Classifying, Disposer, type DsnInjector } from "../disposition/index.ts";
 import { type Clock, errorMessage, MAX_DURATION_MS, MtaError, systemClock } from "../lib/index.ts";
 import type { Counter, DeliveryLog, Logger, Metrics } from "../observe/index.ts";
 import { type CommandResult, type DestinationSummary, queueTotals, summarize } from "../scheduler/index.ts";
 import type { CompactReport, Spool, SpoolStats, StoredMessage, VerifyReport } from "../spool/index.ts";
 import { silentLogger } from "../observe/index.ts";
 import { splitMessage } from "../message/index.ts";
+import { replyLine } from "../smtp/index.ts";
 import { verifySpool } from "../spool/index.ts";
 
 /** An error of a queue command, with the HTTP status the control API answers it with. */
@@ -57,6 +59,8 @@ export interface QueueOpsOptions {
   clock?: Clock;
   /** Registers the `mta_queue_*` series (queue depth, bytes, oldest age, admin actions). */
   metrics?: Metrics;
+  /** The bounce class of a stored reply line (shown by `show`, written with admin bounces). */
+  classify?: (replyLine: string) => string;
 }
 
 export const SORT_KEYS = ["messages", "recipients", "bytes", "oldest", "next", "destination"] as const;
@@ -140,6 +144,8 @@ export interface MessageDetail {
     address: string;
     state: string;
     lastReply: string | null;
+    /** The bounce class of the last reply of a recipient not delivered (null when there is none). */
+    class: string | null;
     notify: string[] | null;
     orcpt: string | null;
   }[];
@@ -211,7 +217,21 @@ export class QueueOps {
   private readonly clock: Clock;
   private readonly adminCounter: Counter | undefined;
 
+  /** The configuration's rules when given, else the built-in ones (the same answer offline and live). */
+  private readonly classify: (replyLine: string) => string;
+
+  /** Classes for the events of an offline bounce (the suppression list is not open offline). */
+  private get classifying(): Classifying {
+    return {
+      classOf: (event, r) =>
+        event === "expiration" ? "message-expired" : this.classify(typeof r === "string" ? r : replyLine(r)),
+      bounced: () => {},
+    };
+  }
+
   constructor(private readonly opts: QueueOpsOptions) {
+    const builtin = Classifier.builtin();
+    this.classify = opts.classify ?? ((line) => builtin.classify(replyLineInput(line)).class);
     this.spool = opts.spool;
     this.scheduler = opts.scheduler;
     this.clock = opts.clock ?? systemClock;
@@ -421,6 +441,7 @@ export class QueueOps {
         address: r.address,
         state: r.state,
         lastReply: nullable(r.lastReply),
+        class: r.lastReply && r.state !== "delivered" ? this.classify(r.lastReply) : null,
         notify: nullable(r.notify),
         orcpt: nullable(r.orcpt),
       })),
@@ -587,6 +608,8 @@ export class QueueOps {
       spool: sp,
       ...(this.opts.dsn ? { dsn: this.opts.dsn } : {}),
       settings: { hostname: this.opts.hostname, maxAgeMs: Number.POSITIVE_INFINITY, delayWarningMs: 0 },
+      // Offline the suppression list is not open: admin bounces get their class, nothing is added.
+      classifying: this.classifying,
       ...(this.opts.deliveryLog ? { onEvent: (e) => this.opts.deliveryLog!.write({ ...e }) } : {}),
       log,
       clock: this.clock,

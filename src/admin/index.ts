@@ -1,7 +1,8 @@
 /**
  * Administration: every `mta queue` operation (_ops.ts), its control API routes and the client the
- * CLI uses (_client.ts: the daemon through its control API, else the spool directory), and finding a
- * running daemon's control endpoint (_control.ts, also used by `mta send`).
+ * CLI uses (_client.ts: the daemon through its control API, else the spool directory), the same for
+ * `mta suppress` and the suppression list (_suppress.ts), and finding a running daemon's control
+ * endpoint (_control.ts, also used by `mta send`).
  *
  * Owns: the public face of admin/.
  * Does not own: the queues (scheduler/), what a bounce or delete records (disposition/).
@@ -34,6 +35,13 @@ export {
   type QueueClient,
   queueRoutes,
 } from "./_client.ts";
+export {
+  type CheckResult,
+  type ListFilter,
+  openSuppressClient,
+  type SuppressClient,
+  suppressionRoutes,
+} from "./_suppress.ts";
 export { formatVerifyReport } from "../spool/index.ts";
 export {
   type ControlEndpoint,

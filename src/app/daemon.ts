@@ -29,10 +29,12 @@ import {
 } from "../observe/index.ts";
 import { type Listener, type ListenerOptions, startListener } from "../listener/index.ts";
 import { Engine } from "./engine.ts";
+import type { WebhookDispatcher } from "../webhook/index.ts";
 import { startProblems } from "./preflight.ts";
-import { injectHandler, injectLimitBytes } from "../accept/index.ts";
-import { MaildropPickup } from "../accept/index.ts";
-import { QueueOps, queueRoutes } from "../admin/index.ts";
+import { startWebhooks } from "./webhooks.ts";
+import { injectHandler, injectLimitBytes, MaildropPickup } from "../accept/index.ts";
+import { QueueOps, queueRoutes, suppressionRoutes } from "../admin/index.ts";
+import { BounceInbox } from "../feedback/index.ts";
 
 export interface DaemonOptions {
   log: Logger;
@@ -93,6 +95,7 @@ export class Daemon {
     readonly engine: Engine,
     readonly control: ControlServer | undefined,
     readonly listeners: Listener[],
+    readonly webhooks: WebhookDispatcher[],
     readonly maildrop: MaildropPickup | undefined,
     /** The file the daemon started with: what its `restart` keys are running on. */
     private readonly started: RawConfig | undefined,
@@ -103,8 +106,10 @@ export class Daemon {
     const engine = await Engine.start(config, { log });
     let control: ControlServer | undefined;
     const listeners: Listener[] = [];
+    let webhooks: WebhookDispatcher[] = [];
     let maildrop: MaildropPickup | undefined;
     try {
+      webhooks = startWebhooks(config, engine, log.withTag("webhook"));
       if (config.control.address || config.control.socketPath) {
         const a = config.control.address;
         const where = a ? formatHostPort(a) : "";
@@ -115,6 +120,14 @@ export class Daemon {
           token: config.control.token,
           log: log.withTag("control"),
           metrics: engine.metrics,
+          // A failing webhook endpoint is reported, not unhealthy: mail still flows.
+          health: () => ({
+            ok: true,
+            detail:
+              webhooks.length > 0
+                ? { webhooks: Object.fromEntries(webhooks.map((w) => [w.name, w.health])) }
+                : {},
+          }),
         });
         const maxMessageBytes = injectLimitBytes(config);
         control.addRoute(
@@ -128,17 +141,24 @@ export class Daemon {
           hostname: config.hostname,
           metrics: engine.metrics,
           log: log.withTag("queue"),
+          classify: (line) => engine.feedback.classifyLine(line),
         });
         for (const [key, handler] of Object.entries(queueRoutes(queueOps))) control.addRoute(key, handler);
+        for (const [key, handler] of Object.entries(suppressionRoutes(engine.feedback.suppression)))
+          control.addRoute(key, handler);
       }
       for (const [i, l] of config.listen.entries()) {
         const where = `listen[${i}].address ${formatHostPort(l.address)}`;
         try {
           listeners.push(
-            await startListener(listenerOptions(l, config.hostname), engine.pipeline, {
-              log: log.withTag("smtp"),
-              metrics: engine.metrics,
-            }),
+            await startListener(
+              listenerOptions(l, config.hostname),
+              l.role === "bounces" ? new BounceInbox(engine.feedback) : engine.pipeline,
+              {
+                log: log.withTag("smtp"),
+                metrics: engine.metrics,
+              },
+            ),
           );
         } catch (err) {
           throw new UnavailableError(`${where}: cannot listen: ${bindReason(err)}`, { cause: err });
@@ -167,10 +187,11 @@ export class Daemon {
       await maildrop?.stop();
       for (const l of listeners) await l.close({ graceMs: 0 });
       await control?.stop();
+      await Promise.all(webhooks.map((w) => w.stop(0)));
       await engine.stop();
       throw err;
     }
-    return new Daemon(config, log, engine, control, listeners, maildrop, opts.raw);
+    return new Daemon(config, log, engine, control, listeners, webhooks, maildrop, opts.raw);
   }
 
   /** The "started" log line, with the bound addresses (tests and scripts read the ports from it). */
@@ -214,6 +235,8 @@ export class Daemon {
       await Promise.all([this.maildrop?.stop(), ...this.listeners.map((l) => l.close({ graceMs }))]);
       await this.control?.stop(Math.max(0, deadline - Date.now()));
       await this.engine.stop(Math.max(1000, deadline - Date.now()));
+      // After the engine: its last events are in the file; what is not sent now is sent at the next start.
+      await Promise.all(this.webhooks.map((w) => w.stop(1000)));
       this.log.info("stopped");
     })();
     return this.stopping;

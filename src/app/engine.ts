@@ -25,6 +25,7 @@ import {
 import { Spool } from "../spool/index.ts";
 import { readCaBundle, type TlsPolicies } from "../tlspolicy/index.ts";
 import { AcceptPipeline } from "../accept/index.ts";
+import { Feedback, loadClassifier } from "../feedback/index.ts";
 import { openTlsPolicies, tlsPolicyProblems } from "./tlsDelivery.ts";
 
 export interface EngineOptions {
@@ -100,6 +101,7 @@ export class Engine {
     readonly router: Router,
     readonly scheduler: Scheduler,
     readonly pipeline: AcceptPipeline,
+    readonly feedback: Feedback,
     private readonly delivering: boolean,
   ) {}
 
@@ -148,6 +150,15 @@ export class Engine {
       await spool.close();
       throw fileError(err, `log.deliveries ${config.log.deliveriesFile}`, "write");
     }
+    let feedback: Feedback;
+    try {
+      feedback = await Feedback.open(config, { log: log.withTag("feedback"), metrics, deliveryLog });
+    } catch (err) {
+      signer?.close();
+      deliveryLog.close();
+      await spool.close();
+      throw err;
+    }
     const loopbackOnly = process.env.MTA_LOOPBACK_ONLY === "1";
     const resolver = makeResolver(config, metrics);
     const t = config.delivery.timeouts;
@@ -176,6 +187,7 @@ export class Engine {
       metrics,
       // Always wired: a reload may add keys to a daemon that started without any.
       sign: (m) => engine.sign(m),
+      feedback,
     });
     const scheduler = new Scheduler({
       spool,
@@ -183,6 +195,10 @@ export class Engine {
       router,
       // DSNs go through the accept pipeline: DKIM-signed and logged like any message.
       dsn: pipeline,
+      // The disposition step classifies every result and feeds the suppression list.
+      classifying: feedback,
+      // VERP: a message with one recipient, from a sender that gets them, goes out with its return path.
+      returnPath: (id, sender, recipient) => feedback.returnPath(id, sender, recipient),
       hostname: config.hostname,
       ...schedulerSettings(config),
       ...egressPools(config),
@@ -206,6 +222,7 @@ export class Engine {
       router,
       scheduler,
       pipeline,
+      feedback,
       delivering,
     );
     engine.signer = signer;
@@ -226,7 +243,9 @@ export class Engine {
    * and the TLS policy state are shared with tlspolicy/ and kept as they started.
    */
   reload(config: Config): void {
+    loadClassifier(config); // a bad rules file throws before anything changes
     const signer = makeSignerPool(config, this.log.withTag("dkim"));
+    this.feedback.reload(config);
     this.signer?.close(); // its threads finish what they hold, then end
     this.signer = signer;
     this.router.reload(config);
@@ -241,6 +260,7 @@ export class Engine {
       await this.tlsPolicies?.close();
       this.signer?.close();
       await this.deliverer.close();
+      await this.feedback.close();
       this.deliveryLog.close();
       await this.spool.close();
     })();

@@ -5,7 +5,8 @@
  * Owns: the checks of what the configuration points at: the control token rule and the secret files,
  * each listener's TLS
  * certificate and key (readable files, PEM that loads, a key that matches the certificate), the DKIM
- * keys, the TLS policy (its CA bundle; tls: dane/sts where they can work), the spool directory and the
+ * keys, the TLS policy (its CA bundle; tls: dane/sts where they can work), the bounce classification
+ * rules files (each problem with its file and line), a webhook's CA file, the spool directory and the
  * delivery log (the right kind of path, writable by this user).
  * Does not own: the YAML itself (config/), binding (daemon.ts).
  * Invariant: each problem names the YAML path it belongs to; nothing here changes the file system.
@@ -16,6 +17,7 @@ import { dirname, join } from "node:path";
 import { type Config, resolveSecrets } from "../config/index.ts";
 import { errnoOf, errnoText, errorMessage, formatHostPort, isLoopback } from "../lib/index.ts";
 import { dkimProblems } from "../dkim/index.ts";
+import { bounceRulesProblems } from "../feedback/index.ts";
 import { tlsPolicyProblems } from "./tlsDelivery.ts";
 
 export interface StartProblem {
@@ -65,6 +67,12 @@ export function startProblems(config: Config): StartProblem[] {
   // The secret files (control.token_file, listen[].users_file, a route's auth.password_file).
   for (const p of resolveSecrets(config).problems) problems.push(p);
   for (const p of tlsPolicyProblems(config)) problems.push(p);
+  for (const p of bounceRulesProblems(config)) problems.push(p);
+  config.webhooks.forEach((w, i) => {
+    if (!w.caFile) return;
+    const ca = readPem(w.caFile);
+    if ("problem" in ca) push(["webhooks", i, "ca_file"], ca.problem);
+  });
 
   const spool = directoryProblem(config.spool.dir);
   if (spool) push(["spool", "dir"], spool);

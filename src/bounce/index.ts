@@ -14,3 +14,29 @@ export {
   formatRfc5322Date,
 } from "./dsn.ts";
 export { diagnosticFromReply, isNullSender, statusFromReply, wantsDsn } from "./status.ts";
+export {
+  BOUNCE_CLASSES,
+  type BounceClass,
+  type BounceRule,
+  BUILTIN_RULES_FILE,
+  bounceClassNamed,
+  builtinRulesSource,
+  type Classification,
+  Classifier,
+  type ClassifyInput,
+  enhancedOf,
+  KUMO_CLASS_NAMES,
+  parseRules,
+  replyLineInput,
+  type RuleProblem,
+  RulesError,
+} from "./classify.ts";
+export {
+  type FeedbackReport,
+  type ParsedReport,
+  parseDiagnostic,
+  parseFieldGroups,
+  parseReport,
+  type ReportedRecipient,
+} from "./parse.ts";
+export { findVerpAddresses, parseVerp, tagMatches, type VerpToken, verpAddress, verpTag } from "./verp.ts";

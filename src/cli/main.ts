@@ -23,6 +23,8 @@ export const main = defineCommand({
     "hash-password": () => import("./hashPassword.ts").then((m) => m.default),
     queue: () => import("./queue.ts").then((m) => m.default),
     send: () => import("./send.ts").then((m) => m.default),
+    suppress: () => import("./suppress.ts").then((m) => m.default),
+    bounce: () => import("./bounce.ts").then((m) => m.default),
   },
 });
 

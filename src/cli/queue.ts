@@ -235,7 +235,8 @@ const show = defineCommand({
         .join(" ")}`,
       "recipients:",
       ...m.recipients.map(
-        (r) => `  ${r.state.padEnd(9)} ${r.address}${r.lastReply ? `  last reply: ${r.lastReply}` : ""}`,
+        (r) =>
+          `  ${r.state.padEnd(9)} ${r.address}${r.lastReply ? `  last reply: ${r.lastReply}` : ""}${r.class ? ` [${r.class}]` : ""}`,
       ),
       "header:",
       ...m.headers.map((h) => `  ${h.name}: ${h.value}`),

@@ -21,12 +21,16 @@ export {
 export { RELOAD, type ReloadClass, reloadClassOf, restartNeeded } from "./reload.ts";
 export type { RawConfig } from "./schema.ts";
 export type {
+  BouncesConfig,
   Config,
   DeliveryConfig,
   DomainPolicy,
   DomainTlsMode,
   ListenerConfig,
   RouteConfig,
+  SuppressionConfig,
   TlsMode,
   TlsPolicyConfig,
+  WebhookConfig,
 } from "./types.ts";
+export { CLASS_NAMES, DEFAULT_WEBHOOK_EVENTS, WEBHOOK_EVENTS } from "./_feedback.ts";

@@ -9,6 +9,7 @@ import { dirname, join, resolve } from "node:path";
 import * as v from "valibot";
 import { isMap, isPair, isScalar, isSeq, LineCounter, type Node, parseDocument, stringify } from "yaml";
 import { errnoText, MtaError } from "../lib/index.ts";
+import { feedbackProblems } from "./_feedback.ts";
 import { closest, parseDuration } from "./_values.ts";
 import { ConfigSchema, type RawConfig, show } from "./schema.ts";
 import { buildConfig, type Config } from "./types.ts";
@@ -177,6 +178,7 @@ function semanticChecks(
       }
     }
   });
+  feedbackProblems(raw, push);
   if (raw.control.token !== undefined && raw.control.token_file !== undefined)
     push(["control", "token_file"], "give control.token or control.token_file, not both");
   const spoolDir = resolve(baseDir, raw.spool.dir);

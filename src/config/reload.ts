@@ -44,6 +44,11 @@ export const RELOAD: Readonly<Record<string, ReloadClass>> = Object.freeze({
   tls_policy: "restart",
   // Read by each `mta send` when it starts; the daemon does not use it.
   send: "live",
+  // Read from the running configuration by feedback/ at each use (rules reloaded and checked first).
+  bounces: "live",
+  suppression: "live",
+  // One dispatcher per webhook with its position file, built at start.
+  webhooks: "restart",
   "log.level": "live",
   "log.format": "restart",
   "log.deliveries": "live",

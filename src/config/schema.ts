@@ -9,6 +9,7 @@
 import { isIP } from "node:net";
 import * as v from "valibot";
 import { DURATION_HINT } from "../lib/index.ts";
+import { BouncesSchema, SuppressionSchema, WebhooksSchema } from "./_feedback.ts";
 import { parseAddressValue, parseCidrValue, parseDuration, parseRate, parseSizeValue } from "./_values.ts";
 
 /** A value as the user wrote it, for "got ..." in messages: a list or mapping by its kind, not its text. */
@@ -126,6 +127,10 @@ export const ListenerSchema = v.strictObject({
   max_connections: v.optional(Positive, 10000),
   max_connections_per_ip: v.optional(Positive, 2000),
   reject_bare_newlines: v.optional(Bool, true),
+  role: v.optional(
+    v.picklist(["relay", "bounces"], (i) => `expected relay or bounces, got ${show(i.input)}`),
+    "relay",
+  ),
 });
 
 const RouteObject = v.strictObject({
@@ -383,6 +388,9 @@ export const ConfigSchema = v.strictObject({
     {},
   ),
   tls_policy: v.optional(TlsPolicySchema, {}),
+  bounces: BouncesSchema,
+  suppression: SuppressionSchema,
+  webhooks: WebhooksSchema,
   log: v.optional(
     v.strictObject({
       level: v.optional(

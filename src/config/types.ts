@@ -16,7 +16,15 @@ import {
   parseSizeValue,
   type Rate,
 } from "./_values.ts";
+import {
+  type BouncesConfig,
+  buildFeedback,
+  type SuppressionConfig,
+  type WebhookConfig,
+} from "./_feedback.ts";
 import { DEFAULT_POLICY, type RawConfig } from "./schema.ts";
+
+export type { BouncesConfig, SuppressionConfig, WebhookConfig } from "./_feedback.ts";
 
 export type TlsMode = "off" | "opportunistic" | "required";
 /** A destination's TLS: `auto` applies DANE, else MTA-STS, else opportunistic (see tls_policy). */
@@ -43,6 +51,8 @@ export interface ListenerConfig {
   maxConnections: number;
   maxConnectionsPerIp: number;
   rejectBareNewlines: boolean;
+  /** relay: mail to deliver; bounces: only mail to the bounce domain (asynchronous bounces, complaints). */
+  role: "relay" | "bounces";
 }
 
 export interface RouteConfig {
@@ -154,6 +164,9 @@ export interface Config {
     expireAfterMs: number;
     domainMap: Record<string, string>;
   };
+  bounces: BouncesConfig;
+  suppression: SuppressionConfig;
+  webhooks: WebhookConfig[];
   /** `mta send`: `origin` is appended to bare local parts of addresses (default: hostname). */
   send: { origin: string };
   log: {
@@ -241,6 +254,7 @@ export function buildConfig(raw: RawConfig, source: string, baseDir: string): Co
         maxConnections: l.max_connections,
         maxConnectionsPerIp: l.max_connections_per_ip,
         rejectBareNewlines: l.reject_bare_newlines,
+        role: l.role,
       };
       if (l.tls) out.tls = { certFile: path(l.tls.cert), keyFile: path(l.tls.key), implicit: l.tls.implicit };
       if (l.users_file !== undefined) out.usersFile = path(l.users_file);
@@ -322,6 +336,7 @@ export function buildConfig(raw: RawConfig, source: string, baseDir: string): Co
       expireAfterMs: dur(raw.dkim.expire),
       domainMap: { ...raw.dkim.domain_map },
     },
+    ...buildFeedback(raw, baseDir),
     send: { origin: (raw.send.origin ?? hostname).toLowerCase().replace(/\.$/, "") },
     log: { level: raw.log.level, format: raw.log.format, deliveriesFile: path(raw.log.deliveries) },
   };

@@ -49,6 +49,11 @@ export interface AttemptResult {
   /** Every new connection of this attempt that got as far as EHLO, with what became of its TLS. */
   tlsSessions?: TlsSessionReport[];
   durationMs: number;
+  /**
+   * The connection is being retired (QUIT sent, its 221 not yet read): resolves once the socket is
+   * closed. The caller still counts it against the destination's limit until then.
+   */
+  closing?: Promise<void>;
 }
 
 export interface DelivererOptions {
@@ -326,8 +331,8 @@ export class Deliverer {
     };
     const plan = planContent(s.caps, msg);
     if (Array.isArray(plan)) {
-      await this.keepOrQuit(key, s, target);
-      return { ...base, recipients: plan };
+      const { closing } = await this.keepOrQuit(key, s, target);
+      return { ...base, recipients: plan, ...(closing ? { closing } : {}) };
     }
     const quitAfter = target.keepConnection && !this.closed ? () => !target.keepConnection!() : undefined;
     const out = await transaction(s, msg, plan, this.opts.timeouts, quitAfter);
@@ -335,28 +340,39 @@ export class Deliverer {
       s.conn.destroy();
       return undefined;
     }
+    let closing: Promise<void> | undefined;
     if (out.quitting) {
       // QUIT went with the message: read its 221 (RFC 5321 §4.1.1.10) without holding the attempt.
       const c = s.conn;
-      void c.read(this.opts.timeouts.quitMs).then(() => c.destroy());
-    } else if (out.reusable) await this.keepOrQuit(key, s, target);
+      closing = c.read(this.opts.timeouts.quitMs).then(
+        () => c.destroy(),
+        () => c.destroy(),
+      );
+    } else if (out.reusable) closing = (await this.keepOrQuit(key, s, target)).closing;
     else s.conn.destroy();
-    return { ...base, recipients: out.results };
+    return { ...base, recipients: out.results, ...(closing ? { closing } : {}) };
   }
 
   /**
-   * Pools the connection, or QUITs it and resolves once it is closed: the attempt (and the
-   * scheduler's connection slot) ends only then, so a destination never has more connections open
-   * than its limit, not even while one is being retired.
+   * Pools the connection, or QUITs it. A QUIT because nothing more is coming for the destination
+   * does not hold the attempt for the 221: the promise of its closing is returned, and the scheduler
+   * counts the connection against the destination's limit until it resolves, so a destination never
+   * has more connections open than its limit, not even while one is being retired.
    */
-  private keepOrQuit(key: string, s: OpenSession, target: AttemptTarget): Promise<void> {
-    if (this.closed) return s.conn.quit(this.opts.timeouts.quitMs);
-    if (target.keepConnection && !target.keepConnection()) {
-      // Nothing more is coming for this destination: QUIT (RFC 5321 §4.1.1.10) without holding the
-      // attempt for the 221; the socket closes when it comes or after the QUIT timeout.
-      void s.conn.quit(this.opts.timeouts.quitMs);
-      return Promise.resolve();
+  private async keepOrQuit(
+    key: string,
+    s: OpenSession,
+    target: AttemptTarget,
+  ): Promise<{ closing?: Promise<void> }> {
+    if (this.closed) {
+      await s.conn.quit(this.opts.timeouts.quitMs);
+      return {};
     }
-    return this.pool.release(key, s);
+    // Nothing more is coming for this destination: QUIT (RFC 5321 §4.1.1.10); the socket closes when
+    // the 221 comes or after the QUIT timeout. (Wrapped: an async function would wait for it.)
+    if (target.keepConnection && !target.keepConnection())
+      return { closing: s.conn.quit(this.opts.timeouts.quitMs).catch(() => s.conn.destroy()) };
+    await this.pool.release(key, s);
+    return {};
   }
 }

@@ -12,8 +12,9 @@
  * Invariants: nothing is logged or notified before the spool has the outcome (a failed record throws
  * and nothing else happens); a null sender never gets a DSN; NOTIFY is honoured; the verdict is
  * `retry` exactly when a recipient is still pending afterwards.
- * Seams: a later bounce classifier or suppression list hooks in here, between (1) and (3), where
- * every changed recipient is known with its reply and result kind.
+ * Bounce classes and automatic suppression (feedback/, through `Classifying`) are step (2): every
+ * changed recipient's event carries its class, and a permanent bounce is offered to the suppression
+ * list, only after the spool has the outcome.
  */
 import { type DsnRecipient, diagnosticFromReply, statusFromReply, wantsDsn } from "../bounce/index.ts";
 import { type Clock, systemClock } from "../lib/index.ts";
@@ -21,6 +22,7 @@ import type { Counter, Logger, Metrics } from "../observe/index.ts";
 import { parseStoredReply, replyLine, type SmtpReply } from "../smtp/index.ts";
 import { type DsnInjector, queueDsn } from "./_dsn.ts";
 import type {
+  Classifying,
   DisposableMessage,
   DispositionSettings,
   DispositionSpool,
@@ -70,6 +72,8 @@ export interface DisposerOptions {
   dsn?: DsnInjector;
   settings: DispositionSettings;
   onEvent?(e: MessageEvent): void;
+  /** Bounce classes on events and suppression of permanent bounces; absent: events carry no class. */
+  classifying?: Classifying;
   log: Logger;
   metrics?: Metrics;
   clock?: Clock;
@@ -284,6 +288,17 @@ export class Disposer {
     e.queueTimeMs = now - msg.arrivalMs;
     e.size = msg.sizeBytes;
     if (outcome.kind === "failed") e.reason = outcome.reason;
+    if (c.kind === "bounced" && rc.lastReply) e.lastReply = rc.lastReply;
+    const cl = this.opts.classifying;
+    if (cl && c.kind !== "delivered" && c.kind !== "deleted") {
+      const cls = safely(this.opts.log, () =>
+        cl.classOf(e.type, c.kind === "bounced" ? (rc.lastReply ?? c.reply) : c.reply),
+      );
+      if (cls !== undefined) {
+        e.class = cls;
+        if (c.kind === "permanent") cl.bounced(rc.address, msg.sender, cls);
+      }
+    }
     this.emit(e);
   }
 
@@ -346,6 +361,16 @@ export class Disposer {
     } catch (err) {
       this.opts.log.error("delivery event handler failed", { error: String(err) });
     }
+  }
+}
+
+/** A classifier that throws (a bug) costs the event its class, never the disposition. */
+function safely<T>(log: Logger, fn: () => T): T | undefined {
+  try {
+    return fn();
+  } catch (err) {
+    log.error("bounce classification failed", { error: String(err) });
+    return undefined;
   }
 }
 

@@ -84,4 +84,23 @@ export interface MessageEvent {
   action?: string;
   /** `bounce` without a remote reply: "route" (DNS permanent) or "rule:<name>"; `dsn`: "admin-bounce". */
   reason?: string;
+  /** The bounce class of a failed, deferred, expired or bounced recipient (when a classifier is given). */
+  class?: string;
+  /** `admin-bounce`: the recipient's last reply before the operator bounced it (why it was stuck). */
+  lastReply?: string;
+}
+
+/**
+ * Bounce classes and the suppression list as the disposition step uses them (feedback/ implements
+ * it): asked once per recipient whose state an outcome changed, after the spool has the outcome.
+ */
+export interface Classifying {
+  /**
+   * The bounce class of one recipient's result, counted under its delivery-log event type: `reply`
+   * is the remote's (or the MTA's own) reply, or for an operator's bounce the stored last reply when
+   * there is one; an `expiration` is always "message-expired".
+   */
+  classOf(event: DeliveryEventType, reply: SmtpReply | string): string;
+  /** A permanent failure (a `bounce` event) of `recipient` with class `cls`: may suppress; never throws. */
+  bounced(recipient: string, sender: string, cls: string): void;
 }

@@ -3,7 +3,8 @@
  * to the spool record, the delivery-log events, the DSN and a verdict.
  *
  * Owns: the public face of disposition/.
- * Does not own: queues (scheduler/), DSN text (bounce/), the accept pipeline DSNs go through (app/).
+ * Does not own: queues (scheduler/), DSN text (bounce/), the accept pipeline DSNs go through (accept/),
+ * bounce classes and the suppression list (feedback/, through `Classifying`).
  */
 export {
   ADMIN_BOUNCE_REPLY,
@@ -14,6 +15,7 @@ export {
 } from "./_disposer.ts";
 export { type DsnInjector, dsnAction } from "./_dsn.ts";
 export type {
+  Classifying,
   DisposableMessage,
   DispositionSettings,
   DispositionSpool,

@@ -672,7 +672,10 @@ class SmtpServer implements Listener {
       return reply(553, "5.6.7", "Non-ASCII recipient address needs SMTPUTF8");
     if (txn.recipients.length >= this.opts.maxRecipients)
       return reply(452, "4.5.3", "Error: too many recipients"); // RFC 5321 §4.5.3.1.10
-    if (!s.relayAllowed && !s.authUser) return reply(554, "5.7.1", "Relay access denied");
+    const relay = s.relayAllowed || Boolean(s.authUser);
+    const verdict = this.acceptor.checkRecipient?.({ sender: txn.sender, recipient: path.address, relay });
+    if (verdict !== undefined && verdict !== "local") return verdict;
+    if (!relay && verdict !== "local") return reply(554, "5.7.1", "Relay access denied");
     const r: EnvelopeRecipient = { address: path.address };
     if (p.params.notify) r.notify = p.params.notify;
     if (p.params.orcpt) r.orcpt = p.params.orcpt;

@@ -74,6 +74,12 @@ export type AcceptResult = { ok: true; ids: string[] } | { ok: false; reply: Smt
 export interface Acceptor {
   /** Called after the final dot / last BDAT; `message` already carries our Received: header. Reply 250 only when ok. */
   accept(envelope: Envelope, message: Uint8Array): Promise<AcceptResult>;
+  /**
+   * Optional, at RCPT after the syntax checks: a reply refuses the recipient (a suppressed address);
+   * "local" accepts it even from a client that may not relay (a bounce domain this server receives
+   * mail for); undefined leaves the decision to the relay policy.
+   */
+  checkRecipient?(r: { sender: string; recipient: string; relay: boolean }): SmtpReply | "local" | undefined;
 }
 
 export interface Listener {

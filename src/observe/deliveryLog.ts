@@ -3,8 +3,10 @@
  *
  * Owns: the append-only log file (`log.deliveries`), buffered writes, reopen on SIGHUP (for logrotate).
  * Events: reception, delivery, transient-failure, bounce, expiration, dsn, delay-warning, admin-bounce,
- * admin-delete, and per destination: suspension, resumption, rule.
- * Invariant: a line is written after the spool recorded the event it describes, never before.
+ * admin-delete, suppressed, async-bounce, complaint, and per destination: suspension, resumption, rule.
+ * Invariants: a line is written after the spool recorded the event it describes, never before; lines
+ * reach the file (write(2), the page cache) by the end of the event-loop turn that made them, so a
+ * kill -9 loses at most the lines of the turn it interrupts (webhooks read the file: docs/webhooks.md).
  */
 import { closeSync, existsSync, fchmodSync, mkdirSync, openSync, writeSync } from "node:fs";
 import { dirname } from "node:path";
@@ -19,6 +21,9 @@ export type DeliveryEventType =
   | "delay-warning"
   | "admin-bounce"
   | "admin-delete"
+  | "suppressed"
+  | "async-bounce"
+  | "complaint"
   | "suspension"
   | "resumption"
   | "rule";
@@ -34,7 +39,8 @@ export class DeliveryLog {
   private fd = -1;
   private buffer: string[] = [];
   private bufferedBytes = 0;
-  private timer: ReturnType<typeof setTimeout> | undefined;
+  private scheduled = false;
+  private readonly listeners: (() => void)[] = [];
   /** Lines written since start, for tests and metrics. */
   written = 0;
 
@@ -58,17 +64,27 @@ export class DeliveryLog {
     this.bufferedBytes += line.length;
     this.written++;
     if (this.bufferedBytes >= 64 * 1024) this.flush();
-    else this.timer ??= setTimeout(() => this.flush(), 200);
+    else if (!this.scheduled) {
+      // One write per event-loop turn: cheap under load (a turn's lines go together), and nothing
+      // waits in memory for longer than the turn.
+      this.scheduled = true;
+      setImmediate(() => this.flush());
+    }
+  }
+
+  /** Called after each write to the file (the webhook dispatcher reads on from there). */
+  onFlush(fn: () => void): void {
+    this.listeners.push(fn);
   }
 
   flush(): void {
-    if (this.timer) clearTimeout(this.timer);
-    this.timer = undefined;
+    this.scheduled = false;
     if (this.fd < 0 || this.buffer.length === 0) return;
     const data = this.buffer.join("");
     this.buffer = [];
     this.bufferedBytes = 0;
     writeSync(this.fd, data);
+    for (const fn of this.listeners) fn();
   }
 
   /** Close and open the file again (after logrotate moved it), or another file (a reload). */

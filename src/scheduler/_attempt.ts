@@ -2,8 +2,8 @@
  * One delivery attempt of one message by a connection worker, from taking it to acting on the verdict.
  *
  * Owns: the checks before an attempt (expiry, a bounce rule in force, the route now), assembling the
- * deliverer's `OutboundMessage` and `AttemptTarget` (SMTPUTF8 need, 8BITMIME, EHLO name, source
- * address, TLS), a whole-site failure (nothing recorded, the site backs off), handing every other
+ * deliverer's `OutboundMessage` and `AttemptTarget` (SMTPUTF8 need, 8BITMIME, the return path
+ * (VERP), EHLO name, source address, TLS), a whole-site failure (nothing recorded, the site backs off), handing every other
  * outcome to the disposer, and acting on its verdict (schedule the retry, or finish the message).
  * Does not own: which message comes next (_workers.ts), what an outcome records (disposition/).
  * Invariants: the outcome is recorded before anything acts on it; a whole-site failure never burns an
@@ -31,6 +31,8 @@ export type AttemptEnd = "done" | "site-failure" | "requeued";
 export interface WorkerCtx {
   q: { pool: number; ready: { shift(): number | undefined } };
   source: EgressSource | null;
+  /** The last attempt's connection is being retired (QUIT sent): the worker counts it until closed. */
+  closing?: Promise<void>;
 }
 
 function hasNonAscii(text: string): boolean {
@@ -211,7 +213,11 @@ export class Attempts {
     site.noteAttempt(core.clock.now());
     const target = targetOf(route, site, w.source, core.opts.hostname);
     const outbound = outboundOf(id, message, body);
+    const only = outbound.recipients.length === 1 ? outbound.recipients[0]! : undefined;
+    const returnPath = only && core.opts.returnPath?.(id, outbound.sender, only.address);
+    if (returnPath) outbound.sender = returnPath;
     let result = await core.opts.deliverer.deliver(target, outbound);
+    if (result.closing) w.closing = result.closing;
     route.report?.(result, target.sourceAddress);
     if (result.connectionFailed && route.more) {
       // None of the preferred family's addresses answered: the other family's, in the same attempt.

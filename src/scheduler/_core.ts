@@ -132,6 +132,7 @@ export class SchedulerCore {
     this.disposer = new Disposer({
       spool: opts.spool,
       ...(opts.dsn ? { dsn: opts.dsn } : {}),
+      ...(opts.classifying ? { classifying: opts.classifying } : {}),
       settings: this.dispositionSettings(opts),
       ...(opts.onEvent ? { onEvent: opts.onEvent } : {}),
       log: opts.log,

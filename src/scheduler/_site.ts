@@ -9,7 +9,7 @@
  * Does not own: time (the env's clock), timers (the env's `wakeAt`), which source a connection
  * uses (_egress.ts), starting workers (_workers.ts). No sockets: tests drive it with a fake env.
  * Invariants: an operator's suspension is never shortened by an automatic one; `limit` is at least 1;
- * a site's connections never exceed `limit`; a whole-site failure in flight when the site is already
+ * a site's connections (`connections`: workers and connections still closing) never exceed `limit`; a whole-site failure in flight when the site is already
  * backing off does not lengthen the backoff.
  * Seam: shared limits across nodes (a cluster's Redis) replace the local RateLimiter behind
  * `messageWait`/`takeMessageToken`/`takeConnection` with one that leases tokens, keeping this API.
@@ -57,6 +57,8 @@ export class Site {
   rr = 0;
   /** Connection workers running. */
   active = 0;
+  /** Connections being retired (QUIT sent, not yet closed) after their worker moved on or ended. */
+  closing = 0;
   /** Connection workers per source address ("" = no source bound: the kernel's choice). */
   readonly bySource = new Map<string, number>();
   /** Smooth weighted round-robin state per pool index (current weight per member). */
@@ -130,6 +132,11 @@ export class Site {
     const q = new PoolQueue(pool);
     this.queues.push(q);
     return q;
+  }
+
+  /** Connections open or opening: workers running and connections still being retired. */
+  get connections(): number {
+    return this.active + this.closing;
   }
 
   /** How many connections it may have now: policy x sources, window, throttle, the global cap. */

@@ -8,7 +8,7 @@
  * Does not own: routing and policy (route/), outcomes and DSNs (disposition/).
  */
 import type { AttemptResult, AttemptTarget, OutboundMessage } from "../deliverer/index.ts";
-import type { DisposableMessage, DsnInjector, MessageEvent } from "../disposition/index.ts";
+import type { Classifying, DisposableMessage, DsnInjector, MessageEvent } from "../disposition/index.ts";
 import type { Clock } from "../lib/index.ts";
 import type { Logger, Metrics } from "../observe/index.ts";
 import type { DestinationPolicy, RouteDecision, RouteOptions } from "../route/index.ts";
@@ -112,6 +112,13 @@ export interface SchedulerOptions extends SchedulerSettings {
   router: SchedulerRouter;
   /** How DSNs are queued (the app: through the accept pipeline). Without one, DSNs are logged as lost. */
   dsn?: DsnInjector;
+  /** Bounce classes on result events and suppression of permanent bounces (feedback/). */
+  classifying?: Classifying;
+  /**
+   * The MAIL FROM of a message with one pending recipient, when it differs from the stored sender
+   * (VERP: feedback/'s return path). DSNs still go to the stored sender.
+   */
+  returnPath?(id: string, sender: string, recipient: string): string | undefined;
   /** EHLO name (unless the route gives one) and Reporting-MTA of DSNs. */
   hostname: string;
   /** Egress pools by name. A message's `pool` attribute, else its site's policy, picks one. */

@@ -17,6 +17,8 @@ import type { SlotRef } from "./_slots.ts";
 export class Workers {
   /** Connection workers running, all sites together. */
   active = 0;
+  /** Connections being retired (QUIT sent, not yet closed), all sites together. */
+  closing = 0;
   /** Sites with ready messages held back only by the global connection cap, oldest first. */
   private readonly waitingGlobal = new Set<Site>();
   private readonly running = new Set<Promise<void>>();
@@ -35,8 +37,8 @@ export class Workers {
     if (site.isSuspended(now)) return;
     if (site.suspendedUntilMs > 0) site.lift("suspension ended");
     const cap = core.live.maxConnections;
-    while (site.readyLength > 0 && site.active < site.limit(now, cap)) {
-      if (this.active >= cap) {
+    while (site.readyLength > 0 && site.connections < site.limit(now, cap)) {
+      if (this.active + this.closing >= cap) {
         this.waitingGlobal.add(site);
         return;
       }
@@ -101,18 +103,21 @@ export class Workers {
           break;
         }
         const end = await this.attempts.run(site, w, ref);
+        this.retire(site, w);
         if (end !== "requeued") sent++;
         if (end === "site-failure" || core.stopping) break;
         // Another queue's message went back, or a success opened the window (slow start): more
         // workers may start now, not only when this one ends.
-        if (site.readyLength > 0 && site.active < site.limit(core.clock.now(), core.live.maxConnections))
+        if (site.readyLength > 0 && site.connections < site.limit(core.clock.now(), core.live.maxConnections))
           this.tryStart(site);
         const after = core.clock.now();
         if (site.isSuspended(after) || sent >= Math.max(1, site.policy.maxMessagesPerConnection)) break;
-        if (site.active > site.limit(after, core.live.maxConnections)) break; // the window shrank or a throttle began
+        // The window shrank, a throttle began, or its last connection is still closing.
+        if (site.connections > site.limit(after, core.live.maxConnections)) break;
         ref = core.takeReady(site, w.q as PoolQueue);
       }
     } finally {
+      this.retire(site, w);
       this.active--;
       site.active--;
       site.lastActiveMs = core.clock.now();
@@ -123,10 +128,32 @@ export class Workers {
     }
   }
 
+  /**
+   * The worker's last connection is being retired (QUIT sent behind the message): until it is closed
+   * it still counts against the site's limit, its source's and the global cap, so the remote never
+   * sees more connections than the limit, but the worker is free for the next message.
+   */
+  private retire(site: Site, w: WorkerCtx): void {
+    const closing = w.closing;
+    if (!closing) return;
+    w.closing = undefined;
+    const core = this.core;
+    site.closing++;
+    this.closing++;
+    core.egress.acquire(site, w.source);
+    void closing.finally(() => {
+      site.closing--;
+      this.closing--;
+      core.egress.release(site, w.source);
+      this.pumpWaiting();
+      this.tryStart(site);
+    });
+  }
+
   /** Lets sites held back by the global cap start, oldest waiter first. */
   pumpWaiting(): void {
     for (const s of this.waitingGlobal) {
-      if (this.active >= this.core.live.maxConnections) return;
+      if (this.active + this.closing >= this.core.live.maxConnections) return;
       this.waitingGlobal.delete(s);
       this.tryStart(s);
     }

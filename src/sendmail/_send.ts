@@ -28,6 +28,7 @@ import {
   UsageError,
 } from "../lib/index.ts";
 import { createLogger, type Logger, Metrics } from "../observe/index.ts";
+import { replyText } from "../smtp/index.ts";
 import type { ControlEndpoint } from "../admin/index.ts";
 import { Engine } from "../app/index.ts";
 import { withLocalReceived } from "../accept/index.ts";
@@ -77,7 +78,7 @@ export interface SendSummary {
 }
 
 type SubmitOutcome =
-  | { ok: true; ids: string[] }
+  | { ok: true; ids: string[]; refused?: string[] }
   | { ok: false; bad: string }
   | { ok: false; unavailable: string };
 
@@ -106,14 +107,24 @@ type InjectAnswer = {
   index?: unknown;
 };
 
-/** One item's answer in a 200/503 reply: `{ index, ids }` or `{ index, error }`. */
-function answerOf(v: unknown): { index: number; ids?: string[]; error?: string } | undefined {
+/**
+ * One item's answer in a 200/503/422 reply: `{ index, ids }` or `{ index, error }`, with `refused`
+ * ("address: reply" for each recipient the suppression list turned away) when there were any.
+ */
+function answerOf(
+  v: unknown,
+): { index: number; ids?: string[]; error?: string; refused?: string[] } | undefined {
   if (!v || typeof v !== "object") return undefined;
-  const m = v as { index?: unknown; ids?: unknown; error?: unknown };
+  const m = v as { index?: unknown; ids?: unknown; error?: unknown; refused?: unknown };
   if (typeof m.index !== "number") return undefined;
-  const out: { index: number; ids?: string[]; error?: string } = { index: m.index };
+  const out: { index: number; ids?: string[]; error?: string; refused?: string[] } = { index: m.index };
   if (Array.isArray(m.ids) && m.ids.every((x) => typeof x === "string")) out.ids = m.ids as string[];
   if (typeof m.error === "string") out.error = m.error;
+  if (Array.isArray(m.refused))
+    out.refused = m.refused.map((x) => {
+      const r = x as { recipient?: unknown; error?: unknown };
+      return `${String(r.recipient)}: ${String(r.error)}`;
+    });
   return out;
 }
 
@@ -178,13 +189,16 @@ class DaemonSink implements Sink {
           out[i] = { ok: false, unavailable: `daemon answered ${res.status} without a JSON body` };
         return out;
       }
-      if (res.status === 200 || res.status === 503) {
+      // 422: every recipient of every item was on the suppression list.
+      if (res.status === 200 || res.status === 503 || res.status === 422) {
         for (const a of Array.isArray(answer.messages) ? answer.messages.map(answerOf) : []) {
           const i = a ? pending[a.index] : undefined;
           if (a === undefined || i === undefined) continue;
           out[i] = a.ids
-            ? { ok: true, ids: a.ids }
-            : { ok: false, unavailable: `daemon: ${a.error ?? "refused"}` };
+            ? { ok: true, ids: a.ids, ...(a.refused ? { refused: a.refused } : {}) }
+            : a.refused
+              ? { ok: false, bad: a.refused.join("; ") }
+              : { ok: false, unavailable: `daemon: ${a.error ?? "refused"}` };
         }
         for (const i of pending)
           out[i] ??= { ok: false, unavailable: `daemon answered ${res.status} without this item` };
@@ -239,22 +253,27 @@ class LocalSink implements Sink {
   async submit(items: SendItem[]): Promise<SubmitOutcome[]> {
     const results = await Promise.all(
       items.map(async (it) => {
-        const r = await this.engine.pipeline.submit({
-          sender: it.sender,
-          recipients: it.recipients.map((address) => ({ address })),
-          attributes: it.attributes,
-          message: withLocalReceived(it.message, process.getuid?.() ?? 0, this.engine.config.hostname),
-        });
+        const r = await this.engine.pipeline.submit(
+          {
+            sender: it.sender,
+            recipients: it.recipients.map((address) => ({ address })),
+            attributes: it.attributes,
+            message: withLocalReceived(it.message, process.getuid?.() ?? 0, this.engine.config.hostname),
+          },
+          { refuse: true },
+        );
         if (r.ok) for (const id of r.ids) this.runIds.add(id);
         return r;
       }),
     );
     return results.map((r) => {
+      const refused = r.refused?.map((x) => `${x.address}: ${replyText(x.reply)}`);
+      if (!r.ok && refused) return { ok: false, bad: refused.join("; ") };
       // A 5xx is about this message's content (mime/'s rules); a 4xx is the spool failing.
       if (!r.ok && r.reply.code >= 500) return { ok: false, bad: r.reply.lines.join(" ") };
       if (!r.ok) return { ok: false, unavailable: `spool: ${r.reply.lines.join(" ")}` };
       this.ids.push(...r.ids);
-      return { ok: true, ids: r.ids };
+      return { ok: true, ids: r.ids, ...(refused ? { refused } : {}) };
     });
   }
 }
@@ -475,8 +494,10 @@ export async function send(args: SendArgs, config: Config, io: SendIo): Promise<
             const it = group[i]!;
             if (o.ok) {
               s.accepted++;
-              s.recipients += it.recipients.length;
+              s.recipients += it.recipients.length - (o.refused?.length ?? 0);
               keys.push(it.key);
+              // Suppressed recipients are not sent to: said, and counted, never silently dropped.
+              for (const r of o.refused ?? []) reportBad(it.source, `${r}; not sent to this recipient`);
             } else if ("bad" in o) reportBad(it.source, o.bad);
             else {
               s.unsent++;

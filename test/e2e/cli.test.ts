@@ -28,7 +28,7 @@ describe("mta executable", () => {
     expect(r.code).toBe(64);
     expect(r.stdout).toBe("");
     expect(r.stderr).toBe(
-      'mta: unknown command "frobnicate"; the commands are serve, check-config, dkim, hash-password, queue, send (see mta --help)\n',
+      'mta: unknown command "frobnicate"; the commands are serve, check-config, dkim, hash-password, queue, send, suppress, bounce (see mta --help)\n',
     );
     const q = runMta(["queue", "sumary"]);
     expect(q.code).toBe(64);

@@ -19,8 +19,14 @@ export interface CountingPeer extends AsyncDisposable {
   rcpt: (to: string) => string;
 }
 
-/** A minimal SMTP server (no PIPELINING) that answers DATA after `dataDelayMs` and counts sessions. */
-export async function countingPeer(dataDelayMs: number): Promise<CountingPeer> {
+/**
+ * A minimal SMTP server (no PIPELINING) that answers DATA after `dataDelayMs` and counts sessions;
+ * `quitDelayMs`: the 221 to QUIT comes that much later (a session counts as open until it closes).
+ */
+export async function countingPeer(
+  dataDelayMs: number,
+  opts: { quitDelayMs?: number } = {},
+): Promise<CountingPeer> {
   const sockets = new Set<net.Socket>();
   const peer: CountingPeer = {
     port: 0,
@@ -96,8 +102,13 @@ export async function countingPeer(dataDelayMs: number): Promise<CountingPeer> {
           sock.write("354 go ahead\r\n");
         } else if (verb === "RSET" || verb === "NOOP") sock.write("250 2.0.0 ok\r\n");
         else if (verb === "QUIT") {
-          sock.write("221 2.0.0 bye\r\n");
-          sock.end();
+          const bye = () => {
+            if (sock.destroyed) return;
+            sock.write("221 2.0.0 bye\r\n");
+            sock.end();
+          };
+          if (opts.quitDelayMs) setTimeout(bye, opts.quitDelayMs);
+          else bye();
           return;
         } else sock.write("500 5.5.2 what\r\n");
       }

@@ -267,6 +267,21 @@ export function deliveryLog(dir: string): Record<string, unknown>[] {
   }
 }
 
+/** Polls `fn` until it returns something other than undefined (or false); throws naming `what` after the timeout. */
+export async function waitUntil<T>(
+  what: string,
+  fn: () => T | undefined | false,
+  timeoutMs = 20_000,
+): Promise<T> {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    const v = fn();
+    if (v !== undefined && v !== false) return v;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await Bun.sleep(50);
+  }
+}
+
 /** Waits for the first delivery-log line (in `dir`) for `recipient` of `type`. */
 export async function waitForLogLine(
   dir: string,
@@ -284,6 +299,22 @@ export async function waitForLogLine(
       );
     await Bun.sleep(50);
   }
+}
+
+/**
+ * A copy of a started daemon's config that names its bound control port (testConfig says :0), so
+ * that commands such as `mta queue` and `mta suppress` find the running daemon.
+ */
+export function cliConfigFor(mta: StartedMta): string {
+  const file = join(mta.dir, "cli.yaml");
+  writeFileSync(
+    file,
+    readFileSync(mta.configFile, "utf8").replace(
+      "control: { address: 127.0.0.1:0 }",
+      `control: { address: 127.0.0.1:${mta.controlPort} }`,
+    ),
+  );
+  return file;
 }
 
 /** One message through swaks (a third-party client) to an mta listener; returns swaks's output. */

@@ -1,0 +1,21 @@
+/**
+ * The suppression list: addresses mail must not go to, durable in the spool directory, checked in RAM.
+ *
+ * Owns: the public face of suppression/.
+ * Does not own: when an address is added (app/: bounces of chosen classes, complaints, the operator),
+ * what a hit means for a recipient (app/).
+ */
+export { normalizeAddress, normalizeScope, REASONS, type SuppressionReason } from "./_log.ts";
+export { CSV_HEADER, type CsvProblem, formatCsv, formatCsvRow, parseCsv } from "./csv.ts";
+export {
+  type AddResult,
+  LOG_FILE,
+  type NewSuppression,
+  readEntries,
+  type RecoveryReport,
+  type SuppressionEntry,
+  SuppressionError,
+  type SuppressionHit,
+  SuppressionList,
+  type SuppressionOptions,
+} from "./list.ts";

@@ -1,0 +1,760 @@
+/**
+ * The suppression list: addresses mail must not go to, kept durable in the spool directory and
+ * checked in RAM on every recipient.
+ *
+ * Owns: `SuppressionList` (open with the directory's lock, recover, check, add, remove, read back,
+ * compact, close), its group commit (one write and one fdatasync per batch of changes).
+ * Does not own: what to do with a hit (app/: refuse at RCPT or record `suppressed`), the CSV format
+ * (csv.ts), the file format (_log.ts), the table (_table.ts).
+ * Invariants: a change resolves only after its record is on stable storage, and only then is it
+ * visible to `check`; records reach the file in the order changes were made; a failed write leaves
+ * the file as it was before the batch (truncated back) and the table untouched; while a compaction
+ * runs, changes wait and checks go on.
+ * Cluster note: every record is a self-contained, idempotent change (add with its fields / remove of a
+ * key), so the same records can be shipped between nodes and applied in any node's list
+ * (docs/suppression.md).
+ */
+import * as fs from "node:fs";
+import { join } from "node:path";
+import { errnoOf, errnoText, errorMessage, MtaError, tryLockExclusive } from "../lib/index.ts";
+import type { Logger } from "../observe/index.ts";
+import {
+  checkFileHeader,
+  decodeKey,
+  encodeFileHeader,
+  encodeRecords,
+  FILE_HEADER_BYTES,
+  keyOf,
+  keyStart,
+  type LogRecord,
+  normalizeAddress,
+  normalizeScope,
+  REASONS,
+  reasonIndex,
+  type ScannedRecord,
+  type SuppressionReason,
+  scanChunk,
+  TYPE_ADD,
+  TYPE_REMOVE,
+} from "./_log.ts";
+import { loadTables } from "./_load.ts";
+import { HASH, HashTable, keyHash, keyHashBytes } from "./_table.ts";
+
+export const LOG_FILE = "suppressions.log";
+const LOCK_FILE = "LOCK";
+const CHUNK_BYTES = 8 * 1024 * 1024;
+
+/** What went wrong: `kind` for callers that decide on it, `code` for the exit status (lib's codes). */
+export type SuppressionErrorKind = "locked" | "input" | "io" | "corrupt" | "closed";
+
+export class SuppressionError extends MtaError {
+  override name = "SuppressionError";
+  constructor(
+    readonly kind: SuppressionErrorKind,
+    message: string,
+    cause?: unknown,
+  ) {
+    super(codeOf(kind, cause), message, cause === undefined ? undefined : { cause });
+  }
+}
+
+function codeOf(kind: SuppressionErrorKind, cause: unknown): string {
+  if (kind === "locked") return "unavailable";
+  if (kind === "input" || kind === "corrupt") return "data";
+  if (kind === "closed") return "software";
+  const errno = errnoOf(cause);
+  return errno === "EACCES" || errno === "EPERM" ? "noperm" : "io";
+}
+
+export interface SuppressionEntry {
+  address: string;
+  /** "" for a global entry, else the sender domain it applies to. */
+  scope: string;
+  reason: SuppressionReason;
+  addedMs: number;
+  /** undefined: never expires. */
+  expiresMs?: number;
+}
+
+export interface NewSuppression {
+  address: string;
+  scope?: string;
+  reason?: SuppressionReason;
+  /** Absolute expiry; undefined: never. */
+  expiresMs?: number;
+}
+
+export interface SuppressionHit {
+  scope: string;
+  reason: SuppressionReason;
+  expiresMs?: number;
+}
+
+export interface AddResult {
+  added: number;
+  updated: number;
+  unchanged: number;
+}
+
+export interface RecoveryReport {
+  entries: number;
+  records: number;
+  truncatedBytes: number;
+  damage?: string;
+  ms: number;
+}
+
+export interface SuppressionOptions {
+  /** The directory, normally `<spool.dir>/suppression`. */
+  dir: string;
+  /** fdatasync each batch (default true; false only for tests and benchmarks). */
+  sync?: boolean;
+  log?: Logger;
+  now?: () => number;
+}
+
+interface Pending {
+  records: LogRecord[];
+  bytes: Uint8Array;
+  resolve: () => void;
+  reject: (err: unknown) => void;
+}
+
+/** The normalized address and scope of a change; SuppressionError("input") naming a bad one. */
+function keyFields(item: { address: string; scope?: string }): { address: string; scope: string } {
+  const address = normalizeAddress(item.address);
+  if (address === undefined)
+    throw new SuppressionError("input", `not an address: ${JSON.stringify(item.address)}`);
+  const scope = normalizeScope(item.scope ?? "");
+  if (scope === undefined)
+    throw new SuppressionError("input", `not a sender domain: ${JSON.stringify(item.scope)}`);
+  return { address, scope };
+}
+
+/** Indexes of `records` that are the last change of their key, in order (a typed-array set, no strings). */
+function lastOfEachKey(records: readonly LogRecord[]): number[] {
+  if (records.length === 1) return [0];
+  const seen = new HashTable(records.length);
+  const last: number[] = new Array(records.length);
+  for (let i = 0; i < records.length; i++) {
+    const r = records[i]!;
+    keyHash(r.scope, r.address);
+    const slot = seen.find(HASH[0]!, HASH[1]!);
+    if (slot >= 0) last[seen.ordinalAt(slot)] = -1;
+    seen.set(HASH[0]!, HASH[1]!, 0, i, 0);
+    last[i] = i;
+  }
+  return last.filter((i) => i >= 0);
+}
+
+function sec(ms: number | undefined): number {
+  return ms === undefined ? 0 : Math.max(1, Math.ceil(ms / 1000));
+}
+
+/** Reads `fd` from `from` to its end (as it is when reached), handing every good record to `fn`. */
+function scanFd(
+  fd: number,
+  from: number,
+  fn: (r: ScannedRecord) => void,
+): { end: number; damage?: string; damageAt?: number } {
+  const buf = Buffer.allocUnsafe(CHUNK_BYTES);
+  let carry = 0;
+  let pos = from;
+  for (;;) {
+    const n = fs.readSync(fd, buf, carry, buf.length - carry, pos + carry);
+    if (n === 0) {
+      return carry === 0
+        ? { end: pos }
+        : { end: pos, damage: `incomplete record of ${carry} bytes`, damageAt: pos };
+    }
+    const len = carry + n;
+    const r = scanChunk(buf.subarray(0, len), pos, fn);
+    if (r.bad) return { end: pos + r.used, damage: r.bad, damageAt: pos + r.used };
+    buf.copyWithin(0, r.used, len);
+    carry = len - r.used;
+    pos += r.used;
+  }
+}
+
+/** scanFd in slices of `sliceBytes`, giving the event loop a turn between slices (for a running daemon). */
+async function scanFdYielding(
+  fd: number,
+  from: number,
+  fn: (r: ScannedRecord) => void,
+  sliceBytes = 1 << 20,
+): Promise<void> {
+  const buf = Buffer.allocUnsafe(sliceBytes);
+  let carry = 0;
+  let pos = from;
+  for (;;) {
+    const n = fs.readSync(fd, buf, carry, buf.length - carry, pos + carry);
+    if (n === 0) return;
+    const len = carry + n;
+    const r = scanChunk(buf.subarray(0, len), pos, fn);
+    if (r.bad) return;
+    buf.copyWithin(0, r.used, len);
+    carry = len - r.used;
+    pos += r.used;
+    await new Promise<void>((resolve) => setImmediate(resolve));
+  }
+}
+
+export class SuppressionList {
+  /** Global entries (scope ""), checked for every recipient. */
+  private readonly table: HashTable;
+  /**
+   * Entries scoped to a sender domain, in a table of their own: a check looks there only when it has
+   * entries, and then in a table usually far smaller (cache-friendlier) than the global one.
+   */
+  private readonly scopedTable: HashTable;
+  /** Records in the file (ordinal of the next one). */
+  private records = 0;
+  private size: number;
+  private queue: Pending[] = [];
+  private writing = false;
+  private compacting: Promise<void> | undefined;
+  /** Listings in progress (compaction renumbers only when there are none). */
+  private readers = 0;
+  private closed = false;
+  private readonly now: () => number;
+
+  private constructor(
+    private readonly opts: SuppressionOptions,
+    private fd: number,
+    private readonly lockFd: number,
+    table: HashTable,
+    scopedTable: HashTable,
+    size: number,
+    readonly recovery: RecoveryReport,
+  ) {
+    this.table = table;
+    this.scopedTable = scopedTable;
+    this.size = size;
+    this.now = opts.now ?? Date.now;
+  }
+
+  /** Opens (creating) the list in `opts.dir`: takes its lock, loads every record, cuts a torn tail. */
+  static async open(opts: SuppressionOptions): Promise<SuppressionList> {
+    const t0 = performance.now();
+    let lockFd: number;
+    try {
+      fs.mkdirSync(opts.dir, { recursive: true, mode: 0o700 });
+      lockFd = fs.openSync(join(opts.dir, LOCK_FILE), "a+", 0o600);
+    } catch (err) {
+      throw new SuppressionError(
+        "io",
+        `cannot open the suppression list in ${opts.dir}: ${errnoText(err)}`,
+        err,
+      );
+    }
+    let locked: boolean;
+    try {
+      locked = tryLockExclusive(lockFd);
+    } catch (err) {
+      fs.closeSync(lockFd);
+      throw err;
+    }
+    if (!locked) {
+      fs.closeSync(lockFd);
+      throw new SuppressionError(
+        "locked",
+        `another process holds the suppression list in ${opts.dir} (a running mta serve?)`,
+      );
+    }
+    const file = join(opts.dir, LOG_FILE);
+    let fd: number;
+    try {
+      fd = fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600);
+    } catch (err) {
+      fs.closeSync(lockFd);
+      throw new SuppressionError("io", `cannot open ${file}: ${errnoText(err)}`, err);
+    }
+    try {
+      let size = fs.fstatSync(fd).size;
+      if (size === 0) {
+        fs.writeSync(fd, encodeFileHeader(), 0, FILE_HEADER_BYTES, 0);
+        if (opts.sync !== false) fs.fsyncSync(fd);
+        size = FILE_HEADER_BYTES;
+      } else {
+        const head = new Uint8Array(FILE_HEADER_BYTES);
+        fs.readSync(fd, head, 0, FILE_HEADER_BYTES, 0);
+        const problem = checkFileHeader(head.subarray(0, Math.min(size, FILE_HEADER_BYTES)));
+        if (problem) throw new SuppressionError("corrupt", `${file}: ${problem}`);
+      }
+      const nowSec = Math.floor((opts.now ?? Date.now)() / 1000);
+      let scan: ReturnType<typeof scanFd> = { end: FILE_HEADER_BYTES };
+      const { table, scopedTable, records } = loadTables(
+        (fn) => {
+          scan = scanFd(fd, FILE_HEADER_BYTES, fn);
+        },
+        nowSec,
+        Math.ceil(size / 40),
+      );
+      let truncatedBytes = 0;
+      if (scan.damage) {
+        truncatedBytes = size - scan.end;
+        opts.log?.warn("suppression list: cutting off a damaged or torn tail", {
+          file,
+          offset: scan.end,
+          bytes: truncatedBytes,
+          problem: scan.damage,
+        });
+        if (truncatedBytes > 64 * 1024) {
+          // More than a torn batch: keep the bytes for a human to look at.
+          const copy = `${file}.damaged-${scan.end}`;
+          const rest = new Uint8Array(truncatedBytes);
+          fs.readSync(fd, rest, 0, truncatedBytes, scan.end);
+          fs.writeFileSync(copy, rest, { mode: 0o600 });
+        }
+        fs.ftruncateSync(fd, scan.end);
+        if (opts.sync !== false) fs.fsyncSync(fd);
+        size = scan.end;
+      }
+      const report: RecoveryReport = {
+        entries: table.count + scopedTable.count,
+        records,
+        truncatedBytes,
+        ms: performance.now() - t0,
+        ...(scan.damage ? { damage: scan.damage } : {}),
+      };
+      const list = new SuppressionList(opts, fd, lockFd, table, scopedTable, size, report);
+      list.records = records;
+      list.maybeCompact();
+      return list;
+    } catch (err) {
+      fs.closeSync(fd);
+      fs.closeSync(lockFd);
+      throw err;
+    }
+  }
+
+  /** Live entries (expired ones included until the next compaction or restart drops them). */
+  get count(): number {
+    return this.table.count + this.scopedTable.count;
+  }
+
+  /** RAM held by the tables, in bytes. */
+  get tableBytes(): number {
+    return this.table.bytes + this.scopedTable.bytes;
+  }
+
+  private tableFor(scope: string): HashTable {
+    return scope === "" ? this.table : this.scopedTable;
+  }
+
+  get fileBytes(): number {
+    return this.size;
+  }
+
+  get recordCount(): number {
+    return this.records;
+  }
+
+  /**
+   * Whether mail from `senderDomain` to `address` is suppressed: a global entry or one for that sender
+   * domain, not expired. `address` may be in any case; `senderDomain` must be lower case.
+   */
+  check(address: string, senderDomain = ""): SuppressionHit | undefined {
+    let scope = "";
+    let slot = this.lookup("", address);
+    if (slot < 0 && this.scopedTable.count > 0 && senderDomain !== "") {
+      slot = this.lookup(senderDomain, address);
+      scope = senderDomain;
+    }
+    if (slot < 0) return undefined;
+    const t = this.tableFor(scope);
+    const exp = t.expiryAt(slot);
+    return {
+      scope,
+      reason: REASONS[t.reasonAt(slot)] ?? "manual",
+      ...(exp !== 0 ? { expiresMs: exp * 1000 } : {}),
+    };
+  }
+
+  /** Fast path: true when suppressed. */
+  has(address: string, senderDomain = ""): boolean {
+    if (this.lookup("", address) >= 0) return true;
+    return this.scopedTable.count > 0 && senderDomain !== "" && this.lookup(senderDomain, address) >= 0;
+  }
+
+  /** The live slot of (scope, address), the address in any case, or -1. */
+  private lookup(scope: string, address: string): number {
+    keyHash(scope, address);
+    const t = scope === "" ? this.table : this.scopedTable;
+    const slot = t.find(HASH[0]!, HASH[1]!);
+    if (slot < 0) return -1;
+    const exp = t.expiryAt(slot);
+    if (exp !== 0 && exp * 1000 <= this.now()) return -1;
+    return slot;
+  }
+
+  /**
+   * Adds or updates entries, durably. `keepLonger`: an entry already present that would outlive the
+   * new one is left as it is (automatic additions never shorten a suppression set by hand).
+   * Throws SuppressionError("input") naming the first bad address or scope; nothing is
+   * written then.
+   */
+  async add(items: readonly NewSuppression[], opts: { keepLonger?: boolean } = {}): Promise<AddResult> {
+    const nowMs = this.now();
+    const records: LogRecord[] = [];
+    for (const item of items) records.push(this.toRecord(item, nowMs));
+    await this.compacting;
+    const result: AddResult = { added: 0, updated: 0, unchanged: 0 };
+    const todo: LogRecord[] = [];
+    // Within one call the last change of a key wins; compare it against the table.
+    for (const i of lastOfEachKey(records)) {
+      const r = records[i]!;
+      keyHash(r.scope, r.address);
+      const t = this.tableFor(r.scope);
+      const slot = t.find(HASH[0]!, HASH[1]!);
+      if (slot >= 0) {
+        const exp = t.expiryAt(slot);
+        const live = exp === 0 || exp * 1000 > nowMs;
+        if (live && exp === r.expiresSec && t.reasonAt(slot) === r.reason) {
+          result.unchanged++;
+          continue;
+        }
+        if (live && opts.keepLonger && (exp === 0 || (r.expiresSec !== 0 && exp >= r.expiresSec))) {
+          result.unchanged++;
+          continue;
+        }
+        if (live) result.updated++;
+        else result.added++;
+      } else result.added++;
+      todo.push(r);
+    }
+    if (todo.length > 0) await this.commit(todo);
+    return result;
+  }
+
+  /** Removes entries, durably; returns how many were present. */
+  async remove(
+    items: readonly { address: string; scope?: string }[],
+  ): Promise<{ removed: number; absent: number }> {
+    const nowMs = this.now();
+    const records: LogRecord[] = [];
+    for (const item of items) {
+      const { address, scope } = keyFields(item);
+      records.push({ type: TYPE_REMOVE, reason: 0, addedSec: sec(nowMs), expiresSec: 0, scope, address });
+    }
+    await this.compacting;
+    let removed = 0;
+    let absent = 0;
+    const todo: LogRecord[] = [];
+    for (const i of lastOfEachKey(records)) {
+      const r = records[i]!;
+      keyHash(r.scope, r.address);
+      if (this.tableFor(r.scope).find(HASH[0]!, HASH[1]!) < 0) {
+        absent++;
+        continue;
+      }
+      removed++;
+      todo.push(r);
+    }
+    if (todo.length > 0) await this.commit(todo);
+    return { removed, absent };
+  }
+
+  private toRecord(item: NewSuppression, nowMs: number): LogRecord {
+    const { address, scope } = keyFields(item);
+    const reason = reasonIndex(item.reason ?? "manual");
+    if (reason === undefined)
+      throw new SuppressionError(
+        "input",
+        `unknown reason ${JSON.stringify(item.reason)} (expected ${REASONS.join(", ")})`,
+      );
+    if (
+      item.expiresMs !== undefined &&
+      (!Number.isFinite(item.expiresMs) || item.expiresMs / 1000 >= 2 ** 32)
+    )
+      throw new SuppressionError("input", `expiry out of range for ${address}`);
+    return { type: TYPE_ADD, reason, addedSec: sec(nowMs), expiresSec: sec(item.expiresMs), scope, address };
+  }
+
+  /** Queues records for the next batch; resolves once they are durable and applied to the table. */
+  private commit(records: LogRecord[]): Promise<void> {
+    if (this.closed) return Promise.reject(new SuppressionError("closed", "the suppression list is closed"));
+    return new Promise((resolve, reject) => {
+      this.queue.push({ records, bytes: encodeRecords(records), resolve, reject });
+      if (!this.writing) void this.drain();
+    });
+  }
+
+  private async drain(): Promise<void> {
+    this.writing = true;
+    await Promise.resolve(); // let this turn's changes join the batch
+    while (this.queue.length > 0) {
+      const batch = this.queue;
+      this.queue = [];
+      const buf = batch.length === 1 ? batch[0]!.bytes : Buffer.concat(batch.map((p) => p.bytes));
+      const total = buf.length;
+      const before = this.size;
+      try {
+        await writeAt(this.fd, buf, before);
+        if (this.opts.sync !== false) await fdatasync(this.fd);
+      } catch (err) {
+        // Leave the file as it was: a later batch must not follow a half-written one.
+        try {
+          fs.ftruncateSync(this.fd, before);
+        } catch {}
+        const e = new SuppressionError("io", `cannot write the suppression list: ${errnoText(err)}`, err);
+        for (const p of batch) p.reject(e);
+        continue;
+      }
+      this.size = before + total;
+      for (const p of batch) {
+        for (const r of p.records) this.apply(r, this.records++);
+        p.resolve();
+      }
+    }
+    this.writing = false;
+    this.maybeCompact();
+  }
+
+  private apply(r: LogRecord, ordinal: number): void {
+    keyHash(r.scope, r.address);
+    const t = this.tableFor(r.scope);
+    if (r.type === TYPE_REMOVE) {
+      const slot = t.find(HASH[0]!, HASH[1]!);
+      if (slot >= 0) t.deleteSlot(slot);
+      return;
+    }
+    t.set(HASH[0]!, HASH[1]!, r.expiresSec, ordinal, r.reason);
+  }
+
+  /**
+   * Every live entry, read back from the file (RAM holds only hashes): a record is listed when it is
+   * the one that set its key's current entry. Changes made while listing may or may not be seen.
+   */
+  async entries(
+    filter: { scope?: string; reason?: SuppressionReason; limit?: number } = {},
+  ): Promise<SuppressionEntry[]> {
+    const out: SuppressionEntry[] = [];
+    await this.forEachEntry((e) => {
+      if (filter.scope !== undefined && e.scope !== filter.scope) return true;
+      if (filter.reason !== undefined && e.reason !== filter.reason) return true;
+      out.push(e);
+      return filter.limit === undefined || out.length < filter.limit;
+    });
+    return out;
+  }
+
+  /**
+   * Streams live entries to `fn` in file order (oldest first), a slice at a time so that a running
+   * daemon keeps serving; `fn` returns false to stop. Compaction waits until no listing runs.
+   */
+  async forEachEntry(fn: (e: SuppressionEntry) => boolean): Promise<void> {
+    while (this.compacting) await this.compacting.catch(() => {});
+    this.readers++;
+    try {
+      const nowSec = Math.floor(this.now() / 1000);
+      let ordinal = 0;
+      let going = true;
+      await scanFdYielding(this.fd, FILE_HEADER_BYTES, (r) => {
+        const o = ordinal++;
+        if (!going || r.type !== TYPE_ADD) return;
+        if (r.expiresSec !== 0 && r.expiresSec <= nowSec) return;
+        keyHashBytes(r.buf, keyStart(r), r.start + r.length, r.scopeBytes);
+        const t = r.scopeBytes > 0 ? this.scopedTable : this.table;
+        const slot = t.find(HASH[0]!, HASH[1]!);
+        if (slot < 0 || t.ordinalAt(slot) !== o) return;
+        const { scope, address } = decodeKey(r);
+        going = fn({
+          address,
+          scope,
+          reason: REASONS[r.reason] ?? "manual",
+          addedMs: r.addedSec * 1000,
+          ...(r.expiresSec !== 0 ? { expiresMs: r.expiresSec * 1000 } : {}),
+        });
+      });
+    } finally {
+      this.readers--;
+    }
+  }
+
+  /** Dead records (removed, replaced, expired) outnumber live ones by enough: rewrite the file. */
+  private maybeCompact(): void {
+    if (this.compacting || this.closed) return;
+    const dead = this.records - this.count;
+    if (dead > Math.max(this.count, 10_000)) {
+      this.compact().catch((err) =>
+        this.opts.log?.error("suppression list compaction failed", { error: errorMessage(err) }),
+      );
+    }
+  }
+
+  /**
+   * Rewrites the log with one record per live entry: a new file, fdatasync'ed, renamed over the old
+   * one, the directory synced. It reads a slice at a time (checks go on between slices); changes wait
+   * until it is done; a failure leaves the old file in place.
+   */
+  compact(): Promise<void> {
+    if (this.compacting) return this.compacting;
+    const run = async () => {
+      while (this.writing || this.queue.length > 0 || this.readers > 0)
+        await new Promise((r) => setTimeout(r, 1));
+      const file = join(this.opts.dir, LOG_FILE);
+      const tmp = `${file}.compact`;
+      const nowSec = Math.floor(this.now() / 1000);
+      const out = fs.openSync(tmp, "w", 0o600);
+      // (slot, new ordinal) pairs; a scoped table's slot is stored as -(slot + 1).
+      const moves: number[] = [];
+      let newOrdinal = 0;
+      let size = FILE_HEADER_BYTES;
+      try {
+        fs.writeSync(out, encodeFileHeader(), 0, FILE_HEADER_BYTES, 0);
+        const outBuf = Buffer.allocUnsafe(CHUNK_BYTES);
+        let used = 0;
+        const flush = () => {
+          if (used === 0) return;
+          fs.writeSync(out, outBuf, 0, used, size);
+          size += used;
+          used = 0;
+        };
+        let ordinal = 0;
+        await scanFdYielding(this.fd, FILE_HEADER_BYTES, (r) => {
+          const o = ordinal++;
+          if (r.type !== TYPE_ADD) return;
+          keyHashBytes(r.buf, keyStart(r), r.start + r.length, r.scopeBytes);
+          const scoped = r.scopeBytes > 0;
+          const t = scoped ? this.scopedTable : this.table;
+          const slot = t.find(HASH[0]!, HASH[1]!);
+          if (slot < 0 || t.ordinalAt(slot) !== o) return;
+          if (r.expiresSec !== 0 && r.expiresSec <= nowSec) return;
+          if (used + r.length > outBuf.length) flush();
+          (r.buf as Buffer).copy(outBuf, used, r.start, r.start + r.length);
+          used += r.length;
+          moves.push(scoped ? -(slot + 1) : slot, newOrdinal++);
+        });
+        flush();
+        if (this.opts.sync !== false) fs.fsyncSync(out);
+        fs.closeSync(out);
+        fs.renameSync(tmp, file);
+        if (this.opts.sync !== false) {
+          const d = fs.openSync(this.opts.dir, "r");
+          fs.fsyncSync(d);
+          fs.closeSync(d);
+        }
+        // The new file is in place: switch to it, then renumber (slots do not move while changes wait).
+        const old = this.fd;
+        this.fd = fs.openSync(file, fs.constants.O_RDWR);
+        fs.closeSync(old);
+        for (let i = 0; i < moves.length; i += 2) {
+          const m = moves[i]!;
+          if (m >= 0) this.table.setOrdinal(m, moves[i + 1]!);
+          else this.scopedTable.setOrdinal(-m - 1, moves[i + 1]!);
+        }
+        // Expired entries go last: deleting shifts slots.
+        dropExpired(this.table, nowSec);
+        dropExpired(this.scopedTable, nowSec);
+        const before = this.records;
+        this.records = newOrdinal;
+        this.size = size;
+        this.opts.log?.info("suppression list compacted", {
+          entries: this.count,
+          recordsBefore: before,
+          bytes: size,
+        });
+      } catch (err) {
+        try {
+          fs.closeSync(out);
+        } catch {}
+        try {
+          fs.unlinkSync(tmp);
+        } catch {}
+        throw err;
+      }
+    };
+    this.compacting = run().finally(() => {
+      this.compacting = undefined;
+    });
+    return this.compacting;
+  }
+
+  /** Waits for queued changes, then releases the file and the lock. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    await this.compacting?.catch(() => {});
+    while (this.writing || this.queue.length > 0) await new Promise((r) => setTimeout(r, 1));
+    this.closed = true;
+    fs.closeSync(this.fd);
+    fs.closeSync(this.lockFd);
+  }
+}
+
+/** Deletes every expired entry from `table` (compaction did not copy their records). */
+function dropExpired(table: HashTable, nowSec: number): void {
+  // A deletion may shift a later entry into the hole (so the slot is looked at again) or, across the
+  // end of the array, into a slot already passed: hence passes until one finds nothing.
+  for (let found = true; found; ) {
+    found = false;
+    for (let s = 0; s < table.capacity; ) {
+      const e = table.occupied(s) ? table.expiryAt(s) : 0;
+      if (e !== 0 && e <= nowSec) {
+        table.deleteSlot(s);
+        found = true;
+      } else s++;
+    }
+  }
+}
+
+function writeAt(fd: number, buf: Uint8Array, position: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    let done = 0;
+    const step = (): void => {
+      fs.write(fd, buf, done, buf.length - done, position + done, (err, n) => {
+        if (err) return reject(err);
+        done += n;
+        if (done >= buf.length) resolve();
+        else if (n === 0) reject(Object.assign(new Error("short write"), { code: "EIO" }));
+        else step();
+      });
+    };
+    step();
+  });
+}
+
+function fdatasync(fd: number): Promise<void> {
+  return new Promise((resolve, reject) => fs.fdatasync(fd, (err) => (err ? reject(err) : resolve())));
+}
+
+/** Reads every live entry of a list directory without taking its lock (for a stopped or busy daemon). */
+export function readEntries(dir: string, now = Date.now()): SuppressionEntry[] {
+  const file = join(dir, LOG_FILE);
+  let fd: number;
+  try {
+    fd = fs.openSync(file, "r");
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === "ENOENT") return [];
+    throw new SuppressionError("io", `cannot read ${file}: ${errnoText(err)}`, err);
+  }
+  try {
+    const head = new Uint8Array(FILE_HEADER_BYTES);
+    const n = fs.readSync(fd, head, 0, FILE_HEADER_BYTES, 0);
+    if (n === 0) return [];
+    const problem = checkFileHeader(head.subarray(0, n));
+    if (problem) throw new SuppressionError("corrupt", `${file}: ${problem}`);
+    // Last record per key wins; removals and expiry drop it.
+    const map = new Map<string, SuppressionEntry>();
+    const nowSec = Math.floor(now / 1000);
+    scanFd(fd, FILE_HEADER_BYTES, (r) => {
+      const { scope, address } = decodeKey(r);
+      const k = keyOf(scope, address);
+      if (r.type === TYPE_REMOVE || (r.expiresSec !== 0 && r.expiresSec <= nowSec)) {
+        map.delete(k);
+        return;
+      }
+      map.delete(k); // re-insert: order by last change
+      map.set(k, {
+        address,
+        scope,
+        reason: REASONS[r.reason] ?? "manual",
+        addedMs: r.addedSec * 1000,
+        ...(r.expiresSec !== 0 ? { expiresMs: r.expiresSec * 1000 } : {}),
+      });
+    });
+    return [...map.values()];
+  } finally {
+    fs.closeSync(fd);
+  }
+}
