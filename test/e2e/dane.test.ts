@@ -28,10 +28,15 @@ beforeAll(async () => {
   const published = selfSignedFor(dir.path, "mx.bad.dane.test"); // what bad.dane.test's TLSA names
   const bogus = selfSignedFor(dir.path, "mx.bogus.test");
   const plainMx = ca.issue("mx.plain.test");
+  // Issued by the test root, which the servers do not send: DANE-TA with the root in the record.
+  const aliased = ca.issue("mx.alias.dane.test");
+  const digestOnly = ca.issue("mx.digest.dane.test");
   peers.good = await startAiosmtpd({ host: "127.0.0.61", port, dir: dir.path, tls: good });
   peers.bad = await startAiosmtpd({ host: "127.0.0.62", port, dir: dir.path, tls: wrong });
   peers.bogus = await startAiosmtpd({ host: "127.0.0.63", port, dir: dir.path, tls: bogus });
   peers.plain = await startAiosmtpd({ host: "127.0.0.64", port, dir: dir.path, tls: plainMx });
+  peers.alias = await startAiosmtpd({ host: "127.0.0.65", port, dir: dir.path, tls: aliased });
+  peers.digest = await startAiosmtpd({ host: "127.0.0.66", port, dir: dir.path, tls: digestOnly });
   const policyHost = ca.issue("mta-sts.plain.test");
   web = await startHttpsServer({
     cert: policyHost.chainPem,
@@ -50,6 +55,15 @@ beforeAll(async () => {
         "bad IN MX 10 mx.bad",
         "mx.bad IN A 127.0.0.62",
         `_${port}._tcp.mx.bad ${tlsa(published.certPem)}`,
+        // The MX host is an alias; TLSA at the expanded name; 2 1 0: the root's whole public key.
+        "alias IN MX 10 mx.alias",
+        "mx.alias IN CNAME real.alias",
+        "real.alias IN A 127.0.0.65",
+        `_${port}._tcp.real.alias IN TLSA 2 1 0 ${tlsaDigest(ca.certPem, 1, 0, dir.path)}`,
+        // A digest of the root, which the server does not send: nothing to check it against.
+        "digest IN MX 10 mx.digest",
+        "mx.digest IN A 127.0.0.66",
+        `_${port}._tcp.mx.digest IN TLSA 2 1 1 ${tlsaDigest(ca.certPem, 1, 1, dir.path)}`,
       ],
     },
     {
@@ -118,6 +132,25 @@ describe("DANE through mta serve, unbound validating", () => {
       tls: { failures: [{ result: "dnssec-invalid", mx: "mx.bogus.test" }] },
     });
     expect(peers.bogus!.commands()).toEqual([]);
+  }, 30_000);
+
+  test("a CNAME'd MX host, DANE-TA 2 1 0 at the expanded name, the anchor not sent: delivered, verified", async () => {
+    swaksTo(mta.smtpPorts[0]!, "e@alias.dane.test");
+    // The certificate names the MX host as the MX record has it; the TLSA base domain is the alias target.
+    expect(await waitForLogLine(dir.path, "e@alias.dane.test", "delivery")).toMatchObject({
+      mx: "mx.alias.dane.test",
+      tls: { policy: "dane", verified: true },
+    });
+    expect(peers.alias!.messages()).toEqual([expect.objectContaining({ tls: true })]);
+  }, 30_000);
+
+  test("DANE-TA by digest with the anchor left out of the chain defers (tlsa-invalid); nothing is sent", async () => {
+    swaksTo(mta.smtpPorts[0]!, "f@digest.dane.test");
+    expect(await waitForLogLine(dir.path, "f@digest.dane.test", "transient-failure")).toMatchObject({
+      enhanced: "4.7.5",
+      tls: { policy: "dane", failures: [{ result: "tlsa-invalid", mx: "mx.digest.dane.test" }] },
+    });
+    expect(peers.digest!.commands()).not.toContain("MAIL");
   }, 30_000);
 
   test("an unsigned zone: its TLSA record is ignored and the domain's MTA-STS policy applies", async () => {

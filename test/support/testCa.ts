@@ -191,10 +191,51 @@ export function selfSignedFor(dir: string, cn: string): IssuedCert {
 }
 
 /**
- * The TLSA association data for a certificate, computed by openssl: selector 0 (full certificate) or
- * 1 (SubjectPublicKeyInfo), matching type 1 (SHA-256) or 2 (SHA-512). Hex.
+ * A truly self-issued server certificate for `cn` (its own key signs it; CA:FALSE, no key usage
+ * limits): a server that is its own trust anchor.
  */
-export function tlsaDigest(certPem: string, selector: 0 | 1, matchingType: 1 | 2, dir: string): string {
+export function selfIssuedFor(dir: string, cn: string): IssuedCert {
+  const base = join(dir, `selfissued-${cn.replace(/[^A-Za-z0-9.-]/g, "_")}-${serial++}`);
+  const key = `${base}.key`;
+  const crt = `${base}.pem`;
+  openssl(["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", key], dir);
+  openssl(
+    [
+      "req",
+      "-x509",
+      "-new",
+      "-key",
+      key,
+      "-subj",
+      `/CN=${cn}`,
+      "-days",
+      "30",
+      "-sha256",
+      "-addext",
+      `subjectAltName=DNS:${cn}`,
+      "-addext",
+      "basicConstraints=CA:FALSE",
+      "-out",
+      crt,
+    ],
+    dir,
+  );
+  const certPem = readFileSync(crt, "utf8");
+  return {
+    chainPem: certPem,
+    certPem,
+    keyPem: readFileSync(key, "utf8"),
+    certFile: crt,
+    keyFile: key,
+    chainFile: crt,
+  };
+}
+
+/**
+ * The TLSA association data for a certificate, computed by openssl: selector 0 (full certificate) or
+ * 1 (SubjectPublicKeyInfo), matching type 0 (the value itself), 1 (SHA-256) or 2 (SHA-512). Hex.
+ */
+export function tlsaDigest(certPem: string, selector: 0 | 1, matchingType: 0 | 1 | 2, dir: string): string {
   const der =
     selector === 0
       ? openssl(["x509", "-outform", "DER"], dir, Buffer.from(certPem))
@@ -203,6 +244,7 @@ export function tlsaDigest(certPem: string, selector: 0 | 1, matchingType: 1 | 2
           dir,
           openssl(["x509", "-pubkey", "-noout"], dir, Buffer.from(certPem)),
         );
+  if (matchingType === 0) return der.toString("hex");
   const out = openssl(["dgst", matchingType === 1 ? "-sha256" : "-sha512", "-hex"], dir, der).toString();
   return out.trim().split(/\s+/).pop()!;
 }
