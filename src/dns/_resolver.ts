@@ -341,12 +341,16 @@ class StubResolver implements Resolver {
       if (a.type === "CNAME") targets.set(normalizeName(a.name), normalizeName(String(a.data)));
     const links: CnameLink[] = [];
     let name = qname;
-    // RFC 1034 §3.6.2 allows chains; a loop or an absurd length is cut off (8 links, like unbound's limit).
-    for (let next = targets.get(name); next !== undefined && links.length < 8; next = targets.get(name)) {
+    // RFC 1034 §3.6.2 allows chains; a loop or an absurd length ends the walk (16 links).
+    for (let next = targets.get(name); next !== undefined && links.length < 16; next = targets.get(name)) {
       links.push({ owner: name, target: next, authenticated: allAuthenticated });
       name = next;
     }
     if (links.length === 0) return {};
+    // A chain that does not end at the owner of the addresses (a loop, or records that do not fit
+    // together) names no canonical host: the answer is used as if the name were not an alias.
+    const owners = (packet.answers ?? []).filter((a) => a.type === "A" || a.type === "AAAA");
+    if (targets.has(name) || owners.some((a) => normalizeName(a.name) !== name)) return {};
     if (!allAuthenticated && this.dnssec) {
       for (const link of links) {
         const r = await this.query(link.owner, "CNAME", false);

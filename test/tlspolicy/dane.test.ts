@@ -188,3 +188,16 @@ test("an empty or unparsable chain is a validation failure, not a crash", () => 
     resultType: "validation-failure",
   });
 });
+
+test("a full-value DANE-TA record whose data is no key or certificate matches nothing (no crash)", () => {
+  const junk = rec(2, 1, 0, "30030a0102");
+  expect(checkDane(der(leaf.chainPem), [junk], ["mx1.dane.test"], now)).toMatchObject({
+    ok: false,
+    resultType: "tlsa-invalid",
+  });
+  const junkCert = rec(2, 0, 0, "ff".repeat(40));
+  expect(checkDane(der(leaf.chainPem), [junkCert], ["mx1.dane.test"], now)).toMatchObject({
+    ok: false,
+    resultType: "tlsa-invalid",
+  });
+});
