@@ -6,6 +6,7 @@
  * openssl, not by the code under test).
  */
 import { spawnSync } from "bun";
+import { X509Certificate } from "node:crypto";
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 
@@ -154,13 +155,10 @@ function makeCa(dir: string, name: string, certFile: string, keyFile: string, pa
   return self;
 }
 
-/** A self-signed root CA in `dir` (files under `dir/ca`). */
-export function createTestCa(dir: string, cn = "mta test root CA"): TestCa {
-  const d = join(dir, "ca");
-  mkdirSync(d, { recursive: true });
-  const key = join(d, "root.key");
-  const crt = join(d, "root.pem");
-  openssl(["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", key], d);
+/** A new EC P-256 key in `key` and a certificate for it, signed by itself, valid 30 days, in `crt`. */
+function selfSigned(dir: string, key: string, crt: string, cn: string, extensions: string[]): void {
+  openssl(["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", key], dir);
+  const ext = extensions.flatMap((e) => ["-addext", e]);
   openssl(
     [
       "req",
@@ -173,15 +171,29 @@ export function createTestCa(dir: string, cn = "mta test root CA"): TestCa {
       "-days",
       "30",
       "-sha256",
-      "-addext",
-      "basicConstraints=critical,CA:TRUE",
-      "-addext",
-      "keyUsage=critical,keyCertSign,cRLSign",
+      ...ext,
       "-out",
       crt,
     ],
-    d,
+    dir,
   );
+}
+
+/** DER certificates from PEM text holding one or more (a chain as a server sends it). */
+export function pemToDer(pems: string): Uint8Array[] {
+  return pems
+    .split(/(?=-----BEGIN CERTIFICATE-----)/)
+    .filter((p) => p.includes("BEGIN"))
+    .map((p) => new Uint8Array(new X509Certificate(p).raw));
+}
+
+/** A self-signed root CA in `dir` (files under `dir/ca`). */
+export function createTestCa(dir: string, cn = "mta test root CA"): TestCa {
+  const d = join(dir, "ca");
+  mkdirSync(d, { recursive: true });
+  const key = join(d, "root.key");
+  const crt = join(d, "root.pem");
+  selfSigned(d, key, crt, cn, ["basicConstraints=critical,CA:TRUE", "keyUsage=critical,keyCertSign,cRLSign"]);
   return makeCa(d, "root", crt, key, "");
 }
 
@@ -198,28 +210,7 @@ export function selfIssuedFor(dir: string, cn: string): IssuedCert {
   const base = join(dir, `selfissued-${cn.replace(/[^A-Za-z0-9.-]/g, "_")}-${serial++}`);
   const key = `${base}.key`;
   const crt = `${base}.pem`;
-  openssl(["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", key], dir);
-  openssl(
-    [
-      "req",
-      "-x509",
-      "-new",
-      "-key",
-      key,
-      "-subj",
-      `/CN=${cn}`,
-      "-days",
-      "30",
-      "-sha256",
-      "-addext",
-      `subjectAltName=DNS:${cn}`,
-      "-addext",
-      "basicConstraints=CA:FALSE",
-      "-out",
-      crt,
-    ],
-    dir,
-  );
+  selfSigned(dir, key, crt, cn, [`subjectAltName=DNS:${cn}`, "basicConstraints=CA:FALSE"]);
   const certPem = readFileSync(crt, "utf8");
   return {
     chainPem: certPem,

@@ -4,23 +4,18 @@
  * The same cases against a real validating resolver are in unbound.test.ts.
  */
 import { afterAll, beforeAll, expect, test } from "bun:test";
-import { X509Certificate } from "node:crypto";
 import { createResolver, type Resolver } from "../../src/dns/index.ts";
 import { planTls, type TlsPlan } from "../../src/tlspolicy/_plan.ts";
 import { type DnsServer, startDnsServer } from "../support/dnsServer.ts";
 import { tempDir } from "../support/mta.ts";
-import { createTestCa, type TestCa, tlsaDigest } from "../support/testCa.ts";
+import { createTestCa, type TestCa, tlsaDigest, pemToDer } from "../support/testCa.ts";
 
 const dir = tempDir("mta-cname-");
 let dns: DnsServer;
 let resolver: Resolver;
 let inter: TestCa;
 
-const der = (pem: string) =>
-  pem
-    .split(/(?=-----BEGIN CERTIFICATE-----)/)
-    .filter((p) => p.includes("BEGIN"))
-    .map((p) => new Uint8Array(new X509Certificate(p).raw));
+const der = pemToDer;
 
 beforeAll(async () => {
   inter = createTestCa(dir.path).intermediate("CNAME test intermediate");

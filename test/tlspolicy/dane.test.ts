@@ -1,10 +1,16 @@
 /** DANE matching (RFC 7672 §3) against certificates and digests made by openssl. */
 import { afterAll, beforeAll, expect, test } from "bun:test";
-import { X509Certificate } from "node:crypto";
 import type { TlsaRecord } from "../../src/dns/index.ts";
 import { checkDane, isUsableTlsa, splitTlsa } from "../../src/tlspolicy/index.ts";
 import { tempDir } from "../support/mta.ts";
-import { createTestCa, type IssuedCert, selfIssuedFor, type TestCa, tlsaDigest } from "../support/testCa.ts";
+import {
+  createTestCa,
+  type IssuedCert,
+  selfIssuedFor,
+  type TestCa,
+  tlsaDigest,
+  pemToDer,
+} from "../support/testCa.ts";
 
 const dir = tempDir("mta-dane-");
 let root: TestCa;
@@ -14,11 +20,7 @@ let expired: IssuedCert; // mx2.dane.test, expired in 2020, issued by the root
 let other: IssuedCert;
 
 const now = Date.now() + 60_000; // after every certificate below was issued
-const der = (pems: string): Uint8Array[] =>
-  pems
-    .split(/(?=-----BEGIN CERTIFICATE-----)/)
-    .filter((p) => p.includes("BEGIN"))
-    .map((p) => new Uint8Array(new X509Certificate(p).raw));
+const der = pemToDer;
 const rec = (usage: number, selector: number, matchingType: number, hex: string): TlsaRecord => ({
   usage,
   selector,
