@@ -5,6 +5,8 @@ export * from "./errors.ts";
 export * from "./ids.ts";
 export * from "./net.ts";
 export * from "./flock.ts";
+export * from "./fault.ts";
 export * from "./duration.ts";
 export * from "./words.ts";
 export * from "./passwd.ts";
+export * from "./rate.ts";

@@ -55,6 +55,7 @@
  * Readers stop after the part they know, so a binary that predates the trailer reads these records
  * as before (the CRC covers the trailer all the same); a record without one has no TLS notes.
  */
+import type { NotifyKeyword } from "../smtp/index.ts";
 import { textDecoder, textEncoder } from "../lib/index.ts";
 import type { LastTls } from "./types.ts";
 
@@ -80,7 +81,6 @@ export const STATE_PENDING = 0;
 export const STATE_DELIVERED = 1;
 export const STATE_FAILED = 2;
 
-export type NotifyKeyword = "SUCCESS" | "FAILURE" | "DELAY" | "NEVER";
 const NOTIFY_BITS: Record<NotifyKeyword, number> = { SUCCESS: 1, FAILURE: 2, DELAY: 4, NEVER: 8 };
 const NOTIFY_ORDER: NotifyKeyword[] = ["SUCCESS", "FAILURE", "DELAY", "NEVER"];
 
