@@ -144,6 +144,8 @@ export interface MessageDetail {
     address: string;
     state: string;
     lastReply: string | null;
+    /** The TLS of the recipient's last attempt (policy, version, cipher, verified); null: none kept. */
+    tls: { policy: string; version?: string; cipher?: string; verified: boolean } | null;
     /** The bounce class of the last reply of a recipient not delivered (null when there is none). */
     class: string | null;
     notify: string[] | null;
@@ -441,6 +443,7 @@ export class QueueOps {
         address: r.address,
         state: r.state,
         lastReply: nullable(r.lastReply),
+        tls: nullable(r.lastTls),
         class: r.lastReply && r.state !== "delivered" ? this.classify(r.lastReply) : null,
         notify: nullable(r.notify),
         orcpt: nullable(r.orcpt),

@@ -4,7 +4,15 @@
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { type HttpsServer, startHttpsServer, stsPolicyResponse } from "../support/httpsServer.ts";
-import { type StartedMta, startMta, swaksTo, tempDir, testConfig, waitForLogLine } from "../support/mta.ts";
+import {
+  runMta,
+  type StartedMta,
+  startMta,
+  swaksTo,
+  tempDir,
+  testConfig,
+  waitForLogLine,
+} from "../support/mta.ts";
 import { freePort } from "../support/sink.ts";
 import { createTestCa, selfSignedFor, type TestCa, tlsaDigest } from "../support/testCa.ts";
 import { type Aiosmtpd, startAiosmtpd } from "../support/aiosmtpd.ts";
@@ -17,6 +25,7 @@ let web: HttpsServer;
 const peers: Record<string, Aiosmtpd> = {};
 let port = 0;
 let mta: StartedMta;
+let config = "";
 
 beforeAll(async () => {
   ca = createTestCa(dir.path);
@@ -31,7 +40,13 @@ beforeAll(async () => {
   // Issued by the test root, which the servers do not send: DANE-TA with the root in the record.
   const aliased = ca.issue("mx.alias.dane.test");
   const digestOnly = ca.issue("mx.digest.dane.test");
-  peers.good = await startAiosmtpd({ host: "127.0.0.61", port, dir: dir.path, tls: good });
+  peers.good = await startAiosmtpd({
+    host: "127.0.0.61",
+    port,
+    dir: dir.path,
+    tls: good,
+    deferRcptPrefix: "later",
+  });
   peers.bad = await startAiosmtpd({ host: "127.0.0.62", port, dir: dir.path, tls: wrong });
   peers.bogus = await startAiosmtpd({ host: "127.0.0.63", port, dir: dir.path, tls: bogus });
   peers.plain = await startAiosmtpd({ host: "127.0.0.64", port, dir: dir.path, tls: plainMx });
@@ -85,17 +100,15 @@ beforeAll(async () => {
       ],
     },
   ]);
-  mta = await startMta({
-    dir: dir.path,
-    config: testConfig(
-      dir.path,
-      [
-        `dns: { servers: ["127.0.0.1:${unbound.port}"], timeout: 2s, attempts: 1, dnssec: true }`,
-        `delivery: { port: ${port}, retry: [1h] }`,
-        `tls_policy: { ca_file: ${ca.certFile}, mta_sts: { port: ${web.port} }, tls_rpt: { enabled: false } }`,
-      ].join("\n"),
-    ),
-  });
+  config = testConfig(
+    dir.path,
+    [
+      `dns: { servers: ["127.0.0.1:${unbound.port}"], timeout: 2s, attempts: 1, dnssec: true }`,
+      `delivery: { port: ${port}, retry: [1h] }`,
+      `tls_policy: { ca_file: ${ca.certFile}, mta_sts: { port: ${web.port} }, tls_rpt: { enabled: false } }`,
+    ].join("\n"),
+  );
+  mta = await startMta({ dir: dir.path, config });
 }, 60_000);
 
 afterAll(async () => {
@@ -159,5 +172,54 @@ describe("DANE through mta serve, unbound validating", () => {
       tls: { policy: "sts-enforce", verified: true },
     });
     expect(peers.plain!.messages()).toEqual([expect.objectContaining({ tls: true })]);
+  }, 30_000);
+
+  test("mta queue show names each recipient's last TLS (policy, version, cipher, verified), kept in the spool", async () => {
+    const out = swaksTo(mta.smtpPorts[0]!, ["later@good.dane.test", "now@good.dane.test"]);
+    const id = /queued as ([0-9A-Z]+)/.exec(out)![1]!;
+    const deferred = await waitForLogLine(dir.path, "later@good.dane.test", "transient-failure");
+    const delivered = await waitForLogLine(dir.path, "now@good.dane.test", "delivery");
+    const tls = {
+      policy: "dane",
+      version: (delivered.tls as { version: string }).version,
+      cipher: (delivered.tls as { cipher: string }).cipher,
+      verified: true,
+    };
+    expect(tls.version).toMatch(/^TLSv1\.[23]$/);
+    expect(deferred.tls).toMatchObject(tls);
+    const shown = (json: boolean, cfg = mta.configFile) => {
+      const r = runMta(["queue", "show", id, ...(json ? ["--json"] : []), "-c", cfg]);
+      expect(r.stderr).toBe("");
+      expect(r.code).toBe(0);
+      return r.stdout;
+    };
+    const recipients = (JSON.parse(shown(true)) as { recipients: { address: string; tls: unknown }[] })
+      .recipients;
+    expect(recipients).toEqual([
+      expect.objectContaining({ address: "later@good.dane.test", state: "pending", tls }),
+      expect.objectContaining({ address: "now@good.dane.test", state: "delivered", tls }),
+    ]);
+    const text = shown(false);
+    expect(text).toContain(`tls: dane, ${tls.version}, ${tls.cipher}, verified`);
+    expect(text).toMatch(/pending\s+later@good\.dane\.test\s+last reply: 451 4\.2\.0/);
+    // It is in the spool, not in the daemon's memory: the same with the daemon stopped, and after.
+    await mta.stop();
+    expect(JSON.parse(shown(true)).recipients[0].tls).toEqual(tls);
+    mta = await startMta({ dir: dir.path, config });
+    expect(JSON.parse(shown(true)).recipients[0].tls).toEqual(tls);
+  }, 60_000);
+
+  test("mta queue show for a message the TLS policy keeps waiting: the policy, no TLS version", async () => {
+    const out = swaksTo(mta.smtpPorts[0]!, "g@bogus.test");
+    const id = /queued as ([0-9A-Z]+)/.exec(out)![1]!;
+    await waitForLogLine(dir.path, "g@bogus.test", "transient-failure");
+    const r = runMta(["queue", "show", id, "--json", "-c", mta.configFile]);
+    expect(JSON.parse(r.stdout).recipients[0]).toMatchObject({
+      state: "pending",
+      tls: { policy: "dane", verified: false },
+      lastReply: expect.stringMatching(/^451 4\.7\.5 /),
+    });
+    expect(JSON.parse(r.stdout).recipients[0].tls.version).toBeUndefined();
+    expect(runMta(["queue", "show", id, "-c", mta.configFile]).stdout).toContain("tls: dane, not verified");
   }, 30_000);
 });
