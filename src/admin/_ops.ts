@@ -318,6 +318,7 @@ export class QueueOps {
         address: r.address,
         state: r.state,
         lastReply: nullable(r.lastReply),
+        tls: nullable(r.lastTls),
         class: r.lastReply && r.state !== "delivered" ? this.classify(r.lastReply) : null,
         notify: nullable(r.notify),
         orcpt: nullable(r.orcpt),

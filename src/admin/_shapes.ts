@@ -101,6 +101,8 @@ export interface MessageDetail {
     address: string;
     state: string;
     lastReply: string | null;
+    /** The TLS of the recipient's last attempt (policy, version, cipher, verified); null: none kept. */
+    tls: { policy: string; version?: string; cipher?: string; verified: boolean } | null;
     /** The bounce class of the last reply of a recipient not delivered (null when there is none). */
     class: string | null;
     notify: string[] | null;
