@@ -9,7 +9,7 @@
  * - a 421 4.7.0 "try again later" on one node throttles the site on all three within 1 s.
  */
 import { expect, test } from "bun:test";
-import { api, healthz, inject, metricsText, startNodes } from "../support/cluster.ts";
+import { api, healthz, inject, metricsText, startNodes, until } from "../support/cluster.ts";
 import { startCountingSink } from "../support/countingSink.ts";
 import { tempDir } from "../support/mta.ts";
 import { lacking } from "../support/peers.ts";
@@ -20,16 +20,6 @@ const LEASE_MS = 2000;
 
 function siteConfig(port: number, policy: string, delivery = ""): string {
   return `delivery: { routes: { ${SITE}: "127.0.0.1:${port}" }, retry: [1s], ${delivery} domains: { ${SITE}: { ${policy} } } }`;
-}
-
-async function until<T>(fn: () => T | undefined | Promise<T | undefined>, timeoutMs = 10_000): Promise<T> {
-  const end = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v !== undefined) return v;
-    if (Date.now() > end) throw new Error("timed out");
-    await Bun.sleep(10);
-  }
 }
 
 const nodeOf = (client: string) => client.replace(/\.test$/, "");
