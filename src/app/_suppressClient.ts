@@ -333,7 +333,12 @@ class LocalSuppressClient implements SuppressClient {
 
   /** Opens (for a change: creating the directory, so that a list can be filled before the first start). */
   private async open(): Promise<SuppressionList> {
-    this.opened ??= await SuppressionList.open({ dir: this.dir, sync: this.config.spool.sync });
+    // In cluster mode a change made here waits in the outbox for the daemon to publish it.
+    this.opened ??= await SuppressionList.open({
+      dir: this.dir,
+      sync: this.config.spool.sync,
+      shared: this.config.cluster !== undefined,
+    });
     return this.opened;
   }
 

@@ -16,4 +16,6 @@ export { type ClusterMode, Lease, type LeaseRequest, localShare } from "./_lease
 export { type RateSpec, SharedRateLimiter } from "./_rates.ts";
 export type { NodeInfo, QueueTotals } from "./_registry.ts";
 export { SiteSlots } from "./_slots.ts";
+export { RedisDownError } from "./_link.ts";
+export { compareStreamIds, SharedLog, type SharedLogEntry, type SharedLogStatus } from "./_journal.ts";
 export { HOLD_KINDS, type HoldKind, type SharedHold, type StateChange } from "./_state.ts";

@@ -8,3 +8,4 @@ export * from "./flock.ts";
 export * from "./duration.ts";
 export * from "./words.ts";
 export * from "./passwd.ts";
+export * from "./files.ts";

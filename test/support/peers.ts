@@ -25,6 +25,7 @@ export type Peer =
   | "setpriv"
   | "curl"
   | "chromium"
+  | "redis-server"
   | "root";
 
 /** The Debian package that brings each peer (what .ci/run installs). */
@@ -41,6 +42,7 @@ const PACKAGE: Record<Peer, string> = {
   setpriv: "util-linux",
   curl: "curl",
   chromium: "chromium",
+  "redis-server": "redis-server",
   root: "(run the tests as root)",
 };
 
@@ -74,6 +76,7 @@ const FIND: Record<Peer, () => string | undefined> = {
   curl: () => Bun.which("curl") ?? undefined,
   // Debian's chromium (the brief's flags are for it).
   chromium: () => firstFile("/usr/bin/chromium"),
+  "redis-server": () => Bun.which("redis-server") ?? firstFile("/usr/bin/redis-server"),
   root: () => (process.getuid?.() === 0 ? "root" : undefined),
 };
 
