@@ -16,10 +16,11 @@
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import pkg from "../../package.json" with { type: "json" };
-import { Cluster, type NodeInfo, type StateChange } from "../cluster/index.ts";
+import { Cluster, type NodeInfo, type RateKind, type StateChange } from "../cluster/index.ts";
 import type { Config } from "../config/index.ts";
 import { errorMessage, formatHostPort, isLoopback, parseHostPort, UnavailableError } from "../lib/index.ts";
 import type { Logger, Metrics, RouteHandler } from "../observe/index.ts";
+import type { SmtpReply } from "../smtp/index.ts";
 import type { Engine } from "./engine.ts";
 import { type ClusterSummary, type FleetNode, mergeSummaries } from "./_fleet.ts";
 import { HttpQueueClient, handle, jsonBody, num, optString, selectorFrom, str } from "./_queueClient.ts";
@@ -173,6 +174,40 @@ export class ClusterNode {
       this.log.info("resumption from another node", { destination: c.site, node: c.node || "?" });
     }
   }
+
+  /**
+   * What the scheduler's sites ask in a cluster (scheduler's SharedLimits): their rates from one
+   * GCRA per site in Redis, their connection slots as leases (a surplus kept as long as the
+   * deliverer may keep an idle connection), and the rules that fire here published to every node.
+   */
+  readonly limits = {
+    rate: (site: string, what: RateKind, rate: { count: number; perMs: number }, wake: () => void) =>
+      this.cluster.rates.limiter(site, what, rate, wake),
+    slots: (site: string, source: { address: string; limit: number } | undefined, wake: () => void) => {
+      const s = this.cluster.slots(site, source, wake, this.config.delivery.idleTimeoutMs + 1000);
+      return {
+        held: (wanted: number, limit: number) => {
+          s.want(wanted, limit);
+          return s.count();
+        },
+        close: () => s.close(),
+      };
+    },
+    ruleFired: (
+      site: string,
+      rule: { name: string; action: "suspend" | "throttle" | "bounce" },
+      reply: SmtpReply,
+      forMs: number,
+    ) => {
+      void this.cluster.state.set({
+        site,
+        kind: rule.action,
+        rule: rule.name,
+        reason: `${reply.code}${reply.enhanced ? ` ${reply.enhanced}` : ""} ${reply.lines.join(" ")}`.trim(),
+        remainingMs: forMs,
+      });
+    },
+  };
 
   /** QueueOps' hook: the operator's suspend and resume go to every node. */
   readonly onAdmin = {

@@ -21,6 +21,8 @@ import {
   type ControlServer,
   createLogger,
   jsonError,
+  Metrics,
+  registerProcessMetrics,
   type Logger,
   setLogLevel,
   startControlServer,
@@ -115,9 +117,16 @@ export class Daemon {
     // Only a node with a cluster: section loads the cluster code (and Redis's client).
     const clusterMod = config.cluster ? await import("./cluster.ts") : undefined;
     const redis = clusterMod?.redisConnection(config.cluster!);
-    const engine = await Engine.start(config, { log });
+    const metrics = new Metrics();
+    registerProcessMetrics(metrics, pkg.version);
+    // Built before the engine (its scheduler asks the cluster for shared limits from the first
+    // site on); it connects to Redis in start(), once the engine runs.
+    const cluster =
+      clusterMod && redis
+        ? clusterMod.ClusterNode.create(config, redis, { log: log.withTag("cluster"), metrics })
+        : undefined;
+    const engine = await Engine.start(config, { log, metrics });
     let control: ControlServer | undefined;
-    let cluster: ClusterNode | undefined;
     const listeners: Listener[] = [];
     let webhooks: WebhookDispatcher[] = [];
     let maildrop: MaildropPickup | undefined;
@@ -125,11 +134,6 @@ export class Daemon {
     let daemon: Daemon | undefined;
     try {
       webhooks = startWebhooks(config, engine, log.withTag("webhook"));
-      if (clusterMod && redis)
-        cluster = clusterMod.ClusterNode.create(config, redis, {
-          log: log.withTag("cluster"),
-          metrics: engine.metrics,
-        });
       const queueOps = new QueueOps({
         spool: engine.spool,
         scheduler: engine.scheduler,

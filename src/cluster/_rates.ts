@@ -17,7 +17,7 @@ import { errorMessage } from "../lib/index.ts";
 import type { Logger } from "../observe/index.ts";
 import type { ClusterMode } from "./_leases.ts";
 import { type RedisLink, RedisDownError } from "./_link.ts";
-import { GCRA_TAKE, type Keys } from "./_scripts.ts";
+import { GCRA_TAKE, type Keys, type RateKind } from "./_scripts.ts";
 
 export interface RateSpec {
   count: number;
@@ -56,7 +56,7 @@ export class SharedRates {
   ) {}
 
   /** One event: 0 when taken, else the ms to wait (nothing taken). */
-  async take(site: string, what: "msg" | "conn", rate: RateSpec): Promise<number> {
+  async take(site: string, what: RateKind, rate: RateSpec): Promise<number> {
     return (await this.takeMany(site, what, rate, 1)).waitMs;
   }
 
@@ -66,7 +66,7 @@ export class SharedRates {
    */
   async takeMany(
     site: string,
-    what: "msg" | "conn",
+    what: RateKind,
     rate: RateSpec,
     n: number,
   ): Promise<{ granted: number; waitMs: number }> {
@@ -104,7 +104,7 @@ export class SharedRates {
   }
 
   /** A synchronous limiter for one site's rate, for the scheduler (see SharedRateLimiter). */
-  limiter(site: string, what: "msg" | "conn", rate: RateSpec, onReady: () => void): SharedRateLimiter {
+  limiter(site: string, what: RateKind, rate: RateSpec, onReady: () => void): SharedRateLimiter {
     return new SharedRateLimiter(this, site, what, rate, this.opts.nodesAlive, onReady);
   }
 }
@@ -128,7 +128,7 @@ export class SharedRateLimiter {
   constructor(
     private readonly rates: SharedRates,
     readonly site: string,
-    readonly what: "msg" | "conn",
+    readonly what: RateKind,
     readonly rate: RateSpec,
     nodesAlive: () => number,
     /** Called when events were granted after a wait: the site may go on. */

@@ -11,7 +11,7 @@
  * Keys (P = the prefix, default "mta:"):
  *   P lease:<site>                sorted set: lease member ("<node>/<instance>/<n>") -> expiry (ms)
  *   P lease:<site>|src:<address>  the same, per source address x site
- *   P gcra:<site>:<msg|conn>      string: GCRA theoretical arrival time (ms, fractional)
+ *   P gcra:<site>:<msg|conn|throttle>  string: GCRA theoretical arrival time (ms, fractional)
  *   P state:<site>:<kind>         string: JSON of a suspension or a rule firing, with its TTL
  *   P states                      set: the state keys, so a node that reconnects can read them all
  *   P node:<name>                 string: JSON of a node's registration, TTL = its dead-after time
@@ -21,11 +21,14 @@
  */
 import { script } from "./_link.ts";
 
+/** A site's message rate, its connection rate, and a throttle rule's message rate while in force. */
+export type RateKind = "msg" | "conn" | "throttle";
+
 export function keys(prefix: string) {
   return {
     lease: (site: string) => `${prefix}lease:${site}`,
     sourceLease: (site: string, address: string) => `${prefix}lease:${site}|src:${address}`,
-    gcra: (site: string, what: "msg" | "conn") => `${prefix}gcra:${site}:${what}`,
+    gcra: (site: string, what: RateKind) => `${prefix}gcra:${site}:${what}`,
     state: (site: string, kind: string) => `${prefix}state:${site}:${kind}`,
     states: `${prefix}states`,
     node: (name: string) => `${prefix}node:${name}`,

@@ -2,9 +2,10 @@
  * A site's connection slots on this node, with a synchronous face for the scheduler.
  *
  * Owns: the leases this node holds for one site (and source, if given), asking for more when the
- * site wants them (in the background), giving back those it no longer needs (after a short linger,
- * so that a worker ending and the next one starting do not churn Redis), and telling the site when
- * the count changed.
+ * site wants them (in the background), giving back those it no longer needs (after a linger, so
+ * that a worker ending and the next one starting do not churn Redis, and so that a connection the
+ * deliverer keeps idle for the next message still has its slot), and telling the site when the
+ * count changed.
  * Does not own: leases themselves (_leases.ts), starting workers (the scheduler's site asks `count`).
  *
  * How the scheduler uses it: a site's connection limit becomes min(its own limit, `count()`), and it
@@ -17,7 +18,7 @@
  */
 import type { Lease, LeaseManager } from "./_leases.ts";
 
-/** A surplus lease is given back after this long unneeded. */
+/** A surplus lease is given back after this long unneeded, by default. */
 const LINGER_MS = 250;
 
 export class SiteSlots {
@@ -37,6 +38,8 @@ export class SiteSlots {
     /** Called when `count()` may have changed (a lease granted, lost, or a slot free to ask for). */
     private readonly onChange: () => void,
     private readonly onClose: (s: SiteSlots) => void = () => {},
+    /** How long a surplus lease is kept: at least as long as an idle connection may stay open. */
+    private readonly lingerMs = LINGER_MS,
   ) {}
 
   /** Usable leases held now. */
@@ -67,6 +70,11 @@ export class SiteSlots {
       for (let k = have + this.pending; k < this.target; k++) void this.acquireOne();
     }
     if (have > this.target) this.armLinger();
+    else if (this.lingerTimer) {
+      // Needed again: a later surplus waits a full linger from then.
+      clearTimeout(this.lingerTimer);
+      this.lingerTimer = undefined;
+    }
   }
 
   /** A slot of this site may have come free somewhere (the lease manager's onFree). */
@@ -105,7 +113,7 @@ export class SiteSlots {
       this.lingerTimer = undefined;
       // Give back the newest first: the oldest have been renewed and are the safest to keep.
       while (this.count() > this.target) this.held.pop()?.release();
-    }, LINGER_MS);
+    }, this.lingerMs);
     (this.lingerTimer as { unref?: () => void }).unref?.();
   }
 

@@ -222,18 +222,27 @@ export class Cluster {
 
   /**
    * The connection slots of `site` (and of `source` x site) on this node, for the scheduler's site:
-   * see SiteSlots. `onChange` is called when the count may have changed.
+   * see SiteSlots. `onChange` is called when the count may have changed; a lease no longer needed
+   * is given back after `lingerMs` (the deliverer's idle timeout: an idle connection keeps its slot).
    */
   slots(
     site: string,
     source: { address: string; limit: number } | undefined,
     onChange: () => void,
+    lingerMs?: number,
   ): SiteSlots {
-    const s = new SiteSlots(this.leases, site, source, onChange, (x) => {
-      const set = this.siteSlots.get(site);
-      set?.delete(x);
-      if (set?.size === 0) this.siteSlots.delete(site);
-    });
+    const s = new SiteSlots(
+      this.leases,
+      site,
+      source,
+      onChange,
+      (x) => {
+        const set = this.siteSlots.get(site);
+        set?.delete(x);
+        if (set?.size === 0) this.siteSlots.delete(site);
+      },
+      lingerMs,
+    );
     let set = this.siteSlots.get(site);
     if (!set) this.siteSlots.set(site, (set = new Set()));
     set.add(s);

@@ -14,6 +14,7 @@ export {
 } from "./cluster.ts";
 export { type ClusterMode, Lease, type LeaseRequest, localShare } from "./_leases.ts";
 export { type RateSpec, SharedRateLimiter } from "./_rates.ts";
+export type { RateKind } from "./_scripts.ts";
 export type { NodeInfo, QueueTotals } from "./_registry.ts";
 export { SiteSlots } from "./_slots.ts";
 export { RedisDownError } from "./_link.ts";

@@ -45,6 +45,8 @@ export async function startNodes(
     timeout?: string;
     extra?: string | ((node: string) => string);
     waitAlive?: boolean;
+    /** Each node named <node>.test (its EHLO name: a sink tells the nodes apart); default mta.test. */
+    hostnames?: boolean;
   } = {},
 ): Promise<(StartedMta & { node: string })[]> {
   const names = Array.from({ length: n }, (_, i) => `node-${String.fromCharCode(97 + i)}`);
@@ -53,15 +55,16 @@ export async function startNodes(
       const d = join(dir, node);
       await Bun.write(join(d, ".keep"), "");
       const extra = typeof opts.extra === "function" ? opts.extra(node) : opts.extra;
+      // A fixed control port: `mta queue` reaches the daemon through control.address.
+      const config = clusterConfig(d, redisUrl, node, {
+        controlPort: freePort(),
+        ...(opts.lease ? { lease: opts.lease } : {}),
+        ...(opts.timeout ? { timeout: opts.timeout } : {}),
+        ...(extra !== undefined ? { extra } : {}),
+      });
       const mta = await startMta({
         dir: d,
-        // A fixed control port: `mta queue` reaches the daemon through control.address.
-        config: clusterConfig(d, redisUrl, node, {
-          controlPort: freePort(),
-          ...(opts.lease ? { lease: opts.lease } : {}),
-          ...(opts.timeout ? { timeout: opts.timeout } : {}),
-          ...(extra !== undefined ? { extra } : {}),
-        }),
+        config: opts.hostnames ? config.replace("hostname: mta.test", `hostname: ${node}.test`) : config,
         env: { MTA_LOOPBACK_ONLY: "1" },
       });
       return Object.assign(mta, { node });

@@ -39,6 +39,7 @@ const PACKAGE: Record<Peer, string> = {
   aiosmtpd: "python3-aiosmtpd",
   script: "bsdutils",
   msmtp: "msmtp",
+  "redis-server": "redis-server",
   setpriv: "util-linux",
   curl: "curl",
   chromium: "chromium",

@@ -1,0 +1,221 @@
+/**
+ * Shared limits as a remote site sees them: three `mta serve` nodes (dist/mta) against one real
+ * redis-server deliver to one counting sink on loopback, which records every session's opening and
+ * closing and every message's arrival by node (its EHLO name).
+ *
+ * - a site limited to 6 connections and 50 msgs/s cluster-wide, 3,000 messages over three nodes;
+ * - kill -9 of the node holding the most slots: the others use them within one lease period;
+ * - Redis stopped mid-run: every node at its share (2 connections), degraded; back: shared again;
+ * - a 421 4.7.0 "try again later" on one node throttles the site on all three within 1 s.
+ */
+import { expect, test } from "bun:test";
+import { api, healthz, inject, metricsText, startNodes } from "../support/cluster.ts";
+import { startCountingSink } from "../support/countingSink.ts";
+import { tempDir } from "../support/mta.ts";
+import { lacking } from "../support/peers.ts";
+import { startRedis } from "../support/redis.ts";
+
+const SITE = "limited.test";
+const LEASE_MS = 2000;
+
+function siteConfig(port: number, policy: string, delivery = ""): string {
+  return `delivery: { routes: { ${SITE}: "127.0.0.1:${port}" }, retry: [1s], ${delivery} domains: { ${SITE}: { ${policy} } } }`;
+}
+
+async function until<T>(fn: () => T | undefined | Promise<T | undefined>, timeoutMs = 10_000): Promise<T> {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await fn();
+    if (v !== undefined) return v;
+    if (Date.now() > end) throw new Error("timed out");
+    await Bun.sleep(10);
+  }
+}
+
+const nodeOf = (client: string) => client.replace(/\.test$/, "");
+
+test.skipIf(lacking("redis-server"))(
+  "three nodes, one site of 6 connections and 50 msgs/s: 3,000 messages never exceed 6 sessions, rate within 5%",
+  async () => {
+    using dir = tempDir();
+    await using redis = await startRedis();
+    await using sink = await startCountingSink();
+    const nodes = await startNodes(dir.path, redis.url, 3, {
+      hostnames: true,
+      extra: siteConfig(sink.port, "max_connections: 6, message_rate: 50/s"),
+    });
+    try {
+      await Promise.all(nodes.map((m, k) => inject(m, 1000, (i) => `r${k}-${i}@${SITE}`)));
+      await sink.waitFor(3000, 150_000);
+      const a = sink.arrivals;
+      const first = a[0]!.atMs;
+      const last = a[a.length - 1]!.atMs;
+      // GCRA: a burst of the rate's count, then one every 20 ms.
+      const rate = ((a.length - 50) * 1000) / (last - first);
+      const max = sink.maxConcurrent();
+      const byNode = Object.fromEntries(
+        nodes.map((n) => [n.node, a.filter((x) => nodeOf(x.client) === n.node).length]),
+      );
+      console.log(
+        `shared limits: ${a.length} messages in ${((last - first) / 1000).toFixed(1)} s, ` +
+          `steady rate ${rate.toFixed(2)}/s (limit 50/s), max sessions ${max} (limit 6), by node ${JSON.stringify(byNode)}`,
+      );
+      expect(a.length).toBe(3000);
+      expect(max).toBeLessThanOrEqual(6);
+      expect(max).toBeGreaterThanOrEqual(3);
+      expect(Math.abs(rate - 50) / 50).toBeLessThanOrEqual(0.05);
+      for (const n of nodes) expect(byNode[n.node]).toBe(1000);
+    } finally {
+      await Promise.all(nodes.map((n) => n.stop()));
+    }
+  },
+  200_000,
+);
+
+test.skipIf(lacking("redis-server"))(
+  "kill -9 of the node holding the most slots: the others use them within one lease period",
+  async () => {
+    using dir = tempDir();
+    await using redis = await startRedis();
+    // Each message takes 150 ms at the dot: sessions stay busy, every node wants every slot.
+    await using sink = await startCountingSink({ dataDelayMs: 150 });
+    const nodes = await startNodes(dir.path, redis.url, 3, {
+      hostnames: true,
+      lease: `${LEASE_MS}ms`,
+      extra: siteConfig(sink.port, "max_connections: 6"),
+    });
+    try {
+      await Promise.all(nodes.map((m, k) => inject(m, 400, (i) => `k${k}-${i}@${SITE}`)));
+      await until(() => (sink.open() >= 6 ? true : undefined));
+      await Bun.sleep(500);
+      const open = nodes.map((n) => sink.open(`${n.node}.test`));
+      const k = open.indexOf(Math.max(...open));
+      const victim = nodes[k]!;
+      const others = nodes.filter((n) => n !== victim).map((n) => `${n.node}.test`);
+      const held = open[k]!;
+      expect(held).toBeGreaterThanOrEqual(1);
+      const killedAt = performance.now();
+      victim.proc.kill("SIGKILL");
+      await victim.proc.exited;
+      const backAt = await until(
+        () => sink.firstTimeOpen(6, killedAt, (c) => others.includes(c)),
+        LEASE_MS * 3,
+      );
+      const ms = backAt - killedAt;
+      console.log(
+        `kill -9 of ${victim.node} holding ${held} of 6 slots: the other two hold all 6 after ${ms.toFixed(0)} ms (lease ${LEASE_MS} ms)`,
+      );
+      expect(ms).toBeLessThanOrEqual(LEASE_MS + 250);
+      expect(sink.maxConcurrent()).toBeLessThanOrEqual(6);
+    } finally {
+      await Promise.all(nodes.map((n) => n.stop()));
+    }
+  },
+  60_000,
+);
+
+test.skipIf(lacking("redis-server"))(
+  "Redis stopped mid-run: each node delivers at its share (2 of 6), degraded; Redis back: shared, limit held",
+  async () => {
+    using dir = tempDir();
+    await using redis = await startRedis();
+    await using sink = await startCountingSink({ dataDelayMs: 100 });
+    const nodes = await startNodes(dir.path, redis.url, 3, {
+      hostnames: true,
+      extra: siteConfig(sink.port, "max_connections: 6", "idle_timeout: 1s,"),
+    });
+    const allDegraded = () =>
+      until(async () => {
+        const hs = await Promise.all(nodes.map((n) => healthz(n)));
+        return hs.every((h) => h.json.status === "degraded") ? true : undefined;
+      }, 5000);
+    try {
+      await Promise.all(nodes.map((m, k) => inject(m, 600, (i) => `d${k}-${i}@${SITE}`)));
+      await until(() => (sink.open() >= 6 ? true : undefined));
+      await redis.kill();
+      await allDegraded();
+      const degradedAt = performance.now();
+      for (const n of nodes) {
+        const h = await healthz(n);
+        expect(h.status).toBe(200);
+        expect(h.json.cluster).toMatchObject({ mode: "local", nodesAlive: 3 });
+        expect(await metricsText(n)).toMatch(/^mta_cluster_mode\{mode="local"\} 1$/m);
+      }
+      // Connections beyond the share end after the message in hand; then each node keeps 2.
+      await Bun.sleep(3000);
+      const from = degradedAt + 1000;
+      const to = performance.now();
+      const share = nodes.map((n) => sink.maxConcurrent(from, to, (c) => c === `${n.node}.test`));
+      const delivered = nodes.map((n) => sink.arrivalsBetween(from, to, `${n.node}.test`).length);
+      console.log(
+        `Redis down: max sessions per node ${JSON.stringify(share)} (share 2), delivered per node in 2 s ${JSON.stringify(delivered)}`,
+      );
+      for (const s of share) expect(s).toBeLessThanOrEqual(2);
+      for (const d of delivered) expect(d).toBeGreaterThan(0);
+      expect(sink.maxConcurrent(from, to)).toBeLessThanOrEqual(6);
+
+      const restartedAt = performance.now();
+      await redis.start();
+      await until(async () => {
+        const rs = await Promise.all(nodes.map((n) => api(n, "GET", "/api/v1/cluster/nodes")));
+        return rs.every((r) => r.json.mode === "shared") ? true : undefined;
+      }, 10_000);
+      for (const n of nodes) expect((await healthz(n)).json.status).toBe("ok");
+      await Bun.sleep(1500);
+      const after = sink.maxConcurrent(restartedAt, performance.now());
+      console.log(`Redis back: max sessions ${after} (limit 6)`);
+      expect(after).toBeLessThanOrEqual(6);
+      expect(sink.maxConcurrent()).toBeLessThanOrEqual(6);
+    } finally {
+      await Promise.all(nodes.map((n) => n.stop()));
+    }
+  },
+  90_000,
+);
+
+test.skipIf(lacking("redis-server"))(
+  "a 421 4.7.0 on one node throttles the site on all three within 1 s (measured at the sink)",
+  async () => {
+    using dir = tempDir();
+    await using redis = await startRedis();
+    const trigger = `trigger@${SITE}`;
+    await using sink = await startCountingSink({
+      rcpt: (to) => (to === trigger ? "421 4.7.0 Try again later, closing connection" : undefined),
+    });
+    const nodes = await startNodes(dir.path, redis.url, 3, {
+      hostnames: true,
+      extra: siteConfig(sink.port, "max_connections: 6, message_rate: 30/s"),
+    });
+    try {
+      await Promise.all(nodes.map((m, k) => inject(m, 300, (i) => `t${k}-${i}@${SITE}`)));
+      await sink.waitFor(150, 30_000);
+      await inject(nodes[0]!, 1, () => trigger, "trigger");
+      const refused = await until(() => sink.refusals[0], 10_000);
+      const t = refused.atMs;
+      expect(nodeOf(refused.client)).toBe("node-a");
+      await Bun.sleep(4000);
+      const before = sink.arrivalsBetween(t - 2000, t - 1000).length;
+      const after = sink.arrivalsBetween(t + 1000, t + 4000);
+      console.log(
+        `421 on node-a: ${before} messages in the second before, ${after.length} in the 3 s from 1 s after ` +
+          `(throttle rule: 1 connection, 1/s) by ${JSON.stringify(after.map((x) => nodeOf(x.client)))}`,
+      );
+      expect(before).toBeGreaterThanOrEqual(20);
+      // One message a second for the whole site (one bucket for every node), plus the bucket of 1.
+      expect(after.length).toBeLessThanOrEqual(5);
+      for (const n of nodes.slice(1)) {
+        const line = await until(
+          () =>
+            n
+              .logLines()
+              .find((l) => l.msg === "backoff rule fired" && l.node === "node-a" && l.action === "throttle"),
+          2000,
+        );
+        expect(line.destination).toBe(`127.0.0.1:${sink.port}`);
+      }
+    } finally {
+      await Promise.all(nodes.map((n) => n.stop()));
+    }
+  },
+  60_000,
+);
