@@ -43,7 +43,6 @@ const PACKAGE: Record<Peer, string> = {
   setpriv: "util-linux",
   curl: "curl",
   chromium: "chromium",
-  "redis-server": "redis-server",
   root: "(run the tests as root)",
 };
 
