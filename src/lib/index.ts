@@ -9,3 +9,4 @@ export * from "./duration.ts";
 export * from "./words.ts";
 export * from "./passwd.ts";
 export * from "./files.ts";
+export * from "./bounceClasses.ts";
