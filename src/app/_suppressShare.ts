@@ -190,10 +190,10 @@ export class SuppressionSharing {
     const was = this.list.sharedPosition.epoch;
     const r = await this.list.resyncShared(this.statePages(), false);
     let seeded = 0;
-    for await (const page of this.list.allAsChanges(PUBLISH_PAGE)) {
+    await this.list.forEachChangePage(PUBLISH_PAGE, async (page) => {
       await this.append("seed", page);
       seeded += page.length;
-    }
+    });
     await this.list.advanceShared({ epoch: st.epoch, id: st.lastId, read: st.added });
     this.m.resyncs?.inc({ kind: "merge" });
     (was ? this.opts.log.warn : this.opts.log.info)(

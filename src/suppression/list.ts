@@ -199,6 +199,7 @@ async function scanFdYielding(
   from: number,
   fn: (r: ScannedRecord) => void,
   sliceBytes = 1 << 20,
+  between: () => Promise<void> = () => new Promise<void>((resolve) => setImmediate(resolve)),
 ): Promise<void> {
   const buf = Buffer.allocUnsafe(sliceBytes);
   let carry = 0;
@@ -212,7 +213,7 @@ async function scanFdYielding(
     buf.copyWithin(0, r.used, len);
     carry = len - r.used;
     pos += r.used;
-    await new Promise<void>((resolve) => setImmediate(resolve));
+    await between();
   }
 }
 
@@ -478,23 +479,30 @@ export class SuppressionList {
 
   /**
    * Every live entry as an add record (to share a whole list, e.g. with a cluster that lost its copy),
-   * a page of up to `pageSize` at a time.
+   * handed to `fn` a page of up to `pageSize` at a time; the file is read a slice at a time and each
+   * page handled before more is read, so RAM stays bounded whatever the list's size.
    */
-  async *allAsChanges(pageSize = 1000): AsyncGenerator<LogRecord[]> {
-    const all: LogRecord[] = [];
-    await this.forEachEntry((e) => {
-      const reason = reasonIndex(e.reason) ?? 0;
-      all.push({
-        type: TYPE_ADD,
-        reason,
-        addedSec: sec(e.addedMs),
-        expiresSec: sec(e.expiresMs),
-        scope: e.scope,
-        address: e.address,
-      });
-      return true;
-    });
-    for (let i = 0; i < all.length; i += pageSize) yield all.slice(i, i + pageSize);
+  async forEachChangePage(pageSize: number, fn: (page: LogRecord[]) => Promise<void>): Promise<void> {
+    let page: LogRecord[] = [];
+    const drain = async (all: boolean) => {
+      while (page.length >= pageSize || (all && page.length > 0)) await fn(page.splice(0, pageSize));
+    };
+    await this.forEachEntry(
+      (e) => {
+        page.push({
+          type: TYPE_ADD,
+          reason: reasonIndex(e.reason) ?? 0,
+          addedSec: sec(e.addedMs),
+          expiresSec: sec(e.expiresMs),
+          scope: e.scope,
+          address: e.address,
+        });
+        return true;
+      },
+      () => drain(false),
+    );
+    await drain(true);
+    page = [];
   }
 
   /**
@@ -747,30 +755,36 @@ export class SuppressionList {
    * Streams live entries to `fn` in file order (oldest first), a slice at a time so that a running
    * daemon keeps serving; `fn` returns false to stop. Compaction waits until no listing runs.
    */
-  async forEachEntry(fn: (e: SuppressionEntry) => boolean): Promise<void> {
+  async forEachEntry(fn: (e: SuppressionEntry) => boolean, between?: () => Promise<void>): Promise<void> {
     while (this.compacting) await this.compacting.catch(() => {});
     this.readers++;
     try {
       const nowSec = Math.floor(this.now() / 1000);
       let ordinal = 0;
       let going = true;
-      await scanFdYielding(this.fd, FILE_HEADER_BYTES, (r) => {
-        const o = ordinal++;
-        if (!going || r.type !== TYPE_ADD) return;
-        if (r.expiresSec !== 0 && r.expiresSec <= nowSec) return;
-        keyHashBytes(r.buf, keyStart(r), r.start + r.length, r.scopeBytes);
-        const t = r.scopeBytes > 0 ? this.scopedTable : this.table;
-        const slot = t.find(HASH[0]!, HASH[1]!);
-        if (slot < 0 || t.ordinalAt(slot) !== o) return;
-        const { scope, address } = decodeKey(r);
-        going = fn({
-          address,
-          scope,
-          reason: REASONS[r.reason] ?? "manual",
-          addedMs: r.addedSec * 1000,
-          ...(r.expiresSec !== 0 ? { expiresMs: r.expiresSec * 1000 } : {}),
-        });
-      });
+      await scanFdYielding(
+        this.fd,
+        FILE_HEADER_BYTES,
+        (r) => {
+          const o = ordinal++;
+          if (!going || r.type !== TYPE_ADD) return;
+          if (r.expiresSec !== 0 && r.expiresSec <= nowSec) return;
+          keyHashBytes(r.buf, keyStart(r), r.start + r.length, r.scopeBytes);
+          const t = r.scopeBytes > 0 ? this.scopedTable : this.table;
+          const slot = t.find(HASH[0]!, HASH[1]!);
+          if (slot < 0 || t.ordinalAt(slot) !== o) return;
+          const { scope, address } = decodeKey(r);
+          going = fn({
+            address,
+            scope,
+            reason: REASONS[r.reason] ?? "manual",
+            addedMs: r.addedSec * 1000,
+            ...(r.expiresSec !== 0 ? { expiresMs: r.expiresSec * 1000 } : {}),
+          });
+        },
+        1 << 20,
+        between,
+      );
     } finally {
       this.readers--;
     }

@@ -107,6 +107,30 @@ describe("SuppressionList in cluster mode (shared: true)", () => {
     await l.close();
   });
 
+  test("the whole list as add records, a bounded page at a time", async () => {
+    using dir = tempDir();
+    const l = await SuppressionList.open({ dir: dir.path, sync: false });
+    await l.add(
+      Array.from({ length: 2500 }, (_, i) => ({
+        address: `u${i}@example.net`,
+        reason: "complaint" as const,
+      })),
+    );
+    await l.remove([{ address: "u7@example.net" }]);
+    const sizes: number[] = [];
+    const seen = new Set<string>();
+    await l.forEachChangePage(1000, async (page) => {
+      sizes.push(page.length);
+      for (const c of page) seen.add(`${c.type} ${c.reason} ${c.address}`);
+      await Bun.sleep(1);
+    });
+    expect(sizes).toEqual([1000, 1000, 499]);
+    expect(seen.size).toBe(2499);
+    expect(seen.has("1 1 u0@example.net")).toBe(true);
+    expect(seen.has("1 1 u7@example.net")).toBe(false);
+    await l.close();
+  });
+
   test("the wire encoding is the file's records, checked: a flipped byte is refused", () => {
     const bytes = encodeChanges([add("a@example.net", 3), remove("b@example.net")]);
     expect(decodeChanges(bytes).map((c) => [c.type, c.reason, c.address])).toEqual([
