@@ -10,22 +10,12 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { api, startNodes } from "../support/cluster.ts";
 import { lacking } from "../support/peers.ts";
-import { runMta, type StartedMta, startMta, tempDir } from "../support/mta.ts";
+import { runMta, type StartedMta, startMta, tempDir, waitUntil } from "../support/mta.ts";
 import { startRedis } from "../support/redis.ts";
 import { startScriptedPeer } from "../support/scriptedPeer.ts";
 import { rawSession } from "../support/smtpClient.ts";
 
 const env = { MTA_LOOPBACK_ONLY: "1" };
-
-async function until<T>(what: string, fn: () => T | undefined | Promise<T | undefined>, timeoutMs = 10_000) {
-  const end = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v !== undefined) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await Bun.sleep(20);
-  }
-}
 
 /** The node's answer to RCPT TO:<to> (after EHLO and MAIL FROM), through its SMTP listener. */
 async function rcpt(node: StartedMta, to: string): Promise<string> {
@@ -81,8 +71,8 @@ describe.skipIf(lacking("redis-server"))("the suppression list in cluster mode",
       expect(await rcpt(b, "gone@example.net")).toMatch(/^250/);
       const t0 = performance.now();
       suppress(a, "add", "gone@example.net", "--reason", "bad-mailbox");
-      await until("b refuses", () => refused(b, "gone@example.net"), 1500);
-      await until("c refuses", () => refused(c, "gone@example.net"), 1500);
+      await waitUntil("b refuses", () => refused(b, "gone@example.net"), 1500);
+      await waitUntil("c refuses", () => refused(c, "gone@example.net"), 1500);
       const ms = performance.now() - t0;
       console.log(`suppress add on node-a refused at RCPT on node-b and node-c after ${ms.toFixed(0)} ms`);
       expect(await rcpt(c, "gone@example.net")).toBe(
@@ -99,8 +89,8 @@ describe.skipIf(lacking("redis-server"))("the suppression list in cluster mode",
       ]);
       // A removal on another node reaches the first.
       suppress(c, "remove", "gone@example.net");
-      await until("a accepts again", () => accepted(a, "gone@example.net"), 1500);
-      await until("b accepts again", () => accepted(b, "gone@example.net"), 1500);
+      await waitUntil("a accepts again", () => accepted(a, "gone@example.net"), 1500);
+      await waitUntil("b accepts again", () => accepted(b, "gone@example.net"), 1500);
       // Nothing echoes: each node wrote the add and the remove once, published only its own.
       for (const n of nodes) {
         const h = await api<{ cluster: { suppression: { pending: number } } }>(n, "GET", "/healthz");
@@ -131,7 +121,7 @@ describe.skipIf(lacking("redis-server"))("the suppression list in cluster mode",
         ],
       });
       expect(r.status).toBe(200);
-      await until("b refuses the bounced address", () => refused(b, "unknown@example.net"), 15_000);
+      await waitUntil("b refuses the bounced address", () => refused(b, "unknown@example.net"), 15_000);
       expect(await rcpt(b, "unknown@example.net")).toBe(
         "550 5.7.1 <unknown@example.net>: recipient address is on the suppression list (bad-mailbox)",
       );
@@ -147,7 +137,7 @@ describe.skipIf(lacking("redis-server"))("the suppression list in cluster mode",
     let [a, b] = [nodes[0]!, nodes[1]!];
     try {
       suppress(a, "add", "old@example.net");
-      await until("b has old", () => refused(b, "old@example.net"), 3000);
+      await waitUntil("b has old", () => refused(b, "old@example.net"), 3000);
       expect(await b.stop()).toBe(0);
       // While b is down: an add and a remove on a, and a change made on b's own list by hand
       // (no daemon: it waits in b's outbox).
@@ -155,9 +145,9 @@ describe.skipIf(lacking("redis-server"))("the suppression list in cluster mode",
       suppress(a, "remove", "old@example.net");
       expect(suppress(b, "add", "offline@example.net").stdout).toBe("offline@example.net: added\n");
       b = await restart(b);
-      await until("b has new", () => refused(b, "new@example.net"), 3000);
-      await until("b lost old", () => accepted(b, "old@example.net"), 3000);
-      await until("a has b's offline change", () => refused(a, "offline@example.net"), 3000);
+      await waitUntil("b has new", () => refused(b, "new@example.net"), 3000);
+      await waitUntil("b lost old", () => accepted(b, "old@example.net"), 3000);
+      await waitUntil("a has b's offline change", () => refused(a, "offline@example.net"), 3000);
       expect(await entries(a)).toEqual(["new@example.net", "offline@example.net"]);
       expect(await entries(b)).toEqual(["new@example.net", "offline@example.net"]);
 
@@ -167,8 +157,8 @@ describe.skipIf(lacking("redis-server"))("the suppression list in cluster mode",
       suppress(a, "remove", "new@example.net");
       redis.cli("XTRIM", "mta:log:suppression", "MAXLEN", "0");
       b = await restart(b);
-      await until("b has later", () => refused(b, "later@example.net"), 3000);
-      await until("b lost new", () => accepted(b, "new@example.net"), 3000);
+      await waitUntil("b has later", () => refused(b, "later@example.net"), 3000);
+      await waitUntil("b lost new", () => accepted(b, "new@example.net"), 3000);
       expect(await entries(b)).toEqual(["later@example.net", "offline@example.net"]);
       expect(
         b.logLines().some((l) => String(l.msg).includes("trimmed from the stream; resynchronised")),
@@ -187,11 +177,11 @@ describe.skipIf(lacking("redis-server"))("the suppression list in cluster mode",
       suppress(a, "add", "both@example.net");
       suppress(a, "add", "contested@example.net");
       suppress(a, "add", "fought@example.net");
-      await until("b has both", () => refused(b, "fought@example.net"), 3000);
+      await waitUntil("b has both", () => refused(b, "fought@example.net"), 3000);
 
       // A pause (Redis keeps its data): changes on both sides meanwhile, one of them on the same address.
       redis.freeze();
-      await until("a sees Redis down", async () =>
+      await waitUntil("a sees Redis down", async () =>
         (await api<{ status: string }>(a, "GET", "/healthz")).json.status === "degraded" ? true : undefined,
       );
       suppress(a, "add", "during-a@example.net");
@@ -205,10 +195,10 @@ describe.skipIf(lacking("redis-server"))("the suppression list in cluster mode",
       expect(await rcpt(b, "both@example.net")).toMatch(/^550 5\.7\.1/);
       expect(await rcpt(b, "contested@example.net")).toMatch(/^250/);
       redis.thaw();
-      await until("a has b's changes", () => refused(a, "during-b@example.net"), 10_000);
-      await until("a applied b's removal", () => accepted(a, "contested@example.net"), 10_000);
-      await until("b has a's", () => refused(b, "during-a@example.net"), 10_000);
-      const agreed = await until("a and b agree", async () => {
+      await waitUntil("a has b's changes", () => refused(a, "during-b@example.net"), 10_000);
+      await waitUntil("a applied b's removal", () => accepted(a, "contested@example.net"), 10_000);
+      await waitUntil("b has a's", () => refused(b, "during-a@example.net"), 10_000);
+      const agreed = await waitUntil("a and b agree", async () => {
         const [x, y] = [await entries(a, true), await entries(b, true)];
         return JSON.stringify(x) === JSON.stringify(y) ? x : undefined;
       });
@@ -222,7 +212,11 @@ describe.skipIf(lacking("redis-server"))("the suppression list in cluster mode",
       await redis.kill();
       suppress(b, "add", "lost@example.net");
       await redis.start();
-      await until("a has b's change made while Redis was gone", () => refused(a, "lost@example.net"), 15_000);
+      await waitUntil(
+        "a has b's change made while Redis was gone",
+        () => refused(a, "lost@example.net"),
+        15_000,
+      );
       const all = [...want, "lost@example.net"].sort();
       expect(await entries(a)).toEqual(all);
       expect(await entries(b)).toEqual(all);
