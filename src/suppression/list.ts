@@ -364,7 +364,14 @@ export class SuppressionList {
     try {
       this.outbox = Outbox.open(dir, this.opts.sync !== false, this.position.confirmed);
     } catch (err) {
-      throw new SuppressionError("io", `cannot open the outbox in ${dir}: ${errorMessage(err)}`, err);
+      // No errno: the file is not an outbox (damaged); moving it away loses only unshared changes.
+      if (errnoOf(err))
+        throw new SuppressionError("io", `cannot open the outbox in ${dir}: ${errnoText(err)}`, err);
+      throw new SuppressionError(
+        "corrupt",
+        `${errorMessage(err)} (move it away to start: its changes, not yet shared, are then kept on this node only)`,
+        err,
+      );
     }
     const mine = this.outbox.slice(this.outbox.firstSeq, this.outbox.count);
     const nowSec = Math.floor(this.now() / 1000);
