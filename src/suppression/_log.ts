@@ -22,7 +22,7 @@
  * the end of the usable log (a torn tail after a crash) and is cut off when the file is opened for
  * writing, never skipped over.
  */
-import { BOUNCE_CLASSES } from "../bounce/index.ts";
+import { BOUNCE_CLASSES } from "../lib/index.ts";
 
 export const MAGIC = "MTASUPPR";
 /** The outbox (cluster mode): this node's changes not yet seen back in the shared stream. */

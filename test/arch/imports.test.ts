@@ -16,7 +16,7 @@ const ALLOWED: Record<string, string[] | "*"> = {
   spool: ["lib", "observe"],
   bounce: ["smtp", "lib"],
   dkim: ["smtp", "lib"],
-  suppression: ["bounce", "lib", "observe"],
+  suppression: ["lib", "observe"],
   webhook: ["lib", "observe"],
   mime: ["lib"],
   observe: ["lib"],
