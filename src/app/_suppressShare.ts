@@ -109,31 +109,33 @@ export class SuppressionSharing {
     };
   }
 
-  /** Runs a synchronisation now, or once more after the one in progress. */
+  /**
+   * Runs a synchronisation now, or once more after the one in progress. No request is lost: one that
+   * comes while a run is ending is seen by the run's own `finally`.
+   */
   kick(): void {
     if (this.stopped) return;
-    if (this.running) {
-      this.again = true;
-      return;
-    }
+    this.again = true;
+    if (this.running) return;
     this.running = (async () => {
-      do {
+      while (this.again && !this.stopped) {
         this.again = false;
         try {
           await this.sync();
           this.lastError = undefined;
         } catch (err) {
           this.published = 0;
-          if (err instanceof RedisDownError) return;
+          if (err instanceof RedisDownError) break;
           const text = errorMessage(err);
           if (text !== this.lastError)
             this.opts.log.error("suppression list: sharing failed", { error: text });
           this.lastError = text;
-          return;
+          break; // the next change, message or poll tries again
         }
-      } while (this.again && !this.stopped);
+      }
     })().finally(() => {
       this.running = undefined;
+      if (this.again && !this.stopped && this.lastError === undefined) this.kick();
     });
   }
 
@@ -217,7 +219,9 @@ export class SuppressionSharing {
       let run: SuppressionChange[] = [];
       const flush = async () => {
         if (run.length === 0) return;
-        this.m.applied?.inc(undefined, await this.list.applyShared(run, ownSeen));
+        // Not inside `applied?.inc(...)`: without metrics that call, and the await, would be skipped.
+        const written = await this.list.applyShared(run, ownSeen);
+        this.m.applied?.inc(undefined, written);
         run = [];
       };
       for (const e of entries) {
