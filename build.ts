@@ -18,6 +18,8 @@ const result = await Bun.build({
   format: "esm",
   target: "bun",
   sourcemap: "none",
+  // Test-only fault injection (src/lib/fault.ts) cannot be reached in the executable.
+  define: { "process.env.MTA_TEST_FAULT": "undefined" },
 });
 if (!result.success) {
   for (const log of result.logs) console.error(log);

@@ -63,7 +63,15 @@ export async function startBenchMta(dir: string, yaml: string): Promise<BenchMta
     ? yaml
     : `${yaml}\ndns: { servers: ["127.0.0.1:9"], timeout: 1s, attempts: 1 }`;
   await Bun.write(file, safe);
-  const proc = spawn([MTA, "serve", "-c", file], {
+  // MTA_BENCH_PROFILE=<dir>: run from source under Bun's sampling profiler (a .md profile on exit).
+  const profile = process.env.MTA_BENCH_PROFILE;
+  // MTA_BENCH_FROM_SOURCE=1: run the sources under bun (native symbols for perf).
+  const cmd = profile
+    ? [process.execPath, "--cpu-prof-md", `--cpu-prof-dir=${profile}`, join(ROOT, "src/cli/main.ts")]
+    : process.env.MTA_BENCH_FROM_SOURCE === "1"
+      ? [process.execPath, join(ROOT, "src/cli/main.ts")]
+      : [MTA];
+  const proc = spawn([...cmd, "serve", "-c", file], {
     stdout: "ignore",
     stderr: "pipe",
     stdin: "ignore",
@@ -94,7 +102,10 @@ export async function startBenchMta(dir: string, yaml: string): Promise<BenchMta
       }
     }
     if (proc.exitCode !== null) throw new Error(`mta exited ${proc.exitCode}: ${lines.join("\n")}`);
-    if (Date.now() > end) throw new Error(`mta did not start: ${lines.join("\n")}`);
+    if (Date.now() > end) {
+      proc.kill("SIGKILL");
+      throw new Error(`mta did not start: ${lines.join("\n")}`);
+    }
     await Bun.sleep(20);
   }
   const stop = async () => {
@@ -265,4 +276,72 @@ export async function waitCount(received: () => number, n: number, timeoutMs: nu
     if (got >= n || Date.now() > end) return got;
     await Bun.sleep(20);
   }
+}
+
+export const UNBOUND = ["/usr/sbin/unbound", "/usr/bin/unbound"].find((p) => existsSync(p));
+
+/**
+ * unbound on 127.0.0.1 answering a zone given as data (MX and A records) from its local-data, the
+ * way an MTA's local caching resolver would: a real DNS server, so the benchmark's own DNS work costs
+ * what it costs in production rather than what a JavaScript test server costs on the same cores.
+ */
+export async function startUnbound(
+  dir: string,
+  zone: Record<string, { mx?: { exchange: string; preference: number }[]; a?: string[] }>,
+): Promise<{ port: number; pid: number; [Symbol.asyncDispose](): Promise<void> }> {
+  if (!UNBOUND) throw new Error("unbound is not installed (apt-get install unbound)");
+  const port = freePort();
+  const lines = [
+    "server:",
+    `  interface: 127.0.0.1@${port}`,
+    `  port: ${port}`,
+    "  do-ip6: no",
+    "  do-daemonize: no",
+    '  username: ""',
+    '  chroot: ""',
+    `  directory: "${dir}"`,
+    '  pidfile: ""',
+    "  use-syslog: no",
+    "  verbosity: 0",
+    "  num-threads: 1",
+    "  access-control: 127.0.0.0/8 allow",
+    '  local-zone: "test." static',
+  ];
+  for (const [name, spec] of Object.entries(zone)) {
+    for (const m of spec.mx ?? [])
+      lines.push(`  local-data: "${name}. 3600 IN MX ${m.preference} ${m.exchange}."`);
+    for (const a of spec.a ?? []) lines.push(`  local-data: "${name}. 3600 IN A ${a}"`);
+  }
+  const conf = join(dir, "unbound.conf");
+  await Bun.write(conf, `${lines.join("\n")}\n`);
+  const proc = spawn([UNBOUND, "-d", "-c", conf], { stdout: "ignore", stderr: "pipe" });
+  // Ready when it answers a question over UDP.
+  const query = Buffer.from("abcd01000001000000000000047465737400000f0001", "hex"); // MX test.
+  let answered = false;
+  const probe = await Bun.udpSocket({
+    socket: {
+      data() {
+        answered = true;
+      },
+      // Port unreachable until unbound listens: try again.
+      error() {},
+    },
+  });
+  for (let i = 0; i < 200 && !answered && proc.exitCode === null; i++) {
+    probe.send(query, port, "127.0.0.1");
+    await Bun.sleep(25);
+  }
+  probe.close();
+  if (!answered) {
+    proc.kill("SIGKILL");
+    throw new Error(`unbound did not answer on port ${port}`);
+  }
+  return {
+    port,
+    pid: proc.pid,
+    async [Symbol.asyncDispose]() {
+      proc.kill("SIGTERM");
+      await proc.exited;
+    },
+  };
 }

@@ -152,7 +152,7 @@ try {
       rows.push({
         figure: x.figure,
         conditions: tenK
-          ? `${x.conditions}; Postfix: the same injector → Postfix (hash transport table, one next hop per domain) → the same sink, one run`
+          ? `${x.conditions}; Postfix: the same injector → Postfix (hash transport table, one next hop per domain, no DNS) → the same sink, median`
           : `${x.conditions}; Postfix: smtp-source → Postfix → smtp-sink (bench/postfix/bench-e2e.sh), ≤ 10,000 msgs, median`,
         mta: x.mta,
         postfix: x.postfix ?? Number.NaN,

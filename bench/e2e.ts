@@ -1,16 +1,20 @@
 /**
  * End to end: load generator → `mta serve` → smtp-sink, and the same through Postfix in the same run.
- * Usage: bun bench/e2e.ts [count=20000] [--no-postfix] [--reps 3] [--json]
+ * Usage: bun bench/e2e.ts [count=20000] [--no-postfix] [--reps 3] [--dests 1,100,10000] [--json]
  * (--json also prints the rows as one `BENCH_JSON [...]` line, for bench/all.ts)
  *
  * - 1 destination: Postfix's smtp-source → mta (route k1.test → one smtp-sink), as bench/postfix does.
  * - 100 and 10,000 destinations: smtp-source cannot vary the domain, so bench/_injector.ts sends
- *   `<seq>b@d<seq % K>.test`; a DNS server on loopback answers MX mx.dN.test → A 127.(..).(..).(..),
+ *   `<seq>b@d<seq % K>.test`; a DNS server on loopback (unbound with the zone as local data when it is
+ *   installed, else test/support's) answers MX mx.dN.test → A 127.(..).(..).(..),
  *   one address per destination, and a single smtp-sink listening on 0.0.0.0 receives them all (it only
  *   receives; every connection goes to 127/8). Postfix's figure for 100 uses its anchor script (100
  *   next hops chosen by the local part, bench/postfix/bench-e2e.sh); for 10,000, a hash
  *   transport table sends each domain to its own address on the same sink, fed by the same injector.
  * Wall time runs from the first injected message to the sink's count reaching N.
+ * --reps N: every row is the median of N runs, mta and Postfix alike (each mta run with a fresh spool,
+ * sink and daemon); the conditions give the range of the runs, to judge the noise of a shared machine.
+ * MTA_BENCH_PROFILE=<dir> runs the daemon from source under Bun's sampling profiler.
  */
 import { spawnSync } from "bun";
 import { join } from "node:path";
@@ -33,6 +37,8 @@ import {
   stopPostfix,
   tmp,
   startCountingSink,
+  startUnbound,
+  UNBOUND,
   waitCount,
 } from "./_support.ts";
 
@@ -40,6 +46,14 @@ const count = Number(/^\d+$/.test(process.argv[2] ?? "") ? process.argv[2] : 20_
 const json = process.argv.includes("--json");
 const reps = Number(process.argv[process.argv.indexOf("--reps") + 1] ?? 3) || 3;
 const withPostfix = !process.argv.includes("--no-postfix") && postfixInstalled();
+const destsArg = process.argv.indexOf("--dests");
+const destCounts =
+  destsArg > 0
+    ? (process.argv[destsArg + 1] ?? "")
+        .split(",")
+        .map(Number)
+        .filter((n) => n > 0)
+    : [1, 100, 10_000];
 if (!SMTP_SINK || !SMTP_SOURCE) {
   console.log("smtp-sink/smtp-source are not installed (apt-get install postfix): nothing to measure");
   process.exit(0);
@@ -87,8 +101,20 @@ async function postfixManyDestinations(
   return rate;
 }
 
-const rows: Row[] = [];
-for (const dests of [1, 100, 10_000]) {
+interface MtaRun {
+  rate: number;
+  got: number;
+  injectedS: number;
+  cpuMs: number;
+  rssMiB: number;
+  /** CPU of the receiving smtp-sink, of this process (the generator, and the DNS server when it runs here) and of unbound, ms per message. */
+  sinkCpuMs: number;
+  harnessCpuMs: number;
+  dnsCpuMs: number | undefined;
+}
+
+/** One measurement of mta: a fresh spool, sink, DNS zone and daemon; wall time first message → last received. */
+async function mtaOnce(dests: number): Promise<MtaRun & { postfix?: number }> {
   using dir = tmp("mta-bench-e2e-");
   const sinkPort = freePort();
   using sink = startCountingSink(dir.path, dests === 1 ? `127.0.0.1:${sinkPort}` : `0.0.0.0:${sinkPort}`);
@@ -98,7 +124,8 @@ for (const dests of [1, 100, 10_000]) {
     zone[`d${i}.test`] = { mx: [{ exchange: `mx.d${i}.test`, preference: 10 }] };
     zone[`mx.d${i}.test`] = { a: [ipFor(i)] };
   }
-  await using dns = await startDnsServer(zone);
+  // unbound when installed (a real resolver, as in production), else the test suite's DNS server.
+  await using dns = dests > 1 && UNBOUND ? await startUnbound(dir.path, zone) : await startDnsServer(zone);
   await using mta = await startBenchMta(
     dir.path,
     [
@@ -112,8 +139,12 @@ for (const dests of [1, 100, 10_000]) {
     ].join("\n"),
   );
   const cpu0 = cpuSeconds(mta.pid);
+  const sink0 = cpuSeconds(sink.proc.pid);
+  const dnsPid = "pid" in dns ? dns.pid : undefined;
+  const dns0 = dnsPid === undefined ? 0 : cpuSeconds(dnsPid);
+  const self0 = process.cpuUsage();
   const t0 = performance.now();
-  let injectedAt: number;
+  let injectedS: number;
   if (dests === 1) {
     const src = smtpSource({
       host: "127.0.0.1",
@@ -123,7 +154,7 @@ for (const dests of [1, 100, 10_000]) {
       sessions: 50,
       to: "b@k1.test",
     });
-    injectedAt = src.wallS;
+    injectedS = src.wallS;
   } else {
     const r = await inject({
       host: "127.0.0.1",
@@ -133,14 +164,48 @@ for (const dests of [1, 100, 10_000]) {
       sizeBytes: 1000,
       domain: (s) => `d${s % dests}.test`,
     });
-    injectedAt = r.wallS;
+    injectedS = r.wallS;
   }
   const got = await waitCount(sink.received, count, 120_000);
   const wallS = (performance.now() - t0) / 1000;
-  const cpuMs = ((cpuSeconds(mta.pid) - cpu0) * 1000) / count;
-  const rss = rssBytes(mta.pid);
+  const run: MtaRun & { postfix?: number } = {
+    rate: got / wallS,
+    got,
+    injectedS,
+    cpuMs: ((cpuSeconds(mta.pid) - cpu0) * 1000) / count,
+    rssMiB: Math.round(rssBytes(mta.pid) / 2 ** 20),
+    sinkCpuMs: ((cpuSeconds(sink.proc.pid) - sink0) * 1000) / count,
+    dnsCpuMs: dnsPid === undefined ? undefined : ((cpuSeconds(dnsPid) - dns0) * 1000) / count,
+    harnessCpuMs: (() => {
+      const u = process.cpuUsage(self0);
+      return (u.user + u.system) / 1000 / count;
+    })(),
+  };
+  // Postfix with many destinations runs here: it delivers to this run's sink.
+  if (withPostfix && dests > 100) {
+    await mta.stop();
+    run.postfix = await postfixManyDestinations(dests, sinkPort, sink.received);
+  }
+  return run;
+}
+
+const range = (xs: number[]) =>
+  `${Math.round(Math.min(...xs)).toLocaleString("en-US")}–${Math.round(Math.max(...xs)).toLocaleString("en-US")}`;
+
+const rows: Row[] = [];
+for (const dests of destCounts) {
+  const runs: (MtaRun & { postfix?: number })[] = [];
+  for (let rep = 0; rep < reps; rep++) runs.push(await mtaOnce(dests));
+  const rates = runs.map((r) => r.rate);
+  // The run whose rate is the median gives the row's other figures.
+  const mid = runs.find((r) => r.rate === median(rates)) ?? runs[Math.floor(runs.length / 2)]!;
   let pf: number | undefined;
-  if (withPostfix && dests > 100) pf = await postfixManyDestinations(dests, sinkPort, sink.received);
+  let pfRange = "";
+  if (withPostfix && dests > 100) {
+    const pfRates = runs.map((r) => r.postfix ?? Number.NaN);
+    pf = median(pfRates);
+    pfRange = reps > 1 ? ` runs ${range(pfRates)}` : "";
+  }
   if (withPostfix && dests <= 100) {
     if (rows.length === 0) setupPostfix();
     const pfRates: number[] = [];
@@ -156,11 +221,12 @@ for (const dests of [1, 100, 10_000]) {
       );
     }
     pf = median(pfRates);
+    pfRange = reps > 1 ? ` runs ${range(pfRates)}` : "";
   }
   rows.push({
     figure: "end to end",
-    conditions: `1 KB, ${dests.toLocaleString("en-US")} destination${dests > 1 ? "s" : ""}, ${count.toLocaleString("en-US")} msgs, 50 inbound sessions, fdatasync on; received ${got}; injection ${injectedAt.toFixed(1)} s; mta CPU ${cpuMs.toFixed(3)} ms/msg, RSS ${Math.round(rss / 2 ** 20)} MiB`,
-    mta: got / wallS,
+    conditions: `1 KB, ${dests.toLocaleString("en-US")} destination${dests > 1 ? "s" : ""}, ${count.toLocaleString("en-US")} msgs, 50 inbound sessions, fdatasync on; received ${mid.got}; injection ${mid.injectedS.toFixed(1)} s; mta CPU ${mid.cpuMs.toFixed(3)} ms/msg, RSS ${mid.rssMiB} MiB, smtp-sink CPU ${mid.sinkCpuMs.toFixed(3)} ms/msg${dests > 1 ? (mid.dnsCpuMs === undefined ? `, generator and DNS server CPU ${mid.harnessCpuMs.toFixed(3)} ms/msg` : `, generator CPU ${mid.harnessCpuMs.toFixed(3)} ms/msg, unbound CPU ${mid.dnsCpuMs.toFixed(3)} ms/msg`) : ""}; median of ${reps}${reps > 1 ? ` (mta runs ${range(rates)} msgs/s${pfRange ? `; Postfix${pfRange}` : ""})` : ""}`,
+    mta: median(rates),
     postfix: pf,
     unit: "msgs/s",
   });

@@ -13,11 +13,12 @@
 import * as fs from "node:fs";
 import * as os from "node:os";
 import { join } from "node:path";
-import { HttpQueueClient, LocalQueueClient, QueueOps, queueRoutes } from "../src/app/queue.ts";
+import { HttpQueueClient, LocalQueueClient, QueueOps, queueRoutes } from "../src/admin/index.ts";
 import { parseConfigText } from "../src/config/index.ts";
 import { Deliverer, RFC5321_TIMEOUTS } from "../src/deliverer/index.ts";
 import { Metrics, silentLogger, startControlServer } from "../src/observe/index.ts";
-import { Scheduler, type SchedulerRoute } from "../src/scheduler/index.ts";
+import { Scheduler } from "../src/scheduler/index.ts";
+import { type TestRoute, testRouter } from "../test/support/router.ts";
 import { Spool } from "../src/spool/index.ts";
 import { SMTP_SINK, startSink } from "../test/support/sink.ts";
 
@@ -110,7 +111,7 @@ row("fill", `${Math.round(fillMs)} ms`, `${QUEUED} messages of 1 KiB, ${DESTS} d
 const metrics = new Metrics();
 const spool = await Spool.open({ dir: spoolDir, sync: false, metrics });
 await using sink = SMTP_SINK ? await startSink({ dir }) : undefined;
-const routes = new Map<string, SchedulerRoute>();
+const routes = new Map<string, TestRoute>();
 if (sink)
   routes.set("sink.test", { kind: "hosts", hosts: [{ name: "sink", ip: "127.0.0.1", port: sink.port }] });
 const deliverer = new Deliverer({
@@ -123,13 +124,15 @@ let delivered = 0;
 const scheduler = new Scheduler({
   spool,
   deliverer,
-  route: async (d) => routes.get(d) ?? { kind: "transient", reason: "bench: no route" },
+  router: testRouter({
+    route: (d) => routes.get(d) ?? { kind: "transient", reason: "bench: no route" },
+    policy: () => ({ maxConnections: 20, maxMessagesPerConnection: 10_000, tls: "off", tlsVerify: false }),
+  }),
   hostname: "bench.test",
   retryMs: [HOUR],
   maxAgeMs: 10 * 24 * HOUR,
   delayWarningMs: 0,
   maxConnections: 100,
-  policyFor: () => ({ maxConnections: 20, maxMessagesPerConnection: 10_000, tls: "off", tlsVerify: false }),
   onEvent: (e) => {
     if (e.type === "delivery") delivered++;
   },

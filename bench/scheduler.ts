@@ -14,6 +14,7 @@ import { silentLogger } from "../src/observe/index.ts";
 import { TimerHeap } from "../src/scheduler/_heap.ts";
 import { Scheduler } from "../src/scheduler/index.ts";
 import { Spool } from "../src/spool/index.ts";
+import { testRouter } from "../test/support/router.ts";
 
 const total = Number(process.argv[2] ?? 10_000);
 
@@ -83,19 +84,21 @@ async function drain(destinations: number, perDestination: number, globalCap: nu
   const scheduler = new Scheduler({
     spool,
     deliverer,
-    route: async () => ({ kind: "hosts", hosts: [{ name: "sink.test", ip: "127.0.0.1", port }] }),
+    router: testRouter({
+      route: () => ({ kind: "hosts", hosts: [{ name: "sink.test", ip: "127.0.0.1", port }] }),
+      policy: () => ({
+        maxConnections: perDestination,
+        maxMessagesPerConnection: 1000,
+        tls: "off",
+        tlsVerify: false,
+        initialWindow: perDestination,
+      }),
+    }),
     hostname: "bench.test",
     retryMs: [60_000],
     maxAgeMs: 86_400_000,
     delayWarningMs: 0,
     maxConnections: globalCap,
-    policyFor: () => ({
-      maxConnections: perDestination,
-      maxMessagesPerConnection: 1000,
-      tls: "off",
-      tlsVerify: false,
-      initialWindow: perDestination,
-    }),
     onEvent: (e) => (e.type === "delivery" ? delivered++ : other++),
     log: silentLogger(),
   });

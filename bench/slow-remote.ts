@@ -19,6 +19,7 @@ import { Deliverer, RFC5321_TIMEOUTS } from "../src/deliverer/index.ts";
 import { silentLogger } from "../src/observe/index.ts";
 import { type PoolMember, Scheduler } from "../src/scheduler/index.ts";
 import { Spool } from "../src/spool/index.ts";
+import { testRouter } from "../test/support/router.ts";
 
 function arg(name: string, def: string): string {
   const i = process.argv.indexOf(`--${name}`);
@@ -157,23 +158,25 @@ async function run(domains: number, sinks: { stats: SinkStats[] }): Promise<RunR
   const scheduler = new Scheduler({
     spool,
     deliverer,
-    route: async (d) => {
-      const k = Number(d.slice(1, d.indexOf(".")));
-      return { kind: "hosts", hosts: [{ name: `mx.${d}`, ip: sinkIp(k % SINK_IPS), port: PORT }] };
-    },
+    router: testRouter({
+      route: (d) => {
+        const k = Number(d.slice(1, d.indexOf(".")));
+        return { kind: "hosts", hosts: [{ name: `mx.${d}`, ip: sinkIp(k % SINK_IPS), port: PORT }] };
+      },
+      policy: () => ({
+        maxConnections: perSite,
+        maxMessagesPerConnection: 100,
+        tls: "off",
+        tlsVerify: false,
+        initialWindow: perSite * Math.max(1, SOURCES),
+      }),
+    }),
     hostname: "bench.test",
     retryMs: [60_000],
     maxAgeMs: 86_400_000,
     delayWarningMs: 0,
     maxConnections: GLOBAL,
     ...(SOURCES > 0 ? { pools: { default: members }, defaultPool: "default" } : {}),
-    policyFor: () => ({
-      maxConnections: perSite,
-      maxMessagesPerConnection: 100,
-      tls: "off",
-      tlsVerify: false,
-      initialWindow: perSite * Math.max(1, SOURCES),
-    }),
     onEvent: (e) => (e.type === "delivery" ? delivered++ : other++),
     log: silentLogger(),
   });

@@ -133,7 +133,8 @@ export async function hostileRemotes(o: HostileRemotesOptions, log: Log): Promis
       const att = ids.map((id) => attemptsById.get(id) ?? 0);
       const delivered = ids.filter((id) => deliveredHostile.has(id)).length;
       const retried = att.filter((a) => a >= 2).length;
-      const sf = siteFailures.get(`${m}.test`) ?? 0;
+      // A static route's next hop is the site that backs off (every domain it carries shares it).
+      const sf = siteFailures.get(`127.0.0.1:${sinks.get(m)!.port}`) ?? 0;
       perMode.push(
         `${m}: ${fmt(att.reduce((a, b) => a + b, 0))} message attempts failed (${retried}/${ids.length} messages retried), ${sf} site failures (backoffs), ${delivered} delivered`,
       );

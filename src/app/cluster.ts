@@ -16,16 +16,33 @@
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import pkg from "../../package.json" with { type: "json" };
-import { Cluster, type NodeInfo, type RateKind, type StateChange } from "../cluster/index.ts";
+import { Cluster, type NodeInfo, type StateChange } from "../cluster/index.ts";
 import type { Config } from "../config/index.ts";
 import { errorMessage, formatHostPort, isLoopback, parseHostPort, UnavailableError } from "../lib/index.ts";
 import type { Logger, Metrics, RouteHandler } from "../observe/index.ts";
-import type { SmtpReply } from "../smtp/index.ts";
+import type { SharedLimits } from "../scheduler/index.ts";
+import { replyLine } from "../smtp/index.ts";
 import type { Engine } from "./engine.ts";
-import { type ClusterSummary, type FleetNode, mergeSummaries } from "./_fleet.ts";
-import { HttpQueueClient, handle, jsonBody, num, optString, selectorFrom, str } from "./_queueClient.ts";
-import { QueueError, type QueueOps, type QueueSummary, SORT_KEYS, type SortKey } from "./_queueOps.ts";
-import { TransferReceiver, type TransferResult, transferOut } from "./_transfer.ts";
+import {
+  type ClusterSummary,
+  type FleetNode,
+  HttpQueueClient,
+  handle,
+  jsonBody,
+  mergeSummaries,
+  num,
+  optString,
+  QueueError,
+  type QueueOps,
+  type QueueSummary,
+  SORT_KEYS,
+  type SortKey,
+  selectorFrom,
+  str,
+  TransferReceiver,
+  type TransferResult,
+  transferOut,
+} from "../admin/index.ts";
 import { SUPPRESSION_STREAM_MAX_ENTRIES, SuppressionSharing } from "./_suppressShare.ts";
 
 /** How long the fleet summary waits for each node. */
@@ -166,9 +183,21 @@ export class ClusterNode {
     const s = this.engine?.scheduler;
     if (!s) return;
     if (c.op === "set") {
-      if (c.hold.kind !== "admin") return; // rule firings: applied by the scheduler's site object
-      s.suspend(c.hold.site, c.hold.remainingMs, `${c.hold.reason} (from node ${c.hold.node})`);
-      this.log.info("suspension from another node", { destination: c.hold.site, node: c.hold.node });
+      const h = c.hold;
+      if (h.kind !== "admin") {
+        // A rule that fired there: the site applies it here for what is left of it.
+        if (h.remainingMs !== undefined)
+          s.applyRemoteRule(h.site, {
+            rule: h.rule ?? h.kind,
+            action: h.kind,
+            reply: h.reason,
+            forMs: h.remainingMs,
+            node: h.node,
+          });
+        return;
+      }
+      s.suspend(h.site, h.remainingMs, `${h.reason} (from node ${h.node})`);
+      this.log.info("suspension from another node", { destination: h.site, node: h.node });
     } else if (c.kinds.includes("admin")) {
       s.resume(c.site);
       this.log.info("resumption from another node", { destination: c.site, node: c.node || "?" });
@@ -180,30 +209,24 @@ export class ClusterNode {
    * GCRA per site in Redis, their connection slots as leases (a surplus kept as long as the
    * deliverer may keep an idle connection), and the rules that fire here published to every node.
    */
-  readonly limits = {
-    rate: (site: string, what: RateKind, rate: { count: number; perMs: number }, wake: () => void) =>
-      this.cluster.rates.limiter(site, what, rate, wake),
-    slots: (site: string, source: { address: string; limit: number } | undefined, wake: () => void) => {
+  readonly limits: SharedLimits = {
+    rate: (site, what, rate, wake) => this.cluster.rates.limiter(site, what, rate, wake),
+    slots: (site, source, wake) => {
       const s = this.cluster.slots(site, source, wake, this.config.delivery.idleTimeoutMs + 1000);
       return {
-        held: (wanted: number, limit: number) => {
+        held: (wanted, limit) => {
           s.want(wanted, limit);
           return s.count();
         },
         close: () => s.close(),
       };
     },
-    ruleFired: (
-      site: string,
-      rule: { name: string; action: "suspend" | "throttle" | "bounce" },
-      reply: SmtpReply,
-      forMs: number,
-    ) => {
+    ruleFired: (site, rule, reply, forMs) => {
       void this.cluster.state.set({
         site,
         kind: rule.action,
         rule: rule.name,
-        reason: `${reply.code}${reply.enhanced ? ` ${reply.enhanced}` : ""} ${reply.lines.join(" ")}`.trim(),
+        reason: replyLine(reply),
         remainingMs: forMs,
       });
     },

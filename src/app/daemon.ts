@@ -2,7 +2,8 @@
  * The daemon: the engine plus SMTP listeners and the HTTP control endpoint; runs until a signal.
  *
  * Owns: start order (engine (spool, scheduler) → control → listeners), stop order (listeners drain
- * first, then the scheduler, then the spool), SIGHUP reload, signal handling.
+ * first, then the scheduler, then the spool), SIGHUP reload (every `live` key of config/'s RELOAD
+ * table at once; `restart` keys are reported against what runs), signal handling.
  * Invariant: the spool lock is held for the whole life of the daemon; nothing is acknowledged before
  * the spool is open, and the spool closes only after every listener and delivery has stopped.
  */
@@ -14,7 +15,9 @@ import {
   inlineSecretPaths,
   type ListenerConfig,
   loadConfig,
+  type RawConfig,
   resolveSecrets,
+  restartNeeded,
 } from "../config/index.ts";
 import { EXIT, errnoOf, errnoText, errorMessage, formatHostPort, UnavailableError } from "../lib/index.ts";
 import {
@@ -30,20 +33,26 @@ import {
 import { type Listener, type ListenerOptions, startListener } from "../listener/index.ts";
 import type { ClusterNode } from "./cluster.ts";
 import { Engine } from "./engine.ts";
-import { handle, jsonBody, optString } from "./_queueClient.ts";
-import { QueueError } from "./_queueOps.ts";
-import type { TransferResult } from "./_transfer.ts";
 import type { WebhookDispatcher } from "../webhook/index.ts";
-import { suppressionRoutes } from "./_suppressClient.ts";
-import { BounceInbox } from "./feedback.ts";
-import { injectHandler, injectLimitBytes } from "./inject.ts";
-import { MaildropPickup } from "./_maildrop.ts";
 import { startProblems } from "./preflight.ts";
 import { startWebhooks } from "./webhooks.ts";
-import { QueueOps, queueRoutes } from "./queue.ts";
+import { injectHandler, injectLimitBytes, MaildropPickup } from "../accept/index.ts";
+import {
+  handle,
+  jsonBody,
+  optString,
+  QueueError,
+  QueueOps,
+  queueRoutes,
+  suppressionRoutes,
+  type TransferResult,
+} from "../admin/index.ts";
+import { BounceInbox } from "../feedback/index.ts";
 
 export interface DaemonOptions {
   log: Logger;
+  /** The validated file as written (for `restartNeeded` on reload); default: no restart keys known. */
+  raw?: RawConfig;
 }
 
 export function listenerOptions(l: ListenerConfig, hostname: string): ListenerOptions {
@@ -90,11 +99,6 @@ function startControlServerOr(where: string, opts: Parameters<typeof startContro
   }
 }
 
-function sameValue(a: unknown, b: unknown): boolean {
-  const text = (v: unknown) => JSON.stringify(v, (_k, x) => (typeof x === "bigint" ? x.toString() : x));
-  return text(a) === text(b);
-}
-
 export class Daemon {
   private stopping: Promise<void> | undefined;
   /** Set by runDaemon: what a finished drain calls to stop the process as SIGTERM would. */
@@ -110,6 +114,8 @@ export class Daemon {
     readonly webhooks: WebhookDispatcher[],
     readonly maildrop: MaildropPickup | undefined,
     readonly cluster: ClusterNode | undefined,
+    /** The file the daemon started with: what its `restart` keys are running on. */
+    private readonly started: RawConfig | undefined,
   ) {}
 
   static async start(config: Config, opts: DaemonOptions): Promise<Daemon> {
@@ -125,7 +131,11 @@ export class Daemon {
       clusterMod && redis
         ? clusterMod.ClusterNode.create(config, redis, { log: log.withTag("cluster"), metrics })
         : undefined;
-    const engine = await Engine.start(config, { log, metrics });
+    const engine = await Engine.start(config, {
+      log,
+      metrics,
+      ...(cluster ? { shared: cluster.limits } : {}),
+    });
     let control: ControlServer | undefined;
     const listeners: Listener[] = [];
     let webhooks: WebhookDispatcher[] = [];
@@ -239,7 +249,7 @@ export class Daemon {
       await cluster?.stop();
       throw err;
     }
-    daemon = new Daemon(config, log, engine, control, listeners, webhooks, maildrop, cluster);
+    daemon = new Daemon(config, log, engine, control, listeners, webhooks, maildrop, cluster, opts.raw);
     return daemon;
   }
 
@@ -291,16 +301,15 @@ export class Daemon {
     });
   }
 
-  /** Applies a new, already validated configuration; says which changes need a restart. */
-  reload(config: Config): void {
+  /**
+   * Applies a new, already validated configuration: every `live` key at once (DKIM keys, routes,
+   * DNS, retry schedule, scheduler settings, every live site's policy, log level of every logger, the
+   * delivery log file); says which `restart` keys differ from what runs.
+   */
+  reload(config: Config, raw?: RawConfig): void {
     this.engine.reload(config); // DKIM keys first: a bad key throws and nothing changes
     setLogLevel(this.log, config.log.level);
-    const needsRestart: string[] = [];
-    if (config.spool.dir !== this.config.spool.dir) needsRestart.push("spool.dir");
-    if (!sameValue(config.control, this.config.control)) needsRestart.push("control");
-    if (!sameValue(config.listen, this.config.listen)) needsRestart.push("listen");
-    if (!sameValue(config.webhooks, this.config.webhooks)) needsRestart.push("webhooks");
-    if (!sameValue(config.cluster, this.config.cluster)) needsRestart.push("cluster");
+    const needsRestart = this.started && raw ? restartNeeded(this.started, raw) : [];
     this.config = config;
     this.log.info("configuration reloaded", needsRestart.length ? { needsRestart } : {});
   }
@@ -365,7 +374,7 @@ export async function runDaemon(configFile: string): Promise<number> {
   const { config } = resolveSecrets(loaded);
   const log = createLogger({ level: config.log.level, format: config.log.format });
   warnReadableSecrets(configFile, inlineSecretPaths(raw), log);
-  const daemon = await Daemon.start(config, { log });
+  const daemon = await Daemon.start(config, { log, raw });
   return new Promise<number>((resolve) => {
     let signalled = false;
     const stop = (signal: string) => {
@@ -385,14 +394,14 @@ export async function runDaemon(configFile: string): Promise<number> {
     process.on("SIGINT", () => stop("SIGINT"));
     process.on("SIGHUP", () => {
       try {
-        const { config: next, problemAt } = loadConfig(configFile);
+        const { config: next, raw: nextRaw, problemAt } = loadConfig(configFile);
         const secrets = resolveSecrets(next);
         if (secrets.problems.length > 0)
           throw new ConfigError(
             configFile,
             secrets.problems.map((p) => problemAt(p.path, p.message)),
           );
-        daemon.reload(secrets.config);
+        daemon.reload(secrets.config, nextRaw);
       } catch (err) {
         const detail = err instanceof ConfigError ? err.message : errorMessage(err);
         log.error(`configuration reload failed; keeping the running configuration\n${detail}`);

@@ -7,27 +7,27 @@
  * Invariant: the spool is opened (lock taken, index recovered) before anything is accepted or
  * delivered, and closed only after the scheduler stopped.
  */
-import { availableParallelism } from "node:os";
 import pkg from "../../package.json" with { type: "json" };
 import { isLoopback } from "../lib/index.ts";
-import type { Config, DomainPolicy, DomainTlsMode } from "../config/index.ts";
+import type { Config } from "../config/index.ts";
 import { Deliverer } from "../deliverer/index.ts";
-import { createResolver } from "../dns/index.ts";
-import { type DkimOptions, DkimSigner, DkimSignerPool, readKeyFile } from "../dkim/index.ts";
-import { errorMessage, fileError, MtaError } from "../lib/index.ts";
+import { createResolver, type Resolver } from "../dns/index.ts";
+import { type DkimSignerPool, makeSignerPool } from "../dkim/index.ts";
+import { fileError, MtaError } from "../lib/index.ts";
 import { DeliveryLog, type Logger, Metrics, registerProcessMetrics } from "../observe/index.ts";
+import { Router } from "../route/index.ts";
 import {
-  type DestinationPolicy,
   type PoolMember,
   Scheduler,
   type SchedulerEvent,
+  type SharedLimits,
+  type SchedulerSettings,
 } from "../scheduler/index.ts";
 import { Spool } from "../spool/index.ts";
 import { readCaBundle, type TlsPolicies } from "../tlspolicy/index.ts";
-import { AcceptPipeline } from "./accept.ts";
-import { Feedback, loadClassifier } from "./feedback.ts";
-import { openTlsPolicies, PolicyDeliverer, tlsPolicyProblems } from "./tlsDelivery.ts";
-import { hasRollups, makeRouter } from "./routing.ts";
+import { AcceptPipeline } from "../accept/index.ts";
+import { Feedback, loadClassifier } from "../feedback/index.ts";
+import { openTlsPolicies, tlsPolicyProblems } from "./tlsDelivery.ts";
 
 export interface EngineOptions {
   log: Logger;
@@ -36,34 +36,39 @@ export interface EngineOptions {
   deliver?: boolean;
   /** Also told every message event the delivery log gets (`mta send` counts its own results). */
   onEvent?: (e: SchedulerEvent) => void;
+  /** Limits shared with the other nodes of a cluster (app/cluster.ts); absent: this node's own. */
+  shared?: SharedLimits;
 }
 
-function schedulerTls(mode: DomainTlsMode): DestinationPolicy["tls"] {
-  return mode === "off" || mode === "required" ? mode : "opportunistic";
-}
-
-/** The effective policy of a destination: its own entry over `default`. */
-export function policyFor(config: Config, destination: string): DestinationPolicy {
-  // `destination` is a site: a domain, or the name of an MX rollup entry.
-  const domains = config.delivery.domains;
-  const def = domains.default;
-  const own: DomainPolicy = domains[destination] ?? {};
-  const p: DestinationPolicy = {
-    maxConnections: own.maxConnections ?? def.maxConnections,
-    maxMessagesPerConnection: own.maxMessagesPerConnection ?? def.maxMessagesPerConnection,
-    // The scheduler knows route-level TLS only; DANE/MTA-STS/overrides are applied by PolicyDeliverer.
-    tls: schedulerTls(own.tls ?? def.tls),
-    tlsVerify: own.tlsVerify ?? def.tlsVerify,
+/** What a reload may change in the running scheduler. */
+export function schedulerSettings(config: Config): SchedulerSettings {
+  const d = config.delivery;
+  return {
+    retryMs: d.retryMs,
+    maxAgeMs: d.maxAgeMs,
+    siteBackoffMs: d.siteBackoffMs,
+    delayWarningMs: d.delayWarningMs,
+    maxConnections: d.maxConnections,
+    maxConnectionsPerSource: d.maxConnectionsPerSource,
+    maxReadyPerSite: d.maxReadyPerSite,
   };
-  const messageRate = own.messageRate ?? def.messageRate;
-  const connectionRate = own.connectionRate ?? def.connectionRate;
-  const retryMs = own.retryMs ?? def.retryMs;
-  if (messageRate) p.messageRate = { count: messageRate.count, perMs: messageRate.perMs };
-  if (connectionRate) p.connectionRate = { count: connectionRate.count, perMs: connectionRate.perMs };
-  if (retryMs) p.retryMs = retryMs;
-  const pool = own.pool ?? def.pool;
-  if (pool) p.pool = pool;
-  return p;
+}
+
+/**
+ * The DNS resolver of a configuration. MTA_LOOPBACK_ONLY=1 (tests, benchmarks, sandboxes): nothing
+ * leaves 127.0.0.0/8 and ::1, not even a DNS question to the machine's resolver.
+ */
+function makeResolver(config: Config, metrics: Metrics): Resolver {
+  const loopbackOnly = process.env.MTA_LOOPBACK_ONLY === "1";
+  const dnsServers = loopbackOnly ? config.dns.servers.filter((s) => isLoopback(s.host)) : config.dns.servers;
+  if (loopbackOnly && dnsServers.length === 0) dnsServers.push({ host: "127.0.0.1", port: 9 });
+  return createResolver({
+    servers: dnsServers,
+    timeoutMs: config.dns.timeoutMs,
+    attempts: config.dns.attempts,
+    dnssec: config.dns.dnssec,
+    metrics,
+  });
 }
 
 /**
@@ -84,89 +89,6 @@ export function egressPools(config: Config): { pools: Record<string, PoolMember[
   return out.default ? { pools: out, defaultPool: "default" } : { pools: out };
 }
 
-/** The signer options of the configuration (key files read now), or undefined without keys. */
-function dkimOptions(config: Config): DkimOptions | undefined {
-  if (config.dkim.keys.length === 0) return undefined;
-  return {
-    keys: config.dkim.keys.map((k) => ({
-      domain: k.domain,
-      selector: k.selector,
-      privateKeyPem: readKeyFile(k.keyFile),
-      keyFile: k.keyFile,
-    })),
-    ...(config.dkim.headers ? { headers: config.dkim.headers } : {}),
-    oversign: config.dkim.oversign,
-    canonicalization: config.dkim.canonicalization,
-    ...(config.dkim.expireAfterMs > 0 ? { expireAfterMs: config.dkim.expireAfterMs } : {}),
-    domainMap: config.dkim.domainMap,
-  };
-}
-
-/** Loads and checks every DKIM key of the configuration; throws DkimKeyError (exit 78) on a bad one. */
-export function makeSigner(config: Config): DkimSigner | undefined {
-  const options = dkimOptions(config);
-  return options ? DkimSigner.create(options) : undefined;
-}
-
-/**
- * Signing threads: RSA signatures (~0.6 ms CPU each) go to one worker per core so that the event loop
- * keeps answering; Ed25519 alone (~40 µs) is cheaper than the hand-off. `MTA_DKIM_THREADS` overrides.
- */
-function dkimThreads(signer: DkimSigner): number {
-  const env = process.env.MTA_DKIM_THREADS;
-  if (env !== undefined && /^\d+$/.test(env)) return Math.min(Number(env), 16);
-  if (!signer.algorithms.includes("rsa-sha256")) return 0;
-  return Math.max(1, Math.min(4, availableParallelism()));
-}
-
-/** Loads and checks the keys (throws DkimKeyError), then starts the signing threads in the background. */
-function makeSignerPool(config: Config, log: Logger): DkimSignerPool | undefined {
-  const options = dkimOptions(config);
-  if (!options) return undefined;
-  const signer = DkimSigner.create(options);
-  const threads = dkimThreads(signer);
-  const pool = DkimSignerPool.create(options, {
-    threads,
-    onWorkerError: (message) => log.warn(`${message}; signing on the event loop instead`),
-  });
-  log.info("dkim keys loaded", {
-    keys: config.dkim.keys.map((k) => `${k.selector}._domainkey.${k.domain}`),
-    threads,
-  });
-  return pool;
-}
-
-/**
- * Every DKIM problem of the configuration, each with the YAML path it belongs to, for
- * `mta check-config`: each key on its own (unreadable, malformed, too short), then the set as a whole.
- */
-export function dkimProblems(config: Config): { path: (string | number)[]; message: string }[] {
-  const problems: { path: (string | number)[]; message: string }[] = [];
-  config.dkim.keys.forEach((k, i) => {
-    try {
-      DkimSigner.create({
-        keys: [
-          {
-            domain: k.domain,
-            selector: k.selector,
-            privateKeyPem: readKeyFile(k.keyFile),
-            keyFile: k.keyFile,
-          },
-        ],
-      });
-    } catch (err) {
-      problems.push({ path: ["dkim", "keys", i, "key_file"], message: errorMessage(err) });
-    }
-  });
-  if (problems.length > 0) return problems;
-  try {
-    makeSigner(config);
-  } catch (err) {
-    problems.push({ path: ["dkim"], message: errorMessage(err) });
-  }
-  return problems;
-}
-
 export class Engine {
   private stopping: Promise<void> | undefined;
   private signer: DkimSignerPool | undefined;
@@ -179,6 +101,7 @@ export class Engine {
     readonly spool: Spool,
     readonly deliveryLog: DeliveryLog,
     readonly deliverer: Deliverer,
+    readonly router: Router,
     readonly scheduler: Scheduler,
     readonly pipeline: AcceptPipeline,
     readonly feedback: Feedback,
@@ -239,20 +162,8 @@ export class Engine {
       await spool.close();
       throw err;
     }
-    // MTA_LOOPBACK_ONLY=1 (tests, benchmarks, sandboxes): nothing leaves 127.0.0.0/8 and ::1, not even
-    // a DNS question to the machine's resolver.
     const loopbackOnly = process.env.MTA_LOOPBACK_ONLY === "1";
-    const dnsServers = loopbackOnly
-      ? config.dns.servers.filter((s) => isLoopback(s.host))
-      : config.dns.servers;
-    if (loopbackOnly && dnsServers.length === 0) dnsServers.push({ host: "127.0.0.1", port: 9 });
-    const resolver = createResolver({
-      servers: dnsServers,
-      timeoutMs: config.dns.timeoutMs,
-      attempts: config.dns.attempts,
-      dnssec: config.dns.dnssec,
-      metrics,
-    });
+    const resolver = makeResolver(config, metrics);
     const t = config.delivery.timeouts;
     const deliverer = new Deliverer({
       timeouts: { ...t, idleMs: config.delivery.idleTimeoutMs },
@@ -270,42 +181,10 @@ export class Engine {
       metrics,
       submit: (sub) => engine.pipeline.submit(sub),
     });
-    const route = makeRouter(config, resolver);
-    const policyDeliverer = new PolicyDeliverer(deliverer, tlsPolicies, () => engine.config);
-    const scheduler = new Scheduler({
-      spool,
-      // VERP: a message with one recipient, from a sender that gets them, goes out with its return
-      // path; then the TLS policy per host (tlsDelivery.ts).
-      deliverer: {
-        deliver: (target, msg) => {
-          const rcpt = msg.recipients.length === 1 ? msg.recipients[0]! : undefined;
-          const rp = rcpt ? feedback.returnPath(msg.id, msg.sender, rcpt.address) : undefined;
-          return policyDeliverer.deliver(target, rp ? { ...msg, sender: rp } : msg);
-        },
-      },
-      route: (d) => route(d),
-      hostname: config.hostname,
-      retryMs: config.delivery.retryMs,
-      maxAgeMs: config.delivery.maxAgeMs,
-      siteBackoffMs: config.delivery.siteBackoffMs,
-      delayWarningMs: config.delivery.delayWarningMs,
-      maxConnections: config.delivery.maxConnections,
-      policyFor: (d) => policyFor(engine.config, d),
-      ...egressPools(config),
-      maxConnectionsPerSource: config.delivery.maxConnectionsPerSource,
-      maxReadyPerSite: config.delivery.maxReadyPerSite,
-      rollup: hasRollups(config),
-      onEvent: (e) => {
-        deliveryLog.write(feedback.annotate({ ...e }));
-        opts.onEvent?.(e);
-      },
-      onDestinationEvent: (e) => deliveryLog.write({ ...e }),
-      log: log.withTag("scheduler"),
-      metrics,
-    });
+    // The routing step plans each attempt's TLS (DANE, MTA-STS, the domain's mode) with tlspolicy/.
+    const router = new Router(config, resolver, tlsPolicies);
     const pipeline = new AcceptPipeline({
       spool,
-      queue: scheduler,
       deliveryLog,
       log: log.withTag("accept"),
       metrics,
@@ -313,6 +192,29 @@ export class Engine {
       sign: (m) => engine.sign(m),
       feedback,
     });
+    const scheduler = new Scheduler({
+      spool,
+      deliverer,
+      router,
+      // DSNs go through the accept pipeline: DKIM-signed and logged like any message.
+      dsn: pipeline,
+      ...(opts.shared ? { shared: opts.shared } : {}),
+      // The disposition step classifies every result and feeds the suppression list.
+      classifying: feedback,
+      // VERP: a message with one recipient, from a sender that gets them, goes out with its return path.
+      returnPath: (id, sender, recipient) => feedback.returnPath(id, sender, recipient),
+      hostname: config.hostname,
+      ...schedulerSettings(config),
+      ...egressPools(config),
+      onEvent: (e) => {
+        deliveryLog.write({ ...e });
+        opts.onEvent?.(e);
+      },
+      onDestinationEvent: (e) => deliveryLog.write({ ...e }),
+      log: log.withTag("scheduler"),
+      metrics,
+    });
+    pipeline.queue = scheduler;
     const delivering = opts.deliver !== false;
     const engine = new Engine(
       config,
@@ -321,6 +223,7 @@ export class Engine {
       spool,
       deliveryLog,
       deliverer,
+      router,
       scheduler,
       pipeline,
       feedback,
@@ -337,20 +240,22 @@ export class Engine {
   }
 
   /**
-   * Applies a new, validated configuration to the delivery side: policies, DKIM keys, delivery log file.
-   * The new keys are checked before anything changes: a bad one throws and the old keys keep signing.
+   * Applies a new, validated configuration to the delivery side at once: DKIM keys, routes, the
+   * retry schedule and the other scheduler settings, every live site's policy; moves or reopens the
+   * delivery log. The new keys are checked before anything changes: a bad one throws and nothing
+   * changes. DNS and TLS-policy settings are `restart` keys (config/'s reload table): the resolver
+   * and the TLS policy state are shared with tlspolicy/ and kept as they started.
    */
   reload(config: Config): void {
     loadClassifier(config); // a bad rules file throws before anything changes
     const signer = makeSignerPool(config, this.log.withTag("dkim"));
     this.feedback.reload(config);
-    const tlsState = (c: Config) => JSON.stringify([c.tlsPolicy, c.dns.dnssec]);
-    if (tlsState(config) !== tlsState(this.config))
-      this.log.warn("tls_policy and dns.dnssec changes take effect at the next start");
     this.signer?.close(); // its threads finish what they hold, then end
     this.signer = signer;
+    this.router.reload(config);
+    this.scheduler.reload(schedulerSettings(config));
     this.config = config;
-    this.deliveryLog.reopen();
+    this.deliveryLog.reopen(config.log.deliveriesFile);
   }
 
   async stop(graceMs = 1500): Promise<void> {

@@ -17,8 +17,8 @@ import { accessSync, constants, readdirSync, readFileSync, statSync } from "node
 import { dirname, join } from "node:path";
 import { type Config, resolveSecrets } from "../config/index.ts";
 import { errnoOf, errnoText, errorMessage, formatHostPort, isLoopback } from "../lib/index.ts";
-import { dkimProblems } from "./engine.ts";
-import { bounceRulesProblems } from "./feedback.ts";
+import { dkimProblems } from "../dkim/index.ts";
+import { bounceRulesProblems } from "../feedback/index.ts";
 import { tlsPolicyProblems } from "./tlsDelivery.ts";
 
 export interface StartProblem {

@@ -1,100 +1,16 @@
 /**
- * Outbound TLS policy between the scheduler and the deliverer: every attempt is planned by tlspolicy/
- * (DANE, MTA-STS, overrides) before it reaches the deliverer, and counted for TLS-RPT after.
- *
- * Owns: `PolicyDeliverer` (the scheduler's `DeliveryEngine`), which destination mode applies (a static
- * route's `tls`, else the domain's policy entry, else its MX rollup's, else `default`), RFC 8689's
- * `TLS-Required: No` in the message header; opening `TlsPolicies` from the configuration (reports
- * mailed through the accept pipeline) and the configuration problems `mta check-config` reports.
- * Does not own: the decisions (tlspolicy/), the SMTP client (deliverer/), routing (routing.ts).
- * Invariant: when no host can meet the policy the attempt is deferred with the plan's 4.7.x reason
- * and nothing is sent; the delivery log line of every attempt carries the policy that applied.
- * This sits here until the scheduler's routing step (next hop + policy) can carry the plan itself.
+ * Outbound TLS policy, the app's part: opening tlspolicy/'s `TlsPolicies` from the configuration (its
+ * TLS-RPT reports mailed through the accept pipeline) and the TLS-policy problems `mta check-config`
+ * and `mta serve` refuse.
+ * Does not own: the decisions (tlspolicy/), planning each attempt (route/'s TLS step, asked by the
+ * scheduler's attempt with the message's RFC 8689 header), the SMTP client (deliverer/).
  */
-import { domainToASCII } from "node:url";
-import type { Config, DomainTlsMode } from "../config/index.ts";
-import type { AttemptResult, AttemptTarget, Deliverer, OutboundMessage } from "../deliverer/index.ts";
+import type { Config } from "../config/index.ts";
 import type { Resolver } from "../dns/index.ts";
-import { errorMessage, isLoopback, latin1Decoder } from "../lib/index.ts";
+import { errorMessage, isLoopback } from "../lib/index.ts";
 import type { Logger, Metrics } from "../observe/index.ts";
-import type { DeliveryEngine } from "../scheduler/index.ts";
-import { domainOf, reply } from "../smtp/index.ts";
 import { readCaBundle, TlsPolicies } from "../tlspolicy/index.ts";
-import type { AcceptPipeline } from "./accept.ts";
-import { findRoute, siteFor } from "./routing.ts";
-
-/** RFC 8689 §5: `TLS-Required: No` in the header section. Only the first 64 KiB are looked at. */
-export function asksTlsRequiredNo(body: Uint8Array): boolean {
-  const head = latin1Decoder.decode(body.subarray(0, Math.min(body.length, 65_536)));
-  const end = head.search(/\r?\n\r?\n/);
-  const header = end < 0 ? head : head.slice(0, end + 1);
-  return /(^|\n)tls-required[ \t]*:[ \t]*no[ \t]*\r?(\n|$)/i.test(header);
-}
-
-/** The TLS mode of a destination: its own entry, else the MX rollup it belongs to, else `default`. */
-export function tlsModeFor(
-  config: Config,
-  domain: string,
-  hostNames: readonly string[],
-): { mode: DomainTlsMode; verify: boolean } {
-  const domains = config.delivery.domains;
-  const own =
-    domains[domain] ??
-    (() => {
-      const site = siteFor(domains, domain, hostNames);
-      return site ? domains[site] : undefined;
-    })();
-  return { mode: own?.tls ?? domains.default.tls, verify: own?.tlsVerify ?? domains.default.tlsVerify };
-}
-
-export class PolicyDeliverer implements DeliveryEngine {
-  constructor(
-    private readonly deliverer: Deliverer,
-    private readonly tls: TlsPolicies,
-    private readonly config: () => Config,
-  ) {}
-
-  async deliver(target: AttemptTarget, msg: OutboundMessage): Promise<AttemptResult> {
-    const first = msg.recipients[0];
-    if (!first) return this.deliverer.deliver(target, msg);
-    const config = this.config();
-    const domain = domainOf(first.address);
-    // DNS names (_mta-sts, mta-sts., _smtp._tls) and TLS-RPT's policy-domain are A-labels (RFC 8461
-    // §3.1, RFC 8460 §4.4), whatever form the address was written in.
-    const aLabel = domain.startsWith("[") ? domain : domainToASCII(domain) || domain;
-    const route = findRoute(config.delivery.routes, domain);
-    const own = tlsModeFor(
-      config,
-      domain,
-      target.hosts.map((h) => h.name),
-    );
-    const mode: DomainTlsMode = route?.tls ?? own.mode;
-    const plan = await this.tls.plan({
-      domain: aLabel,
-      hosts: target.hosts,
-      viaMx: !route && !domain.startsWith("["),
-      mode,
-      verify: target.tlsVerify,
-      tlsRequiredNo: asksTlsRequiredNo(msg.body),
-    });
-    let result: AttemptResult;
-    if (plan.defer) {
-      const r = reply(451, plan.defer.enhanced, plan.defer.text);
-      result = {
-        recipients: msg.recipients.map((rc) => ({ index: rc.index, kind: "transient", reply: r })),
-        connectionFailed: false,
-        tls: { policy: plan.defer.policy, verified: false },
-        durationMs: 0,
-      };
-    } else
-      result = await this.deliverer.deliver(
-        { ...target, hosts: plan.hosts.map((h) => ({ name: h.name, ip: h.ip, port: h.port, tls: h.tls })) },
-        msg,
-      );
-    this.tls.record(plan, result, target.sourceAddress);
-    return result;
-  }
-}
+import type { AcceptPipeline } from "../accept/index.ts";
 
 /**
  * What `mta check-config` and `mta serve` refuse in the TLS policy: an unreadable CA bundle, and a

@@ -17,6 +17,7 @@
  */
 import { randomBytes } from "node:crypto";
 import { assert, indexOfBytes } from "../lib/index.ts";
+import { headerEnd } from "../message/index.ts";
 import { isNullSender } from "./status.ts";
 
 export interface DsnRecipient {
@@ -136,12 +137,7 @@ function wrapText(text: string): string {
 
 /** The header section of `message`, ending with its last line end (the empty line excluded). */
 function headerOf(message: Uint8Array): Uint8Array {
-  if (message.length >= 2 && message[0] === 13 && message[1] === 10) return message.subarray(0, 0);
-  const crlf = indexOfBytes(message, new Uint8Array([13, 10, 13, 10]));
-  if (crlf >= 0) return message.subarray(0, crlf + 2);
-  const lf = indexOfBytes(message, new Uint8Array([10, 10]));
-  if (lf >= 0) return message.subarray(0, lf + 1);
-  return message;
+  return message.subarray(0, headerEnd(message));
 }
 
 /**

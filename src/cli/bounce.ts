@@ -8,7 +8,8 @@
  */
 import { readFileSync } from "node:fs";
 import { defineCommand } from "citty";
-import { builtinRulesSource, loadClassifier, replyLineInput } from "../app/index.ts";
+import { builtinRulesSource, replyLineInput } from "../bounce/index.ts";
+import { loadClassifier } from "../feedback/index.ts";
 import { type Config, findConfigPath, loadConfig, parseConfigText } from "../config/index.ts";
 import { EXIT, UsageError } from "../lib/index.ts";
 import { configArg } from "./_args.ts";

@@ -7,7 +7,7 @@
  */
 import fs from "node:fs";
 import { defineCommand } from "citty";
-import { DkimSigner, formatTxtRecord, generateKey } from "../app/index.ts";
+import { DkimSigner, formatTxtRecord, generateKey } from "../dkim/index.ts";
 import { EXIT, errnoOf, errorMessage, fileError, MtaError, UsageError } from "../lib/index.ts";
 
 const keygen = defineCommand({

@@ -20,17 +20,9 @@ import {
   SORT_KEYS,
   type Selector,
   type SortKey,
-} from "../app/index.ts";
+} from "../admin/index.ts";
 import { findConfigPath, loadConfig } from "../config/index.ts";
-import {
-  DURATION_HINT,
-  EXIT,
-  formatBytes,
-  isMessageId,
-  MtaError,
-  parseDuration,
-  UsageError,
-} from "../lib/index.ts";
+import { durationArg, EXIT, formatBytes, isMessageId, MtaError, UsageError } from "../lib/index.ts";
 import { configArg } from "./_args.ts";
 
 const common = {
@@ -57,12 +49,8 @@ function printJson(v: unknown): void {
   print(JSON.stringify(v, null, 2));
 }
 
-function duration(text: string | undefined, what: string): number | undefined {
-  if (text === undefined) return undefined;
-  const v = parseDuration(text);
-  if (v === undefined)
-    throw new UsageError(`${what} must be ${DURATION_HINT} of at most 100 years, not "${text}"`);
-  return v;
+function optionalDuration(flag: string, text: string | undefined): number | undefined {
+  return text === undefined ? undefined : durationArg(flag, text);
 }
 
 function wholeNumber(text: string | undefined, what: string): number | undefined {
@@ -127,7 +115,7 @@ function selector(args: {
       throw new UsageError(`--state must be one of ${MESSAGE_STATES.join(", ")}, not "${args.state}"`);
     sel.state = args.state as MessageState;
   }
-  const older = duration(args["older-than"], "--older-than");
+  const older = optionalDuration("--older-than", args["older-than"]);
   if (older !== undefined) sel.olderThanMs = older;
   return sel;
 }
@@ -382,7 +370,7 @@ const suspend = defineCommand({
     reason: { type: "string", description: "Shown in the summary" },
   },
   async run({ args }) {
-    const forMs = duration(args.for, "--for");
+    const forMs = optionalDuration("--for", args.for);
     if (forMs === 0) throw new UsageError("--for must be more than 0 (leave it out to suspend until resume)");
     const c = await client(args);
     const r = await c.suspend(args.destination.toLowerCase(), forMs, args.reason);

@@ -10,18 +10,16 @@
  */
 import { readFileSync } from "node:fs";
 import { defineCommand } from "citty";
+import { type ListFilter, openSuppressClient, type SuppressClient } from "../admin/index.ts";
 import {
-  type ListFilter,
   type NewSuppression,
   normalizeAddress,
   normalizeScope,
-  openSuppressClient,
   parseCsv,
   REASONS,
-  type SuppressClient,
   SuppressionError,
   type SuppressionReason,
-} from "../app/index.ts";
+} from "../suppression/index.ts";
 import { findConfigPath, loadConfig } from "../config/index.ts";
 import { EXIT, fileError, MtaError, UsageError } from "../lib/index.ts";
 import { configArg } from "./_args.ts";

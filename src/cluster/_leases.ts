@@ -96,6 +96,8 @@ export class LeaseManager {
   private retryAt = Number.POSITIVE_INFINITY;
   private seq = 0;
   private renewing: Promise<void> | undefined;
+  /** Keys other nodes wait for, with the number of nodes sharing each (holders and waiters), as of the last renewal. */
+  private readonly sharers = new Map<string, number>();
   lostTotal = 0;
   /** Acquisitions answered by Redis, and refused ones (full). */
   acquired = 0;
@@ -120,6 +122,16 @@ export class LeaseManager {
   /** Leases held for a site (all sources). */
   heldFor(site: string): number {
     return this.byKey.get(this.k.lease(site))?.size ?? 0;
+  }
+
+  /**
+   * The part of `site`'s `limit` this node should hold: all of it, unless other nodes were refused
+   * a slot of it (seen at the last renewal); then limit / the nodes sharing it, at least 1, so that
+   * a node that gets mail later is not kept out by the ones that came first.
+   */
+  fairShare(site: string, limit: number): number {
+    const n = this.sharers.get(this.k.lease(site));
+    return n === undefined || n <= 1 ? limit : localShare(limit, n);
   }
 
   /** Called with a site's name when a slot of it may have come free (released anywhere, expired, or a mode change). */
@@ -151,7 +163,12 @@ export class LeaseManager {
     const sentAt = performance.now();
     let reply: unknown[];
     try {
-      reply = (await this.link.run(LEASE_ACQUIRE, keys, [member, this.opts.leaseMs, ...limits])) as unknown[];
+      reply = (await this.link.run(LEASE_ACQUIRE, keys, [
+        member,
+        this.opts.leaseMs,
+        ...limits,
+        this.opts.node,
+      ])) as unknown[];
     } catch (err) {
       this.remove(lease);
       if (!(err instanceof RedisDownError))
@@ -312,13 +329,21 @@ export class LeaseManager {
     const sentAt = performance.now();
     let reply: unknown[];
     try {
-      reply = (await this.link.run(LEASE_RENEW, keys, [this.opts.leaseMs, ...members])) as unknown[];
+      reply = (await this.link.run(LEASE_RENEW, keys, [
+        this.opts.leaseMs,
+        ...members,
+        this.opts.node,
+      ])) as unknown[];
     } catch (err) {
       if (!(err instanceof RedisDownError))
         this.opts.log.error("lease renewal failed", { error: errorMessage(err) });
       return;
     }
     const lostIdx = new Set(((reply[1] as unknown[]) ?? []).map((i) => Number(i) - 1));
+    const sharing = (reply[2] as unknown[]) ?? [];
+    this.sharers.clear();
+    for (let i = 0; i + 1 < sharing.length; i += 2)
+      this.sharers.set(String(sharing[i]), Number(sharing[i + 1]));
     const lost = new Set<Lease>();
     for (const i of lostIdx) if (owners[i]) lost.add(owners[i]!);
     for (const l of leases) {
@@ -386,7 +411,7 @@ export class LeaseManager {
           const reply = (await this.link.run(
             LEASE_ACQUIRE,
             [...l.keys],
-            [l.member, this.opts.leaseMs, ...l.limits],
+            [l.member, this.opts.leaseMs, ...l.limits, this.opts.node],
           )) as unknown[];
           if (l.released || l.lost) {
             if (reply[0] === 1) this.sendRelease([l]);

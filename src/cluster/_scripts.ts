@@ -11,6 +11,7 @@
  * Keys (P = the prefix, default "mta:"):
  *   P lease:<site>                sorted set: lease member ("<node>/<instance>/<n>") -> expiry (ms)
  *   P lease:<site>|src:<address>  the same, per source address x site
+ *   P lease:<site>|wait           sorted set: nodes refused a slot of that key -> until when (ms)
  *   P gcra:<site>:<msg|conn|throttle>  string: GCRA theoretical arrival time (ms, fractional)
  *   P state:<site>:<kind>         string: JSON of a suspension or a rule firing, with its TTL
  *   P states                      set: the state keys, so a node that reconnects can read them all
@@ -48,8 +49,10 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 `;
 
 /**
- * Takes one connection slot under every key (site, and source x site) or none.
- * KEYS: lease keys. ARGV: member, leaseMs, limit per key.
+ * Takes one connection slot under every key (site, and source x site) or none. A node refused
+ * is written down as waiting for that key (for two lease periods): the holders see it when they
+ * renew, and keep no more than their fair part of the limit (LEASE_RENEW).
+ * KEYS: lease keys. ARGV: member, leaseMs, limit per key, then the node's name.
  * Reply: {1, expiresAtMs, nowMs} or {0, index of the full key (1-based), nowMs, the earliest expiry
  * among its holders (when a slot comes free unless renewed)}.
  */
@@ -58,9 +61,14 @@ export const LEASE_ACQUIRE = script(
   `${NOW_MS}
 local member = ARGV[1]
 local lease = tonumber(ARGV[2])
+local node = ARGV[#KEYS + 3]
 for i, k in ipairs(KEYS) do
   redis.call('ZREMRANGEBYSCORE', k, '-inf', now)
   if not redis.call('ZSCORE', k, member) and redis.call('ZCARD', k) >= tonumber(ARGV[i + 2]) then
+    if node then
+      redis.call('ZADD', k .. '|wait', now + 2 * lease, node)
+      redis.call('PEXPIRE', k .. '|wait', 2 * lease)
+    end
     local first = redis.call('ZRANGE', k, 0, 0, 'WITHSCORES')
     return {0, i, now, math.floor(tonumber(first[2] or now))}
   end
@@ -68,6 +76,7 @@ end
 for _, k in ipairs(KEYS) do
   redis.call('ZADD', k, now + lease, member)
   redis.call('PEXPIRE', k, lease + 1000)
+  if node then redis.call('ZREM', k .. '|wait', node) end
 end
 return {1, now + lease, now}
 `,
@@ -75,14 +84,42 @@ return {1, now + lease, now}
 
 /**
  * Renews leases: each KEYS[i] with member ARGV[i + 1]. A lease that already expired (or is gone) is
- * not renewed: the node has lost it and must stop using it.
- * ARGV: leaseMs, member per key. Reply: {nowMs, {1-based indexes of the lost leases}}.
+ * not renewed: the node has lost it and must stop using it. For each key with nodes waiting (other
+ * than this one), the reply names the nodes that share it: holders and waiters.
+ * ARGV: leaseMs, member per key, then the node's name.
+ * Reply: {nowMs, {1-based indexes of the lost leases}, {key, nodes sharing it, key, nodes, ...}}.
  */
 export const LEASE_RENEW = script(
   "lease-renew",
   `${NOW_MS}
 local lease = tonumber(ARGV[1])
+local node = ARGV[#KEYS + 2]
 local lost = {}
+local shared = {}
+local seen = {}
+for _, k in ipairs(KEYS) do
+  if not seen[k] then
+    seen[k] = true
+    local w = k .. '|wait'
+    redis.call('ZREMRANGEBYSCORE', w, '-inf', now)
+    local waiting = redis.call('ZRANGE', w, 0, -1)
+    local others = false
+    for _, n in ipairs(waiting) do if n ~= node then others = true end end
+    if others then
+      local nodes = {}
+      local count = 0
+      for _, n in ipairs(waiting) do
+        if not nodes[n] then nodes[n] = true; count = count + 1 end
+      end
+      for _, m in ipairs(redis.call('ZRANGEBYSCORE', k, now, '+inf')) do
+        local n = string.match(m, '^(.*)/[^/]*/[^/]*$') or m
+        if not nodes[n] then nodes[n] = true; count = count + 1 end
+      end
+      shared[#shared + 1] = k
+      shared[#shared + 1] = count
+    end
+  end
+end
 for i, k in ipairs(KEYS) do
   local member = ARGV[i + 1]
   local s = redis.call('ZSCORE', k, member)
@@ -94,7 +131,7 @@ for i, k in ipairs(KEYS) do
     lost[#lost + 1] = i
   end
 end
-return {now, lost}
+return {now, lost, shared}
 `,
 );
 

@@ -64,7 +64,8 @@ export class SiteSlots {
       this.limit = lim;
       this.blocked = false; // a new limit may have room
     }
-    this.target = Math.max(0, Math.min(n, lim));
+    // Other nodes waiting for this site: keep no more than this node's fair part.
+    this.target = Math.max(0, Math.min(n, this.leases.fairShare(this.site, lim)));
     const have = this.count();
     if (have + this.pending < this.target && !this.blocked) {
       for (let k = have + this.pending; k < this.target; k++) void this.acquireOne();

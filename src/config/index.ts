@@ -18,6 +18,7 @@ export {
   parseConfigText,
   renderConfigYaml,
 } from "./load.ts";
+export { RELOAD, type ReloadClass, reloadClassOf, restartNeeded } from "./reload.ts";
 export type { RawConfig } from "./schema.ts";
 export type {
   BouncesConfig,

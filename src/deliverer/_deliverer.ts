@@ -49,6 +49,11 @@ export interface AttemptResult {
   /** Every new connection of this attempt that got as far as EHLO, with what became of its TLS. */
   tlsSessions?: TlsSessionReport[];
   durationMs: number;
+  /**
+   * The connection is being retired (QUIT sent, its 221 not yet read): resolves once the socket is
+   * closed. The caller still counts it against the destination's limit until then.
+   */
+  closing?: Promise<void>;
 }
 
 export interface DelivererOptions {
@@ -222,7 +227,7 @@ export class Deliverer {
           // After a complete transaction the server's state is already reset: no RSET round trip.
           if (pooled.clean || (await reset(pooled, t))) {
             this.m?.reused.inc();
-            const out = await this.run(key, pooled, msg);
+            const out = await this.run(key, pooled, msg, target);
             if (out) return finish(out);
           }
         } finally {
@@ -263,7 +268,7 @@ export class Deliverer {
       }
       this.active++;
       try {
-        const out = await this.run(key, opened.session, msg);
+        const out = await this.run(key, opened.session, msg, target);
         if (out) return finish(out);
         siteFailure = reply(421, "4.4.2", `${host.ip}: connection lost before MAIL was answered`);
       } finally {
@@ -303,7 +308,7 @@ export class Deliverer {
   }
 
   /** Runs the transaction; undefined when the site failed before anything was accepted (try on). */
-  private async run(key: string, s: OpenSession, msg: OutboundMessage) {
+  private async run(key: string, s: OpenSession, msg: OutboundMessage, target: AttemptTarget) {
     const tls: AttemptTls | undefined = s.tlsPolicy
       ? {
           policy: s.tlsPolicy.name,
@@ -326,21 +331,48 @@ export class Deliverer {
     };
     const plan = planContent(s.caps, msg);
     if (Array.isArray(plan)) {
-      this.keepOrQuit(key, s);
-      return { ...base, recipients: plan };
+      const { closing } = await this.keepOrQuit(key, s, target);
+      return { ...base, recipients: plan, ...(closing ? { closing } : {}) };
     }
-    const out = await transaction(s, msg, plan, this.opts.timeouts);
+    const quitAfter = target.keepConnection && !this.closed ? () => !target.keepConnection!() : undefined;
+    const out = await transaction(s, msg, plan, this.opts.timeouts, quitAfter);
     if (out.kind === "site") {
       s.conn.destroy();
       return undefined;
     }
-    if (out.reusable) this.keepOrQuit(key, s);
+    let closing: Promise<void> | undefined;
+    if (out.quitting) {
+      // QUIT went with the message: read its 221 (RFC 5321 §4.1.1.10) without holding the attempt.
+      const c = s.conn;
+      closing = c.read(this.opts.timeouts.quitMs).then(
+        () => c.destroy(),
+        () => c.destroy(),
+      );
+    } else if (out.reusable) closing = (await this.keepOrQuit(key, s, target)).closing;
     else s.conn.destroy();
-    return { ...base, recipients: out.results };
+    return { ...base, recipients: out.results, ...(closing ? { closing } : {}) };
   }
 
-  private keepOrQuit(key: string, s: OpenSession): void {
-    if (this.closed) void s.conn.quit(this.opts.timeouts.quitMs);
-    else this.pool.release(key, s);
+  /**
+   * Pools the connection, or QUITs it. A QUIT because nothing more is coming for the destination
+   * does not hold the attempt for the 221: the promise of its closing is returned, and the scheduler
+   * counts the connection against the destination's limit until it resolves, so a destination never
+   * has more connections open than its limit, not even while one is being retired.
+   */
+  private async keepOrQuit(
+    key: string,
+    s: OpenSession,
+    target: AttemptTarget,
+  ): Promise<{ closing?: Promise<void> }> {
+    if (this.closed) {
+      await s.conn.quit(this.opts.timeouts.quitMs);
+      return {};
+    }
+    // Nothing more is coming for this destination: QUIT (RFC 5321 §4.1.1.10); the socket closes when
+    // the 221 comes or after the QUIT timeout. (Wrapped: an async function would wait for it.)
+    if (target.keepConnection && !target.keepConnection())
+      return { closing: s.conn.quit(this.opts.timeouts.quitMs).catch(() => s.conn.destroy()) };
+    await this.pool.release(key, s);
+    return {};
   }
 }

@@ -42,17 +42,15 @@ export class ConnectionPool {
     return entry.session;
   }
 
-  /** Offers a connection after a transaction; it is kept or QUIT. */
-  release(key: string, session: OpenSession): void {
+  /** Offers a connection after a transaction; it is kept, or QUIT (resolves once closed). */
+  release(key: string, session: OpenSession): Promise<void> {
     const list = this.idle.get(key) ?? [];
     if (
       session.conn.closed ||
       session.messages >= this.limits.maxMessagesPerConnection ||
       list.length >= this.limits.maxIdlePerKey
-    ) {
-      void session.conn.quit(this.timeouts.quitMs);
-      return;
-    }
+    )
+      return session.conn.quit(this.timeouts.quitMs);
     const entry: IdleEntry = {
       session,
       timer: setTimeout(() => {
@@ -65,6 +63,7 @@ export class ConnectionPool {
     list.push(entry);
     this.idle.set(key, list);
     this.count++;
+    return Promise.resolve();
   }
 
   private remove(key: string, entry: IdleEntry): void {

@@ -2,7 +2,7 @@
  * DKIM signing of outbound mail (RFC 6376 with rsa-sha256, RFC 8463 with ed25519-sha256).
  *
  * Owns: the public face of dkim/: `DkimSigner`, key checks and generation, the DNS TXT record.
- * Does not own: reading the config or reloading keys on SIGHUP (app/), the accept pipeline (app/).
+ * Does not own: reloading keys on SIGHUP (app/), the accept pipeline (accept/).
  */
 export {
   DkimKeyError,
@@ -21,3 +21,4 @@ export {
   fromDomain,
 } from "./signer.ts";
 export { type DkimPoolOptions, DkimSignerPool } from "./pool.ts";
+export { dkimProblems, makeSigner, makeSignerPool } from "./_config.ts";

@@ -14,6 +14,7 @@
  */
 import { createHash, sign as cryptoSign } from "node:crypto";
 import { concatBytes } from "../lib/index.ts";
+import { domainOf } from "../smtp/index.ts";
 import { bodyHash, type Canon, canonHeader, parseMessage } from "./_canon.ts";
 import { type DkimAlgorithm, DkimKeyError, type LoadedKey, loadKey } from "./_keys.ts";
 
@@ -95,13 +96,8 @@ export function fromDomain(value: string): string | undefined {
   } while (text !== prev);
   const angle = /<([^>]*)>/.exec(text);
   const addr = angle ? angle[1]! : (text.split(",")[0] ?? "");
-  const at = addr.lastIndexOf("@");
-  if (at < 0) return undefined;
-  const domain = addr
-    .slice(at + 1)
-    .trim()
-    .replace(/\.$/, "")
-    .toLowerCase();
+  if (!addr.includes("@")) return undefined;
+  const domain = domainOf(addr.trim()).replace(/\.$/, "");
   return /^[a-z0-9_.-]+$/.test(domain) && domain.includes(".") ? domain : undefined;
 }
 

@@ -1,5 +1,5 @@
 /**
- * A caching stub resolver over UDP (node:dgram) with TCP fallback on truncation, built on dns-packet.
+ * A caching stub resolver over UDP (Bun.udpSocket) with TCP fallback on truncation, built on dns-packet.
  *
  * Owns: `createResolver`, the query transport, the TTL cache (positive and negative), in-flight dedup,
  * MX / A / AAAA / TXT / TLSA answers, and what the DNSSEC bits of an answer mean.
@@ -18,8 +18,10 @@
  * exists but its signatures do not validate. With `dnssec: false`, nothing is ever `authenticated`.
  *
  * Why not node:dns: under Bun it reports NODATA as ENOTFOUND, gives no TTL and waits 26 s on a silent server.
+ * Why Bun.udpSocket over node:dgram: about 30 µs less CPU per question (measured: 44 against 74 µs
+ * for a question and its answer on loopback), and a new destination costs two or three questions.
+ * At most `maxInFlight` questions are on the wire at once; answers count only from a server asked.
  */
-import dgram from "node:dgram";
 import fs from "node:fs";
 import net from "node:net";
 import dnsPacket from "dns-packet";
@@ -90,6 +92,12 @@ export interface ResolverOptions {
   maxCacheEntries?: number;
   /** The servers validate DNSSEC: ask with DO and AD, trust the AD bit of their answers. Default false. */
   dnssec?: boolean;
+  /**
+   * Questions on the wire at once; more wait their turn. Default 256: a burst of thousands (every
+   * destination due after a restart) would otherwise overflow the socket buffers on either side,
+   * and a dropped answer costs a whole timeout.
+   */
+  maxInFlight?: number;
 }
 
 type QType = "MX" | "A" | "AAAA" | "TXT" | "TLSA";
@@ -160,6 +168,16 @@ interface TlsaData {
   certificate: Buffer;
 }
 
+/** The same IP address, however written (an IPv4-mapped IPv6 address included). */
+function sameHost(configured: string, seen: string): boolean {
+  const strip = (a: string) =>
+    a
+      .toLowerCase()
+      .replace(/^::ffff:/, "")
+      .replace(/^\[|\]$/g, "");
+  return strip(configured) === strip(seen);
+}
+
 function normalizeName(name: string): string {
   return name.toLowerCase().replace(/\.$/, "");
 }
@@ -170,9 +188,12 @@ class StubResolver implements Resolver {
   private readonly cache = new Map<string, CacheEntry>();
   private readonly inflight = new Map<string, Promise<Lookup>>();
   private readonly pending = new Map<number, (p: dnsPacket.DecodedPacket) => void>();
-  private sockets = new Map<4 | 6, dgram.Socket>();
+  private sockets = new Map<4 | 6, Promise<Bun.udp.Socket<"buffer">>>();
   private readonly queries?: Counter;
   private readonly cacheHits?: Counter;
+  private onWire = 0;
+  private readonly waitingTurn: (() => void)[] = [];
+  private waitingHead = 0;
 
   readonly dnssec: boolean;
 
@@ -354,24 +375,57 @@ class StubResolver implements Resolver {
     }
   }
 
-  private socketFor(family: 4 | 6): dgram.Socket {
+  private socketFor(family: 4 | 6): Promise<Bun.udp.Socket<"buffer">> {
     let s = this.sockets.get(family);
     if (s) return s;
-    s = dgram.createSocket(family === 4 ? "udp4" : "udp6");
-    s.on("message", (msg) => {
-      let packet: dnsPacket.DecodedPacket;
-      try {
-        packet = dnsPacket.decode(msg);
-      } catch {
-        return; // garbage: ignore, the query times out
-      }
-      const waiter = packet.id === undefined ? undefined : this.pending.get(packet.id);
-      waiter?.(packet);
+    s = Bun.udpSocket({
+      hostname: family === 4 ? "0.0.0.0" : "::",
+      socket: {
+        data: (_sock, msg, port, address) => {
+          // Only an answer from a server we asked counts (RFC 5452 §9.1): the address and port.
+          if (!this.servers.some((sv) => sv.port === port && sameHost(sv.host, address))) return;
+          let packet: dnsPacket.DecodedPacket;
+          try {
+            packet = dnsPacket.decode(msg);
+          } catch {
+            return; // garbage: ignore, the query times out
+          }
+          const waiter = packet.id === undefined ? undefined : this.pending.get(packet.id);
+          waiter?.(packet);
+        },
+        // ICMP port unreachable from a server that is down (ECONNREFUSED): the question times out
+        // and the next server or round is asked; it must not become an uncaught error.
+        error: () => {},
+      },
+    }).then((sock) => {
+      sock.unref();
+      return sock;
     });
-    s.on("error", () => {});
-    s.unref();
     this.sockets.set(family, s);
     return s;
+  }
+
+  /** Waits for a turn on the wire (see `maxInFlight`). */
+  private turn(): Promise<void> | undefined {
+    if (this.onWire < (this.opts.maxInFlight ?? 256)) {
+      this.onWire++;
+      return undefined;
+    }
+    return new Promise((resolve) => this.waitingTurn.push(resolve));
+  }
+
+  private endTurn(): void {
+    const next = this.waitingTurn[this.waitingHead];
+    if (next === undefined) {
+      this.onWire--;
+      return;
+    }
+    this.waitingTurn[this.waitingHead++] = undefined as unknown as () => void;
+    if (this.waitingHead > 1024 && this.waitingHead * 2 > this.waitingTurn.length) {
+      this.waitingTurn.splice(0, this.waitingHead);
+      this.waitingHead = 0;
+    }
+    next(); // the turn passes on: onWire stays as it is
   }
 
   /** The question as a packet: RD, and with `dnssec` the AD and DO bits (plus CD when asked). */
@@ -395,7 +449,22 @@ class StubResolver implements Resolver {
     return q;
   }
 
-  private queryServer(
+  private async queryServer(
+    server: { host: string; port: number },
+    qname: string,
+    type: QType,
+    checkingDisabled: boolean,
+  ): Promise<RawAnswer> {
+    const wait = this.turn();
+    if (wait) await wait;
+    try {
+      return await this.querySent(server, qname, type, checkingDisabled);
+    } finally {
+      this.endTurn();
+    }
+  }
+
+  private querySent(
     server: { host: string; port: number },
     qname: string,
     type: QType,
@@ -404,7 +473,25 @@ class StubResolver implements Resolver {
     const id = this.newId();
     const query = dnsPacket.encode(this.question(id, qname, type, checkingDisabled));
     const family = net.isIP(server.host) === 6 ? 6 : 4;
-    const socket = this.socketFor(family);
+    return this.socketFor(family).then(
+      (socket) => this.exchange(socket, server, qname, type, checkingDisabled, id, query),
+      (err: unknown): RawAnswer => ({
+        kind: "error",
+        error: "other",
+        detail: `no UDP socket: ${String(err)}`,
+      }),
+    );
+  }
+
+  private exchange(
+    socket: Bun.udp.Socket<"buffer">,
+    server: { host: string; port: number },
+    qname: string,
+    type: QType,
+    checkingDisabled: boolean,
+    id: number,
+    query: Buffer,
+  ): Promise<RawAnswer> {
     return new Promise<RawAnswer>((resolve) => {
       const timer = setTimeout(() => {
         this.pending.delete(id);
@@ -426,16 +513,18 @@ class StubResolver implements Resolver {
         }
         resolve({ kind: "answer", packet });
       });
-      socket.send(query, server.port, server.host, (err) => {
-        if (!err) return;
+      let sent = false;
+      let why = "the socket's buffer is full";
+      try {
+        sent = socket.send(query, server.port, server.host);
+      } catch (err) {
+        why = String(err);
+      }
+      if (!sent) {
         clearTimeout(timer);
         this.pending.delete(id);
-        resolve({
-          kind: "error",
-          error: "other",
-          detail: `send to ${server.host}:${server.port}: ${err.message}`,
-        });
-      });
+        resolve({ kind: "error", error: "other", detail: `send to ${server.host}:${server.port}: ${why}` });
+      }
     });
   }
 

@@ -3,7 +3,8 @@
  *
  * Owns: `resolveDestination`: MX preference order with a random order among equal preferences
  * (RFC 5321 §5.1), implicit MX when there is no MX (RFC 5321 §5.1), null MX (RFC 7505), address family
- * preference, and which DNS outcomes are permanent and which are transient.
+ * preference (the other family of a host that has a preferred address is looked up only when
+ * needed), and which DNS outcomes are permanent and which are transient.
  * Does not own: the DNS transport or cache (resolver.ts), static routes (the scheduler/app decide those).
  * Invariants: only NXDOMAIN of the domain, a null MX, and MX/implicit hosts that all provably have no
  * address are permanent; anything that might be a passing DNS problem is transient.
@@ -19,7 +20,16 @@ export interface RouteHost {
 }
 
 export type RouteResult =
-  | { kind: "hosts"; hosts: RouteHost[] }
+  | {
+      kind: "hosts";
+      hosts: RouteHost[];
+      /**
+       * The other address family of hosts that have one of the preferred family, looked up only if
+       * called: when none of `hosts` could be reached. Hosts without a preferred address already
+       * have their other-family addresses in `hosts`, at their MX position.
+       */
+      more?: () => Promise<RouteHost[]>;
+    }
   | { kind: "permanent"; enhanced: "5.1.2" | "5.1.10" | string; reason: string }
   | { kind: "transient"; reason: string };
 
@@ -99,24 +109,56 @@ export async function resolveDestination(
       break;
   }
 
-  const lookups = await Promise.all(
-    mxHosts.map((h) => Promise.all(families.map((f) => resolver.addresses(h.exchange, f)))),
-  );
+  // The preferred family first; the other family at once only for hosts without a preferred
+  // address, else on demand (`more`): one question fewer per destination when the first one works.
+  const [first, second] = families as [4 | 6, (4 | 6)?];
+  const firsts = await Promise.all(mxHosts.map((h) => resolver.addresses(h.exchange, first)));
+  const seconds =
+    second === undefined
+      ? []
+      : await Promise.all(
+          mxHosts.map((h, i) =>
+            firsts[i]!.kind === "ok" ? undefined : resolver.addresses(h.exchange, second),
+          ),
+        );
   const hosts: RouteHost[] = [];
   const problems: string[] = [];
   let anyError = false;
+  const note = (h: { exchange: string }, family: 4 | 6, r: AddressLookup) => {
+    const rr = family === 4 ? "A" : "AAAA";
+    if (r.kind === "error") {
+      anyError = true;
+      problems.push(`${h.exchange}/${rr}: ${r.error}`);
+    } else if (r.kind !== "ok") problems.push(`${h.exchange}/${rr}: ${r.kind}`);
+  };
+  const deferred: { exchange: string; preference: number }[] = [];
   mxHosts.forEach((h, i) => {
-    const results = lookups[i]!;
-    results.forEach((r: AddressLookup, k) => {
-      if (r.kind === "ok") {
-        for (const ip of r.addresses) hosts.push({ name: h.exchange, ip, port, preference: h.preference });
-      } else if (r.kind === "error") {
-        anyError = true;
-        problems.push(`${h.exchange}/${families[k] === 4 ? "A" : "AAAA"}: ${r.error}`);
-      } else problems.push(`${h.exchange}/${families[k] === 4 ? "A" : "AAAA"}: ${r.kind}`);
-    });
+    const a = firsts[i]!;
+    const b = seconds[i];
+    note(h, first, a);
+    if (a.kind === "ok") {
+      for (const ip of a.addresses) hosts.push({ name: h.exchange, ip, port, preference: h.preference });
+      deferred.push(h);
+    } else if (b) {
+      note(h, second!, b);
+      if (b.kind === "ok")
+        for (const ip of b.addresses) hosts.push({ name: h.exchange, ip, port, preference: h.preference });
+    }
   });
-  if (hosts.length > 0) return { kind: "hosts", hosts };
+  if (hosts.length > 0) {
+    if (second === undefined || deferred.length === 0) return { kind: "hosts", hosts };
+    const more = async (): Promise<RouteHost[]> => {
+      const found = await Promise.all(deferred.map((h) => resolver.addresses(h.exchange, second)));
+      const out: RouteHost[] = [];
+      deferred.forEach((h, i) => {
+        const r = found[i]!;
+        if (r.kind === "ok")
+          for (const ip of r.addresses) out.push({ name: h.exchange, ip, port, preference: h.preference });
+      });
+      return out;
+    };
+    return { kind: "hosts", hosts, more };
+  }
   if (anyError) return { kind: "transient", reason: `no address for ${name}: ${problems.join(", ")}` };
   if (implicit)
     return { kind: "permanent", enhanced: "5.1.2", reason: `${name} has neither MX nor address records` };

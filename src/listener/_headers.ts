@@ -5,12 +5,10 @@
  * §8 fix-ups (Message-ID, Date) on submission listeners.
  * Invariant: the message bytes after our headers are exactly the bytes the client sent.
  */
-import { indexOfBytes, latin1Decoder, newMessageId, textEncoder } from "../lib/index.ts";
+import { newMessageId } from "../lib/index.ts";
+import { hasField, headerText, rfc5322Date } from "../message/index.ts";
 
-/** `Thu, 26 Nov 2026 05:22:30 +0000` (RFC 5322 §3.3, always UTC). */
-export function rfc5322Date(ms: number): string {
-  return new Date(ms).toUTCString().replace("GMT", "+0000");
-}
+export { rfc5322Date };
 
 /** Keeps a peer-chosen token printable and free of characters that would break a header comment. */
 function clean(text: string): string {
@@ -42,19 +40,14 @@ export function receivedHeader(r: ReceivedInfo): string {
   return `${h};\r\n\t${rfc5322Date(r.nowMs)}\r\n`;
 }
 
-const HEADER_END = textEncoder.encode("\r\n\r\n");
-
 /**
  * RFC 6409 §8.3 and §8.1: the header lines to add when the message has no Message-ID or no Date.
  * Only the header section (up to the first empty line) is looked at.
  */
 export function submissionHeaders(message: Uint8Array, hostname: string, nowMs: number): string {
-  let end =
-    message.length >= 2 && message[0] === 13 && message[1] === 10 ? 0 : indexOfBytes(message, HEADER_END);
-  if (end === -1) end = message.length;
-  const head = latin1Decoder.decode(message.subarray(0, end));
+  const head = headerText(message);
   let add = "";
-  if (!/^message-id[ \t]*:/im.test(head)) add += `Message-ID: <${newMessageId(nowMs)}@${hostname}>\r\n`;
-  if (!/^date[ \t]*:/im.test(head)) add += `Date: ${rfc5322Date(nowMs)}\r\n`;
+  if (!hasField(head, "message-id")) add += `Message-ID: <${newMessageId(nowMs)}@${hostname}>\r\n`;
+  if (!hasField(head, "date")) add += `Date: ${rfc5322Date(nowMs)}\r\n`;
   return add;
 }

@@ -138,7 +138,7 @@ class Session {
  * raises on it and the client retries, delivering everything twice). So the reply names the ids while
  * the line stays within 512 octets and then says how many more there are: clients that read
  * "queued as <id>" still find the first id, and the delivery log's reception records name every id,
- * each with `transaction` set to the first one (app/accept.ts).
+ * each with `transaction` set to the first one (accept/_pipeline.ts).
  */
 function queuedReply(ids: readonly string[]): SmtpReply {
   let text = "Ok: queued as";

@@ -5,6 +5,8 @@
  * excluded).
  */
 
+import { hasField, headerText } from "../message/index.ts";
+
 /** RFC 5322 §2.1.1: a line is at most 998 characters, the CRLF excluded. */
 export const MAX_LINE_OCTETS = 998;
 
@@ -47,9 +49,6 @@ export function scanContent(m: Uint8Array): ContentScan {
  * re-encoding would break it. Asked only when a conversion is about to happen.
  */
 export function isSigned(m: Uint8Array): boolean {
-  const limit = Math.min(m.length, 256 * 1024);
-  const head = Buffer.from(m.buffer, m.byteOffset, limit).toString("latin1");
-  const end = head.indexOf("\r\n\r\n");
-  const header = end < 0 ? head : head.slice(0, end + 2);
-  return /(^|\n)(dkim-signature|arc-message-signature)[ \t]*:/i.test(header);
+  const header = headerText(m);
+  return hasField(header, "dkim-signature") || hasField(header, "arc-message-signature");
 }

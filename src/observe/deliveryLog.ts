@@ -47,7 +47,7 @@ export class DeliveryLog {
   /** Lines written since start, for tests and metrics. */
   written = 0;
 
-  constructor(private readonly file: string) {
+  constructor(private file: string) {
     this.open();
   }
 
@@ -90,10 +90,12 @@ export class DeliveryLog {
     for (const fn of this.listeners) fn();
   }
 
-  /** Close and open the file again (after logrotate moved it). */
-  reopen(): void {
+  /** Close and open the file again (after logrotate moved it), or another file (a reload). */
+  reopen(file = this.file): void {
     this.flush();
     if (this.fd >= 0) closeSync(this.fd);
+    this.fd = -1;
+    this.file = file;
     this.open();
   }
 

@@ -9,11 +9,17 @@ type Labels = Record<string, string>;
 
 function labelKey(labels: Labels | undefined): string {
   if (!labels) return "";
-  const keys = Object.keys(labels).sort();
+  const keys = Object.keys(labels);
+  // The hot path (one label, as most counters have): no sort, no array.
+  if (keys.length === 1) return `${keys[0]}="${escapeLabel(labels[keys[0]!]!)}"`;
+  keys.sort();
   return keys.map((k) => `${k}="${escapeLabel(labels[k]!)}"`).join(",");
 }
 
+const NEEDS_ESCAPE = /[\\\n"]/;
+
 function escapeLabel(v: string): string {
+  if (!NEEDS_ESCAPE.test(v)) return v;
   return v.replace(/\\/g, "\\\\").replace(/\n/g, "\\n").replace(/"/g, '\\"');
 }
 

@@ -1,14 +1,16 @@
 /**
- * A ready queue: a FIFO of slot numbers in a growable ring buffer.
+ * A ready queue: a FIFO of slot references (see _slots.ts) in a growable ring buffer.
  *
- * Owns: the order in which a destination's due messages are handed to its connections.
- * Invariants: `shift` returns slots in the order they were pushed, except those put back at the
+ * Owns: the order in which a site's due messages are handed to its connections.
+ * Does not own: whether an entry is still current (the slot table says; stale entries are skipped
+ * by whoever shifts them).
+ * Invariants: `shift` returns entries in the order they were pushed, except those put back at the
  * front with `unshift` (a message returned unattempted after a site failure goes first again).
- * Memory: 4 bytes per queued slot; no object per entry.
+ * Memory: 8 bytes per queued entry; no object per entry.
  */
 
 export class SlotFifo {
-  private ring = new Int32Array(16);
+  private ring = new Float64Array(16);
   private head = 0;
   private count = 0;
 
@@ -16,16 +18,16 @@ export class SlotFifo {
     return this.count;
   }
 
-  push(slot: number): void {
+  push(ref: number): void {
     if (this.count === this.ring.length) this.grow();
-    this.ring[(this.head + this.count) & (this.ring.length - 1)] = slot;
+    this.ring[(this.head + this.count) & (this.ring.length - 1)] = ref;
     this.count++;
   }
 
-  unshift(slot: number): void {
+  unshift(ref: number): void {
     if (this.count === this.ring.length) this.grow();
     this.head = (this.head - 1) & (this.ring.length - 1);
-    this.ring[this.head] = slot;
+    this.ring[this.head] = ref;
     this.count++;
   }
 
@@ -52,7 +54,7 @@ export class SlotFifo {
 
   private grow(): void {
     const n = this.ring.length * 2;
-    const next = new Int32Array(n);
+    const next = new Float64Array(n);
     const mask = this.ring.length - 1;
     for (let i = 0; i < this.count; i++) next[i] = this.ring[(this.head + i) & mask]!;
     this.ring = next;

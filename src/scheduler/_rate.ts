@@ -9,10 +9,7 @@
  * `count` (a full bucket), so "100/s" allows 100 at once and then one every 10 ms.
  */
 
-export interface Rate {
-  count: number;
-  perMs: number;
-}
+import type { Rate } from "../lib/index.ts";
 
 export class RateLimiter {
   /** Theoretical arrival time of the next event when the bucket is empty. */
@@ -42,25 +39,4 @@ export class RateLimiter {
     this.tat = Math.max(this.tat, nowMs) + this.intervalMs;
     return 0;
   }
-}
-
-/** Parses `"100/s"`, `"5000/h"`, `"10/500ms"`, `"2/5m"` into a `Rate`. */
-export function parseRate(text: string): Rate | undefined {
-  const m = /^\s*(\d+(?:\.\d+)?)\s*\/\s*(\d+(?:\.\d+)?)?\s*(ms|s|sec|m|min|h|hr|d)\s*$/i.exec(text);
-  if (!m) return undefined;
-  const count = Number(m[1]);
-  const n = m[2] === undefined ? 1 : Number(m[2]);
-  const unit: Record<string, number> = {
-    ms: 1,
-    s: 1000,
-    sec: 1000,
-    m: 60_000,
-    min: 60_000,
-    h: 3_600_000,
-    hr: 3_600_000,
-    d: 86_400_000,
-  };
-  const perMs = n * unit[m[3]!.toLowerCase()]!;
-  if (!(count > 0) || !(perMs > 0)) return undefined;
-  return { count, perMs };
 }

@@ -1,48 +1,24 @@
 /**
  * The scheduler's public value types and the shapes of what it is given.
  *
- * Owns: `DestinationPolicy`, `SchedulerOptions`, `SchedulerRoute`, `SchedulerEvent`, `DestinationSummary`,
- * and `SchedulerSpool` / `DeliveryEngine`: the parts of the spool and the deliverer the scheduler uses,
- * written structurally so tests and the app can pass the real `Spool` and `Deliverer`.
- * Does not own: DNS (the app passes `route`, built from static routes and dns/'s `resolveDestination`,
- * whose `RouteResult` fits `SchedulerRoute`; scheduler/ may not import dns/).
+ * Owns: `SchedulerOptions`, `SchedulerSettings` (what a reload may change), `SchedulerRouter`,
+ * `DestinationEvent`, `DestinationSummary`, `CommandResult`, and `SchedulerSpool` / `DeliveryEngine`:
+ * the parts of the spool and the deliverer the scheduler uses, written structurally so tests and the
+ * app can pass the real `Spool` and `Deliverer`.
+ * Does not own: routing and policy (route/), outcomes and DSNs (disposition/).
  */
-import type { Clock } from "../lib/index.ts";
 import type { AttemptResult, AttemptTarget, OutboundMessage } from "../deliverer/index.ts";
+import type { Classifying, DisposableMessage, DsnInjector, MessageEvent } from "../disposition/index.ts";
+import type { Clock } from "../lib/index.ts";
 import type { Logger, Metrics } from "../observe/index.ts";
-import type { Rate } from "./_rate.ts";
-import type { BackoffRule } from "./_rules.ts";
+import type { BackoffRule, DestinationPolicy, RouteDecision, RouteOptions } from "../route/index.ts";
+import type { SmtpReply } from "../smtp/index.ts";
+import type { Rate } from "../lib/index.ts";
 
 export type RecipientState = "pending" | "delivered" | "failed";
-export type NotifyKeyword = "SUCCESS" | "FAILURE" | "DELAY" | "NEVER";
-
-export interface SchedulerNewMessage {
-  sender: string;
-  destination: string;
-  recipients: { address: string; notify?: NotifyKeyword[]; orcpt?: string }[];
-  attributes?: Record<string, string>;
-  body: Uint8Array;
-}
-
-export interface SchedulerStoredMessage {
-  id: string;
-  sender: string;
-  destination: string;
-  arrivalMs: number;
-  attempts: number;
-  recipients: {
-    address: string;
-    notify?: NotifyKeyword[];
-    orcpt?: string;
-    state: RecipientState;
-    lastReply?: string;
-  }[];
-  attributes: Record<string, string>;
-}
 
 /** What the scheduler needs of the spool (the real `Spool` has all of it). */
 export interface SchedulerSpool {
-  append(msg: SchedulerNewMessage): Promise<{ id: string; slot: number }>;
   recordOutcome(
     slot: number,
     u: {
@@ -52,7 +28,7 @@ export interface SchedulerSpool {
       reason?: string;
     },
   ): Promise<void>;
-  read(slot: number): Promise<{ message: SchedulerStoredMessage; body: Uint8Array }>;
+  read(slot: number): Promise<{ message: DisposableMessage; body: Uint8Array }>;
   isLive(slot: number): boolean;
   idOf(slot: number): string;
   slotOf(id: string): number | undefined;
@@ -70,45 +46,15 @@ export interface DeliveryEngine {
   deliver(target: AttemptTarget, msg: OutboundMessage): Promise<AttemptResult>;
 }
 
-/**
- * Where a destination's mail goes. dns/'s `RouteResult` is one; a static route (or the app) may add
- * AUTH, a TLS override, a source address and an EHLO name.
- */
-export type SchedulerRoute =
-  | {
-      kind: "hosts";
-      hosts: { name: string; ip: string; port: number }[];
-      auth?: { username: string; password: string };
-      tls?: "off" | "opportunistic" | "required";
-      tlsVerify?: boolean;
-      sourceAddress?: string;
-      ehloName?: string;
-      /**
-       * The site whose queue and limits this destination shares (MX rollup: every domain whose MX
-       * matches a rollup's patterns names the rollup). Default: the destination itself.
-       */
-      site?: string;
-    }
-  | { kind: "permanent"; enhanced: string; reason: string }
-  | { kind: "transient"; reason: string };
-
-export interface DestinationPolicy {
-  /** Connection limit for this destination (capped by the global `maxConnections`). */
-  maxConnections: number;
-  /** Messages one connection worker sends before it ends (the deliverer's pool may still reuse the socket). */
-  maxMessagesPerConnection: number;
-  messageRate?: Rate;
-  connectionRate?: Rate;
-  tls: "off" | "opportunistic" | "required";
-  tlsVerify: boolean;
-  /** Overrides the global retry schedule. */
-  retryMs?: number[];
-  /** Slow start: the concurrency window's first size (default 2). */
-  initialWindow?: number;
-  /** Reply-driven backoff rules; default `DEFAULT_BACKOFF_RULES`. */
-  rules?: readonly BackoffRule[];
-  /** Egress pool (a name in `SchedulerOptions.pools`); default `SchedulerOptions.defaultPool`. */
-  pool?: string;
+/** What the scheduler needs of the routing step (route/'s `Router` has it). */
+export interface SchedulerRouter {
+  /** The queue key of a domain when known without I/O; undefined: `route` must be asked first. */
+  siteOf(domain: string): string | undefined;
+  /** With `tls`, the hosts come planned for this message's TLS (tlspolicy/). */
+  route(domain: string, opts?: RouteOptions): Promise<RouteDecision>;
+  policyOf(site: string): DestinationPolicy;
+  /** Changes whenever the routes change (a reload): queued mail is re-keyed then. */
+  readonly version: number;
 }
 
 /** A local address outbound connections are bound to, and the EHLO name they announce. */
@@ -125,37 +71,8 @@ export interface PoolMember {
   weight: number;
 }
 
-/** Message events: exactly the delivery log's event types, so `onEvent` can feed `DeliveryLog.write`. */
-export type SchedulerEventType =
-  | "delivery"
-  | "transient-failure"
-  | "bounce"
-  | "expiration"
-  | "dsn"
-  | "delay-warning";
-
-/** One delivery-log line about a message (and one recipient, except for `dsn`). */
-export interface SchedulerEvent {
-  type: SchedulerEventType;
-  id: string;
-  destination: string;
-  sender?: string;
-  recipient?: string;
-  mx?: string;
-  ip?: string;
-  tls?: AttemptResult["tls"];
-  code?: number;
-  enhanced?: string;
-  text?: string;
-  attempt?: number;
-  queueTimeMs?: number;
-  size?: number;
-  /** `dsn`: the DSN's own message id and its action (failed, delayed, delivered). */
-  dsnId?: string;
-  action?: string;
-  /** `bounce` without a remote reply: "route" (DNS permanent) or "rule:<name>". */
-  reason?: string;
-}
+/** Message events: the delivery log's lines about messages (see disposition/). */
+export type SchedulerEvent = MessageEvent;
 
 /** Something that happened to a destination: suspended, resumed, or a backoff rule fired. */
 export interface DestinationEvent {
@@ -169,12 +86,8 @@ export interface DestinationEvent {
   action?: "suspend" | "throttle" | "bounce";
 }
 
-export interface SchedulerOptions {
-  spool: SchedulerSpool;
-  deliverer: DeliveryEngine;
-  route(destination: string): Promise<SchedulerRoute>;
-  /** EHLO name (unless the route gives one) and Reporting-MTA of DSNs. */
-  hostname: string;
+/** What a configuration reload may change while the scheduler runs. */
+export interface SchedulerSettings {
   /** Retry delays; the last one repeats. */
   retryMs: number[];
   maxAgeMs: number;
@@ -182,15 +95,8 @@ export interface SchedulerOptions {
   delayWarningMs: number;
   /** Global cap on concurrent connection workers. */
   maxConnections: number;
-  /**
-   * The policy of a site: a destination's own name, or a rollup's name (see `SchedulerRoute.site`).
-   * `maxConnections` applies per (source x site).
-   */
-  policyFor(site: string): DestinationPolicy;
-  /** Egress pools by name. A message's `pool` attribute, else its site's policy, picks one. */
-  pools?: Record<string, readonly PoolMember[]>;
-  /** Pool for sites whose policy names none; unset or unknown: no source is bound (the kernel chooses). */
-  defaultPool?: string;
+  /** Suspension after a whole-site failure: 1st, 2nd, ... in a row; the last repeats. Default 1m, 5m, 15m, 30m. */
+  siteBackoffMs?: number[];
   /** Cap on connections bound to one source address (ephemeral ports); default 20,000. */
   maxConnectionsPerSource?: number;
   /**
@@ -198,21 +104,71 @@ export interface SchedulerOptions {
    * tier, deferred by about a second per bound's worth of overflow, so a stalled site cannot fill RAM.
    */
   maxReadyPerSite?: number;
+  /** DSNs return the whole original up to this size, else its header (bounce/'s default otherwise). */
+  dsnMaxOriginalBytes?: number;
+}
+
+/** A rate a site asks before an event (a message, a connection): scheduler's RateLimiter, or a shared one. */
+export interface RateGate {
+  /** Ms until one more event may happen (0 = now); takes nothing. */
+  waitMs(nowMs: number): number;
+  /** Takes one event when allowed (0), else returns the wait (nothing taken). */
+  take(nowMs: number): number;
+}
+
+/** A site's connection slots on this node, drawn from a limit shared by several nodes. */
+export interface SharedSlots {
   /**
-   * Routes may name a site (MX rollup): a destination's due messages wait for its first route lookup
-   * before they are queued, so that they join the rollup's queue and limits from the start.
+   * Slots this node holds now; asks (in the background) for as many as `wanted` of a cluster-wide
+   * `limit`, and gives back what it holds beyond `wanted`. The site is woken when the count grew.
    */
-  rollup?: boolean;
-  /** Suspension after a whole-site failure: 1st, 2nd, ... in a row; the last repeats. Default 1m, 5m, 15m, 30m. */
-  siteBackoffMs?: number[];
+  held(wanted: number, limit: number): number;
+  /** Gives every slot back (the site is retired). */
+  close(): void;
+}
+
+/**
+ * Limits and site state shared by several nodes (a cluster through Redis, app/cluster.ts). Absent:
+ * every limit is this node's own and nothing here is on the path. A site asks it for its rates and
+ * its connection slots, keyed by the site's name so that every node agrees on keys; the scheduler's
+ * process-wide caps (delivery.max_connections, per source) stay local.
+ */
+export interface SharedLimits {
+  /** A rate of `site` that every node draws from; `wake` when events may be free after a wait. */
+  rate(site: string, what: "msg" | "conn" | "throttle", rate: Rate, wake: () => void): RateGate;
+  /** The connection slots of `site` (of source `address` x site, when given), woken by `wake`. */
+  slots(site: string, source: { address: string; limit: number } | undefined, wake: () => void): SharedSlots;
+  /** A backoff rule fired on this node (not one applied from another node): tell every node. */
+  ruleFired(site: string, rule: BackoffRule, reply: SmtpReply, forMs: number): void;
+}
+
+export interface SchedulerOptions extends SchedulerSettings {
+  spool: SchedulerSpool;
+  deliverer: DeliveryEngine;
+  router: SchedulerRouter;
+  /** How DSNs are queued (the app: through the accept pipeline). Without one, DSNs are logged as lost. */
+  dsn?: DsnInjector;
+  /** Bounce classes on result events and suppression of permanent bounces (feedback/). */
+  classifying?: Classifying;
+  /**
+   * The MAIL FROM of a message with one pending recipient, when it differs from the stored sender
+   * (VERP: feedback/'s return path). DSNs still go to the stored sender.
+   */
+  returnPath?(id: string, sender: string, recipient: string): string | undefined;
+  /** EHLO name (unless the route gives one) and Reporting-MTA of DSNs. */
+  hostname: string;
+  /** Egress pools by name. A message's `pool` attribute, else its site's policy, picks one. */
+  pools?: Record<string, readonly PoolMember[]>;
+  /** Pool for sites whose policy names none; unset or unknown: no source is bound (the kernel chooses). */
+  defaultPool?: string;
   /** Relative jitter on retry delays (default 0.1 = ±10%). */
   jitter?: number;
   random?: () => number;
-  /** DSNs return the whole original up to this size, else its header (bounce/'s default otherwise). */
-  dsnMaxOriginalBytes?: number;
   onEvent?(e: SchedulerEvent): void;
   onDestinationEvent?(e: DestinationEvent): void;
   clock?: Clock;
+  /** Limits shared with other nodes (cluster:); absent = this node's own limits only. */
+  shared?: SharedLimits;
   log: Logger;
   metrics?: Metrics;
 }
@@ -221,7 +177,7 @@ export type DestinationState = "active" | "idle" | "suspended" | "backoff" | "th
 
 export interface DestinationSummary {
   destination: string;
-  /** The site (rollup) whose queue and limits the destination shares, when it is not the destination itself. */
+  /** The site (rollup, route's next hop) whose queue and limits the destination shares, when not itself. */
   site?: string;
   messages: number;
   /** Pending recipients. */
@@ -232,7 +188,9 @@ export interface DestinationSummary {
   /** Earliest next attempt (now for messages in the ready queue). */
   nextAttemptMs: number | undefined;
   ready: number;
+  /** Attempts in flight for this destination's messages. */
   activeConnections: number;
+  /** The site's limit and window now (0 when the scheduler has no site for it yet). */
   connectionLimit: number;
   window: number;
   state: DestinationState;
@@ -240,4 +198,14 @@ export interface DestinationSummary {
   reason?: string;
   untilMs?: number;
   lastError?: string;
+}
+
+/** The answer to an operator's bounce or delete once every selected message was handled. */
+export interface CommandResult {
+  /** Messages bounced or deleted. */
+  affected: number;
+  /** Recipients those messages had pending. */
+  recipients: number;
+  dsns: number;
+  failed: { id: string; error: string }[];
 }

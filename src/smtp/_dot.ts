@@ -14,7 +14,7 @@ import { CR, DOT, LF } from "../lib/index.ts";
  *
  * A "line" starts after an LF and also after a bare CR (one not followed by LF): a next hop that takes
  * a bare CR for a line end must never see `<CR>.<CR>` or `<CR>.<CRLF>` as the end of the data (SMTP
- * smuggling). mta stores no bare CR in line-structured mail (app/accept.ts normalizes them), so this
+ * smuggling). mta stores no bare CR in line-structured mail (accept/_pipeline.ts normalizes them), so this
  * only matters for mail that reached the spool some other way.
  */
 export function dotStuff(body: Uint8Array): Uint8Array {

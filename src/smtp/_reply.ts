@@ -71,6 +71,24 @@ export function replyText(r: SmtpReply): string {
   return `${r.code}${r.enhanced ? ` ${r.enhanced}` : ""} ${r.lines.join(" / ")}`;
 }
 
+/**
+ * One line as stored in the spool and the delivery log: `450 4.2.0 text` (lines joined by spaces).
+ * `parseStoredReply` reads it back.
+ */
+export function replyLine(r: SmtpReply): string {
+  return `${r.code}${r.enhanced ? ` ${r.enhanced}` : ""} ${r.lines.join(" ")}`.trim();
+}
+
+/** A stored `replyLine` back into a reply; undefined for empty or malformed text. */
+export function parseStoredReply(text: string | undefined): SmtpReply | undefined {
+  if (!text) return undefined;
+  const m = /^(\d{3})(?:\s+([245]\.\d{1,3}\.\d{1,3}))?\s*(.*)$/s.exec(text);
+  if (!m) return undefined;
+  return m[2]
+    ? { code: Number(m[1]), enhanced: m[2], lines: [m[3] ?? ""] }
+    : { code: Number(m[1]), lines: [m[3] ?? ""] };
+}
+
 const ENHANCED = /^([245]\.\d{1,3}\.\d{1,3})(?:\s+|$)/;
 
 /**

@@ -47,6 +47,7 @@
  *   f64 idMs | u32 idCounter | u32 attempts | f64 nextAttemptMs | str reason |
  *   u32 recipientCount | (u8 state | u8 flags (2 has last reply) | [str lastReply])*
  */
+import type { NotifyKeyword } from "../smtp/index.ts";
 import { textDecoder, textEncoder } from "../lib/index.ts";
 
 export const FILE_MAGIC = textEncoder.encode("MTASPOOL");
@@ -71,7 +72,6 @@ export const STATE_PENDING = 0;
 export const STATE_DELIVERED = 1;
 export const STATE_FAILED = 2;
 
-export type NotifyKeyword = "SUCCESS" | "FAILURE" | "DELAY" | "NEVER";
 const NOTIFY_BITS: Record<NotifyKeyword, number> = { SUCCESS: 1, FAILURE: 2, DELAY: 4, NEVER: 8 };
 const NOTIFY_ORDER: NotifyKeyword[] = ["SUCCESS", "FAILURE", "DELAY", "NEVER"];
 

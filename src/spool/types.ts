@@ -7,7 +7,9 @@ import type { Clock } from "../lib/index.ts";
 import type { Logger, Metrics } from "../observe/index.ts";
 import type { FileLayer } from "./_files.ts";
 
-export type NotifyKeyword = "SUCCESS" | "FAILURE" | "DELAY" | "NEVER";
+import type { NotifyKeyword } from "../smtp/index.ts";
+
+export type { NotifyKeyword };
 
 export interface RecipientSpec {
   address: string;

@@ -210,3 +210,80 @@ test("an address the process may not reach is never connected to: a site failure
   expect(p.sessions).toHaveLength(0);
   await d.close();
 });
+
+test("a connection nothing more is coming for gets QUIT right behind the message; one with more mail is kept", async () => {
+  const p = await peer({ ehlo: ["PIPELINING"] });
+  const d = new Deliverer({
+    timeouts: FAST,
+    maxMessagesPerConnection: 100,
+    idleTimeoutMs: 5000,
+    log: silentLogger(),
+  });
+  let more = true;
+  const t = { ...target(p), keepConnection: () => more };
+  expect((await d.deliver(t, message(1))).recipients[0]!.kind).toBe("delivered");
+  expect(d.idleConnections()).toBe(1);
+  more = false;
+  expect((await d.deliver(t, message(2))).recipients[0]!.kind).toBe("delivered");
+  // Reused for message 2, then QUIT in the same write as its data: no idle connection is left.
+  expect(d.idleConnections()).toBe(0);
+  expect(p.sessions).toHaveLength(1);
+  await waitFor(() => p.sessions[0]!.closed, "the session to close");
+  const cmds = p.sessions[0]!.commands;
+  expect(cmds.at(-1)).toBe("QUIT");
+  expect(p.sessions[0]!.messages).toHaveLength(2);
+  await d.close();
+});
+
+test("a server that leaves the data unanswered but answers the QUIT behind it has not accepted the message", async () => {
+  // 220, EHLO with PIPELINING, MAIL/RCPT/DATA, then silence after the dot; QUIT gets 221.
+  const server = Bun.listen<{ buf: string; inData: boolean }>({
+    hostname: "127.0.0.1",
+    port: 0,
+    socket: {
+      open(s) {
+        s.data = { buf: "", inData: false };
+        s.write("220 silent.test ESMTP\r\n");
+      },
+      data(s, chunk) {
+        s.data.buf += chunk.toString();
+        for (;;) {
+          if (s.data.inData) {
+            const end = s.data.buf.indexOf("\r\n.\r\n");
+            if (end < 0) return;
+            s.data.buf = s.data.buf.slice(end + 5);
+            s.data.inData = false; // and no reply
+            continue;
+          }
+          const nl = s.data.buf.indexOf("\r\n");
+          if (nl < 0) return;
+          const line = s.data.buf.slice(0, nl).toUpperCase();
+          s.data.buf = s.data.buf.slice(nl + 2);
+          if (line.startsWith("EHLO")) s.write("250-silent.test\r\n250 PIPELINING\r\n");
+          else if (line.startsWith("DATA")) {
+            s.write("354 go on\r\n");
+            s.data.inData = true;
+          } else if (line.startsWith("QUIT")) s.write("221 2.0.0 bye\r\n");
+          else s.write("250 2.0.0 ok\r\n");
+        }
+      },
+    },
+  });
+  const d = new Deliverer({
+    timeouts: FAST,
+    maxMessagesPerConnection: 100,
+    idleTimeoutMs: 5000,
+    log: silentLogger(),
+  });
+  const t: AttemptTarget = {
+    hosts: [{ name: "silent.test", ip: "127.0.0.1", port: server.port }],
+    ehloName: "client.test",
+    tls: "off",
+    tlsVerify: false,
+    keepConnection: () => false,
+  };
+  const r = await d.deliver(t, message(9));
+  expect(r.recipients[0]).toMatchObject({ kind: "transient", reply: { code: 451, enhanced: "4.4.2" } });
+  await d.close();
+  server.stop(true);
+});

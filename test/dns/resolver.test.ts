@@ -140,6 +140,23 @@ test("a silent first server is skipped for the next one, and attempts repeat the
   await silent.close();
 });
 
+test("a server whose port is closed (ICMP unreachable) is a timeout, then the next server answers", async () => {
+  const closed = await startDnsServer({});
+  const port = closed.port;
+  await closed.close();
+  const r = createResolver({
+    servers: [
+      { host: "127.0.0.1", port },
+      { host: dns.host, port: dns.port },
+    ],
+    timeoutMs: 100,
+    attempts: 1,
+  });
+  expect((await r.mx("mx.test")).kind).toBe("mx");
+  const only = createResolver({ servers: [{ host: "127.0.0.1", port }], timeoutMs: 100, attempts: 2 });
+  expect(await only.mx("mx.test")).toMatchObject({ kind: "error", error: "timeout" });
+});
+
 test("resolv.conf nameserver lines are read", () => {
   const dir = fs.mkdtempSync(`${os.tmpdir()}/mta-dns-`);
   try {

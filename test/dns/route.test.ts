@@ -26,28 +26,36 @@ beforeAll(async () => {
 });
 afterAll(() => dns.close());
 
-test("MX hosts come in preference order with addresses in the preferred family first", async () => {
+test("MX hosts come in preference order, preferred family first; the other family of a host that has one comes on demand", async () => {
   const v4 = await resolveDestination(resolver, "multi.test", { prefer: "ipv4", port: 2525 });
-  expect(v4).toEqual({
+  if (v4.kind !== "hosts") throw new Error("expected hosts");
+  expect(v4.hosts).toEqual([
+    { name: "a.multi.test", ip: "127.0.0.10", port: 2525, preference: 10 },
+    { name: "b.multi.test", ip: "127.0.0.11", port: 2525, preference: 20 },
+  ]);
+  // No AAAA question was asked yet: it is asked only when none of the IPv4 addresses answers.
+  expect(dns.queries.some((q) => q.type === "AAAA" && q.name === "a.multi.test")).toBe(false);
+  expect(await v4.more!()).toEqual([{ name: "a.multi.test", ip: "::1", port: 2525, preference: 10 }]);
+  // b.multi.test has no AAAA at all: it keeps its MX position with its A address, preferring IPv6.
+  const v6 = await resolveDestination(resolver, "multi.test", { prefer: "ipv6" });
+  if (v6.kind !== "hosts") throw new Error("expected hosts");
+  expect(v6.hosts.map((h) => h.ip)).toEqual(["::1", "127.0.0.11"]);
+  expect((await v6.more!()).map((h) => h.ip)).toEqual(["127.0.0.10"]);
+  const only4 = await resolveDestination(resolver, "multi.test", { prefer: "ipv6", families: [4] });
+  expect(only4).toEqual({
     kind: "hosts",
     hosts: [
-      { name: "a.multi.test", ip: "127.0.0.10", port: 2525, preference: 10 },
-      { name: "a.multi.test", ip: "::1", port: 2525, preference: 10 },
-      { name: "b.multi.test", ip: "127.0.0.11", port: 2525, preference: 20 },
+      { name: "a.multi.test", ip: "127.0.0.10", port: 25, preference: 10 },
+      { name: "b.multi.test", ip: "127.0.0.11", port: 25, preference: 20 },
     ],
   });
-  const v6 = await resolveDestination(resolver, "multi.test", { prefer: "ipv6" });
-  expect(v6.kind === "hosts" && v6.hosts.map((h) => h.ip)).toEqual(["::1", "127.0.0.10", "127.0.0.11"]);
-  const only4 = await resolveDestination(resolver, "multi.test", { prefer: "ipv6", families: [4] });
-  expect(only4.kind === "hosts" && only4.hosts.map((h) => h.ip)).toEqual(["127.0.0.10", "127.0.0.11"]);
 });
 
 test("no MX record means the domain itself is the mail exchanger (implicit MX)", async () => {
   const r = await resolveDestination(resolver, "implicit.test", { prefer: "ipv4" });
-  expect(r).toEqual({
-    kind: "hosts",
-    hosts: [{ name: "implicit.test", ip: "127.0.0.12", port: 25, preference: 0 }],
-  });
+  if (r.kind !== "hosts") throw new Error("expected hosts");
+  expect(r.hosts).toEqual([{ name: "implicit.test", ip: "127.0.0.12", port: 25, preference: 0 }]);
+  expect(await r.more!()).toEqual([]);
 });
 
 test("NXDOMAIN bounces with 5.1.2 and a null MX with 5.1.10", async () => {

@@ -10,7 +10,7 @@ import { chmodSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { dkimVerify } from "mailauth/lib/dkim/verify.js";
 import { startTxtServer, type TxtServer } from "../dkim/_dns.ts";
-import { runMta, startMta, type TempDir, tempDir, testConfig } from "../support/mta.ts";
+import { deliveryLog, runMta, startMta, type TempDir, tempDir, testConfig } from "../support/mta.ts";
 import { type ScriptedPeer, startScriptedPeer } from "../support/scriptedPeer.ts";
 import { lacking } from "../support/peers.ts";
 import { startSink } from "../support/sink.ts";
@@ -164,6 +164,58 @@ describe.skipIf(lacking("swaks"))("DKIM through mta serve", () => {
     const unsigned = bySubject.get("unsigned")!;
     expect(unsigned.toString("latin1")).not.toMatch(/^DKIM-Signature:/im);
     expect((await verify(unsigned)).map((v) => v.result)).toEqual(["none"]);
+  }, 30_000);
+
+  test("a DSN takes the accept pipeline: DKIM-signed (mailauth verifies it) and logged with a reception line", async () => {
+    using run = tempDir();
+    // The DSN is From: MAILER-DAEMON@<hostname> (mta.test in testConfig): a key for that domain signs it.
+    const dsnKey = keygen("mta.test", "dsn2026", "ed25519");
+    await using peer = await startScriptedPeer({
+      rcpt: (to) => (to.startsWith("nobody@") ? "550 5.1.1 No such user" : "250 2.1.5 ok"),
+    });
+    await using mta = await startMta({
+      dir: run.path,
+      config: testConfig(
+        run.path,
+        [
+          `delivery: { routes: { example.net: "127.0.0.1:${peer.port}", example.org: "127.0.0.1:${peer.port}" }, retry: [1s] }`,
+          `dkim: { keys: [{ domain: mta.test, selector: dsn2026, key_file: ${dsnKey} }] }`,
+        ].join("\n"),
+      ),
+    });
+    swaks(
+      mta.smtpPorts[0]!,
+      "alice@example.org",
+      "nobody@example.net",
+      message("alice@example.org", "refused"),
+    );
+    const [dsn] = await received(peer, 1);
+    const text = dsn!.toString("latin1");
+    expect(text).toContain("From: Mail Delivery System <MAILER-DAEMON@mta.test>");
+    expect(text).toContain("Content-Type: multipart/report; report-type=delivery-status");
+    expect(text).toContain("Status: 5.1.1");
+    expect(await verify(dsn!)).toEqual([
+      { domain: "mta.test", selector: "dsn2026", algo: "ed25519-sha256", result: "pass" },
+    ]);
+    const session = peer.sessions.find((s) => s.messages.length > 0)!;
+    expect(session.messages[0]!.from).toBe("");
+    expect(session.messages[0]!.rcpts.map((r) => r.to)).toEqual(["alice@example.org"]);
+    // In the delivery log: the bounce, the dsn line naming the DSN's id, and that id's own reception
+    // line (from <>, to the original sender), as for any message the pipeline accepts.
+    let events = deliveryLog(run.path);
+    for (let i = 0; i < 100 && !events.some((e) => e.type === "delivery" && e.sender === ""); i++) {
+      await Bun.sleep(50);
+      events = deliveryLog(run.path);
+    }
+    const bounce = events.find((e) => e.type === "bounce")!;
+    expect(bounce).toMatchObject({ recipient: "nobody@example.net", code: 550, enhanced: "5.1.1" });
+    const dsnLine = events.find((e) => e.type === "dsn")!;
+    expect(dsnLine).toMatchObject({ id: bounce.id, recipient: "alice@example.org", action: "failed" });
+    const reception = events.find((e) => e.type === "reception" && e.id === dsnLine.dsnId);
+    expect(reception).toMatchObject({ sender: "", recipients: ["alice@example.org"], dsn: bounce.id });
+    expect(events.find((e) => e.type === "delivery" && e.id === dsnLine.dsnId)).toMatchObject({
+      recipient: "alice@example.org",
+    });
   }, 30_000);
 
   test.skipIf(lacking("smtp-sink"))(

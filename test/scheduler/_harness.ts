@@ -3,21 +3,21 @@
  * loopback SMTP peer that delays its replies and counts concurrent sessions.
  */
 import fs from "node:fs";
-import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { Deliverer, RFC5321_TIMEOUTS } from "../../src/deliverer/index.ts";
 import { ManualClock } from "../../src/lib/index.ts";
-import { Metrics, silentLogger } from "../../src/observe/index.ts";
+import { AcceptPipeline } from "../../src/accept/index.ts";
+import { DeliveryLog, Metrics, silentLogger } from "../../src/observe/index.ts";
+import type { DestinationPolicy } from "../../src/route/index.ts";
 import {
   type DestinationEvent,
-  type DestinationPolicy,
   Scheduler,
   type SchedulerEvent,
   type SchedulerOptions,
-  type SchedulerRoute,
 } from "../../src/scheduler/index.ts";
 import { type NewMessage, Spool } from "../../src/spool/index.ts";
+import { type TestRoute, testRouter } from "../support/router.ts";
 
 export const FAST = {
   ...RFC5321_TIMEOUTS,
@@ -50,7 +50,7 @@ export interface Harness extends AsyncDisposable {
   events: SchedulerEvent[];
   destinationEvents: DestinationEvent[];
   /** Where each destination goes; tests may change it between attempts. */
-  routes: Map<string, SchedulerRoute>;
+  routes: Map<string, TestRoute>;
   /** Appends a message to the spool and enqueues it. */
   send(m: Partial<NewMessage> & { to: string[] }): Promise<{ id: string; slot: number }>;
   /** Advances the clock, runs what is due, and waits until the scheduler is idle. */
@@ -60,7 +60,7 @@ export interface Harness extends AsyncDisposable {
   reopen(overrides?: Partial<SchedulerOptions>): Promise<void>;
 }
 
-export function hostsRoute(port: number): SchedulerRoute {
+export function hostsRoute(port: number): TestRoute {
   return { kind: "hosts", hosts: [{ name: "peer.test", ip: "127.0.0.1", port }] };
 }
 
@@ -68,6 +68,9 @@ export async function harness(opts: {
   port: number;
   overrides?: Partial<SchedulerOptions>;
   policy?: Partial<DestinationPolicy>;
+  /** Per-site policy (over `policy`); MX rollup semantics for the test router. */
+  policyFor?: (site: string) => DestinationPolicy;
+  rollup?: boolean;
   dir?: string;
 }): Promise<Harness> {
   const dir = opts.dir ?? fs.mkdtempSync(path.join(os.tmpdir(), "mta-sched-"));
@@ -75,7 +78,7 @@ export async function harness(opts: {
   const metrics = new Metrics();
   const events: SchedulerEvent[] = [];
   const destinationEvents: DestinationEvent[] = [];
-  const routes = new Map<string, SchedulerRoute>();
+  const routes = new Map<string, TestRoute>();
   const deliverer = new Deliverer({
     timeouts: FAST,
     maxMessagesPerConnection: 1000,
@@ -84,16 +87,27 @@ export async function harness(opts: {
   });
   const make = async (overrides?: Partial<SchedulerOptions>) => {
     const spool = await Spool.open({ dir, sync: false, clock });
+    // DSNs take the product's path: the accept pipeline (no delivery log file here).
+    const pipeline = new AcceptPipeline({
+      spool,
+      deliveryLog: new DeliveryLog(""),
+      log: silentLogger(),
+      metrics,
+    });
     const scheduler = new Scheduler({
       spool,
       deliverer,
-      route: async (d) => routes.get(d) ?? hostsRoute(opts.port),
+      dsn: pipeline,
+      router: testRouter({
+        route: (d) => routes.get(d) ?? hostsRoute(opts.port),
+        policy: opts.policyFor ?? (() => ({ ...POLICY, ...opts.policy })),
+        ...(opts.rollup ? { rollup: true } : {}),
+      }),
       hostname: "mta.test",
       retryMs: [60_000, 300_000],
       maxAgeMs: 24 * 3_600_000,
       delayWarningMs: 0,
       maxConnections: 20,
-      policyFor: () => ({ ...POLICY, ...opts.policy }),
       random: () => 0.5, // no jitter: exact retry times
       clock,
       log: silentLogger(),
@@ -103,6 +117,7 @@ export async function harness(opts: {
       ...opts.overrides,
       ...overrides,
     });
+    pipeline.queue = scheduler;
     return { spool, scheduler };
   };
   let { spool, scheduler } = await make();
@@ -155,106 +170,4 @@ export async function harness(opts: {
   return h;
 }
 
-export interface CountingPeer extends AsyncDisposable {
-  port: number;
-  /** Open sessions right now, and the most ever open at once. */
-  open: number;
-  maxOpen: number;
-  sessions: number;
-  /** Per client (source) address: open sessions now and the most at once. */
-  openBy: Map<string, number>;
-  maxOpenBy: Map<string, number>;
-  /** Accepted messages: envelope sender, recipients, body, the client's address and EHLO name. */
-  messages: { from: string; to: string[]; body: string; source: string; ehlo: string }[];
-  /** Reply to each RCPT (default 250). */
-  rcpt: (to: string) => string;
-}
-
-/** A minimal SMTP server (no PIPELINING) that answers DATA after `dataDelayMs` and counts sessions. */
-export async function countingPeer(dataDelayMs: number): Promise<CountingPeer> {
-  const sockets = new Set<net.Socket>();
-  const peer: CountingPeer = {
-    port: 0,
-    open: 0,
-    maxOpen: 0,
-    sessions: 0,
-    openBy: new Map(),
-    maxOpenBy: new Map(),
-    messages: [],
-    rcpt: () => "250 2.1.5 ok",
-    async [Symbol.asyncDispose]() {
-      for (const s of sockets) s.destroy();
-      await new Promise<void>((r) => server.close(() => r()));
-    },
-  };
-  const server = net.createServer((sock) => {
-    sockets.add(sock);
-    peer.sessions++;
-    peer.open++;
-    peer.maxOpen = Math.max(peer.maxOpen, peer.open);
-    const source = (sock.remoteAddress ?? "").replace(/^::ffff:/, "");
-    const nowBy = (peer.openBy.get(source) ?? 0) + 1;
-    peer.openBy.set(source, nowBy);
-    peer.maxOpenBy.set(source, Math.max(peer.maxOpenBy.get(source) ?? 0, nowBy));
-    sock.on("close", () => {
-      peer.open--;
-      peer.openBy.set(source, (peer.openBy.get(source) ?? 1) - 1);
-      sockets.delete(sock);
-    });
-    sock.on("error", () => {});
-    let buf = "";
-    let inData = false;
-    let from = "";
-    let to: string[] = [];
-    let ehlo = "";
-    sock.write("220 counting.test ESMTP\r\n");
-    sock.on("data", (chunk) => {
-      buf += chunk.toString("latin1");
-      for (;;) {
-        if (inData) {
-          const end = buf.indexOf("\r\n.\r\n");
-          if (end < 0) return;
-          const body = buf.slice(0, end + 2);
-          buf = buf.slice(end + 5);
-          inData = false;
-          const msg = { from, to, body, source, ehlo };
-          setTimeout(() => {
-            peer.messages.push(msg);
-            if (!sock.destroyed) sock.write("250 2.0.0 queued\r\n");
-          }, dataDelayMs);
-          continue;
-        }
-        const nl = buf.indexOf("\r\n");
-        if (nl < 0) return;
-        const line = buf.slice(0, nl);
-        buf = buf.slice(nl + 2);
-        if (process.env.PEER_DEBUG) console.log(`peer ${peer.sessions} <`, line);
-        const verb = line.slice(0, 4).toUpperCase();
-        if (verb === "EHLO" || verb === "HELO") ehlo = line.slice(5).trim();
-        if (verb === "EHLO") sock.write("250-counting.test\r\n250 8BITMIME\r\n");
-        else if (verb === "HELO") sock.write("250 counting.test\r\n");
-        else if (verb === "MAIL") {
-          from = /<([^>]*)>/.exec(line)?.[1] ?? "";
-          to = [];
-          sock.write("250 2.1.0 ok\r\n");
-        } else if (verb === "RCPT") {
-          const addr = /<([^>]*)>/.exec(line)?.[1] ?? "";
-          const r = peer.rcpt(addr);
-          if (r.startsWith("2")) to.push(addr);
-          sock.write(`${r}\r\n`);
-        } else if (verb === "DATA") {
-          inData = true;
-          sock.write("354 go ahead\r\n");
-        } else if (verb === "RSET" || verb === "NOOP") sock.write("250 2.0.0 ok\r\n");
-        else if (verb === "QUIT") {
-          sock.write("221 2.0.0 bye\r\n");
-          sock.end();
-          return;
-        } else sock.write("500 5.5.2 what\r\n");
-      }
-    });
-  });
-  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
-  peer.port = (server.address() as net.AddressInfo).port;
-  return peer;
-}
+export { type CountingPeer, countingPeer } from "../support/countingPeer.ts";

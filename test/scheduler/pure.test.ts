@@ -1,8 +1,9 @@
 import { describe, expect, test } from "bun:test";
 import { SlotFifo } from "../../src/scheduler/_fifo.ts";
 import { TimerHeap } from "../../src/scheduler/_heap.ts";
-import { parseRate, RateLimiter } from "../../src/scheduler/_rate.ts";
-import { DEFAULT_BACKOFF_RULES, matchRule } from "../../src/scheduler/_rules.ts";
+import { parseRate } from "../../src/lib/index.ts";
+import { RateLimiter } from "../../src/scheduler/_rate.ts";
+import { DEFAULT_BACKOFF_RULES, matchRule } from "../../src/route/index.ts";
 import { ConcurrencyWindow } from "../../src/scheduler/_window.ts";
 
 function lcg(seed: number): () => number {

@@ -18,6 +18,23 @@ test("a destination's connection limit is never exceeded (sessions counted at th
   expect(maxActive).toBeLessThanOrEqual(3);
 });
 
+test("a connection being retired (QUIT sent, 221 slow) still counts against the limit", async () => {
+  // Each message finds nothing else ready, so QUIT goes right behind it; the peer answers QUIT 200 ms
+  // later. The next message may not open a second connection while the first is still closing.
+  await using peer = await countingPeer(0, { quitDelayMs: 200 });
+  await using h = await harness({ port: peer.port, policy: { maxConnections: 1, initialWindow: 1 } });
+  for (let i = 0; i < 4; i++) {
+    await h.send({ to: [`u${i}@dest.test`] });
+    const want = i + 1;
+    for (let n = 0; peer.messages.length < want && n < 200; n++) await Bun.sleep(5);
+  }
+  await h.scheduler.idle();
+  for (let n = 0; peer.open > 0 && n < 200; n++) await Bun.sleep(5);
+  expect(peer.messages).toHaveLength(4);
+  expect(peer.sessions).toBeGreaterThanOrEqual(2); // connections were retired in between
+  expect(peer.maxOpen).toBe(1);
+});
+
 test("the global connection cap holds across destinations", async () => {
   await using peer = await countingPeer(25);
   await using h = await harness({

@@ -3,9 +3,9 @@
  * a rollup site, the pools handed to the scheduler, and the X-MTA-Pool header taken out at accept.
  */
 import { expect, test } from "bun:test";
-import { egressPools, policyFor } from "../../src/app/engine.ts";
-import { takePoolHeader } from "../../src/app/accept.ts";
-import { hasRollups, mxMatches, siteFor } from "../../src/app/routing.ts";
+import { takePoolHeader } from "../../src/accept/index.ts";
+import { egressPools } from "../../src/app/index.ts";
+import { hasRollups, mxMatches, policyOf, siteFor } from "../../src/route/index.ts";
 import { ConfigError, parseConfigText } from "../../src/config/index.ts";
 
 const YAML = [
@@ -38,8 +38,8 @@ test("sources, pools, rollups and the ready bound load from YAML into scheduler 
     ["ip2", 1],
     ["ip3", 1],
   ]);
-  expect(policyFor(config, "gmail")).toMatchObject({ maxConnections: 40, pool: "bulk" });
-  expect(policyFor(config, "other.test").pool).toBeUndefined();
+  expect(policyOf(config.delivery.domains, "gmail")).toMatchObject({ maxConnections: 40, pool: "bulk" });
+  expect(policyOf(config.delivery.domains, "other.test").pool).toBeUndefined();
   expect(hasRollups(config)).toBe(true);
 });
 

@@ -47,6 +47,8 @@ export async function startNodes(
     waitAlive?: boolean;
     /** Each node named <node>.test (its EHLO name: a sink tells the nodes apart); default mta.test. */
     hostnames?: boolean;
+    /** More lines of the cluster: section (indented). */
+    cluster?: string;
   } = {},
 ): Promise<(StartedMta & { node: string })[]> {
   const names = Array.from({ length: n }, (_, i) => `node-${String.fromCharCode(97 + i)}`);
@@ -61,6 +63,7 @@ export async function startNodes(
         ...(opts.lease ? { lease: opts.lease } : {}),
         ...(opts.timeout ? { timeout: opts.timeout } : {}),
         ...(extra !== undefined ? { extra } : {}),
+        ...(opts.cluster ? { cluster: opts.cluster } : {}),
       });
       const mta = await startMta({
         dir: d,

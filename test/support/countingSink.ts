@@ -28,7 +28,7 @@ export interface CountingSink extends AsyncDisposable {
   sessions: SessionRecord[];
   arrivals: Arrival[];
   /** Replies sent to RCPT other than 250, with when and to whom. */
-  refusals: { atMs: number; client: string; rcpt: string; reply: string }[];
+  refusals: { atMs: number; wallMs: number; client: string; rcpt: string; reply: string }[];
   /** Open sessions now (all clients, or one). */
   open(client?: string): number;
   /** The most sessions open at once in [fromMs, toMs] (all clients, or those `client` names). */
@@ -89,7 +89,13 @@ export async function startCountingSink(
       const to = /<([^>]*)>/.exec(l)?.[1] ?? "";
       const r = opts.rcpt?.(to, c.rec.client);
       if (r && !r.startsWith("250")) {
-        refusals.push({ atMs: performance.now(), client: c.rec.client, rcpt: to, reply: r });
+        refusals.push({
+          atMs: performance.now(),
+          wallMs: Date.now(),
+          client: c.rec.client,
+          rcpt: to,
+          reply: r,
+        });
         write(s, `${r}\r\n`);
         if (r.startsWith("421")) {
           c.closing = true;

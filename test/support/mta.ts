@@ -148,6 +148,8 @@ export async function startMta(opts: {
   config?: string;
   args?: string[];
   env?: Record<string, string>;
+  /** The program to run instead of dist/mta, e.g. the sources under bun (`[bun, src/cli/main.ts]`). */
+  command?: string[];
   uid?: number;
 }): Promise<StartedMta> {
   const configFile = join(opts.dir, "mta.yaml");
@@ -157,12 +159,15 @@ export async function startMta(opts: {
     opts.uid === undefined
       ? []
       : ["/usr/bin/setpriv", `--reuid=${opts.uid}`, `--regid=${opts.uid}`, "--clear-groups", "--"];
-  const proc = spawn([...asUser, MTA, "serve", "-c", configFile, ...(opts.args ?? [])], {
-    stdin: "ignore",
-    stdout: "pipe",
-    stderr: "pipe",
-    env: { ...process.env, ...opts.env },
-  });
+  const proc = spawn(
+    [...asUser, ...(opts.command ?? [MTA]), "serve", "-c", configFile, ...(opts.args ?? [])],
+    {
+      stdin: "ignore",
+      stdout: "pipe",
+      stderr: "pipe",
+      env: { ...process.env, ...opts.env },
+    },
+  );
   const lines: Record<string, unknown>[] = [];
   const waiters: {
     pred: (r: Record<string, unknown>) => boolean;

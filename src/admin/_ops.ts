@@ -1,0 +1,724 @@
+/**
+ * Queue operations: every `mta queue` command as a method over a spool and, in a live daemon, its
+ * scheduler. The same object answers the control API (live) and the CLI's local mode (stopped spool).
+ *
+ * Owns: selecting messages (by id, destination, sender, state, age) and the JSON shapes of every
+ * command's answer.
+ * Does not own: the queues and their shape (scheduler/: live bounce and delete are scheduler
+ * commands, carried out by the owner of the messages; `summarize` is the one aggregation), what a
+ * bounce or delete records (disposition/, also offline), bytes on disk (spool/), transport
+ * (_queueClient.ts).
+ * Invariants:
+ * - every answer is plain JSON (no undefined, no Infinity), identical in shape live and offline;
+ * - an action goes through disposition/: recorded in the spool, then logged, then a DSN;
+ * - suspensions live in the scheduler's memory: offline `suspend`/`resume` are refused, never faked.
+ */
+import { Classifier, replyLineInput } from "../bounce/index.ts";
+import { type Classifying, Disposer, type DsnInjector } from "../disposition/index.ts";
+import { type Clock, errorMessage, MAX_DURATION_MS, MtaError, systemClock } from "../lib/index.ts";
+import type { Counter, DeliveryLog, Logger, Metrics } from "../observe/index.ts";
+import { type CommandResult, type DestinationSummary, queueTotals, summarize } from "../scheduler/index.ts";
+import type { CompactReport, Spool, SpoolStats, StoredMessage, VerifyReport } from "../spool/index.ts";
+import { silentLogger } from "../observe/index.ts";
+import { splitMessage } from "../message/index.ts";
+import { replyLine } from "../smtp/index.ts";
+import { verifySpool } from "../spool/index.ts";
+
+/** An error of a queue command, with the HTTP status the control API answers it with. */
+export class QueueError extends MtaError {
+  override name = "QueueError";
+  constructor(
+    code: "usage" | "data" | "unavailable" | "noperm" | "runtime",
+    message: string,
+    readonly status: number,
+  ) {
+    super(code, message);
+  }
+}
+
+/** What QueueOps needs of a live scheduler (the real `Scheduler` has all of it). */
+export interface LiveScheduler {
+  summary(): DestinationSummary[];
+  flush(target: { destination?: string; id?: string }): number;
+  suspend(destination: string, forMs?: number, reason?: string): void;
+  resume(destination: string): void;
+  command(action: "bounce" | "delete", ids: readonly string[]): Promise<CommandResult>;
+  nextAttemptOf(slot: number): number;
+  /** Queues a message appended here (a transfer from another node). */
+  enqueue(slot: number): void;
+}
+
+export interface QueueOpsOptions {
+  spool: Spool;
+  /** The running scheduler; absent offline (a stopped spool opened by the CLI). */
+  scheduler?: LiveScheduler;
+  deliveryLog?: DeliveryLog;
+  /** Offline: how admin-bounce DSNs are queued (the accept pipeline over this spool). */
+  dsn?: DsnInjector;
+  /** Reporting-MTA of admin-bounce DSNs (offline). */
+  hostname: string;
+  log?: Logger;
+  clock?: Clock;
+  /** Registers the `mta_queue_*` series (queue depth, bytes, oldest age, admin actions). */
+  metrics?: Metrics;
+  /** The bounce class of a stored reply line (shown by `show`, written with admin bounces). */
+  classify?: (replyLine: string) => string;
+  /** Told of the operator's suspend/resume after the scheduler applied them (a cluster publishes them). */
+  onAdmin?: {
+    suspended(destination: string, forMs: number | undefined, reason: string): void;
+    resumed(destination: string): void;
+  };
+  /** How long `hold` waits for attempts in flight to end (default 30 s). */
+  drainTimeoutMs?: number;
+}
+
+export const SORT_KEYS = ["messages", "recipients", "bytes", "oldest", "next", "destination"] as const;
+export type SortKey = (typeof SORT_KEYS)[number];
+
+export const MESSAGE_STATES = ["active", "deferred", "held"] as const;
+/** active: due now (ready or being attempted); deferred: waiting for its next attempt; held: its destination is suspended. */
+export type MessageState = (typeof MESSAGE_STATES)[number];
+
+export interface SummaryRow {
+  destination: string;
+  messages: number;
+  /** Pending recipients. */
+  recipients: number;
+  bytes: number;
+  oldestMs: number | null;
+  nextAttemptMs: number | null;
+  activeConnections: number;
+  /** active | idle | suspended | backoff | throttled. */
+  state: string;
+  reason: string | null;
+  untilMs: number | null;
+  lastError: string | null;
+}
+
+export interface QueueSummary {
+  nowMs: number;
+  sort: SortKey;
+  totals: {
+    destinations: number;
+    messages: number;
+    recipients: number;
+    bytes: number;
+    oldestMs: number | null;
+    activeConnections: number;
+  };
+  /** Rows left out by `top`. */
+  omitted: number;
+  destinations: SummaryRow[];
+}
+
+export interface Selector {
+  id?: string;
+  destination?: string;
+  sender?: string;
+  state?: MessageState;
+  /** Arrived at least this long ago. */
+  olderThanMs?: number;
+}
+
+export interface MessageRow {
+  id: string;
+  destination: string;
+  sender: string;
+  recipients: number;
+  pendingRecipients: number;
+  bytes: number;
+  arrivalMs: number;
+  attempts: number;
+  nextAttemptMs: number;
+  state: MessageState;
+}
+
+export interface MessageList {
+  nowMs: number;
+  /** All matches, even those past `limit`. */
+  matched: number;
+  messages: MessageRow[];
+}
+
+export interface MessageDetail {
+  id: string;
+  destination: string;
+  sender: string;
+  arrivalMs: number;
+  attempts: number;
+  nextAttemptMs: number;
+  state: MessageState;
+  bytes: number;
+  recipients: {
+    address: string;
+    state: string;
+    lastReply: string | null;
+    /** The bounce class of the last reply of a recipient not delivered (null when there is none). */
+    class: string | null;
+    notify: string[] | null;
+    orcpt: string | null;
+  }[];
+  attributes: Record<string, string>;
+  headers: { name: string; value: string }[];
+  /** The message as text (bytes as Latin-1) when asked for. */
+  body?: string;
+}
+
+export interface ActionResult {
+  action: "bounce" | "delete";
+  /** Messages the selector matches now. */
+  matched: number;
+  /** Whether it acted (`yes`) or only counted. */
+  done: boolean;
+  /** Messages bounced or deleted. */
+  affected: number;
+  recipients: number;
+  dsns: number;
+  /** Up to 20 matching ids, for a look before `--yes`. */
+  sample: string[];
+  /** Messages that could not be changed (an error each), e.g. a spool write error. */
+  failed: { id: string; error: string }[];
+}
+
+export interface FlushResult {
+  /** Messages made due now: those waiting for a retry, plus (live) those of a destination whose backoff was lifted. */
+  flushed: number;
+  /** Destinations whose site backoff was lifted (live only): their waiting messages are tried now. */
+  backoffLifted: string[];
+  /** true: the running scheduler retries now; false: recorded in the spool for the next start. */
+  live: boolean;
+}
+
+export type StatsResult = SpoolStats & { dir: string };
+
+/** The answer to `suspend`/`resume` without a daemon. */
+export function daemonNeeded(what: string): QueueError {
+  return new QueueError(
+    "unavailable",
+    `${what} needs a running daemon: suspensions live in the daemon's memory, not in the spool (start mta serve, then run this again)`,
+    503,
+  );
+}
+
+function nullable<T>(v: T | undefined): T | null {
+  return v === undefined || (typeof v === "number" && !Number.isFinite(v)) ? null : v;
+}
+
+/**
+ * The header fields of a message for `mta queue show`, as Latin-1 text: each continuation line
+ * trimmed and joined with one space (message/'s `splitMessage` finds the fields).
+ */
+export function parseHeaders(body: Uint8Array): { name: string; value: string }[] {
+  return splitMessage(body).fields.map((f) => ({
+    name: f.name,
+    value: f.raw
+      .slice(f.name.length + 1)
+      .split(/\r?\n/)
+      .map((l) => l.trim())
+      .filter((l) => l !== "")
+      .join(" "),
+  }));
+}
+
+/** Totals, order and `top` of summary rows (one node's, or a fleet's merged rows). */
+export function summaryOf<R extends SummaryRow>(
+  rows: R[],
+  sort: SortKey,
+  top: number | undefined,
+  nowMs: number,
+) {
+  const totals = {
+    destinations: 0,
+    messages: 0,
+    recipients: 0,
+    bytes: 0,
+    oldestMs: null as number | null,
+    activeConnections: 0,
+  };
+  for (const r of rows) {
+    if (r.messages > 0) totals.destinations++;
+    totals.messages += r.messages;
+    totals.recipients += r.recipients;
+    totals.bytes += r.bytes;
+    totals.activeConnections += r.activeConnections;
+    if (r.oldestMs !== null && (totals.oldestMs === null || r.oldestMs < totals.oldestMs))
+      totals.oldestMs = r.oldestMs;
+  }
+  const byTime = (a: number | null, b: number | null) => (a ?? Infinity) - (b ?? Infinity);
+  const cmp: Record<SortKey, (a: SummaryRow, b: SummaryRow) => number> = {
+    messages: (a, b) => b.messages - a.messages,
+    recipients: (a, b) => b.recipients - a.recipients,
+    bytes: (a, b) => b.bytes - a.bytes,
+    oldest: (a, b) => byTime(a.oldestMs, b.oldestMs),
+    next: (a, b) => byTime(a.nextAttemptMs, b.nextAttemptMs),
+    destination: () => 0,
+  };
+  rows.sort(
+    (a, b) => cmp[sort](a, b) || (a.destination < b.destination ? -1 : a.destination > b.destination ? 1 : 0),
+  );
+  const n = top ?? rows.length;
+  return {
+    nowMs,
+    sort,
+    totals,
+    omitted: Math.max(0, rows.length - n),
+    destinations: rows.slice(0, n),
+  };
+}
+
+export class QueueOps {
+  readonly spool: Spool;
+  private readonly scheduler: LiveScheduler | undefined;
+  private readonly clock: Clock;
+  private readonly adminCounter: Counter | undefined;
+  /** Destinations held by an action (a transfer), until it lets them go. */
+  private readonly draining = new Map<string, Promise<unknown>>();
+
+  /** The configuration's rules when given, else the built-in ones (the same answer offline and live). */
+  private readonly classify: (replyLine: string) => string;
+
+  /** Classes for the events of an offline bounce (the suppression list is not open offline). */
+  private get classifying(): Classifying {
+    return {
+      classOf: (event, r) =>
+        event === "expiration" ? "message-expired" : this.classify(typeof r === "string" ? r : replyLine(r)),
+      bounced: () => {},
+    };
+  }
+
+  constructor(private readonly opts: QueueOpsOptions) {
+    const builtin = Classifier.builtin();
+    this.classify = opts.classify ?? ((line) => builtin.classify(replyLineInput(line)).class);
+    this.spool = opts.spool;
+    this.scheduler = opts.scheduler;
+    this.clock = opts.clock ?? systemClock;
+    const m = opts.metrics;
+    if (m) {
+      this.adminCounter = m.counter(
+        "mta_queue_admin_messages_total",
+        "Messages bounced or deleted by the operator, by action",
+      );
+      // One pass over the in-RAM index per scrape (about 10 ms per million messages); no label per
+      // destination, whose number is unbounded.
+      let cache: { atMs: number; recipients: number; bytes: number; oldestMs: number } | undefined;
+      const scan = () => {
+        const now = this.clock.now();
+        if (cache && now - cache.atMs < 1000) return cache;
+        cache = { atMs: now, ...queueTotals(this.spool) };
+        return cache;
+      };
+      m.gauge("mta_queue_messages", "Messages in the queue (live in the spool)", (set) =>
+        set(this.spool.messageCount),
+      );
+      m.gauge("mta_queue_recipients", "Pending recipients in the queue", (set) => set(scan().recipients));
+      m.gauge("mta_queue_bytes", "Body bytes of the messages in the queue", (set) => set(scan().bytes));
+      m.gauge(
+        "mta_queue_oldest_message_age_seconds",
+        "Age of the oldest message in the queue (0 when empty)",
+        (set) => {
+          const s = scan();
+          set(Number.isFinite(s.oldestMs) ? Math.max(0, (this.clock.now() - s.oldestMs) / 1000) : 0);
+        },
+      );
+    }
+  }
+
+  get live(): boolean {
+    return this.scheduler !== undefined;
+  }
+
+  // ------------------------------------------------------------------ read-only
+
+  /** Per destination, like qshape / KumoMTA's queue-summary: one pass over the in-RAM index. */
+  summary(opts: { sort?: SortKey; top?: number } = {}): QueueSummary {
+    const sort = opts.sort ?? "messages";
+    if (!SORT_KEYS.includes(sort))
+      throw new QueueError("usage", `sort must be one of ${SORT_KEYS.join(", ")}`, 400);
+    if (opts.top !== undefined && (!Number.isInteger(opts.top) || opts.top < 0))
+      throw new QueueError("usage", "top must be a whole number", 400);
+    const now = this.clock.now();
+    // One aggregation (scheduler/'s summarize): the live scheduler's view, or the spool alone.
+    const shape = this.scheduler ? this.scheduler.summary() : summarize(this.spool, now);
+    const rows: SummaryRow[] = shape.map((s) => ({
+      destination: s.destination,
+      messages: s.messages,
+      recipients: s.recipients,
+      bytes: s.bytes,
+      oldestMs: nullable(s.oldestMs),
+      nextAttemptMs: nullable(s.nextAttemptMs),
+      activeConnections: s.activeConnections,
+      state: s.state,
+      reason: nullable(s.reason),
+      untilMs: nullable(s.untilMs),
+      lastError: nullable(s.lastError),
+    }));
+    return summaryOf(rows, sort, opts.top, now);
+  }
+
+  private heldDestinations(): Set<string> {
+    const held = new Set<string>();
+    if (!this.scheduler) return held;
+    for (const s of this.scheduler.summary())
+      if (s.state === "suspended" || s.state === "backoff") held.add(s.destination);
+    return held;
+  }
+
+  /** When the message is next attempted: the scheduler's due time live, the spool's column offline. */
+  private nextAttemptOf(slot: number): number {
+    return this.scheduler ? this.scheduler.nextAttemptOf(slot) : this.spool.nextAttemptOf(slot);
+  }
+
+  private stateOf(slot: number, now: number, held: Set<string>): MessageState {
+    if (held.size > 0 && held.has(this.spool.destinationOf(slot))) return "held";
+    return this.nextAttemptOf(slot) <= now ? "active" : "deferred";
+  }
+
+  private checkSelector(sel: Selector): void {
+    if (sel.state !== undefined && !MESSAGE_STATES.includes(sel.state))
+      throw new QueueError("usage", `state must be one of ${MESSAGE_STATES.join(", ")}`, 400);
+    if (sel.olderThanMs !== undefined && !(Number.isFinite(sel.olderThanMs) && sel.olderThanMs >= 0))
+      throw new QueueError("usage", "older-than must be a duration", 400);
+  }
+
+  /** Live slots matching `sel`, in slot order. Reads envelopes from disk only for a sender filter. */
+  private select(sel: Selector, now: number): number[] {
+    this.checkSelector(sel);
+    const sp = this.spool;
+    if (sel.id !== undefined) {
+      const slot = sp.slotOf(sel.id);
+      return slot !== undefined && sp.isLive(slot) ? [slot] : [];
+    }
+    const held = sel.state !== undefined ? this.heldDestinations() : new Set<string>();
+    const sender = sel.sender?.toLowerCase();
+    const out: number[] = [];
+    sp.forEachLive((slot) => {
+      if (sel.destination !== undefined && sp.destinationOf(slot) !== sel.destination) return;
+      if (sel.olderThanMs !== undefined && now - sp.arrivalOf(slot) < sel.olderThanMs) return;
+      if (sel.state !== undefined && this.stateOf(slot, now, held) !== sel.state) return;
+      if (sender !== undefined) {
+        try {
+          if (sp.readEnvelope(slot).sender.toLowerCase() !== sender) return;
+        } catch {
+          return;
+        }
+      }
+      out.push(slot);
+    });
+    return out;
+  }
+
+  /** Messages matching the filters, oldest first, at most `limit` (default 1000) of them. */
+  list(sel: Selector & { limit?: number } = {}): MessageList {
+    const now = this.clock.now();
+    const limit = sel.limit ?? 1000;
+    if (!Number.isInteger(limit) || limit < 0)
+      throw new QueueError("usage", "limit must be a whole number", 400);
+    const sp = this.spool;
+    const slots = this.select(sel, now);
+    slots.sort((a, b) => sp.arrivalOf(a) - sp.arrivalOf(b) || (sp.idOf(a) < sp.idOf(b) ? -1 : 1));
+    const held = this.heldDestinations();
+    const messages: MessageRow[] = [];
+    for (const slot of slots.slice(0, limit)) {
+      let env: StoredMessage;
+      try {
+        env = sp.readEnvelope(slot);
+      } catch {
+        continue;
+      }
+      messages.push({
+        id: env.id,
+        destination: env.destination,
+        sender: env.sender,
+        recipients: env.recipients.length,
+        pendingRecipients: sp.pendingRecipientsOf(slot),
+        bytes: env.sizeBytes,
+        arrivalMs: env.arrivalMs,
+        attempts: env.attempts,
+        nextAttemptMs: this.nextAttemptOf(slot),
+        state: this.stateOf(slot, now, held),
+      });
+    }
+    return { nowMs: now, matched: slots.length, messages };
+  }
+
+  /** One message: envelope, recipients with their state and last reply, header; the body on request. */
+  async show(id: string, opts: { body?: boolean } = {}): Promise<MessageDetail> {
+    const sp = this.spool;
+    const slot = sp.slotOf(id);
+    if (slot === undefined || !sp.isLive(slot))
+      throw new QueueError("data", `no message ${id} in the queue`, 404);
+    const { message: m, body } = await sp.read(slot);
+    const d: MessageDetail = {
+      id: m.id,
+      destination: m.destination,
+      sender: m.sender,
+      arrivalMs: m.arrivalMs,
+      attempts: m.attempts,
+      nextAttemptMs: this.nextAttemptOf(slot),
+      state: this.stateOf(slot, this.clock.now(), this.heldDestinations()),
+      bytes: m.sizeBytes,
+      recipients: m.recipients.map((r) => ({
+        address: r.address,
+        state: r.state,
+        lastReply: nullable(r.lastReply),
+        class: r.lastReply && r.state !== "delivered" ? this.classify(r.lastReply) : null,
+        notify: nullable(r.notify),
+        orcpt: nullable(r.orcpt),
+      })),
+      attributes: m.attributes,
+      headers: parseHeaders(body),
+    };
+    if (opts.body) d.body = Buffer.from(body.buffer, body.byteOffset, body.byteLength).toString("latin1");
+    return d;
+  }
+
+  stats(): StatsResult {
+    const s = this.spool.stats();
+    // A spool opened read-only has no active segment of its own: the newest one is the daemon's.
+    if (s.activeSegment === "") s.activeSegment = this.spool.segmentInfo().at(-1)?.name ?? "";
+    return { dir: this.spool.dir, ...s };
+  }
+
+  /** Checks every record of every segment; read-only, safe next to the running daemon. */
+  verify(): Promise<VerifyReport> {
+    return verifySpool(this.spool.dir);
+  }
+
+  // ------------------------------------------------------------------ actions
+
+  compact(): Promise<CompactReport> {
+    return this.spool.compact();
+  }
+
+  /**
+   * Retry now: one message (by id), one destination's, or all. Live, the scheduler moves them to the
+   * ready queues (and lifts a site backoff); offline, the next attempt time is recorded in the spool so
+   * that the next start tries them at once.
+   */
+  async flush(target: { destination?: string; id?: string } = {}): Promise<FlushResult> {
+    const sp = this.spool;
+    if (target.id !== undefined) {
+      const slot = sp.slotOf(target.id);
+      if (slot === undefined || !sp.isLive(slot))
+        throw new QueueError("data", `no message ${target.id} in the queue`, 404);
+    }
+    if (this.scheduler) {
+      // A destination in site backoff holds its messages in the ready queue, not the retry timer:
+      // flush lifts the backoff and they go now, so they count as flushed too.
+      const held = this.scheduler
+        .summary()
+        .filter(
+          (r) =>
+            r.state === "backoff" &&
+            (target.destination === undefined
+              ? target.id === undefined
+              : r.destination === target.destination),
+        );
+      const scheduled = this.scheduler.flush(target);
+      const after = new Map(this.scheduler.summary().map((r) => [r.destination, r]));
+      const lifted = held.filter((r) => after.get(r.destination)?.state !== "backoff");
+      const waiting = lifted.reduce((n, r) => n + r.messages, 0);
+      return {
+        flushed: Math.max(scheduled, waiting),
+        backoffLifted: lifted.map((r) => r.destination),
+        live: true,
+      };
+    }
+    const now = this.clock.now();
+    const slots = this.select(
+      {
+        ...(target.id !== undefined ? { id: target.id } : {}),
+        ...(target.destination !== undefined ? { destination: target.destination } : {}),
+      },
+      now,
+    ).filter((slot) => sp.nextAttemptOf(slot) > now);
+    await Promise.all(
+      slots.map((slot) =>
+        sp.recordOutcome(slot, {
+          recipients: [],
+          attempts: sp.attemptsOf(slot),
+          nextAttemptMs: now,
+          reason: "admin-flush",
+        }),
+      ),
+    );
+    return { flushed: slots.length, backoffLifted: [], live: false };
+  }
+
+  private needScheduler(what: string): LiveScheduler {
+    if (!this.scheduler) throw daemonNeeded(what);
+    return this.scheduler;
+  }
+
+  suspend(
+    destination: string,
+    forMs?: number,
+    reason?: string,
+  ): { destination: string; untilMs: number | null } {
+    if (!destination) throw new QueueError("usage", "suspend needs a destination", 400);
+    if (forMs !== undefined && !(Number.isFinite(forMs) && forMs > 0 && forMs <= MAX_DURATION_MS))
+      throw new QueueError(
+        "usage",
+        "forMs must be a positive number of milliseconds of at most 100 years",
+        400,
+      );
+    const why = reason ?? "suspended by operator";
+    this.needScheduler("suspend").suspend(destination, forMs, why);
+    this.opts.onAdmin?.suspended(destination, forMs, why);
+    return { destination, untilMs: forMs === undefined ? null : this.clock.now() + forMs };
+  }
+
+  resume(destination: string): { destination: string } {
+    if (!destination) throw new QueueError("usage", "resume needs a destination", 400);
+    this.needScheduler("resume").resume(destination);
+    this.opts.onAdmin?.resumed(destination);
+    return { destination };
+  }
+
+  /** Live slots matching `sel` now, in slot order (for actions built on top, e.g. a transfer). */
+  selectSlots(sel: Selector): number[] {
+    return this.select(sel, this.clock.now());
+  }
+
+  /**
+   * Holds `destinations` still while an action changes their messages (see the invariants) and
+   * resolves with the function that lets them go; offline there is nothing to hold.
+   */
+  hold(destinations: string[]): Promise<() => void> {
+    return this.scheduler ? this.holdDestinations(this.scheduler, destinations) : Promise.resolve(() => {});
+  }
+
+  /** Suspends the destinations that are not already, waits until no attempt to them is in flight. */
+  private async holdDestinations(sched: LiveScheduler, destinations: string[]): Promise<() => void> {
+    // One action per destination at a time: wait for an earlier one to release it.
+    for (const d of destinations) await this.draining.get(d);
+    const prior = new Map(sched.summary().map((s) => [s.destination, s]));
+    const mine: string[] = [];
+    for (const d of destinations) {
+      const p = prior.get(d);
+      // Already suspended by the operator or a rule: keep that suspension (a bounce rule still attempts).
+      if (p?.state === "suspended" && !p.reason?.startsWith("bouncing")) continue;
+      sched.suspend(d, undefined, "held for an administrative action");
+      mine.push(d);
+    }
+    let done!: () => void;
+    const p = new Promise<void>((r) => (done = r));
+    for (const d of mine) this.draining.set(d, p);
+    const release = () => {
+      for (const d of mine) {
+        this.draining.delete(d);
+        sched.resume(d);
+      }
+      done();
+    };
+    const want = new Set(destinations);
+    const deadline = performance.now() + (this.opts.drainTimeoutMs ?? 30_000);
+    for (;;) {
+      const busy = sched.summary().filter((s) => want.has(s.destination) && s.activeConnections > 0);
+      if (busy.length === 0) return release;
+      if (performance.now() > deadline) {
+        release();
+        throw new QueueError(
+          "unavailable",
+          `attempts to ${busy.map((b) => b.destination).join(", ")} are still in flight; nothing was changed, try again`,
+          503,
+        );
+      }
+      await Bun.sleep(10);
+    }
+  }
+
+  /** Queues a message appended by an action built on top (the running scheduler takes it). */
+  enqueue(slot: number): void {
+    this.scheduler?.enqueue(slot);
+  }
+
+  bounce(sel: Selector, opts: { yes?: boolean } = {}): Promise<ActionResult> {
+    return this.act("bounce", sel, opts.yes === true);
+  }
+
+  delete(sel: Selector, opts: { yes?: boolean } = {}): Promise<ActionResult> {
+    return this.act("delete", sel, opts.yes === true);
+  }
+
+  private async act(action: "bounce" | "delete", sel: Selector, yes: boolean): Promise<ActionResult> {
+    if (
+      sel.id === undefined &&
+      sel.destination === undefined &&
+      sel.sender === undefined &&
+      sel.olderThanMs === undefined &&
+      sel.state === undefined
+    )
+      throw new QueueError(
+        "usage",
+        `${action} needs a selector: id, destination, sender, state or older-than`,
+        400,
+      );
+    const sp = this.spool;
+    const now = this.clock.now();
+    const slots = this.select(sel, now);
+    const result: ActionResult = {
+      action,
+      matched: slots.length,
+      done: yes,
+      affected: 0,
+      recipients: 0,
+      dsns: 0,
+      sample: slots.slice(0, 20).map((s) => sp.idOf(s)),
+      failed: [],
+    };
+    if (!yes || slots.length === 0) return result;
+    const ids = slots.map((s) => sp.idOf(s));
+    // Live: the scheduler owns the messages and carries the command out itself; offline: the same
+    // disposition path over the stopped spool.
+    const done = this.scheduler ? await this.scheduler.command(action, ids) : await this.offline(action, ids);
+    result.affected = done.affected;
+    result.recipients = done.recipients;
+    result.dsns = done.dsns;
+    result.failed = done.failed;
+    if (done.affected > 0) this.adminCounter?.inc({ action }, done.affected);
+    this.opts.deliveryLog?.flush();
+    return result;
+  }
+
+  /** Bounce or delete on a stopped spool: the disposer, a few messages at a time. */
+  private async offline(action: "bounce" | "delete", ids: string[]): Promise<CommandResult> {
+    const sp = this.spool;
+    const log = this.opts.log ?? silentLogger();
+    const disposer = new Disposer({
+      spool: sp,
+      ...(this.opts.dsn ? { dsn: this.opts.dsn } : {}),
+      settings: { hostname: this.opts.hostname, maxAgeMs: Number.POSITIVE_INFINITY, delayWarningMs: 0 },
+      // Offline the suppression list is not open: admin bounces get their class, nothing is added.
+      classifying: this.classifying,
+      ...(this.opts.deliveryLog ? { onEvent: (e) => this.opts.deliveryLog!.write({ ...e }) } : {}),
+      log,
+      clock: this.clock,
+    });
+    const out: CommandResult = { affected: 0, recipients: 0, dsns: 0, failed: [] };
+    const queue = [...ids];
+    const workers = Array.from({ length: Math.min(64, queue.length) }, async () => {
+      for (let id = queue.shift(); id !== undefined; id = queue.shift()) {
+        try {
+          const slot = sp.slotOf(id);
+          if (slot === undefined || !sp.isLive(slot)) continue;
+          const { message, body } = await sp.read(slot);
+          const d = await disposer.dispose({
+            slot,
+            message,
+            body,
+            outcome: action === "bounce" ? { kind: "bounced" } : { kind: "deleted" },
+          });
+          if (d.recipients === 0) continue;
+          out.affected++;
+          out.recipients += d.recipients;
+          if (await d.dsn) out.dsns++;
+        } catch (err) {
+          out.failed.push({ id, error: errorMessage(err) });
+        }
+      }
+    });
+    await Promise.all(workers);
+    return out;
+  }
+}
