@@ -19,14 +19,9 @@ import { createLogger } from "../src/observe/index.ts";
 import { SuppressionList } from "../src/suppression/index.ts";
 import { startNode } from "../test/cluster/_harness.ts";
 import { startRedis } from "../test/support/redis.ts";
-import { printTable, type Row } from "./_support.ts";
+import { benchArgs, printTable, type Row } from "./_support.ts";
 
-const args = new Map(
-  process.argv.slice(2).map((a) => {
-    const [k, v] = a.replace(/^--/, "").split("=");
-    return [k!, v ?? "1"] as const;
-  }),
-);
+const args = benchArgs();
 const trials = Number(args.get("trials") ?? 200);
 const bulk = Number(args.get("bulk") ?? 100_000);
 const log = createLogger({ level: "warn", format: "json" });
