@@ -285,6 +285,17 @@ export class LeaseManager {
     for (const site of [...this.waiting.keys()]) this.freed(site);
   }
 
+  private recheckTimer: ReturnType<typeof setTimeout> | undefined;
+
+  private armRecheck(inMs: number): void {
+    if (this.recheckTimer) return;
+    this.recheckTimer = setTimeout(() => {
+      this.recheckTimer = undefined;
+      void this.renew().then(() => this.wakeAll());
+    }, inMs);
+    (this.recheckTimer as { unref?: () => void }).unref?.();
+  }
+
   private armRetry(at: number): void {
     if (at >= this.retryAt) return;
     if (this.retryTimer) clearTimeout(this.retryTimer);
@@ -342,8 +353,14 @@ export class LeaseManager {
     const lostIdx = new Set(((reply[1] as unknown[]) ?? []).map((i) => Number(i) - 1));
     const sharing = (reply[2] as unknown[]) ?? [];
     this.sharers.clear();
-    for (let i = 0; i + 1 < sharing.length; i += 2)
+    let recheckMs = Number.POSITIVE_INFINITY;
+    for (let i = 0; i + 2 < sharing.length; i += 3) {
       this.sharers.set(String(sharing[i]), Number(sharing[i + 1]));
+      recheckMs = Math.min(recheckMs, Number(sharing[i + 2]));
+    }
+    // A part held by another node (it may be dead) ends before the next renewal: look again then,
+    // so that its slots are shared out as soon as Redis lets them go.
+    if (recheckMs < this.opts.leaseMs / 3) this.armRecheck(recheckMs + 5);
     const lost = new Set<Lease>();
     for (const i of lostIdx) if (owners[i]) lost.add(owners[i]!);
     for (const l of leases) {
@@ -434,7 +451,8 @@ export class LeaseManager {
     if (this.renewTimer) clearInterval(this.renewTimer);
     if (this.expiryTimer) clearTimeout(this.expiryTimer);
     if (this.retryTimer) clearTimeout(this.retryTimer);
-    this.renewTimer = this.expiryTimer = this.retryTimer = undefined;
+    if (this.recheckTimer) clearTimeout(this.recheckTimer);
+    this.renewTimer = this.expiryTimer = this.retryTimer = this.recheckTimer = undefined;
     await this.renewing;
     const shared = [...this.all].filter((l) => l.shared && !l.lost && l.validUntil > 0);
     for (const l of [...this.all]) {

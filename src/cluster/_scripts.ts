@@ -50,8 +50,8 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 /**
  * Takes one connection slot under every key (site, and source x site) or none. A node refused
- * is written down as waiting for that key (for two lease periods): the holders see it when they
- * renew, and keep no more than their fair part of the limit (LEASE_RENEW).
+ * is written down as waiting for that key (for one lease period: a waiting node asks again within
+ * one): the holders see it when they renew, and keep no more than their fair part (LEASE_RENEW).
  * KEYS: lease keys. ARGV: member, leaseMs, limit per key, then the node's name.
  * Reply: {1, expiresAtMs, nowMs} or {0, index of the full key (1-based), nowMs, the earliest expiry
  * among its holders (when a slot comes free unless renewed)}.
@@ -66,8 +66,8 @@ for i, k in ipairs(KEYS) do
   redis.call('ZREMRANGEBYSCORE', k, '-inf', now)
   if not redis.call('ZSCORE', k, member) and redis.call('ZCARD', k) >= tonumber(ARGV[i + 2]) then
     if node then
-      redis.call('ZADD', k .. '|wait', now + 2 * lease, node)
-      redis.call('PEXPIRE', k .. '|wait', 2 * lease)
+      redis.call('ZADD', k .. '|wait', now + lease, node)
+      redis.call('PEXPIRE', k .. '|wait', lease)
     end
     local first = redis.call('ZRANGE', k, 0, 0, 'WITHSCORES')
     return {0, i, now, math.floor(tonumber(first[2] or now))}
@@ -85,9 +85,11 @@ return {1, now + lease, now}
 /**
  * Renews leases: each KEYS[i] with member ARGV[i + 1]. A lease that already expired (or is gone) is
  * not renewed: the node has lost it and must stop using it. For each key with nodes waiting (other
- * than this one), the reply names the nodes that share it: holders and waiters.
+ * than this one), the reply counts the nodes that share it (holders and waiters) and says when the
+ * first other node's lease or wait there ends unless renewed (a dead node's part comes free then).
  * ARGV: leaseMs, member per key, then the node's name.
- * Reply: {nowMs, {1-based indexes of the lost leases}, {key, nodes sharing it, key, nodes, ...}}.
+ * Reply: {nowMs, {1-based indexes of the lost leases}, {key, nodes sharing it, ms until the first
+ * other node's lease or wait ends, ...}}.
  */
 export const LEASE_RENEW = script(
   "lease-renew",
@@ -102,21 +104,27 @@ for _, k in ipairs(KEYS) do
     seen[k] = true
     local w = k .. '|wait'
     redis.call('ZREMRANGEBYSCORE', w, '-inf', now)
-    local waiting = redis.call('ZRANGE', w, 0, -1)
+    local waiting = redis.call('ZRANGE', w, 0, -1, 'WITHSCORES')
     local others = false
-    for _, n in ipairs(waiting) do if n ~= node then others = true end end
+    for j = 1, #waiting, 2 do if waiting[j] ~= node then others = true end end
     if others then
       local nodes = {}
       local count = 0
-      for _, n in ipairs(waiting) do
+      local first = math.huge
+      for j = 1, #waiting, 2 do
+        local n = waiting[j]
         if not nodes[n] then nodes[n] = true; count = count + 1 end
+        if n ~= node and tonumber(waiting[j + 1]) < first then first = tonumber(waiting[j + 1]) end
       end
-      for _, m in ipairs(redis.call('ZRANGEBYSCORE', k, now, '+inf')) do
-        local n = string.match(m, '^(.*)/[^/]*/[^/]*$') or m
+      local held = redis.call('ZRANGEBYSCORE', k, now, '+inf', 'WITHSCORES')
+      for j = 1, #held, 2 do
+        local n = string.match(held[j], '^(.*)/[^/]*/[^/]*$') or held[j]
         if not nodes[n] then nodes[n] = true; count = count + 1 end
+        if n ~= node and tonumber(held[j + 1]) < first then first = tonumber(held[j + 1]) end
       end
       shared[#shared + 1] = k
       shared[#shared + 1] = count
+      shared[#shared + 1] = math.max(0, first - now)
     end
   end
 end

@@ -258,7 +258,9 @@ export class Scheduler {
    * A backoff rule that fired on another node (a cluster's shared state): applied to the site of
    * `destination` for what is left of it, as if it had fired here, and not passed on again. A rule
    * this node's policy does not have (configurations differ) is applied with its action and the
-   * defaults (throttle: one connection at one message a second).
+   * defaults (throttle: one connection at one message a second) for at most an hour, except a bounce
+   * (mail is failed here only by a rule this node has). A known rule lasts no longer here than its
+   * own `forMs`, whatever the message says.
    */
   applyRemoteRule(
     destination: string,
@@ -266,16 +268,26 @@ export class Scheduler {
   ): void {
     const core = this.core;
     if (core.stopping || !(fired.forMs > 0)) return;
+    if (fired.action !== "suspend" && fired.action !== "throttle" && fired.action !== "bounce") return;
     const s = core.site(core.siteNameOf(destination));
-    const rule: BackoffRule = s.rules.find((r) => r.name === fired.rule && r.action === fired.action) ?? {
+    const known = s.rules.find((r) => r.name === fired.rule && r.action === fired.action);
+    if (!known && fired.action === "bounce") {
+      core.log.warn("bounce rule from another node not applied: this node has no such rule", {
+        destination: s.name,
+        rule: fired.rule,
+        node: fired.node,
+      });
+      return;
+    }
+    const rule: BackoffRule = known ?? {
       name: fired.rule,
       action: fired.action,
-      forMs: fired.forMs,
+      forMs: Math.min(fired.forMs, 3_600_000),
       maxConnections: 1,
       messageRate: { count: 1, perMs: 1000 },
     };
     const r = parseStoredReply(fired.reply) ?? reply(451, "4.7.0", fired.reply);
-    s.fireRule(rule, r, { node: fired.node, forMs: fired.forMs });
+    s.fireRule(rule, r, { node: fired.node, forMs: Math.min(fired.forMs, rule.forMs) });
   }
 
   resume(destination: string): void {

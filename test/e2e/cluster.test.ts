@@ -116,7 +116,9 @@ test("an operator suspension on one node holds the destination's mail on every n
           "GET",
           "/api/v1/queue/summary",
         );
-        const row = s.json.destinations.find((d) => d.destination === "example.net");
+        // Nothing queued yet: the row is the route's next hop, the site example.net's mail queues under.
+        const hop = `127.0.0.1:${sink.port}`;
+        const row = s.json.destinations.find((d) => d.destination === "example.net" || d.destination === hop);
         return row?.state === "suspended" ? row : undefined;
       }, 1000);
     console.log(`operator suspension on every node after ${Math.round(performance.now() - t0)} ms`);

@@ -241,3 +241,50 @@ test("stop() starts nothing new and waits for the attempt in flight, whose outco
   expect(h.events.map((e) => `${e.type}:${e.recipient}`)).toEqual(["delivery:a@dest.test"]);
   expect(h.spool.messageCount).toBe(1); // b stays in the spool for the next start
 });
+
+test("a rule fired on another node: applied for at most its own time here; an unknown bounce rule is not", async () => {
+  await using peer = await countingPeer(0);
+  await using h = await harness({ port: peer.port, policy: { maxConnections: 3 } });
+  const rows = () => h.scheduler.summary();
+  // A known rule (the default "rate-limited" throttle, 10 min) said to last a year: 10 min here.
+  h.scheduler.applyRemoteRule("dest.test", {
+    rule: "rate-limited",
+    action: "throttle",
+    reply: "421 4.7.0 Try again later",
+    forMs: 365 * 86_400_000,
+    node: "node-b",
+  });
+  const t = rows().find((r) => r.state === "throttled")!;
+  expect(t.reason).toBe("rule rate-limited");
+  expect(t.untilMs! - h.clock.now()).toBe(10 * 60_000);
+  expect(h.destinationEvents.some((e) => e.type === "rule" && e.rule === "rate-limited")).toBe(true);
+  // A bounce rule this node does not have fails nothing here.
+  h.scheduler.applyRemoteRule("other.test", {
+    rule: "made-up",
+    action: "bounce",
+    reply: "550 5.7.1 go away",
+    forMs: 60_000,
+    node: "node-b",
+  });
+  await h.send({ to: ["u@other.test"] });
+  await h.scheduler.idle();
+  expect(peer.messages).toHaveLength(1);
+  expect(h.destinationEvents.some((e) => e.rule === "made-up")).toBe(false);
+  // Nonsense from Redis (no time, an unknown action) changes nothing.
+  const before = JSON.stringify(rows().map((r) => [r.destination, r.state]));
+  h.scheduler.applyRemoteRule("third.test", {
+    rule: "x",
+    action: "throttle",
+    reply: "",
+    forMs: Number.NaN,
+    node: "n",
+  });
+  h.scheduler.applyRemoteRule("third.test", {
+    rule: "x",
+    action: "explode" as "bounce",
+    reply: "",
+    forMs: 1000,
+    node: "n",
+  });
+  expect(JSON.stringify(rows().map((r) => [r.destination, r.state]))).toBe(before);
+});
