@@ -11,7 +11,8 @@ import { freePort, SMTP_SINK, SMTP_SOURCE } from "../test/support/sink.ts";
 
 export { freePort, SMTP_SINK, SMTP_SOURCE };
 export const ROOT = resolve(import.meta.dir, "..");
-export const MTA = join(ROOT, "dist/mta");
+/** The executable benchmarked: dist/mta, or MTA_BENCH_BINARY (another build, for before/after runs). */
+export const MTA = process.env.MTA_BENCH_BINARY || join(ROOT, "dist/mta");
 export const POSTFIX_DIR = join(ROOT, "bench/postfix");
 
 export function machine(): string {

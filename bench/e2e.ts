@@ -15,7 +15,12 @@
  * --reps N: every row is the median of N runs, mta and Postfix alike (each mta run with a fresh spool,
  * sink and daemon); the conditions give the range of the runs, to judge the noise of a shared machine.
  * MTA_BENCH_PROFILE=<dir> runs the daemon from source under Bun's sampling profiler.
+ * MTA_BENCH_TLS=<mode> sets delivery.domains.default.tls (default: the product's default, auto, which
+ * looks up each MX-routed domain's MTA-STS and TLS-RPT records: two TXT questions more per domain).
+ * MTA_BENCH_BINARY=<path> benchmarks another build (before/after runs).
  */
+const TLS_MODE = process.env.MTA_BENCH_TLS;
+const GLOBAL_CAP = Number(process.env.MTA_BENCH_MAX_CONNECTIONS ?? 5000);
 import { spawnSync } from "bun";
 import { join } from "node:path";
 import { startDnsServer } from "../test/support/dnsServer.ts";
@@ -134,7 +139,7 @@ async function mtaOnce(dests: number): Promise<MtaRun & { postfix?: number }> {
       "listen: [{ address: 127.0.0.1:0, max_connections_per_ip: 5000 }]",
       "control: { address: 127.0.0.1:0 }",
       `dns: { servers: ["127.0.0.1:${dns.port}"] }`,
-      `delivery: { port: ${sinkPort}, routes: { k1.test: "127.0.0.1:${sinkPort}" }, max_connections: 5000, domains: { default: { max_connections: 50 } } }`,
+      `delivery: { port: ${sinkPort}, routes: { k1.test: "127.0.0.1:${sinkPort}" }, max_connections: ${GLOBAL_CAP}, domains: { default: { max_connections: 50${TLS_MODE ? `, tls: ${TLS_MODE}` : ""} } } }`,
       `log: { level: info, format: json, deliveries: "" }`,
     ].join("\n"),
   );
@@ -225,7 +230,7 @@ for (const dests of destCounts) {
   }
   rows.push({
     figure: "end to end",
-    conditions: `1 KB, ${dests.toLocaleString("en-US")} destination${dests > 1 ? "s" : ""}, ${count.toLocaleString("en-US")} msgs, 50 inbound sessions, fdatasync on; received ${mid.got}; injection ${mid.injectedS.toFixed(1)} s; mta CPU ${mid.cpuMs.toFixed(3)} ms/msg, RSS ${mid.rssMiB} MiB, smtp-sink CPU ${mid.sinkCpuMs.toFixed(3)} ms/msg${dests > 1 ? (mid.dnsCpuMs === undefined ? `, generator and DNS server CPU ${mid.harnessCpuMs.toFixed(3)} ms/msg` : `, generator CPU ${mid.harnessCpuMs.toFixed(3)} ms/msg, unbound CPU ${mid.dnsCpuMs.toFixed(3)} ms/msg`) : ""}; median of ${reps}${reps > 1 ? ` (mta runs ${range(rates)} msgs/s${pfRange ? `; Postfix${pfRange}` : ""})` : ""}`,
+    conditions: `1 KB, ${dests.toLocaleString("en-US")} destination${dests > 1 ? "s" : ""}${TLS_MODE ? `, tls: ${TLS_MODE}` : ""}, ${count.toLocaleString("en-US")} msgs, 50 inbound sessions, fdatasync on; received ${mid.got}; injection ${mid.injectedS.toFixed(1)} s; mta CPU ${mid.cpuMs.toFixed(3)} ms/msg, RSS ${mid.rssMiB} MiB, smtp-sink CPU ${mid.sinkCpuMs.toFixed(3)} ms/msg${dests > 1 ? (mid.dnsCpuMs === undefined ? `, generator and DNS server CPU ${mid.harnessCpuMs.toFixed(3)} ms/msg` : `, generator CPU ${mid.harnessCpuMs.toFixed(3)} ms/msg, unbound CPU ${mid.dnsCpuMs.toFixed(3)} ms/msg`) : ""}; median of ${reps}${reps > 1 ? ` (mta runs ${range(rates)} msgs/s${pfRange ? `; Postfix${pfRange}` : ""})` : ""}`,
     mta: median(rates),
     postfix: pf,
     unit: "msgs/s",

@@ -48,12 +48,12 @@ import {
   type MessageList,
   type MessageState,
   QueueError,
-  QueueOps,
   type QueueSummary,
   type Selector,
   type SortKey,
   type StatsResult,
-} from "./_ops.ts";
+} from "./_shapes.ts";
+import { QueueOps } from "./_ops.ts";
 import { AcceptPipeline } from "../accept/index.ts";
 import type { DsnInjector } from "../disposition/index.ts";
 import { makeSigner } from "../dkim/index.ts";

@@ -2,12 +2,12 @@
  * Queue operations: every `mta queue` command as a method over a spool and, in a live daemon, its
  * scheduler. The same object answers the control API (live) and the CLI's local mode (stopped spool).
  *
- * Owns: selecting messages (by id, destination, sender, state, age) and the JSON shapes of every
- * command's answer.
+ * Owns: selecting messages (by id, destination, sender, state, age) and computing every command's
+ * answer (its JSON shape is _shapes.ts's).
  * Does not own: the queues and their shape (scheduler/: live bounce and delete are scheduler
  * commands, carried out by the owner of the messages; `summarize` is the one aggregation), what a
  * bounce or delete records (disposition/, also offline), bytes on disk (spool/), transport
- * (_queueClient.ts).
+ * (_client.ts).
  * Invariants:
  * - every answer is plain JSON (no undefined, no Infinity), identical in shape live and offline;
  * - an action goes through disposition/: recorded in the spool, then logged, then a DSN;
@@ -15,26 +15,31 @@
  */
 import { Classifier, replyLineInput } from "../bounce/index.ts";
 import { type Classifying, Disposer, type DsnInjector } from "../disposition/index.ts";
-import { type Clock, errorMessage, MAX_DURATION_MS, MtaError, systemClock } from "../lib/index.ts";
+import { type Clock, errorMessage, MAX_DURATION_MS, systemClock } from "../lib/index.ts";
 import type { Counter, DeliveryLog, Logger, Metrics } from "../observe/index.ts";
 import { type CommandResult, type DestinationSummary, queueTotals, summarize } from "../scheduler/index.ts";
-import type { CompactReport, Spool, SpoolStats, StoredMessage, VerifyReport } from "../spool/index.ts";
+import type { CompactReport, Spool, StoredMessage, VerifyReport } from "../spool/index.ts";
 import { silentLogger } from "../observe/index.ts";
 import { splitMessage } from "../message/index.ts";
 import { replyLine } from "../smtp/index.ts";
 import { verifySpool } from "../spool/index.ts";
-
-/** An error of a queue command, with the HTTP status the control API answers it with. */
-export class QueueError extends MtaError {
-  override name = "QueueError";
-  constructor(
-    code: "usage" | "data" | "unavailable" | "noperm" | "runtime",
-    message: string,
-    readonly status: number,
-  ) {
-    super(code, message);
-  }
-}
+import {
+  type ActionResult,
+  daemonNeeded,
+  type FlushResult,
+  MESSAGE_STATES,
+  type MessageDetail,
+  type MessageList,
+  type MessageRow,
+  type MessageState,
+  QueueError,
+  type QueueSummary,
+  type Selector,
+  SORT_KEYS,
+  type SortKey,
+  type StatsResult,
+  type SummaryRow,
+} from "./_shapes.ts";
 
 /** What QueueOps needs of a live scheduler (the real `Scheduler` has all of it). */
 export interface LiveScheduler {
@@ -70,134 +75,6 @@ export interface QueueOpsOptions {
   };
   /** How long `hold` waits for attempts in flight to end (default 30 s). */
   drainTimeoutMs?: number;
-}
-
-export const SORT_KEYS = ["messages", "recipients", "bytes", "oldest", "next", "destination"] as const;
-export type SortKey = (typeof SORT_KEYS)[number];
-
-export const MESSAGE_STATES = ["active", "deferred", "held"] as const;
-/** active: due now (ready or being attempted); deferred: waiting for its next attempt; held: its destination is suspended. */
-export type MessageState = (typeof MESSAGE_STATES)[number];
-
-export interface SummaryRow {
-  destination: string;
-  messages: number;
-  /** Pending recipients. */
-  recipients: number;
-  bytes: number;
-  oldestMs: number | null;
-  nextAttemptMs: number | null;
-  activeConnections: number;
-  /** active | idle | suspended | backoff | throttled. */
-  state: string;
-  reason: string | null;
-  untilMs: number | null;
-  lastError: string | null;
-}
-
-export interface QueueSummary {
-  nowMs: number;
-  sort: SortKey;
-  totals: {
-    destinations: number;
-    messages: number;
-    recipients: number;
-    bytes: number;
-    oldestMs: number | null;
-    activeConnections: number;
-  };
-  /** Rows left out by `top`. */
-  omitted: number;
-  destinations: SummaryRow[];
-}
-
-export interface Selector {
-  id?: string;
-  destination?: string;
-  sender?: string;
-  state?: MessageState;
-  /** Arrived at least this long ago. */
-  olderThanMs?: number;
-}
-
-export interface MessageRow {
-  id: string;
-  destination: string;
-  sender: string;
-  recipients: number;
-  pendingRecipients: number;
-  bytes: number;
-  arrivalMs: number;
-  attempts: number;
-  nextAttemptMs: number;
-  state: MessageState;
-}
-
-export interface MessageList {
-  nowMs: number;
-  /** All matches, even those past `limit`. */
-  matched: number;
-  messages: MessageRow[];
-}
-
-export interface MessageDetail {
-  id: string;
-  destination: string;
-  sender: string;
-  arrivalMs: number;
-  attempts: number;
-  nextAttemptMs: number;
-  state: MessageState;
-  bytes: number;
-  recipients: {
-    address: string;
-    state: string;
-    lastReply: string | null;
-    /** The bounce class of the last reply of a recipient not delivered (null when there is none). */
-    class: string | null;
-    notify: string[] | null;
-    orcpt: string | null;
-  }[];
-  attributes: Record<string, string>;
-  headers: { name: string; value: string }[];
-  /** The message as text (bytes as Latin-1) when asked for. */
-  body?: string;
-}
-
-export interface ActionResult {
-  action: "bounce" | "delete";
-  /** Messages the selector matches now. */
-  matched: number;
-  /** Whether it acted (`yes`) or only counted. */
-  done: boolean;
-  /** Messages bounced or deleted. */
-  affected: number;
-  recipients: number;
-  dsns: number;
-  /** Up to 20 matching ids, for a look before `--yes`. */
-  sample: string[];
-  /** Messages that could not be changed (an error each), e.g. a spool write error. */
-  failed: { id: string; error: string }[];
-}
-
-export interface FlushResult {
-  /** Messages made due now: those waiting for a retry, plus (live) those of a destination whose backoff was lifted. */
-  flushed: number;
-  /** Destinations whose site backoff was lifted (live only): their waiting messages are tried now. */
-  backoffLifted: string[];
-  /** true: the running scheduler retries now; false: recorded in the spool for the next start. */
-  live: boolean;
-}
-
-export type StatsResult = SpoolStats & { dir: string };
-
-/** The answer to `suspend`/`resume` without a daemon. */
-export function daemonNeeded(what: string): QueueError {
-  return new QueueError(
-    "unavailable",
-    `${what} needs a running daemon: suspensions live in the daemon's memory, not in the spool (start mta serve, then run this again)`,
-    503,
-  );
 }
 
 function nullable<T>(v: T | undefined): T | null {
@@ -461,6 +338,7 @@ export class QueueOps {
         address: r.address,
         state: r.state,
         lastReply: nullable(r.lastReply),
+        tls: nullable(r.lastTls),
         class: r.lastReply && r.state !== "delivered" ? this.classify(r.lastReply) : null,
         notify: nullable(r.notify),
         orcpt: nullable(r.orcpt),

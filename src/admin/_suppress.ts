@@ -33,7 +33,7 @@ import {
   type SuppressionReason,
 } from "../suppression/index.ts";
 import { type ControlEndpoint, findDaemon } from "./_control.ts";
-import { QueueError } from "./_ops.ts";
+import { QueueError } from "./_shapes.ts";
 import { suppressionDir } from "../feedback/index.ts";
 
 export const MAX_ENTRIES_PER_REQUEST = 100_000;

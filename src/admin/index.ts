@@ -8,27 +8,24 @@
  * Owns: the public face of admin/.
  * Does not own: the queues (scheduler/), what a bounce or delete records (disposition/).
  */
+export { type LiveScheduler, parseHeaders, QueueOps, type QueueOpsOptions } from "./_ops.ts";
 export {
   type ActionResult,
   daemonNeeded,
   type FlushResult,
-  type LiveScheduler,
   MESSAGE_STATES,
   type MessageDetail,
   type MessageList,
   type MessageRow,
   type MessageState,
-  parseHeaders,
   QueueError,
-  QueueOps,
-  type QueueOpsOptions,
   type QueueSummary,
   SORT_KEYS,
   type Selector,
   type SortKey,
   type StatsResult,
   type SummaryRow,
-} from "./_ops.ts";
+} from "./_shapes.ts";
 export {
   HttpQueueClient,
   handle,

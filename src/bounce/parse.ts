@@ -12,6 +12,7 @@
  * parses them (the few that exist are unmaintained and cover DSNs only).
  */
 import PostalMime from "postal-mime";
+import { headerSectionOfText } from "../message/index.ts";
 
 export interface ReportedRecipient {
   /** Final-Recipient (or Original-Recipient), lower case, without the address type. */
@@ -110,12 +111,6 @@ export function parseDiagnostic(diagnostic: string): { code?: number; enhanced?:
     .replace(new RegExp(`\\b${m[1]}[ -]${m[2] ? `${m[2].replace(/\./g, "\\.")} ?` : ""}`, "g"), "")
     .trim();
   return { code: Number(m[1]), ...(m[2] ? { enhanced: m[2] } : {}), text };
-}
-
-function headerSection(message: string): string {
-  const t = message.replace(/\r\n?/g, "\n");
-  const end = t.indexOf("\n\n");
-  return end < 0 ? t : t.slice(0, end + 1);
 }
 
 function header(headers: { key: string; value: string }[], name: string): string | undefined {
@@ -244,7 +239,7 @@ export async function parseReport(raw: Uint8Array | string): Promise<ParsedRepor
     content: typeof a.content === "string" ? a.content : new TextDecoder().decode(a.content as ArrayBuffer),
   }));
   const original = parts.find((p) => p.type === "message/rfc822" || p.type === "text/rfc822-headers");
-  if (original) out.originalHeaders = headerSection(original.content);
+  if (original) out.originalHeaders = headerSectionOfText(original.content);
 
   const feedback = parts.find((p) => p.type === "message/feedback-report");
   if (feedback) {

@@ -298,6 +298,12 @@ const list = defineCommand({
   },
 });
 
+/** A recipient's last TLS on one line: "dane, TLSv1.3, TLS_AES_256_GCM_SHA384, verified". */
+function tlsText(t: { policy: string; version?: string; cipher?: string; verified: boolean }): string {
+  const session = t.version ? [t.version, ...(t.cipher ? [t.cipher] : [])] : [];
+  return [t.policy, ...session, t.verified ? "verified" : "not verified"].join(", ");
+}
+
 const show = defineCommand({
   meta: { name: "show", description: "One message: envelope, recipients with state and last reply, header" },
   args: {
@@ -323,10 +329,10 @@ const show = defineCommand({
         .map(([k, v]) => `${k}=${v}`)
         .join(" ")}`,
       "recipients:",
-      ...m.recipients.map(
-        (r) =>
-          `  ${r.state.padEnd(9)} ${r.address}${r.lastReply ? `  last reply: ${r.lastReply}` : ""}${r.class ? ` [${r.class}]` : ""}`,
-      ),
+      ...m.recipients.flatMap((r) => [
+        `  ${r.state.padEnd(9)} ${r.address}${r.lastReply ? `  last reply: ${r.lastReply}` : ""}${r.class ? ` [${r.class}]` : ""}`,
+        ...(r.tls ? [`            tls: ${tlsText(r.tls)}`] : []),
+      ]),
       "header:",
       ...m.headers.map((h) => `  ${h.name}: ${h.value}`),
     ];

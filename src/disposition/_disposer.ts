@@ -28,6 +28,7 @@ import type {
   DispositionSpool,
   MessageEvent,
   Outcome,
+  RecipientTls,
   Verdict,
 } from "./_types.ts";
 import { RESULT, type ResultKind } from "./_vocabulary.ts";
@@ -128,9 +129,16 @@ export class Disposer {
         throw new RangeError(`${outcome.kind} left recipients pending without a retry time`);
       nextMs = input.retryAtMs(attempts);
     }
+    // An attempt's TLS goes with each recipient it touched: `mta queue show` names it (issue 17).
+    const tls = outcome.kind === "attempt" ? recipientTls(outcome.result.tls) : undefined;
     // (1) The spool first: if this throws, nothing below happens.
     await this.opts.spool.recordOutcome(input.slot, {
-      recipients: changes.map((c) => ({ index: c.index, state: RESULT[c.kind].state, reply: c.stored })),
+      recipients: changes.map((c) => ({
+        index: c.index,
+        state: RESULT[c.kind].state,
+        reply: c.stored,
+        ...(tls ? { tls } : {}),
+      })),
       attempts,
       ...(nextMs !== undefined ? { nextAttemptMs: nextMs } : {}),
       ...(outcome.kind === "attempt" ? {} : { reason: reasonOf(outcome) }),
@@ -389,4 +397,15 @@ function reasonOf(o: Exclude<Outcome, { kind: "attempt" }>): string {
     case "deleted":
       return "admin-delete";
   }
+}
+
+/** The part of an attempt's TLS the spool keeps per recipient (the failures stay the log's). */
+function recipientTls(t: MessageEvent["tls"]): RecipientTls | undefined {
+  if (!t) return undefined;
+  return {
+    policy: t.policy,
+    ...(t.version !== undefined ? { version: t.version } : {}),
+    ...(t.cipher !== undefined ? { cipher: t.cipher } : {}),
+    verified: t.verified,
+  };
 }

@@ -49,12 +49,26 @@ export interface DisposableMessage {
   attributes: Record<string, string>;
 }
 
+/** The TLS of a recipient's last attempt: the delivery log's `tls` without its failures. */
+export interface RecipientTls {
+  policy: string;
+  version?: string;
+  cipher?: string;
+  verified: boolean;
+}
+
 /** What disposition needs of the spool (the real `Spool` has it). */
 export interface DispositionSpool {
   recordOutcome(
     slot: number,
     u: {
-      recipients: { index: number; state: "pending" | "delivered" | "failed"; reply?: string }[];
+      recipients: {
+        index: number;
+        state: "pending" | "delivered" | "failed";
+        reply?: string;
+        /** The attempt's TLS, kept with the reply for `mta queue show` (spool/'s `LastTls`). */
+        tls?: RecipientTls;
+      }[];
       attempts: number;
       nextAttemptMs?: number;
       reason?: string;

@@ -21,6 +21,7 @@ export type {
   DispositionSpool,
   MessageEvent,
   Outcome,
+  RecipientTls,
   Verdict,
 } from "./_types.ts";
 export { RESULT, type ResultKind, type ResultNames } from "./_vocabulary.ts";

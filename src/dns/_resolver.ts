@@ -42,8 +42,31 @@ export type MxLookup =
   | { kind: "nodata"; authenticated?: true }
   | { kind: "error"; error: DnsError; detail: string };
 
+/**
+ * One link of a CNAME chain (RFC 1034 §3.6.2): `owner` is an alias of `target`. `authenticated`: a
+ * validating resolver vouched for this CNAME record itself. A link after an unauthenticated one is
+ * never authenticated (RFC 7672 §2.1.3: an insecure CNAME makes everything after it insecure).
+ */
+export interface CnameLink {
+  owner: string;
+  target: string;
+  authenticated: boolean;
+}
+
+/**
+ * `canonicalName` and `aliases` are present only when the queried name is an alias: the final owner
+ * of the records, and the chain that led there, in order. `authenticated` covers the whole answer,
+ * every link included (the AD bit of the resolver's reply).
+ */
 export type AddressLookup =
-  | { kind: "ok"; addresses: string[]; ttlS: number; authenticated?: true }
+  | {
+      kind: "ok";
+      addresses: string[];
+      ttlS: number;
+      authenticated?: true;
+      canonicalName?: string;
+      aliases?: CnameLink[];
+    }
   | { kind: "nxdomain" | "nodata"; authenticated?: true }
   | { kind: "error"; error: DnsError; detail: string };
 
@@ -100,7 +123,7 @@ export interface ResolverOptions {
   maxInFlight?: number;
 }
 
-type QType = "MX" | "A" | "AAAA" | "TXT" | "TLSA";
+type QType = "MX" | "A" | "AAAA" | "TXT" | "TLSA" | "CNAME";
 type Lookup = MxLookup | AddressLookup | TxtLookup | TlsaLookup;
 
 /** The raw outcome of one question, before interpretation per record type. */
@@ -316,9 +339,56 @@ class StubResolver implements Resolver {
       }
       default: {
         const addresses = answers.map((a) => String((a as dnsPacket.StringAnswer).data));
-        return [{ kind: "ok", addresses, ttlS, ...auth }, ttlS];
+        const chain = await this.cnameChain(packet, qname, auth.authenticated === true);
+        return [{ kind: "ok", addresses, ttlS, ...auth, ...chain }, ttlS];
       }
     }
+  }
+
+  /**
+   * The CNAME chain of an address answer, from the queried name to the owner of the addresses. When
+   * the whole answer is authenticated, so is every link. When it is not (some link, or the target
+   * zone, is unsigned), each link is asked about on its own, with the CNAME type, which a validating
+   * resolver answers from the alias's zone without following it (Postfix does the same); the first
+   * insecure link ends the questions, everything after it is insecure anyway (RFC 7672 §2.1.3).
+   */
+  private async cnameChain(
+    packet: dnsPacket.DecodedPacket,
+    qname: string,
+    allAuthenticated: boolean,
+  ): Promise<{ canonicalName?: string; aliases?: CnameLink[] }> {
+    const targets = new Map<string, string>();
+    for (const a of packet.answers ?? [])
+      if (a.type === "CNAME") targets.set(normalizeName(a.name), normalizeName(String(a.data)));
+    const links: CnameLink[] = [];
+    let name = qname;
+    // RFC 1034 §3.6.2 allows chains; a loop or an absurd length ends the walk (16 links).
+    for (let next = targets.get(name); next !== undefined && links.length < 16; next = targets.get(name)) {
+      links.push({ owner: name, target: next, authenticated: allAuthenticated });
+      name = next;
+    }
+    if (links.length === 0) return {};
+    // A chain that does not end at the owner of the addresses (a loop, or records that do not fit
+    // together) names no canonical host: the answer is used as if the name were not an alias.
+    const owners = (packet.answers ?? []).filter((a) => a.type === "A" || a.type === "AAAA");
+    if (targets.has(name) || owners.some((a) => normalizeName(a.name) !== name)) return {};
+    if (!allAuthenticated && this.dnssec) {
+      for (const link of links) {
+        const r = await this.query(link.owner, "CNAME", false);
+        const same =
+          r.kind === "answer" &&
+          rcodeOf(r.packet) === "NOERROR" &&
+          (r.packet.answers ?? []).some(
+            (a) =>
+              a.type === "CNAME" &&
+              normalizeName(a.name) === link.owner &&
+              normalizeName(String(a.data)) === link.target,
+          );
+        if (!(same && r.kind === "answer" && r.packet.flag_ad)) break;
+        link.authenticated = true;
+      }
+    }
+    return { canonicalName: name, aliases: links };
   }
 
   /**

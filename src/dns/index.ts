@@ -1,5 +1,6 @@
 export type {
   AddressLookup,
+  CnameLink,
   DnsError,
   MxLookup,
   Resolver,

@@ -31,6 +31,16 @@ export function headerEnd(message: Uint8Array): number {
   return at < 0 ? b.length : at + 1;
 }
 
+/**
+ * The header section of a message already held as text (e.g. a returned message/rfc822 part), with
+ * LF line ends: up to and including the last header line's LF; all of it when there is no empty line.
+ */
+export function headerSectionOfText(message: string): string {
+  const t = message.replace(/\r\n?/g, "\n");
+  const end = t.indexOf("\n\n");
+  return end < 0 ? t : t.slice(0, end + 1);
+}
+
 /** The header section as Latin-1 text (without the empty line). */
 export function headerText(message: Uint8Array): string {
   return latin1Decoder.decode(message.subarray(0, headerEnd(message)));

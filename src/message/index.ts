@@ -33,6 +33,7 @@ export {
   hasField,
   headerEnd,
   headerHasEightBit,
+  headerSectionOfText,
   headerText,
   MAX_HEADER_BYTES,
   takeField,

@@ -8,7 +8,13 @@
  * Does not own: routing and policy (route/), outcomes and DSNs (disposition/).
  */
 import type { AttemptResult, AttemptTarget, OutboundMessage } from "../deliverer/index.ts";
-import type { Classifying, DisposableMessage, DsnInjector, MessageEvent } from "../disposition/index.ts";
+import type {
+  Classifying,
+  DisposableMessage,
+  DsnInjector,
+  MessageEvent,
+  RecipientTls,
+} from "../disposition/index.ts";
 import type { Clock } from "../lib/index.ts";
 import type { Logger, Metrics } from "../observe/index.ts";
 import type { BackoffRule, DestinationPolicy, RouteDecision, RouteOptions } from "../route/index.ts";
@@ -22,7 +28,7 @@ export interface SchedulerSpool {
   recordOutcome(
     slot: number,
     u: {
-      recipients: { index: number; state: RecipientState; reply?: string }[];
+      recipients: { index: number; state: RecipientState; reply?: string; tls?: RecipientTls }[];
       attempts: number;
       nextAttemptMs?: number;
       reason?: string;

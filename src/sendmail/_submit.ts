@@ -3,7 +3,7 @@
  *
  * Owns: the choice (a daemon this user may talk to → its inject API; a daemon this user may not talk
  * to, or a spool this user may not open → the maildrop; else the spool itself), and the maildrop sink.
- * Does not own: the drop file (_maildrop.ts), the other sinks and the pump (send.ts).
+ * Does not own: the drop file (accept/'s maildrop), the other sinks (_sinks.ts), the pump (_send.ts).
  * Invariant: a user who is neither root nor the daemon's user never needs a secret: the maildrop is
  * the only way in that needs no permission beyond creating a file, and the file's owner is the uid
  * the daemon records.

@@ -45,10 +45,19 @@
  *
  * OUTCOME payload (a snapshot of every recipient's state after an attempt; the last one wins):
  *   f64 idMs | u32 idCounter | u32 attempts | f64 nextAttemptMs | str reason |
- *   u32 recipientCount | (u8 state | u8 flags (2 has last reply) | [str lastReply])*
+ *   u32 recipientCount | (u8 state | u8 flags (2 has last reply) | [str lastReply])* | [tls trailer]
+ *
+ * TLS trailer (optional, after the OUTCOME's recipients and after a MESSAGE's body): what TLS the
+ * last attempt of each recipient had, for `mta queue show`. Written only while the message stays
+ * queued (a finished message is never shown), each distinct note once:
+ *   u8 tag 1 | u32 tableCount | (str policy | str version | str cipher | u8 verified)* |
+ *   u32 per recipient (0 = none, else 1 + index into the table); "" = no version / cipher
+ * Readers stop after the part they know, so a binary that predates the trailer reads these records
+ * as before (the CRC covers the trailer all the same); a record without one has no TLS notes.
  */
 import type { NotifyKeyword } from "../smtp/index.ts";
 import { textDecoder, textEncoder } from "../lib/index.ts";
+import type { LastTls } from "./types.ts";
 
 export const FILE_MAGIC = textEncoder.encode("MTASPOOL");
 /** The version new segments get; 1 (no BATCH records) is still read. */
@@ -81,6 +90,7 @@ export interface RecipientRecord {
   orcpt?: string;
   state: number;
   lastReply?: string;
+  lastTls?: LastTls;
 }
 
 export interface MessageRecord {
@@ -102,7 +112,7 @@ export interface OutcomeRecord {
   attempts: number;
   nextAttemptMs: number;
   reason: string;
-  recipients: { state: number; lastReply?: string }[];
+  recipients: { state: number; lastReply?: string; lastTls?: LastTls }[];
 }
 
 export function notifyToBits(notify: readonly NotifyKeyword[] | undefined): number {
@@ -234,6 +244,7 @@ export function encodeMessage(m: MessageRecord): Uint8Array {
   }
   w.u32(m.body.length);
   w.bytes(m.body);
+  writeTlsTrailer(w, m.recipients);
   return frame(w, TYPE_MESSAGE);
 }
 
@@ -251,7 +262,57 @@ export function encodeOutcome(o: OutcomeRecord): Uint8Array {
     w.u8(r.lastReply !== undefined ? 2 : 0);
     if (r.lastReply !== undefined) w.str(r.lastReply);
   }
+  writeTlsTrailer(w, o.recipients);
   return frame(w, TYPE_OUTCOME);
+}
+
+const TLS_TRAILER_TAG = 1;
+
+/** The TLS trailer (see the layout above), only when some recipient has a TLS note. */
+function writeTlsTrailer(w: Writer, recipients: readonly { lastTls?: LastTls }[]): void {
+  if (!recipients.some((r) => r.lastTls)) return;
+  const table: LastTls[] = [];
+  const at = new Map<string, number>();
+  const refs = recipients.map((r) => {
+    const t = r.lastTls;
+    if (!t) return 0;
+    const key = `${t.policy}\n${t.version ?? ""}\n${t.cipher ?? ""}\n${t.verified}`;
+    let i = at.get(key);
+    if (i === undefined) {
+      i = table.push(t) - 1;
+      at.set(key, i);
+    }
+    return i + 1;
+  });
+  w.u8(TLS_TRAILER_TAG);
+  w.u32(table.length);
+  for (const t of table) {
+    w.str(t.policy);
+    w.str(t.version ?? "");
+    w.str(t.cipher ?? "");
+    w.u8(t.verified ? 1 : 0);
+  }
+  for (const ref of refs) w.u32(ref);
+}
+
+/** Reads a TLS trailer when one follows the part of the payload already read. */
+function readTlsTrailer(r: Reader, recipients: { lastTls?: LastTls }[]): void {
+  if (r.pos >= r.end || r.buf[r.pos] !== TLS_TRAILER_TAG) return;
+  r.u8();
+  const n = r.u32();
+  const table: LastTls[] = [];
+  for (let i = 0; i < n; i++) {
+    const policy = r.str();
+    const version = r.str();
+    const cipher = r.str();
+    const verified = r.u8() === 1;
+    table.push({ policy, ...(version ? { version } : {}), ...(cipher ? { cipher } : {}), verified });
+  }
+  for (const rec of recipients) {
+    const ref = r.u32();
+    const tls = ref > 0 ? table[ref - 1] : undefined;
+    if (tls) rec.lastTls = tls;
+  }
 }
 
 export class DecodeError extends Error {
@@ -358,6 +419,7 @@ export function decodeMessage(buf: Uint8Array, off: number, total: number): Mess
   }
   const bodyLen = r.u32();
   const body = r.bytes(bodyLen);
+  readTlsTrailer(r, recipients);
   return {
     idMs,
     idCounter,
@@ -380,12 +442,13 @@ export function decodeOutcome(buf: Uint8Array, off: number, total: number): Outc
   const nextAttemptMs = r.f64();
   const reason = r.str();
   const n = r.u32();
-  const recipients: { state: number; lastReply?: string }[] = [];
+  const recipients: OutcomeRecord["recipients"] = [];
   for (let i = 0; i < n; i++) {
     const state = r.u8();
     const flags = r.u8();
     recipients.push(flags & 2 ? { state, lastReply: r.str() } : { state });
   }
+  readTlsTrailer(r, recipients);
   return { idMs, idCounter, attempts, nextAttemptMs, reason, recipients };
 }
 

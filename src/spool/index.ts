@@ -10,6 +10,7 @@ export { Spool, segmentName } from "./spool.ts";
 export type {
   CompactReport,
   DamagedRecord,
+  LastTls,
   NewMessage,
   NotifyKeyword,
   OutcomeUpdate,

@@ -58,6 +58,7 @@ import type {
   SpoolOptions,
   SpoolStats,
   StoredMessage,
+  LastTls,
   StoredRecipient,
 } from "./types.ts";
 
@@ -67,6 +68,12 @@ const DEFAULT_BODY_CACHE_BYTES = 64 << 20;
 const LARGE_RECORD_BYTES = 256 << 10;
 
 const STATE_NAMES: RecipientState[] = ["pending", "delivered", "failed"];
+
+/** What the last attempt left on a recipient: its reply and its TLS. */
+interface LastOutcome {
+  lastReply?: string;
+  lastTls?: LastTls;
+}
 const STATE_CODES: Record<RecipientState, number> = {
   pending: STATE_PENDING,
   delivered: STATE_DELIVERED,
@@ -578,13 +585,15 @@ export class Spool {
     const idx = this.index;
     if (idx.live[slot] !== 1 || idx.recSeg[slot] !== fromSeq) return Promise.resolve();
     const m = this.readMessageRecord(slot);
-    const replies = this.lastReplies(slot, m);
+    const last = this.lastOutcomes(slot, m);
     for (let i = 0; i < m.recipients.length; i++) {
       const r = m.recipients[i]!;
       r.state = idx.stateOf(slot, i);
-      const reply = replies[i];
-      if (reply !== undefined) r.lastReply = reply;
+      const { lastReply, lastTls } = last[i] ?? {};
+      if (lastReply !== undefined) r.lastReply = lastReply;
       else delete r.lastReply;
+      if (lastTls !== undefined) r.lastTls = lastTls;
+      else delete r.lastTls;
     }
     m.attempts = idx.attempts[slot]!;
     m.nextAttemptMs = idx.nextAttempt[slot]!;
@@ -809,30 +818,37 @@ export class Spool {
     const n = idx.rcptCount[slot]!;
     const states = new Uint8Array(n);
     for (let i = 0; i < n; i++) states[i] = idx.stateOf(slot, i);
-    const replies: (string | undefined)[] = new Array(n);
+    const last: LastOutcome[] = new Array(n);
     const touched = new Uint8Array(n);
     for (const r of u.recipients) {
       if (!Number.isInteger(r.index) || r.index < 0 || r.index >= n)
         return Promise.reject(new RangeError(`recipient index ${r.index} out of range (0..${n - 1})`));
       states[r.index] = STATE_CODES[r.state];
-      replies[r.index] = r.reply;
+      last[r.index] = {
+        ...(r.reply !== undefined ? { lastReply: r.reply } : {}),
+        ...(r.tls !== undefined ? { lastTls: r.tls } : {}),
+      };
       touched[r.index] = 1;
     }
     if (touched.includes(0) && (idx.attempts[slot]! > 0 || idx.outSeg[slot] !== 0)) {
-      // Keep the last reply of recipients this attempt did not touch (the record is a full snapshot).
-      const prev = this.lastReplies(slot, this.readMessageRecord(slot));
-      for (let i = 0; i < n; i++) if (!touched[i]) replies[i] = prev[i];
+      // Keep the last reply and TLS of recipients this attempt did not touch (a full snapshot).
+      const prev = this.lastOutcomes(slot, this.readMessageRecord(slot));
+      for (let i = 0; i < n; i++) if (!touched[i]) last[i] = prev[i] ?? {};
     }
     const nextAttemptMs = u.nextAttemptMs ?? idx.nextAttempt[slot]!;
+    const finished = !states.includes(STATE_CODES.pending);
     const bytes = encodeOutcome({
       idMs: idx.idMs[slot]!,
       idCounter: idx.idCounter[slot]!,
       attempts: u.attempts,
       nextAttemptMs,
       reason: u.reason ?? "",
+      // A finished message is never shown again: its TLS notes would be bytes nobody reads.
       recipients: Array.from(states, (state, i) => {
-        const reply = replies[i];
-        return reply !== undefined ? { state, lastReply: reply } : { state };
+        const l = last[i] ?? {};
+        return finished && l.lastTls
+          ? { state, ...(l.lastReply !== undefined ? { lastReply: l.lastReply } : {}) }
+          : { state, ...l };
       }),
     });
     return this.submit(bytes, (seq, off) => {
@@ -886,12 +902,17 @@ export class Spool {
     return decodeMessage(buf, 0, buf.length);
   }
 
-  private lastReplies(slot: number, m: MessageRecord): (string | undefined)[] {
+  /** Each recipient's last reply and TLS: from the latest OUTCOME record, else the MESSAGE record. */
+  private lastOutcomes(slot: number, m: MessageRecord): LastOutcome[] {
     const idx = this.index;
     const os = idx.outSeg[slot]!;
-    if (os === 0) return m.recipients.map((r) => r.lastReply);
+    const pick = (r: LastOutcome): LastOutcome => ({
+      ...(r.lastReply !== undefined ? { lastReply: r.lastReply } : {}),
+      ...(r.lastTls !== undefined ? { lastTls: r.lastTls } : {}),
+    });
+    if (os === 0) return m.recipients.map(pick);
     const buf = this.readRecord(os, idx.outOff[slot]!, idx.outLen[slot]!);
-    return decodeOutcome(buf, 0, buf.length).recipients.map((r) => r.lastReply);
+    return decodeOutcome(buf, 0, buf.length).recipients.map(pick);
   }
 
   private assertLive(slot: number): void {
@@ -900,7 +921,7 @@ export class Spool {
 
   private envelopeOf(slot: number, m: MessageRecord): StoredMessage {
     const idx = this.index;
-    const replies = this.lastReplies(slot, m);
+    const last = this.lastOutcomes(slot, m);
     const recipients: StoredRecipient[] = m.recipients.map((r, i) => {
       const out: StoredRecipient = {
         address: r.address,
@@ -908,8 +929,9 @@ export class Spool {
       };
       if (r.notify) out.notify = r.notify;
       if (r.orcpt !== undefined) out.orcpt = r.orcpt;
-      const reply = replies[i];
-      if (reply !== undefined) out.lastReply = reply;
+      const { lastReply, lastTls } = last[i] ?? {};
+      if (lastReply !== undefined) out.lastReply = lastReply;
+      if (lastTls !== undefined) out.lastTls = lastTls;
       return out;
     });
     return {

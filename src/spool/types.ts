@@ -11,6 +11,17 @@ import type { NotifyKeyword } from "../smtp/index.ts";
 
 export type { NotifyKeyword };
 
+/** The TLS of a recipient's last attempt, as `mta queue show` and the delivery log name it. */
+export interface LastTls {
+  /** The policy that applied: dane, sts-enforce, sts-testing, opportunistic, required, off, ... */
+  policy: string;
+  /** Absent when the attempt went in plain text. */
+  version?: string;
+  cipher?: string;
+  /** The certificate passed the policy's check. */
+  verified: boolean;
+}
+
 export interface RecipientSpec {
   address: string;
   notify?: NotifyKeyword[];
@@ -43,6 +54,8 @@ export type RecipientState = "pending" | "delivered" | "failed";
 export interface StoredRecipient extends RecipientSpec {
   state: RecipientState;
   lastReply?: string;
+  /** The TLS of this recipient's last attempt (policy, version, cipher, verified), when it had one. */
+  lastTls?: LastTls;
 }
 
 export interface StoredMessage {
@@ -61,7 +74,7 @@ export interface StoredMessage {
 
 export interface OutcomeUpdate {
   /** `index` is into the message's recipients. */
-  recipients: { index: number; state: RecipientState; reply?: string }[];
+  recipients: { index: number; state: RecipientState; reply?: string; tls?: LastTls }[];
   /** The new attempt count. */
   attempts: number;
   /** When some recipients stay pending; default: unchanged. */

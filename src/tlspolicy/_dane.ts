@@ -10,11 +10,14 @@
  *   §3.1.3), nor unknown selectors, matching types, or digests of the wrong length (RFC 7671 §4.1).
  * - DANE-EE(3): the server's own certificate or key matches; names and dates are not checked
  *   (RFC 7672 §3.1.1: the record is the authentication).
- * - DANE-TA(2): a certificate the server presents (leaf excluded) matches; every certificate below it
- *   must be issued and signed by the next one and be within its validity period; the leaf must name
- *   one of the reference identifiers (RFC 7672 §3.2.2: the MX host name, and the next-hop domain).
+ * - DANE-TA(2): a certificate the server presents matches (an issuer, or a self-issued leaf), or a
+ *   full-value record (2 1 0 / 2 0 0) holds the anchor that signed the topmost certificate sent
+ *   (RFC 7671 §5.2.2: then the server may omit it); digests of an omitted anchor match nothing.
+ *   Every certificate below the anchor must be issued and signed by the next one and be within its
+ *   validity period; the leaf must name one of the reference identifiers (RFC 7672 §3.2.2: the TLSA
+ *   base domain, the MX host name, and the next-hop domain).
  */
-import { createHash, X509Certificate } from "node:crypto";
+import { createHash, createPublicKey, type KeyObject, X509Certificate } from "node:crypto";
 import type { TlsaRecord } from "../dns/index.ts";
 
 export type DaneVerdict =
@@ -72,9 +75,32 @@ function current(cert: X509Certificate, nowMs: number): boolean {
   return Date.parse(cert.validFrom) <= nowMs && nowMs <= Date.parse(cert.validTo);
 }
 
+type Failure = Exclude<DaneVerdict, { ok: true }>;
+
+/** The certificate's own key signed it and it names itself as its issuer (RFC 5280 §6.1: self-issued). */
+function selfIssued(cert: X509Certificate): boolean {
+  return cert.checkIssued(cert) && cert.verify(cert.publicKey);
+}
+
+/**
+ * The anchor a full-value DANE-TA record carries (2 0 0: a certificate, 2 1 0: a public key), or
+ * undefined for digests, which name an anchor without containing it.
+ */
+function anchorOf(r: TlsaRecord): { key: KeyObject; cert?: X509Certificate } | undefined {
+  if (r.matchingType !== 0) return undefined;
+  try {
+    if (r.selector === 1)
+      return { key: createPublicKey({ key: Buffer.from(r.data), format: "der", type: "spki" }) };
+    const cert = new X509Certificate(Buffer.from(r.data));
+    return { key: cert.publicKey, cert };
+  } catch {
+    return undefined; // not a key or certificate: matches nothing
+  }
+}
+
 /**
  * The chain (leaf first, as the server sent it) against the usable TLSA records of the host.
- * `names`: the reference identifiers for DANE-TA (MX host name first).
+ * `names`: the reference identifiers for DANE-TA (TLSA base domain first).
  */
 export function checkDane(
   chainDer: readonly Uint8Array[],
@@ -89,27 +115,12 @@ export function checkDane(
     return { ok: false, resultType: "validation-failure", detail: "the server presented no certificate" };
   for (const r of usable) if (r.usage === 3 && matches(leaf, r)) return { ok: true, matched: tlsaText(r) };
 
-  let taProblem: Exclude<DaneVerdict, { ok: true }> | undefined;
+  let taProblem: Failure | undefined;
   for (const r of usable) {
     if (r.usage !== 2) continue;
-    for (let k = 1; k < chain.length; k++) {
-      if (!matches(chain[k]!, r)) continue;
-      const problem = pathProblem(chain.slice(0, k + 1), nowMs);
-      if (problem) {
-        taProblem ??= problem;
-        continue;
-      }
-      const name = names.find((n) => leaf.checkHost(n, { partialWildcards: false }) !== undefined);
-      if (name === undefined) {
-        taProblem = {
-          ok: false,
-          resultType: "certificate-host-mismatch",
-          detail: `certificate names ${leaf.subjectAltName ?? leaf.subject}, none of ${names.join(", ")}`,
-        };
-        continue;
-      }
-      return { ok: true, matched: tlsaText(r) };
-    }
+    const v = checkTrustAnchor(chain, r, names, nowMs);
+    if (v?.ok) return v;
+    if (v) taProblem ??= v;
   }
   if (taProblem) return taProblem;
   return {
@@ -119,18 +130,73 @@ export function checkDane(
   };
 }
 
-/** Why `path` (leaf ... trust anchor) is not a valid chain below its anchor, or undefined. */
-function pathProblem(path: X509Certificate[], nowMs: number): Exclude<DaneVerdict, { ok: true }> | undefined {
-  for (let i = 0; i < path.length - 1; i++) {
+/**
+ * One DANE-TA(2) record against the chain; undefined when it matches nothing at all. The anchor is
+ * found in one of three ways (RFC 7671 §5.2):
+ * - a certificate the server presented matches the record: the issuers above the leaf, or the leaf
+ *   itself when it is self-issued (a server whose own certificate is its trust anchor; its dates
+ *   and its name are still checked, as for any DANE-TA leaf);
+ * - the record holds the anchor in full (2 1 0, or 2 0 0) and signed the topmost certificate the
+ *   server sent: the server may leave the anchor out (RFC 7671 §5.2.2);
+ * - a digest (2 x 1, 2 x 2) of an anchor the server left out names nothing we can check: no match.
+ */
+function checkTrustAnchor(
+  chain: X509Certificate[],
+  r: TlsaRecord,
+  names: readonly string[],
+  nowMs: number,
+): DaneVerdict | undefined {
+  const leaf = chain[0]!;
+  let problem: Failure | undefined;
+  for (let k = 0; k < chain.length; k++) {
+    if (k === 0 && !selfIssued(leaf)) continue;
+    if (!matches(chain[k]!, r)) continue;
+    // The anchor is chain[k]; with k = 0 the leaf is checked as the end of the path it starts.
+    const v = pathProblem(chain.slice(0, k + 1), nowMs, k > 0) ?? nameProblem(leaf, names);
+    if (!v) return { ok: true, matched: tlsaText(r) };
+    problem ??= v;
+  }
+  if (problem) return problem;
+  const anchor = anchorOf(r);
+  if (!anchor) return undefined;
+  for (let k = chain.length - 1; k >= 0; k--) {
+    const top = chain[k]!;
+    if (anchor.cert ? !top.checkIssued(anchor.cert) : false) continue;
+    if (!top.verify(anchor.key)) continue;
+    // Every certificate the server sent up to `top` is below the anchor: all are checked.
+    const v = pathProblem(chain.slice(0, k + 1), nowMs, false) ?? nameProblem(leaf, names);
+    return v ?? { ok: true, matched: tlsaText(r) };
+  }
+  return undefined;
+}
+
+/** RFC 7672 §3.2.2: the leaf must name one of the reference identifiers (no partial wildcards). */
+function nameProblem(leaf: X509Certificate, names: readonly string[]): Failure | undefined {
+  if (names.some((n) => leaf.checkHost(n, { partialWildcards: false }) !== undefined)) return undefined;
+  return {
+    ok: false,
+    resultType: "certificate-host-mismatch",
+    detail: `certificate names ${leaf.subjectAltName ?? leaf.subject}, none of ${names.join(", ")}`,
+  };
+}
+
+/**
+ * Why `path` (leaf first) is not a valid chain, or undefined: each certificate issued and signed by
+ * the next, the issuers CAs, each within its validity period. `anchorLast`: the last certificate is
+ * the trust anchor, whose own dates do not matter (RFC 7671 §5.2.2); otherwise (the anchor is in
+ * the TLSA record, or the path is a self-issued leaf alone) every certificate's dates are checked.
+ */
+function pathProblem(path: X509Certificate[], nowMs: number, anchorLast: boolean): Failure | undefined {
+  const checked = anchorLast ? path.length - 1 : path.length;
+  for (let i = 0; i < checked; i++) {
     const cert = path[i]!;
-    const issuer = path[i + 1]!;
-    if (!cert.checkIssued(issuer) || !cert.verify(issuer.publicKey))
+    const issuer = path[i + 1];
+    if (issuer && (!cert.checkIssued(issuer) || !cert.verify(issuer.publicKey)))
       return {
         ok: false,
         resultType: "validation-failure",
         detail: `${cert.subject} is not signed by ${issuer.subject}`,
       };
-    // Issuers below the anchor must be CAs; the anchor's own dates do not matter (RFC 7671 §5.2.2).
     if (i > 0 && !cert.ca)
       return {
         ok: false,

@@ -8,8 +8,10 @@
  * Does not own: DNS (the resolver), the MTA-STS cache (stsCache.ts), DANE matching (dane.ts), the
  * handshake (deliverer/).
  * Decisions, per MX host (mode `auto`):
- * 1. DANE when the resolver validates, the host's address records are authenticated and its TLSA
- *    RRset (`_<port>._tcp.<host>`) is authenticated and not empty: TLS is mandatory; with usable
+ * 1. DANE when the resolver validates, the host's address records are authenticated (or it is an
+ *    alias whose own CNAME record is) and its TLSA RRset (`_<port>._tcp.<base>`, the base domain
+ *    being the CNAME-expanded name of a secure alias first, then the host name: RFC 7672 §2.2.2) is
+ *    authenticated and not empty: TLS is mandatory; with usable
  *    records the chain must match one, with only unusable ones any certificate will do (RFC 7672 §2.2).
  *    A bogus or failed TLSA lookup removes the host (it must not be used at all, §2.2); an insecure or
  *    authenticated-empty answer means no DANE for that host.
@@ -19,7 +21,7 @@
  * 3. Otherwise opportunistic STARTTLS.
  * A static route (no MX) gets neither DANE nor MTA-STS: the route names its hosts.
  */
-import type { Resolver, TlsaRecord } from "../dns/index.ts";
+import type { AddressLookup, Resolver, TlsaRecord } from "../dns/index.ts";
 import { checkDane, splitTlsa, tlsaText } from "./_dane.ts";
 import { checkPkix } from "./_pkix.ts";
 import type { StsLookup } from "./_stsCache.ts";
@@ -113,29 +115,80 @@ function opportunistic(host: string, name = "opportunistic"): PlannedHostTls {
 }
 
 type DaneHost =
-  | { kind: "dane"; records: TlsaRecord[]; usable: TlsaRecord[] }
+  | {
+      kind: "dane";
+      records: TlsaRecord[];
+      usable: TlsaRecord[];
+      /** Where the TLSA RRset was found: the SNI name (RFC 7672 §8.1) and a reference identifier. */
+      baseDomain: string;
+      /** DANE-TA reference identifiers (RFC 7672 §3.2.2), TLSA base domain first. */
+      names: string[];
+    }
   | { kind: "none"; why: string }
   | { kind: "failed"; why: string };
+
+/**
+ * The candidate TLSA base domains of an MX host (RFC 7672 §2.2.2, as Postfix reads it):
+ * - its address records are authenticated: the fully CNAME-expanded name first (when it is an
+ *   alias), then the name itself;
+ * - they are not, but the host's own CNAME record is (a signed alias into an unsigned zone): the
+ *   original name only, the expanded name came from data nobody vouched for;
+ * - otherwise none: the host is not in a signed zone (no DANE, RFC 7672 §2.2.3).
+ */
+function tlsaCandidates(
+  name: string,
+  a: Extract<AddressLookup, { kind: "ok" }>,
+): { candidates: string[]; secureExpansion: boolean } | undefined {
+  const canonical = a.canonicalName;
+  if (a.authenticated)
+    return canonical && canonical !== name
+      ? { candidates: [canonical, name], secureExpansion: true }
+      : { candidates: [name], secureExpansion: false };
+  if (a.aliases?.[0]?.authenticated) return { candidates: [name], secureExpansion: false };
+  return undefined;
+}
 
 /** The DANE state of one MX host: its address records must be authenticated, then its TLSA RRset. */
 async function daneHost(
   resolver: Resolver,
   host: { name: string; ip: string; port: number },
+  domain: string,
 ): Promise<DaneHost> {
   const family = host.ip.includes(":") ? 6 : 4;
   const a = await resolver.addresses(host.name, family);
   if (a.kind === "error") return { kind: "failed", why: `${host.name} address lookup: ${a.error}` };
   // RFC 7672 §2.2.2: TLSA records are looked up only for hosts whose address records are secure.
-  if (!a.authenticated) return { kind: "none", why: `address records of ${host.name} are not DNSSEC-signed` };
-  const t = await resolver.tlsa(`_${host.port}._tcp.${host.name}`);
-  if (t.kind === "error")
+  const ok = a.kind === "ok" ? a : undefined;
+  const c = ok && tlsaCandidates(host.name, ok);
+  if (!ok || !c) return { kind: "none", why: `address records of ${host.name} are not DNSSEC-signed` };
+  const tried: string[] = [];
+  for (const base of c.candidates) {
+    const qname = `_${host.port}._tcp.${base}`;
+    const t = await resolver.tlsa(qname);
+    // A failed lookup is not "no records": the next candidate is not tried (RFC 7672 §2.1.1).
+    if (t.kind === "error")
+      return {
+        kind: "failed",
+        why: `TLSA lookup for ${qname}: ${t.error === "bogus" ? "DNSSEC validation failed" : t.error}`,
+      };
+    // RFC 7672 §2.2.3: an insecure or empty answer sends us on to the next candidate.
+    if (t.kind !== "tlsa" || !t.authenticated) {
+      tried.push(t.kind === "tlsa" ? `${qname} not DNSSEC-signed` : `no TLSA records at ${qname}`);
+      continue;
+    }
+    // RFC 7672 §3.2.2: with a secure expansion both the expanded and the original name identify
+    // the server; the next-hop domain too (kept from before: MX hosts sharing the domain's certificate).
+    const expanded = c.secureExpansion && ok.canonicalName ? [ok.canonicalName] : [];
+    const names = [base, ...expanded, host.name, domain];
     return {
-      kind: "failed",
-      why: `TLSA lookup for _${host.port}._tcp.${host.name}: ${t.error === "bogus" ? "DNSSEC validation failed" : t.error}`,
+      kind: "dane",
+      records: t.records,
+      usable: splitTlsa(t.records).usable,
+      baseDomain: base,
+      names: [...new Set(names)],
     };
-  if (t.kind !== "tlsa") return { kind: "none", why: `no TLSA records for ${host.name}` };
-  if (!t.authenticated) return { kind: "none", why: `TLSA records of ${host.name} are not DNSSEC-signed` };
-  return { kind: "dane", records: t.records, usable: splitTlsa(t.records).usable };
+  }
+  return { kind: "none", why: tried.join("; ") };
 }
 
 export async function planTls(input: PlanInput, deps: PlanDeps): Promise<TlsPlan> {
@@ -190,7 +243,7 @@ export async function planTls(input: PlanInput, deps: PlanDeps): Promise<TlsPlan
 
   for (const h of input.hosts) {
     if (daneOn && mode !== "sts") {
-      const d = await daneHost(deps.resolver, h);
+      const d = await daneHost(deps.resolver, h, domain);
       const report: ReportPolicy = {
         policyDomain: domain,
         type: "tlsa",
@@ -205,9 +258,9 @@ export async function planTls(input: PlanInput, deps: PlanDeps): Promise<TlsPlan
         continue;
       }
       if (d.kind === "dane") {
-        const names = [h.name, domain];
-        const usable = d.usable;
-        const servername = servernameOf(h.name);
+        const { usable, names } = d;
+        // RFC 7672 §8.1: the SNI name is the TLSA base domain (the expanded name of a secure alias).
+        const servername = servernameOf(d.baseDomain);
         hosts.push({
           ...h,
           tls: {

@@ -219,6 +219,8 @@ test("every read command answers the same through a live daemon's control API an
   expect(viaDaemon.active.matched).toBe(0);
   const show = viaDaemon.show;
   expect(show.recipients[0]).toMatchObject({ state: "pending", lastReply: "451 4.3.0 try later" });
+  // Outcomes recorded without a TLS note (as by a version before them): `tls` is null, not absent.
+  expect(show.recipients.map((r) => r.tls)).toEqual(show.recipients.map(() => null));
   expect(show.attempts).toBe(1);
   expect(show.headers).toContainEqual({ name: "Subject", value: "message 3 folded" });
   expect(show.body).toContain("body 3\r\n");

@@ -31,6 +31,14 @@ beforeAll(async () => {
     },
     "_25._tcp.broken.test": { mode: "servfail" },
     "_25._tcp.broken-ede.test": { mode: "servfail", ede: 22 },
+    // A chain: signed alias -> alias in an unsigned zone -> signed alias -> the host.
+    "a1.signed.test": { cname: "a2.unsigned.test", ad: true },
+    "a2.unsigned.test": { cname: "a3.signed.test" },
+    "a3.signed.test": { cname: "host.signed.test", ad: true },
+    "host.signed.test": { a: ["127.0.0.20"], ad: true },
+    "s1.signed.test": { cname: "host.signed.test", ad: true },
+    "loop1.test": { cname: "loop2.test" },
+    "loop2.test": { cname: "loop1.test" },
   });
   const servers = [{ host: dns.host, port: dns.port }];
   validating = createResolver({ servers, timeoutMs: 300, attempts: 1, dnssec: true });
@@ -103,4 +111,45 @@ test("a SERVFAIL that stays a SERVFAIL with CD, or carries a non-DNSSEC EDE, is 
   expect(dns.queries.some((q) => q.cd)).toBe(false);
   // Without dnssec a bogus answer is just what it looks like.
   expect(await plain.tlsa("_25._tcp.bogus-ede.test")).toMatchObject({ kind: "error", error: "servfail" });
+});
+
+test("an alias answer names its final owner and each link; a secure chain is authenticated all through", async () => {
+  expect(await validating.addresses("s1.signed.test", 4)).toEqual({
+    kind: "ok",
+    addresses: ["127.0.0.20"],
+    ttlS: 300,
+    authenticated: true,
+    canonicalName: "host.signed.test",
+    aliases: [{ owner: "s1.signed.test", target: "host.signed.test", authenticated: true }],
+  });
+  // Not an alias: no chain is reported.
+  const direct = await validating.addresses("host.signed.test", 4);
+  expect(direct.kind === "ok" && "canonicalName" in direct).toBe(false);
+});
+
+test("an insecure chain: each link is asked about with the CNAME type; after the first insecure link, none is secure", async () => {
+  const before = dns.queries.length;
+  const r = await validating.addresses("a1.signed.test", 4);
+  expect(r).toMatchObject({ kind: "ok", addresses: ["127.0.0.20"], canonicalName: "host.signed.test" });
+  expect("authenticated" in r).toBe(false);
+  expect(r.kind === "ok" && r.aliases).toEqual([
+    { owner: "a1.signed.test", target: "a2.unsigned.test", authenticated: true },
+    { owner: "a2.unsigned.test", target: "a3.signed.test", authenticated: false },
+    // Signed itself, but reached through an insecure link (RFC 7672 §2.1.3): not asked about.
+    { owner: "a3.signed.test", target: "host.signed.test", authenticated: false },
+  ]);
+  expect(dns.queries.slice(before).map((q) => `${q.type} ${q.name}`)).toEqual([
+    "A a1.signed.test",
+    "CNAME a1.signed.test",
+    "CNAME a2.unsigned.test",
+  ]);
+  // Without dnssec nothing is asked beyond the question, and no link is authenticated.
+  const n = dns.queries.length;
+  const p = await plain.addresses("a1.signed.test", 4);
+  expect(p.kind === "ok" && p.aliases?.every((l) => !l.authenticated)).toBe(true);
+  expect(dns.queries.length - n).toBe(1);
+});
+
+test("a CNAME loop ends as no addresses, not a hang", async () => {
+  expect(await validating.addresses("loop1.test", 4)).toMatchObject({ kind: "nodata" });
 });

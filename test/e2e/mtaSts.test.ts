@@ -164,6 +164,8 @@ describe("MTA-STS through mta serve", () => {
     // `mta queue show` names the policy that keeps the message waiting.
     const show = runMta(["queue", "show", queued, "-c", mta.configFile]);
     expect(show.stdout).toContain("TLS required (sts-enforce) but the server does not offer STARTTLS");
+    // And which TLS policy its last attempt had: enforce, no TLS session, nothing verified.
+    expect(show.stdout).toContain("tls: sts-enforce, not verified");
   }, 30_000);
 
   test("testing: delivered as usual over TLS, the untrusted certificate noted for TLS-RPT", async () => {

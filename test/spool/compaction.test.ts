@@ -1,12 +1,13 @@
 import { expect, test } from "bun:test";
 import * as fs from "node:fs";
-import { Spool } from "../../src/spool/index.ts";
+import { type LastTls, Spool } from "../../src/spool/index.ts";
 import { msg, segmentFiles, tempDir } from "./helpers.ts";
 
 interface Model {
   states: string[];
   attempts: number;
   replies: (string | undefined)[];
+  tls: (LastTls | undefined)[];
 }
 
 /** A seeded PRNG so that a failure replays. */
@@ -26,6 +27,7 @@ async function check(spool: Spool, model: Map<string, Model>): Promise<void> {
     const env = spool.readEnvelope(slot!);
     expect(env.recipients.map((r) => r.state as string)).toEqual(m.states);
     expect(env.recipients.map((r) => r.lastReply)).toEqual(m.replies);
+    expect(env.recipients.map((r) => r.lastTls)).toEqual(m.tls);
     expect(env.attempts).toBe(m.attempts);
   }
 }
@@ -47,16 +49,30 @@ for (const seed of [1, 2, 3]) {
           states: new Array(n).fill("pending"),
           attempts: 0,
           replies: new Array(n).fill(undefined),
+          tls: new Array(n).fill(undefined),
         });
       } else if (r < 0.95) {
         const ids = [...model.keys()];
         const id = ids[Math.floor(rand() * ids.length)]!;
         const m = model.get(id)!;
-        const updates: { index: number; state: "pending" | "delivered" | "failed"; reply: string }[] = [];
+        const updates: {
+          index: number;
+          state: "pending" | "delivered" | "failed";
+          reply: string;
+          tls?: LastTls;
+        }[] = [];
+        // Some attempts had TLS (a few distinct kinds, so records share table entries), some not.
+        const t = rand();
+        const tls: LastTls | undefined =
+          t < 0.3
+            ? undefined
+            : t < 0.6
+              ? { policy: "opportunistic", verified: false }
+              : { policy: "dane", version: "TLSv1.3", cipher: `C${step % 3}`, verified: true };
         m.states.forEach((s, index) => {
           if (s !== "pending" || rand() < 0.3) return;
           const state = rand() < 0.5 ? "pending" : rand() < 0.7 ? "delivered" : "failed";
-          updates.push({ index, state, reply: `${state} at ${step}` });
+          updates.push({ index, state, reply: `${state} at ${step}`, ...(tls ? { tls } : {}) });
         });
         m.attempts++;
         await spool.recordOutcome(spool.slotOf(id)!, {
@@ -67,6 +83,7 @@ for (const seed of [1, 2, 3]) {
         for (const u of updates) {
           m.states[u.index] = u.state;
           m.replies[u.index] = u.reply;
+          m.tls[u.index] = u.tls;
         }
         if (!m.states.includes("pending")) {
           model.delete(id);

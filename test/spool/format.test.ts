@@ -65,6 +65,50 @@ test("an OUTCOME record decodes to exactly what was encoded", () => {
   expect(decodeOutcome(bytes, 0, bytes.length)).toEqual(o);
 });
 
+test("TLS notes travel in a trailer that readers without it skip: OUTCOME and MESSAGE records", () => {
+  const dane = { policy: "dane", version: "TLSv1.3", cipher: "TLS_AES_256_GCM_SHA384", verified: true };
+  const plain = { policy: "opportunistic", verified: false };
+  const o = {
+    idMs: 5,
+    idCounter: 6,
+    attempts: 3,
+    nextAttemptMs: 99,
+    reason: "",
+    recipients: [
+      { state: 1, lastReply: "250 ok", lastTls: dane },
+      { state: 0, lastReply: "451 later", lastTls: plain },
+      { state: 0 },
+      { state: 1, lastReply: "250 ok", lastTls: { ...dane } },
+    ],
+  };
+  const bytes = encodeOutcome(o);
+  expect(decodeOutcome(bytes, 0, bytes.length)).toEqual(o);
+  // One table entry per distinct note: the fourth recipient shares the first one's.
+  const without = encodeOutcome({ ...o, recipients: o.recipients.map(({ lastTls: _, ...r }) => r) });
+  const entry = (t: { policy: string; version?: string; cipher?: string }) =>
+    12 + t.policy.length + (t.version ?? "").length + (t.cipher ?? "").length + 1;
+  const tableBytes = 1 + 4 + entry(dane) + entry(plain);
+  expect(bytes.length - without.length).toBe(tableBytes + 4 * o.recipients.length);
+  // A MESSAGE record (a compaction copy) carries the notes after its body.
+  const m = {
+    ...message,
+    recipients: [{ ...message.recipients[0]!, lastTls: plain }, message.recipients[1]!],
+  };
+  const mb = encodeMessage(m);
+  const back = decodeMessage(mb, 0, mb.length);
+  expect(back.recipients).toEqual(m.recipients);
+  const h = newRecordHead();
+  peekRecord(mb, 0, mb.length, h);
+  expect(h.bodyBytes).toBe(message.body.length);
+  // The payload without notes is a prefix of the payload with them: a reader from before the
+  // trailer reads exactly what it always read and stops (it never asked for the payload's end).
+  const mWithout = encodeMessage(message);
+  expect(Buffer.from(mb.subarray(16, mWithout.length)).equals(Buffer.from(mWithout.subarray(16)))).toBe(true);
+  expect(Buffer.from(bytes.subarray(16, without.length)).equals(Buffer.from(without.subarray(16)))).toBe(
+    true,
+  );
+});
+
 test("every single flipped bit of a record fails its check", () => {
   const bytes = encodeMessage(message);
   for (let i = 0; i < bytes.length; i++) {

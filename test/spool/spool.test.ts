@@ -339,3 +339,49 @@ test("verify and stats read a spool without its lock and without changing it", a
   expect(st.deadBytes).toBeGreaterThan(0);
   expect(segmentFiles(tmp.dir).map((f) => fs.readFileSync(f))).toEqual(before);
 });
+
+test("each recipient's last TLS is kept with its last reply: across reopen and compaction, untouched recipients keep theirs", async () => {
+  using tmp = tempDir();
+  const opts = { dir: tmp.dir, segmentSizeBytes: 4096, sync: false };
+  let spool = await Spool.open(opts);
+  const a = await spool.append(msg(1, 3));
+  const sts = { policy: "sts-enforce", version: "TLSv1.3", cipher: "TLS_AES_256_GCM_SHA384", verified: true };
+  const plain = { policy: "opportunistic", verified: false };
+  await spool.recordOutcome(a.slot, {
+    recipients: [
+      { index: 0, state: "delivered", reply: "250 2.0.0 ok", tls: sts },
+      { index: 1, state: "pending", reply: "451 4.3.0 later", tls: sts },
+      { index: 2, state: "pending", reply: "451 4.3.0 later", tls: sts },
+    ],
+    attempts: 1,
+  });
+  // The second attempt went elsewhere, in plain text, for one recipient only.
+  await spool.recordOutcome(a.slot, {
+    recipients: [{ index: 1, state: "pending", reply: "452 4.2.2 full", tls: plain }],
+    attempts: 2,
+  });
+  // A third with no TLS at all (the plan deferred before any connection): that recipient has none.
+  await spool.recordOutcome(a.slot, {
+    recipients: [{ index: 2, state: "pending", reply: "451 4.7.5 no host" }],
+    attempts: 3,
+  });
+  const want = [sts, plain, undefined];
+  expect(spool.readEnvelope(a.slot).recipients.map((r) => r.lastTls)).toEqual(want);
+  await spool.close();
+  spool = await Spool.open(opts);
+  expect(spool.readEnvelope(spool.slotOf(a.id)!).recipients.map((r) => r.lastTls)).toEqual(want);
+  // Messages after it that are delivered fill its segment and leave it mostly dead: compaction moves
+  // its record into a new segment (a MESSAGE copy, which must carry the notes).
+  const before = spool.segmentInfo()[0]!.name;
+  for (let i = 0; i < 30; i++) {
+    const f = await spool.append(msg(100 + i, 1, 200));
+    await spool.recordOutcome(f.slot, { recipients: [{ index: 0, state: "delivered" }], attempts: 1 });
+  }
+  await spool.compact();
+  expect(spool.segmentInfo().map((g) => g.name)).not.toContain(before);
+  expect(spool.readEnvelope(spool.slotOf(a.id)!).recipients.map((r) => r.lastTls)).toEqual(want);
+  await spool.close();
+  spool = await Spool.open(opts);
+  expect(spool.readEnvelope(spool.slotOf(a.id)!).recipients.map((r) => r.lastTls)).toEqual(want);
+  await spool.close();
+});

@@ -1,7 +1,7 @@
 /**
  * aiosmtpd (Debian's python3-aiosmtpd, run by /usr/bin/python3) as a real third-party receiving
  * server in tests: optionally without 8BITMIME, with SMTPUTF8, with AUTH, refusing some recipients,
- * on a given loopback address and port, with STARTTLS and a given certificate (or hiding STARTTLS).
+ * deferring some (451), on a given loopback address and port, with STARTTLS and a given certificate (or hiding STARTTLS).
  *
  * Owns: starting `aiosmtpd_peer.py` on a free loopback port and reading back what it received.
  * There is no skip: where python3-aiosmtpd is missing the test fails (CI installs it).
@@ -38,6 +38,8 @@ export async function startAiosmtpd(opts: {
   smtputf8?: boolean;
   auth?: { username: string; password: string };
   rejectRcptPrefix?: string;
+  /** Recipients starting with this get 451 4.2.0 (a temporary failure). */
+  deferRcptPrefix?: string;
   /** Loopback address and port to listen on; default 127.0.0.1 and a free port. */
   host?: string;
   port?: number;
@@ -52,6 +54,7 @@ export async function startAiosmtpd(opts: {
   if (opts.smtputf8) args.push("--smtputf8");
   if (opts.auth) args.push("--auth", `${opts.auth.username}:${opts.auth.password}`);
   if (opts.rejectRcptPrefix) args.push("--reject-rcpt", opts.rejectRcptPrefix);
+  if (opts.deferRcptPrefix) args.push("--defer-rcpt", opts.deferRcptPrefix);
   if (opts.host) args.push("--host", opts.host);
   if (opts.tls) args.push("--tls", opts.tls.chainFile ?? opts.tls.certFile, opts.tls.keyFile);
   const proc = spawn(["/usr/bin/python3", join(import.meta.dir, "aiosmtpd_peer.py"), ...args], {

@@ -2,7 +2,7 @@
 # implementation, so that what mta sends is judged by someone else's parser.
 #
 # Usage: aiosmtpd_peer.py PORT OUTFILE [--no-8bitmime] [--smtputf8] [--auth USER:PASS]
-#                         [--reject-rcpt PREFIX] [--host ADDR] [--tls CERT KEY]
+#                         [--reject-rcpt PREFIX] [--defer-rcpt PREFIX] [--host ADDR] [--tls CERT KEY]
 # Prints "ready" once it listens. Each received message is one JSON line in OUTFILE: mail_from,
 # rcpt_tos, mail_options, rcpt_options, tls (whether it came over STARTTLS), and the content as
 # base64 (exact octets, decode_data off). Each refused AUTH is a line {"auth_failed": user}; each
@@ -20,6 +20,7 @@ no8bit = "--no-8bitmime" in args
 smtputf8 = "--smtputf8" in args
 auth = args[args.index("--auth") + 1].split(":", 1) if "--auth" in args else None
 reject = args[args.index("--reject-rcpt") + 1] if "--reject-rcpt" in args else None
+defer = args[args.index("--defer-rcpt") + 1] if "--defer-rcpt" in args else None
 host = args[args.index("--host") + 1] if "--host" in args else "127.0.0.1"
 tls = args[args.index("--tls") + 1 : args.index("--tls") + 3] if "--tls" in args else None
 
@@ -46,6 +47,8 @@ class Handler:
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         if reject and address.startswith(reject):
             return "550 5.1.1 No such user here"
+        if defer and address.startswith(defer):
+            return "451 4.2.0 Try again later"
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return "250 OK"

@@ -9,7 +9,7 @@
  * DNSSEC as a validating resolver would show it, without signatures: `ad` sets the AD bit in answers
  * to queries that asked for it (AD or DO set), `mode: "bogus"` answers SERVFAIL (with the Extended DNS
  * Error `ede` when given) unless the query set CD, which gets the records: what unbound does for data
- * whose signatures fail. The real thing (unbound over a signed zone) is in test/support/unbound.ts.
+ * whose signatures fail. `cname` makes a name an alias, followed the way a recursive resolver does. The real thing (unbound over a signed zone) is in test/support/unbound.ts.
  */
 import dgram from "node:dgram";
 import net from "node:net";
@@ -30,6 +30,12 @@ export interface NameSpec {
   ede?: number;
   /** Answer UDP with the TC bit and no records; TCP gets the full answer. */
   truncate?: boolean;
+  /**
+   * The name is an alias of this one: a question of any other type gets the CNAME record followed by
+   * the target's records (as a recursive resolver answers), AD only when every name on the way has
+   * `ad`; a CNAME question gets the CNAME record alone, AD by this name's `ad`.
+   */
+  cname?: string;
 }
 
 export interface DnsServer {
@@ -43,6 +49,15 @@ export interface DnsServer {
 }
 
 const NEGATIVE_TTL_S = 30;
+
+function tlsaAnswer(name: string, ttl: number, r: NonNullable<NameSpec["tlsa"]>[number]): dnsPacket.Answer {
+  return {
+    type: "TLSA",
+    name,
+    ttl,
+    data: { usage: r.usage, selector: r.selector, matchingType: r.matchingType, certificate: r.data },
+  } as unknown as dnsPacket.Answer;
+}
 const RCODE = { NOERROR: 0, SERVFAIL: 2, NXDOMAIN: 3, REFUSED: 5 } as const;
 
 export async function startDnsServer(zone: Record<string, NameSpec> = {}): Promise<DnsServer> {
@@ -101,6 +116,31 @@ export async function startDnsServer(zone: Record<string, NameSpec> = {}): Promi
     if (spec.mode === "refused") return dnsPacket.encode({ ...base, flags: flags | RCODE.REFUSED });
     const ttl = spec.ttlS ?? 300;
     const answers: dnsPacket.Answer[] = [];
+    if (spec.cname !== undefined) {
+      if (q.type === "CNAME")
+        return dnsPacket.encode({
+          ...base,
+          flags,
+          answers: [{ type: "CNAME", name, ttl, data: spec.cname }],
+        });
+      // Follow the chain (at most 8 links); the answer is authenticated only if every link is.
+      let owner = name;
+      let ad = spec.ad === true;
+      let at: NameSpec | undefined = spec;
+      for (let i = 0; at?.cname !== undefined && i < 8; i++) {
+        answers.push({ type: "CNAME", name: owner, ttl, data: at.cname });
+        owner = at.cname.toLowerCase();
+        at = names.get(owner);
+        ad = ad && at?.ad === true;
+      }
+      const chained = flags & ~(ad ? 0 : dnsPacket.AUTHENTIC_DATA);
+      if (at && q.type === "A")
+        for (const ip of at.a ?? []) answers.push({ type: "A", name: owner, ttl, data: ip });
+      if (at && q.type === "AAAA")
+        for (const ip of at.aaaa ?? []) answers.push({ type: "AAAA", name: owner, ttl, data: ip });
+      if (at && q.type === "TLSA") for (const r of at.tlsa ?? []) answers.push(tlsaAnswer(owner, ttl, r));
+      return dnsPacket.encode({ ...base, flags: chained, answers });
+    }
     if (q.type === "MX") for (const m of spec.mx ?? []) answers.push({ type: "MX", name, ttl, data: m });
     if (q.type === "A") for (const ip of spec.a ?? []) answers.push({ type: "A", name, ttl, data: ip });
     if (q.type === "AAAA")
@@ -113,14 +153,7 @@ export async function startDnsServer(zone: Record<string, NameSpec> = {}): Promi
           ttl,
           data: (Array.isArray(t) ? t : [t]).map((x) => Buffer.from(x)),
         });
-    if (q.type === "TLSA")
-      for (const r of spec.tlsa ?? [])
-        answers.push({
-          type: "TLSA",
-          name,
-          ttl,
-          data: { usage: r.usage, selector: r.selector, matchingType: r.matchingType, certificate: r.data },
-        } as unknown as dnsPacket.Answer);
+    if (q.type === "TLSA") for (const r of spec.tlsa ?? []) answers.push(tlsaAnswer(name, ttl, r));
     if (spec.truncate && transport === "udp")
       return dnsPacket.encode({ ...base, flags: flags | dnsPacket.TRUNCATED_RESPONSE });
     if (answers.length === 0) return dnsPacket.encode({ ...base, flags, authorities: [soa] });

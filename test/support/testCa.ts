@@ -6,6 +6,7 @@
  * openssl, not by the code under test).
  */
 import { spawnSync } from "bun";
+import { X509Certificate } from "node:crypto";
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 
@@ -154,13 +155,10 @@ function makeCa(dir: string, name: string, certFile: string, keyFile: string, pa
   return self;
 }
 
-/** A self-signed root CA in `dir` (files under `dir/ca`). */
-export function createTestCa(dir: string, cn = "mta test root CA"): TestCa {
-  const d = join(dir, "ca");
-  mkdirSync(d, { recursive: true });
-  const key = join(d, "root.key");
-  const crt = join(d, "root.pem");
-  openssl(["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", key], d);
+/** A new EC P-256 key in `key` and a certificate for it, signed by itself, valid 30 days, in `crt`. */
+function selfSigned(dir: string, key: string, crt: string, cn: string, extensions: string[]): void {
+  openssl(["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", key], dir);
+  const ext = extensions.flatMap((e) => ["-addext", e]);
   openssl(
     [
       "req",
@@ -173,15 +171,29 @@ export function createTestCa(dir: string, cn = "mta test root CA"): TestCa {
       "-days",
       "30",
       "-sha256",
-      "-addext",
-      "basicConstraints=critical,CA:TRUE",
-      "-addext",
-      "keyUsage=critical,keyCertSign,cRLSign",
+      ...ext,
       "-out",
       crt,
     ],
-    d,
+    dir,
   );
+}
+
+/** DER certificates from PEM text holding one or more (a chain as a server sends it). */
+export function pemToDer(pems: string): Uint8Array[] {
+  return pems
+    .split(/(?=-----BEGIN CERTIFICATE-----)/)
+    .filter((p) => p.includes("BEGIN"))
+    .map((p) => new Uint8Array(new X509Certificate(p).raw));
+}
+
+/** A self-signed root CA in `dir` (files under `dir/ca`). */
+export function createTestCa(dir: string, cn = "mta test root CA"): TestCa {
+  const d = join(dir, "ca");
+  mkdirSync(d, { recursive: true });
+  const key = join(d, "root.key");
+  const crt = join(d, "root.pem");
+  selfSigned(d, key, crt, cn, ["basicConstraints=critical,CA:TRUE", "keyUsage=critical,keyCertSign,cRLSign"]);
   return makeCa(d, "root", crt, key, "");
 }
 
@@ -191,10 +203,30 @@ export function selfSignedFor(dir: string, cn: string): IssuedCert {
 }
 
 /**
- * The TLSA association data for a certificate, computed by openssl: selector 0 (full certificate) or
- * 1 (SubjectPublicKeyInfo), matching type 1 (SHA-256) or 2 (SHA-512). Hex.
+ * A truly self-issued server certificate for `cn` (its own key signs it; CA:FALSE, no key usage
+ * limits): a server that is its own trust anchor.
  */
-export function tlsaDigest(certPem: string, selector: 0 | 1, matchingType: 1 | 2, dir: string): string {
+export function selfIssuedFor(dir: string, cn: string): IssuedCert {
+  const base = join(dir, `selfissued-${cn.replace(/[^A-Za-z0-9.-]/g, "_")}-${serial++}`);
+  const key = `${base}.key`;
+  const crt = `${base}.pem`;
+  selfSigned(dir, key, crt, cn, [`subjectAltName=DNS:${cn}`, "basicConstraints=CA:FALSE"]);
+  const certPem = readFileSync(crt, "utf8");
+  return {
+    chainPem: certPem,
+    certPem,
+    keyPem: readFileSync(key, "utf8"),
+    certFile: crt,
+    keyFile: key,
+    chainFile: crt,
+  };
+}
+
+/**
+ * The TLSA association data for a certificate, computed by openssl: selector 0 (full certificate) or
+ * 1 (SubjectPublicKeyInfo), matching type 0 (the value itself), 1 (SHA-256) or 2 (SHA-512). Hex.
+ */
+export function tlsaDigest(certPem: string, selector: 0 | 1, matchingType: 0 | 1 | 2, dir: string): string {
   const der =
     selector === 0
       ? openssl(["x509", "-outform", "DER"], dir, Buffer.from(certPem))
@@ -203,6 +235,7 @@ export function tlsaDigest(certPem: string, selector: 0 | 1, matchingType: 1 | 2
           dir,
           openssl(["x509", "-pubkey", "-noout"], dir, Buffer.from(certPem)),
         );
+  if (matchingType === 0) return der.toString("hex");
   const out = openssl(["dgst", matchingType === 1 ? "-sha256" : "-sha512", "-hex"], dir, der).toString();
   return out.trim().split(/\s+/).pop()!;
 }

@@ -4,14 +4,13 @@
  * planner's input here (the cache itself is tested against a real HTTPS host in stsCache.test.ts).
  */
 import { afterAll, beforeAll, expect, test } from "bun:test";
-import { X509Certificate } from "node:crypto";
 import { createResolver, type Resolver } from "../../src/dns/index.ts";
 import { type PlanInput, planTls, type TlsPlan } from "../../src/tlspolicy/_plan.ts";
 import type { StsLookup } from "../../src/tlspolicy/_stsCache.ts";
 import { parseStsPolicy } from "../../src/tlspolicy/index.ts";
 import { type DnsServer, startDnsServer } from "../support/dnsServer.ts";
 import { tempDir } from "../support/mta.ts";
-import { createTestCa, type IssuedCert, tlsaDigest } from "../support/testCa.ts";
+import { createTestCa, type IssuedCert, tlsaDigest, pemToDer } from "../support/testCa.ts";
 
 const dir = tempDir("mta-plan-");
 let dns: DnsServer;
@@ -20,11 +19,7 @@ let plain: Resolver;
 let good: IssuedCert;
 let other: IssuedCert;
 
-const der = (pem: string) =>
-  pem
-    .split(/(?=-----BEGIN CERTIFICATE-----)/)
-    .filter((p) => p.includes("BEGIN"))
-    .map((p) => new Uint8Array(new X509Certificate(p).raw));
+const der = pemToDer;
 
 beforeAll(async () => {
   const ca = createTestCa(dir.path);

@@ -23,6 +23,15 @@ beforeAll(async () => {
         "mx1 IN A 127.0.0.41",
         `_25._tcp.mx1 IN TLSA 3 1 1 ${hash}`,
         "mx2 IN A 127.0.0.42",
+        // CNAME'd MX hosts (RFC 7672 §2.2.2).
+        "alias1 IN CNAME real1",
+        "real1 IN A 127.0.0.47",
+        `_25._tcp.real1 IN TLSA 3 1 1 ${hash}`,
+        "alias2 IN CNAME real2",
+        "real2 IN A 127.0.0.48",
+        `_25._tcp.alias2 IN TLSA 3 1 1 ${hash}`,
+        "alias3 IN CNAME mx1.plain.test.",
+        `_25._tcp.alias3 IN TLSA 3 1 1 ${hash}`,
       ],
     },
     {
@@ -34,7 +43,12 @@ beforeAll(async () => {
     {
       name: "plain.test",
       signed: false,
-      records: ["@ IN MX 10 mx1", "mx1 IN A 127.0.0.44", `_25._tcp.mx1 IN TLSA 3 1 1 ${hash}`],
+      records: [
+        "@ IN MX 10 mx1",
+        "mx1 IN A 127.0.0.44",
+        `_25._tcp.mx1 IN TLSA 3 1 1 ${hash}`,
+        "alias4 IN CNAME real1.signed.test.",
+      ],
     },
   ]);
   resolver = createResolver({
@@ -127,4 +141,56 @@ test("the planner: DANE for the signed MX, the bogus one taken out, the unsigned
     deps,
   );
   expect(plain.hosts[0]!.tls.name).toBe("opportunistic");
+});
+
+const cnameDeps = () => ({
+  resolver,
+  dane: true,
+  sts: false,
+  stsLookup: async () => ({ kind: "none" as const, detail: "" }),
+  now: Date.now,
+});
+const planFor = (name: string, ip: string) =>
+  planTls(
+    { domain: "signed.test", hosts: [{ name, ip, port: 25 }], viaMx: true, mode: "auto", verify: false },
+    cnameDeps(),
+  );
+
+test("unbound: a CNAME chain inside the signed zone is authenticated, and its final owner reported", async () => {
+  expect(await resolver.addresses("alias1.signed.test", 4)).toMatchObject({
+    kind: "ok",
+    addresses: ["127.0.0.47"],
+    authenticated: true,
+    canonicalName: "real1.signed.test",
+    aliases: [{ owner: "alias1.signed.test", target: "real1.signed.test", authenticated: true }],
+  });
+  // Into the unsigned zone: the answer is insecure, the alias's own record is not.
+  const r = await resolver.addresses("alias3.signed.test", 4);
+  expect(r).toMatchObject({
+    kind: "ok",
+    addresses: ["127.0.0.44"],
+    canonicalName: "mx1.plain.test",
+    aliases: [{ owner: "alias3.signed.test", target: "mx1.plain.test", authenticated: true }],
+  });
+  expect("authenticated" in r).toBe(false);
+  // Out of the unsigned zone into the signed one: the first link is insecure.
+  expect(await resolver.addresses("alias4.plain.test", 4)).toMatchObject({
+    kind: "ok",
+    aliases: [{ owner: "alias4.plain.test", target: "real1.signed.test", authenticated: false }],
+  });
+});
+
+test("unbound: the planner looks for TLSA at the expanded name of a secure alias, then at the original name", async () => {
+  // TLSA at the expanded name: it is the TLSA base domain and the SNI name.
+  const a = await planFor("alias1.signed.test", "127.0.0.47");
+  expect(a.hosts[0]!.tls).toMatchObject({ name: "dane", servername: "real1.signed.test" });
+  // None there: the original name's records.
+  const b = await planFor("alias2.signed.test", "127.0.0.48");
+  expect(b.hosts[0]!.tls).toMatchObject({ name: "dane", servername: "alias2.signed.test" });
+  // A signed alias into an unsigned zone: DANE from the original name's records.
+  const c = await planFor("alias3.signed.test", "127.0.0.44");
+  expect(c.hosts[0]!.tls).toMatchObject({ name: "dane", servername: "alias3.signed.test" });
+  // An unsigned alias: no DANE, although its target has signed TLSA records.
+  const d = await planFor("alias4.plain.test", "127.0.0.47");
+  expect(d.hosts[0]!.tls.name).toBe("opportunistic");
 });
