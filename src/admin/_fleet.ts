@@ -5,7 +5,8 @@
  * answered; the most serious state wins), the list of nodes with those that did not answer marked.
  * Does not own: asking the nodes (app/cluster.ts), one node's summary (_ops.ts).
  */
-import { type QueueSummary, type SortKey, type SummaryRow, summaryOf } from "./_ops.ts";
+import { summaryOf } from "./_ops.ts";
+import type { QueueSummary, SortKey, SummaryRow } from "./_shapes.ts";
 
 export interface FleetNode {
   name: string;

@@ -20,7 +20,8 @@
 import { errorMessage } from "../lib/index.ts";
 import type { DeliveryLog, Logger } from "../observe/index.ts";
 import type { NewMessage, Spool } from "../spool/index.ts";
-import { QueueError, type QueueOps, type Selector } from "./_ops.ts";
+import type { QueueOps } from "./_ops.ts";
+import { QueueError, type Selector } from "./_shapes.ts";
 
 export interface TransferMessage {
   id: string;
