@@ -356,3 +356,20 @@ export async function startUnbound(
     },
   };
 }
+
+/** The loopback address of the i-th benchmark destination (127.10.0.1 and up; sinks listen on 0.0.0.0). */
+export function destinationIp(i: number): string {
+  return `127.${10 + Math.floor(i / 65536)}.${Math.floor(i / 256) % 256}.${(i % 256) + 1 > 255 ? 1 : (i % 256) + 1}`;
+}
+
+/** MX and A records for destinations d0.test .. d<n-1>.test, each MX host on its own address. */
+export function destinationZone(
+  n: number,
+): Record<string, { mx?: { exchange: string; preference: number }[]; a?: string[] }> {
+  const zone: Record<string, { mx?: { exchange: string; preference: number }[]; a?: string[] }> = {};
+  for (let i = 0; i < n; i++) {
+    zone[`d${i}.test`] = { mx: [{ exchange: `mx.d${i}.test`, preference: 10 }] };
+    zone[`mx.d${i}.test`] = { a: [destinationIp(i)] };
+  }
+  return zone;
+}

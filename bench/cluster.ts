@@ -27,6 +27,7 @@ import { spawnNode, startNode } from "../test/cluster/_harness.ts";
 import { inject } from "./_injector.ts";
 import {
   cpuSeconds,
+  destinationZone,
   fmt,
   freePort,
   median,
@@ -138,10 +139,6 @@ async function redisCost(
 
 // ---------------------------------------------------------------- end to end, shared vs local
 
-function ipFor(i: number): string {
-  return `127.${10 + Math.floor(i / 65536)}.${Math.floor(i / 256) % 256}.${(i % 256) + 1}`;
-}
-
 async function controlGet(port: number, path: string): Promise<Response> {
   return fetch(`http://127.0.0.1:${port}${path}`, { headers: { authorization: `Bearer ${TOKEN}` } });
 }
@@ -165,11 +162,7 @@ async function e2eOnce(redisUrl: string | undefined, dests: number): Promise<E2e
   const sinkPort = freePort();
   using sink = startCountingSink(dir.path, `0.0.0.0:${sinkPort}`);
   await Bun.sleep(300);
-  const zone: Record<string, { mx?: { exchange: string; preference: number }[]; a?: string[] }> = {};
-  for (let i = 0; i < dests; i++) {
-    zone[`d${i}.test`] = { mx: [{ exchange: `mx.d${i}.test`, preference: 10 }] };
-    zone[`mx.d${i}.test`] = { a: [ipFor(i)] };
-  }
+  const zone = destinationZone(dests);
   await using dns = UNBOUND ? await startUnbound(dir.path, zone) : await startDnsServer(zone);
   await using mta = await startBenchMta(
     dir.path,

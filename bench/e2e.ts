@@ -27,6 +27,8 @@ import { startDnsServer } from "../test/support/dnsServer.ts";
 import { inject } from "./_injector.ts";
 import {
   cpuSeconds,
+  destinationIp,
+  destinationZone,
   freePort,
   median,
   postfixAnchor,
@@ -64,13 +66,9 @@ if (!SMTP_SINK || !SMTP_SOURCE) {
   process.exit(0);
 }
 
-function ipFor(i: number): string {
-  return `127.${10 + Math.floor(i / 65536)}.${Math.floor(i / 256) % 256}.${(i % 256) + 1 > 255 ? 1 : (i % 256) + 1}`;
-}
-
 /**
  * Postfix with `dests` destinations (its anchor scripts spell out at most 100 next hops): a hash transport
- * table sends d<i>.test to [ipFor(i)]:sinkPort (the same sink, listening on 0.0.0.0), the same injector
+ * table sends d<i>.test to [destinationIp(i)]:sinkPort (the same sink, listening on 0.0.0.0), the same injector
  * sends to 127.0.0.1:2525, wall time from the first message to the sink's count growing by `count`.
  * The transport table and delivery settings are put back afterwards. Returns msgs/s.
  */
@@ -82,7 +80,7 @@ async function postfixManyDestinations(
   const sh = (cmd: string) => spawnSync(["bash", "-c", cmd], { stdout: "pipe", stderr: "pipe" });
   setupPostfix();
   const lines: string[] = [];
-  for (let i = 0; i < dests; i++) lines.push(`d${i}.test smtp:[${ipFor(i)}]:${sinkPort}`);
+  for (let i = 0; i < dests; i++) lines.push(`d${i}.test smtp:[${destinationIp(i)}]:${sinkPort}`);
   await Bun.write("/etc/postfix/bench_many", `${lines.join("\n")}\n`);
   sh(
     "postmap hash:/etc/postfix/bench_many && postconf -e 'transport_maps = hash:/etc/postfix/bench_many' 'smtpd_recipient_restrictions = permit_mynetworks, reject' 'defer_transports =' && postsuper -d ALL >/dev/null 2>&1; postfix reload >/dev/null 2>&1; sleep 1.5",
@@ -124,11 +122,7 @@ async function mtaOnce(dests: number): Promise<MtaRun & { postfix?: number }> {
   const sinkPort = freePort();
   using sink = startCountingSink(dir.path, dests === 1 ? `127.0.0.1:${sinkPort}` : `0.0.0.0:${sinkPort}`);
   await Bun.sleep(300);
-  const zone: Record<string, { mx?: { exchange: string; preference: number }[]; a?: string[] }> = {};
-  for (let i = 0; i < (dests === 1 ? 0 : dests); i++) {
-    zone[`d${i}.test`] = { mx: [{ exchange: `mx.d${i}.test`, preference: 10 }] };
-    zone[`mx.d${i}.test`] = { a: [ipFor(i)] };
-  }
+  const zone = destinationZone(dests === 1 ? 0 : dests);
   // unbound when installed (a real resolver, as in production), else the test suite's DNS server.
   await using dns = dests > 1 && UNBOUND ? await startUnbound(dir.path, zone) : await startDnsServer(zone);
   await using mta = await startBenchMta(

@@ -218,6 +218,7 @@ export class QueueOps {
     const shape = this.scheduler ? this.scheduler.summary() : summarize(this.spool, now);
     const rows: SummaryRow[] = shape.map((s) => ({
       destination: s.destination,
+      site: nullable(s.site),
       messages: s.messages,
       recipients: s.recipients,
       bytes: s.bytes,

@@ -29,6 +29,8 @@ export type MessageState = (typeof MESSAGE_STATES)[number];
 
 export interface SummaryRow {
   destination: string;
+  /** The next hop (site) the destination's mail is queued under when it is another one, e.g. a smarthost route's. */
+  site: string | null;
   messages: number;
   /** Pending recipients. */
   recipients: number;

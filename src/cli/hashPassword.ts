@@ -15,6 +15,9 @@ const MAX_PASSWORD_BYTES = 1024;
 /** Reads one line from a terminal in raw mode (no echo). Ctrl-C or Ctrl-D abort. */
 function promptHidden(prompt: string): Promise<string> {
   const stdin = process.stdin;
+  // Echo goes off before the prompt appears: a password typed (or pasted) as soon as the prompt
+  // shows must never be echoed by the terminal.
+  stdin.setRawMode(true);
   process.stderr.write(prompt);
   return new Promise<string>((resolve, reject) => {
     let line = "";
@@ -35,7 +38,6 @@ function promptHidden(prompt: string): Promise<string> {
         else if (ch >= " ") line += ch;
       }
     };
-    stdin.setRawMode(true);
     stdin.resume();
     stdin.on("data", onData);
   });

@@ -192,9 +192,12 @@ function destinationTable(s: QueueSummary | ClusterSummary, fleet: boolean): str
       r.oldestMs === null ? "-" : shortAge(s.nowMs - r.oldestMs),
       when(r.nextAttemptMs, s.nowMs),
       r.activeConnections,
-      r.reason
-        ? `${r.state} (${r.reason}${r.untilMs !== null ? `, until ${when(r.untilMs, s.nowMs).slice(3)}` : ""})`
-        : r.state,
+      // A routed domain names the next hop whose queue and state it shares (one row, not two).
+      `${r.state}${r.site ? ` via ${r.site}` : ""}${
+        r.reason
+          ? ` (${r.reason}${r.untilMs !== null ? `, until ${when(r.untilMs, s.nowMs).slice(3)}` : ""})`
+          : ""
+      }`,
       r.lastError ?? "",
       ...(fleet ? [("nodes" in r ? (r.nodes as string[]) : []).join(",")] : []),
     ]);

@@ -37,6 +37,8 @@ export interface LeaseRequest {
 }
 
 const VALIDITY = 0.9;
+/** At most this long after losing Redis a node keeps to the slots it kept (half a lease at most). */
+const GROW_GRACE_MS = 2000;
 
 export class Lease {
   lost = false;
@@ -98,6 +100,11 @@ export class LeaseManager {
   private renewing: Promise<void> | undefined;
   /** Keys other nodes wait for, with the number of nodes sharing each (holders and waiters), as of the last renewal. */
   private readonly sharers = new Map<string, number>();
+  /** Leases were in Redis at some point (a loss of Redis then starts a grace, see fitsGrace). */
+  private wasShared = false;
+  /** Until when a node that lost Redis keeps to the slots it kept (performance.now()), and how many per key. */
+  private growAfterMs = 0;
+  private keptAtLoss = new Map<string, number>();
   lostTotal = 0;
   /** Acquisitions answered by Redis, and refused ones (full). */
   acquired = 0;
@@ -154,6 +161,9 @@ export class LeaseManager {
     for (const key of keys) this.siteOfKey.set(key, req.site);
     const mode = this.opts.mode();
     if (mode !== "shared" && !this.fitsShare(keys, limits)) return this.refuse(req.site, 0);
+    if (mode === "local" && !this.fitsGrace(keys)) {
+      return this.refuse(req.site, this.growAfterMs - performance.now());
+    }
     const seq = ++this.seq;
     const member = `${this.opts.node}/${this.opts.instance}/${seq}`;
     if (mode === "local")
@@ -203,6 +213,16 @@ export class LeaseManager {
     this.waiting.set(site, cur === undefined || cur === 0 ? at : Math.min(cur, at || cur));
     if (at > 0) this.armRetry(at);
     return undefined;
+  }
+
+  /**
+   * Just after Redis was lost, a node does not grow beyond the slots it kept: the nodes that held
+   * more than their share end those connections after the message in hand, and growing at once
+   * would open new ones beside them (the limit exceeded for a moment).
+   */
+  private fitsGrace(keys: readonly string[]): boolean {
+    if (performance.now() >= this.growAfterMs) return true;
+    return keys.every((key) => (this.byKey.get(key)?.size ?? 0) < (this.keptAtLoss.get(key) ?? 0));
   }
 
   private fitsShare(keys: readonly string[], limits: readonly number[]): boolean {
@@ -414,12 +434,17 @@ export class LeaseManager {
       l.shared = false;
       l.validUntil = Infinity;
     }
+    if (this.wasShared) {
+      this.keptAtLoss = counts;
+      this.growAfterMs = performance.now() + Math.min(this.opts.leaseMs / 2, GROW_GRACE_MS);
+    }
     this.armExpiry();
     this.wakeAll();
   }
 
   /** Redis is back: every local lease is taken again in Redis (lost where the slot is taken). */
   async toShared(): Promise<void> {
+    this.wasShared = true;
     const local = [...this.all].filter((l) => !l.shared);
     await Promise.all(
       local.map(async (l) => {

@@ -27,6 +27,8 @@ export class SiteSlots {
   /** Refused by the cluster: ask again only when a slot may be free (onFree) or the limit changes. */
   private blocked = false;
   private target = 0;
+  /** The `n` of the last `want`: a fall is a connection that may now be idle. */
+  private lastWanted = 0;
   private limit = 1;
   private lingerTimer: ReturnType<typeof setTimeout> | undefined;
   private closed = false;
@@ -70,8 +72,17 @@ export class SiteSlots {
     if (have + this.pending < this.target && !this.blocked) {
       for (let k = have + this.pending; k < this.target; k++) void this.acquireOne();
     }
-    if (have > this.target) this.armLinger();
-    else if (this.lingerTimer) {
+    // A connection that stopped being used (the count wanted fell) may stay open idle for the
+    // linger: a surplus is given back a full linger after the last such change, or when needed again.
+    const changed = n < this.lastWanted;
+    this.lastWanted = n;
+    if (have > this.target) {
+      if (changed && this.lingerTimer) {
+        clearTimeout(this.lingerTimer);
+        this.lingerTimer = undefined;
+      }
+      this.armLinger();
+    } else if (this.lingerTimer) {
       // Needed again: a later surplus waits a full linger from then.
       clearTimeout(this.lingerTimer);
       this.lingerTimer = undefined;

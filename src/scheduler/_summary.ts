@@ -2,8 +2,9 @@
  * The queue's shape per destination (qshape, KumoMTA's queue-summary): the one aggregation of the
  * queue, for the live scheduler and for a stopped spool alike.
  *
- * Owns: `summarize` (rows per recipient domain, plus sites worth showing: suspended, throttled,
- * active), `queueTotals` (the totals behind the `mta_queue_*` gauges).
+ * Owns: `summarize` (rows per recipient domain, each naming the next hop it is queued under when that
+ * is another site, plus sites worth showing that carry no row's mail: suspended, throttled, active),
+ * `queueTotals` (the totals behind the `mta_queue_*` gauges).
  * Does not own: the per-message state (the scheduler's view passed in), sorting and output (admin).
  * Invariant: one pass over the in-RAM index; no disk reads. `activeConnections` counts the attempts in
  * flight for the row's own messages, so rows add up even when many domains share one site.
@@ -83,7 +84,10 @@ export function summarize(spool: SchedulerSpool, nowMs: number, view?: LiveView)
     if (s.state === "idle" && (s.activeConnections > 0 || a.ready > 0)) s.state = "active";
     out.push(s);
   }
-  return out;
+  // A next hop (a smarthost route's site) already shows on the rows of the domains it carries, with its
+  // state: a row of its own, without mail of its own, would read as a second, empty destination.
+  const carried = new Set(out.flatMap((r) => (r.site !== undefined && r.messages > 0 ? [r.site] : [])));
+  return out.filter((r) => r.messages > 0 || !carried.has(r.destination));
 }
 
 /** Pending recipients, bytes and the oldest arrival over every live message. */

@@ -6,21 +6,11 @@
 import { expect, test } from "bun:test";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { api, clusterConfig, healthz, inject, metricsText, startNodes } from "../support/cluster.ts";
+import { api, clusterConfig, healthz, inject, metricsText, startNodes, until } from "../support/cluster.ts";
 import { deliveryLog, runMta, startMta, tempDir, testConfig } from "../support/mta.ts";
 import { startRedis } from "../support/redis.ts";
 import { selfSignedCert } from "../listener/_harness.ts";
 import { freePort, startSink } from "../support/sink.ts";
-
-async function until<T>(fn: () => T | undefined | Promise<T | undefined>, timeoutMs = 10_000): Promise<T> {
-  const end = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v !== undefined) return v;
-    if (Date.now() > end) throw new Error("timed out");
-    await Bun.sleep(20);
-  }
-}
 
 const env = { MTA_LOOPBACK_ONLY: "1" };
 

@@ -5,22 +5,12 @@
  */
 import { expect, test } from "bun:test";
 import { spawn } from "bun";
-import { api, inject, startNodes } from "../support/cluster.ts";
+import { api, inject, startNodes, until } from "../support/cluster.ts";
 import { deliveryLog, MTA, runMta, startMta, tempDir } from "../support/mta.ts";
 import { startRedis } from "../support/redis.ts";
 import { startSink } from "../support/sink.ts";
 
 const env = { MTA_LOOPBACK_ONLY: "1" };
-
-async function until<T>(fn: () => T | undefined | Promise<T | undefined>, timeoutMs = 10_000): Promise<T> {
-  const end = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v !== undefined) return v;
-    if (Date.now() > end) throw new Error("timed out");
-    await Bun.sleep(50);
-  }
-}
 
 /** Node A keeps everything (its route is refused); node B delivers to the sink. */
 function routes(sinkPort: number) {

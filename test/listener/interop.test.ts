@@ -12,6 +12,7 @@ const swaks = peer("swaks-tls");
 const smtpSource = peer("smtp-source");
 const python = peer("python3");
 const openssl = peer("openssl");
+const msmtp = peer("msmtp");
 
 async function run(cmd: string[], stdin?: string): Promise<{ code: number; out: string; err: string }> {
   const p = Bun.spawn(cmd, {
@@ -209,4 +210,38 @@ print("ok")
     expect(got[0]!.envelope.tls?.protocol).toMatch(/^TLSv1\.[23]$/);
     expect(got[0]!.text).toContain("Subject: via openssl\r\n\r\nhi\r\n");
   });
+
+  // msmtp as a cron job or mutt would use it: a message on stdin, STARTTLS, AUTH PLAIN, two recipients.
+  test.skipIf(lacking("msmtp", "openssl"))(
+    "msmtp: STARTTLS, AUTH, two recipients, the message from stdin",
+    async () => {
+      const before = acceptor.messages.length;
+      const r = await run(
+        [
+          msmtp!,
+          "--host=127.0.0.1",
+          `--port=${listener.port}`,
+          "--domain=msmtp.test",
+          "--tls=on",
+          "--tls-starttls=on",
+          "--tls-certcheck=off",
+          "--auth=plain",
+          "--user=alice",
+          "--passwordeval=echo s3cret",
+          "--from=cron@example.com",
+          "--",
+          "d@example.org",
+          "e@example.org",
+        ],
+        "From: cron@example.com\nSubject: via msmtp\n\n.a line with a dot\nbody\n",
+      );
+      expect(r.code, r.err).toBe(0);
+      const got = since(before);
+      expect(got.length).toBe(1);
+      expect(got[0]!.envelope.authUser).toBe("alice");
+      expect(got[0]!.envelope.tls?.protocol).toMatch(/^TLSv1\.[23]$/);
+      expect(got[0]!.envelope.recipients.map((x) => x.address)).toEqual(["d@example.org", "e@example.org"]);
+      expect(got[0]!.text).toContain("Subject: via msmtp\r\n\r\n.a line with a dot\r\nbody\r\n");
+    },
+  );
 });

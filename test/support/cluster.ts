@@ -2,7 +2,7 @@
  * Several `mta serve` processes (dist/mta) against one real redis-server: the cluster end-to-end tests.
  *
  * Owns: `clusterConfig` (the test config plus a cluster: section), `startNodes`, `inject` (messages
- * through the control API), `healthz`, `api` (a JSON call to a node's control API).
+ * through the control API), `healthz`, `api` (a JSON call to a node's control API), `until`.
  */
 import { join } from "node:path";
 import { CONTROL_TOKEN, type StartedMta, startMta, testConfig } from "./mta.ts";
@@ -133,5 +133,19 @@ export async function inject(
       });
     const r = await api(mta, "POST", "/api/v1/inject", { messages });
     if (r.status !== 200) throw new Error(`inject answered ${r.status}: ${JSON.stringify(r.json)}`);
+  }
+}
+
+/** Polls `fn` every 10 ms until it gives a value (not undefined); throws after `timeoutMs`. */
+export async function until<T>(
+  fn: () => T | undefined | Promise<T | undefined>,
+  timeoutMs = 10_000,
+): Promise<T> {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await fn();
+    if (v !== undefined) return v;
+    if (Date.now() > end) throw new Error("timed out");
+    await Bun.sleep(10);
   }
 }

@@ -21,6 +21,8 @@ export interface SessionRecord {
   openedMs: number;
   closedMs: number | undefined;
   client: string;
+  /** The client's IP address. */
+  address: string;
 }
 
 export interface CountingSink extends AsyncDisposable {
@@ -122,7 +124,12 @@ export async function startCountingSink(
     port: 0,
     socket: {
       open(s) {
-        const rec: SessionRecord = { openedMs: performance.now(), closedMs: undefined, client: "" };
+        const rec: SessionRecord = {
+          openedMs: performance.now(),
+          closedMs: undefined,
+          client: "",
+          address: s.remoteAddress,
+        };
         sessions.push(rec);
         s.data = { buf: "", inData: false, data: "", rcpts: [], rec, closing: false };
         conns.add(s);
