@@ -118,7 +118,9 @@ test("an operator suspension on one node holds the destination's mail on every n
     await Bun.sleep(500);
     expect(sink.dumps().length).toBe(0);
     const s = runMta(["queue", "summary", "-c", c!.configFile]);
-    expect(s.stdout).toMatch(/example\.net\s+5\s+5 .*suspended \(maintenance \(from node node-a\)\)/);
+    expect(s.stdout).toMatch(
+      /example\.net\s+5\s+5 .*suspended (via \S+ )?\(maintenance \(from node node-a\)\)/,
+    );
     // Resumed on C (not where it was suspended): every node delivers.
     expect(runMta(["queue", "resume", "example.net", "-c", c!.configFile]).code).toBe(0);
     await sink.waitFor(10);
