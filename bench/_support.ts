@@ -207,6 +207,16 @@ export function stopPostfix(): void {
   spawnSync(["postfix", "stop"], { stdout: "ignore", stderr: "ignore" });
 }
 
+/** `--key=value` and bare `--flag` (value "1") arguments, by key. */
+export function benchArgs(argv = process.argv.slice(2)): Map<string, string> {
+  return new Map(
+    argv.map((a) => {
+      const [k, v] = a.replace(/^--/, "").split("=");
+      return [k!, v ?? "1"] as const;
+    }),
+  );
+}
+
 export function fmt(n: number, digits = 0): string {
   if (!Number.isFinite(n)) return "-";
   return n.toLocaleString("en-US", { maximumFractionDigits: digits, minimumFractionDigits: digits });

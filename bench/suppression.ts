@@ -14,14 +14,9 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import { join } from "node:path";
 import { SuppressionList } from "../src/suppression/index.ts";
-import { median, printTable, type Row, rssBytes } from "./_support.ts";
+import { benchArgs, median, printTable, type Row, rssBytes } from "./_support.ts";
 
-const args = new Map(
-  process.argv.slice(2).map((a) => {
-    const [k, v] = a.replace(/^--/, "").split("=");
-    return [k!, v ?? "1"] as const;
-  }),
-);
+const args = benchArgs();
 const N = Number(args.get("entries") ?? 10_000_000);
 const base = args.get("dir") ?? os.tmpdir();
 const dir = fs.mkdtempSync(join(base, "mta-bench-suppression-"));

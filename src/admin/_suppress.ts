@@ -14,7 +14,7 @@
  *   POST /api/v1/suppressions/remove   { entries: [{ address, scope? }] }                        → removed/absent
  * At most MAX_ENTRIES_PER_REQUEST entries per POST (the CLI sends larger imports in several).
  */
-import { existsSync } from "node:fs";
+import { existsSync, statSync } from "node:fs";
 import type { Config } from "../config/index.ts";
 import { errorMessage, MtaError, PermissionError } from "../lib/index.ts";
 import { jsonError, jsonResponse, type RouteHandler } from "../observe/index.ts";
@@ -333,7 +333,13 @@ class LocalSuppressClient implements SuppressClient {
 
   /** Opens (for a change: creating the directory, so that a list can be filled before the first start). */
   private async open(): Promise<SuppressionList> {
-    this.opened ??= await SuppressionList.open({ dir: this.dir, sync: this.config.spool.sync });
+    if (!this.opened) becomeSpoolOwner(this.config.spool.dir);
+    // In cluster mode a change made here waits in the outbox for the daemon to publish it.
+    this.opened ??= await SuppressionList.open({
+      dir: this.dir,
+      sync: this.config.spool.sync,
+      shared: this.config.cluster !== undefined,
+    });
     return this.opened;
   }
 
@@ -441,6 +447,27 @@ class LocalSuppressClient implements SuppressClient {
     await this.opened?.close();
     this.opened = undefined;
   }
+}
+
+/**
+ * Run as root, the list is worked on as the owner of the spool directory, the daemon's user (as
+ * Postfix's postsuper works as mail_owner): every file this process creates in it (the directory, the
+ * log, a compaction's new file, the outbox) then belongs to that user, who could not open root's.
+ * Irreversible for the process (a command's life). A spool directory that does not exist yet, or
+ * that root owns, is root's: nothing changes.
+ */
+function becomeSpoolOwner(spoolDir: string): void {
+  if (process.getuid?.() !== 0) return;
+  let owner: { uid: number; gid: number };
+  try {
+    owner = statSync(spoolDir);
+  } catch {
+    return;
+  }
+  if (owner.uid === 0) return;
+  process.setgroups?.([]);
+  process.setgid?.(owner.gid);
+  process.setuid?.(owner.uid);
 }
 
 /**

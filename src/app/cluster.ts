@@ -43,6 +43,7 @@ import {
   type TransferResult,
   transferOut,
 } from "../admin/index.ts";
+import { SUPPRESSION_STREAM_MAX_ENTRIES, SuppressionSharing } from "./_suppressShare.ts";
 
 /** How long the fleet summary waits for each node. */
 const SUMMARY_TIMEOUT_MS = 3000;
@@ -94,6 +95,8 @@ export class ClusterNode {
   private engine: Engine | undefined;
   private ops: QueueOps | undefined;
   private receiver: TransferReceiver | undefined;
+  /** The suppression list kept in step with the other nodes' (_suppressShare.ts). */
+  private sharing: SuppressionSharing | undefined;
   /** The control address other nodes reach this one at, once the control API is up. */
   private control = "";
 
@@ -150,6 +153,12 @@ export class ClusterNode {
       deliveryLog: engine.deliveryLog,
       log: this.log,
     });
+    this.sharing = new SuppressionSharing(
+      engine.feedback.suppression,
+      this.cluster.sharedLog("suppression", SUPPRESSION_STREAM_MAX_ENTRIES),
+      { node: this.cluster.node, log: this.log, metrics: engine.metrics },
+    );
+    this.sharing.start();
     await this.cluster.start();
     if (!this.control || !this.config.control.token)
       this.log.warn(
@@ -240,7 +249,8 @@ export class ClusterNode {
 
   health(): { ok: boolean; status?: string; detail: Record<string, unknown> } {
     const h = this.cluster.health();
-    return { ok: true, status: h.status, detail: { cluster: h } };
+    const suppression = this.sharing?.health();
+    return { ok: true, status: h.status, detail: { cluster: suppression ? { ...h, suppression } : h } };
   }
 
   /** Throws the QueueError a transfer to `name` would meet first (itself, unknown, no control API). */
@@ -347,8 +357,14 @@ export class ClusterNode {
     };
   }
 
+  /** Before the suppression list closes: no more changes are read or published. */
+  async stopSharing(): Promise<void> {
+    await this.sharing?.stop();
+  }
+
   /** After the scheduler stopped: releases every lease, leaves the registry. */
   async stop(): Promise<void> {
+    await this.sharing?.stop();
     await this.cluster.close();
   }
 }

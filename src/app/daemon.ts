@@ -244,6 +244,7 @@ export class Daemon {
       for (const l of listeners) await l.close({ graceMs: 0 });
       await control?.stop();
       await Promise.all(webhooks.map((w) => w.stop(0)));
+      await cluster?.stopSharing();
       await engine.stop();
       await cluster?.stop();
       throw err;
@@ -327,6 +328,7 @@ export class Daemon {
       this.control?.drain();
       await Promise.all([this.maildrop?.stop(), ...this.listeners.map((l) => l.close({ graceMs }))]);
       await this.control?.stop(Math.max(0, deadline - Date.now()));
+      await this.cluster?.stopSharing(); // before the suppression list closes with the engine
       await this.engine.stop(Math.max(1000, deadline - Date.now()));
       // After the engine: its last events are in the file; what is not sent now is sent at the next start.
       await Promise.all(this.webhooks.map((w) => w.stop(1000)));

@@ -23,31 +23,11 @@
  *
  * Every condition on a line must hold. A line that names no condition is an error.
  */
-import { MtaError } from "../lib/index.ts";
+import { BOUNCE_CLASSES, type BounceClass, MtaError } from "../lib/index.ts";
 import builtinRulesText from "./rules.txt" with { type: "text" };
 
-/** PowerMTA's bounce categories, in its spelling: the values of `class` in the delivery log. */
-export const BOUNCE_CLASSES = [
-  "bad-mailbox",
-  "bad-domain",
-  "inactive-mailbox",
-  "invalid-sender",
-  "quota-issues",
-  "no-answer-from-host",
-  "bad-connection",
-  "routing-errors",
-  "message-expired",
-  "protocol-errors",
-  "content-related",
-  "spam-related",
-  "virus-related",
-  "policy-related",
-  "relaying-issues",
-  "bad-configuration",
-  "other",
-] as const;
-
-export type BounceClass = (typeof BOUNCE_CLASSES)[number];
+/** PowerMTA's bounce categories (lib/bounceClasses.ts): the values of `class` in the delivery log. */
+export { BOUNCE_CLASSES, type BounceClass };
 
 /**
  * KumoMTA's predefined classes (Momentum's names) and the PowerMTA category each maps to, so that a

@@ -17,7 +17,8 @@
  *   P states                      set: the state keys, so a node that reconnects can read them all
  *   P node:<name>                 string: JSON of a node's registration, TTL = its dead-after time
  *   P nodes                       sorted set: node name -> last heartbeat (ms)
- *   P events                      pub/sub channel: state changes and freed lease slots
+ *   P events                      pub/sub channel: state changes, freed lease slots, log appends
+ *   P log:<name>, :state, :epoch  a shared log's stream, the state it adds up to, its epoch (_journal.ts)
  */
 import { script } from "./_link.ts";
 
@@ -34,6 +35,7 @@ export function keys(prefix: string) {
     node: (name: string) => `${prefix}node:${name}`,
     nodes: `${prefix}nodes`,
     events: `${prefix}events`,
+    log: (name: string) => `${prefix}log:${name}`,
     /** The part of a state key after the prefix: "<site>:<kind>". */
     stateSuffix: (key: string) => key.slice(`${prefix}state:`.length),
   };

@@ -25,6 +25,7 @@ import { SharedRates } from "./_rates.ts";
 import { NameConflictError, type NodeInfo, type QueueTotals, Registry } from "./_registry.ts";
 import { keys } from "./_scripts.ts";
 import { SiteSlots } from "./_slots.ts";
+import { SharedLog } from "./_journal.ts";
 import { SharedState } from "./_state.ts";
 
 export interface ClusterOptions {
@@ -82,6 +83,7 @@ export class Cluster {
   private readonly modeListeners: ((m: ClusterMode) => void)[] = [];
   private readonly siteSlots = new Map<string, Set<SiteSlots>>();
   private closed = false;
+  private readonly logs = new Map<string, SharedLog>();
   private readonly m;
   /** The divisor of every local share. */
   readonly nodesAlive: () => number;
@@ -108,7 +110,10 @@ export class Cluster {
       channels: [k.events],
       clientName: `mta:${opts.node.replace(/[^A-Za-z0-9._:-]/g, "_")}`,
       onMessage: (_channel, message) => this.message(message),
-      onUp: () => void this.joined(),
+      onUp: () => {
+        void this.joined();
+        for (const l of this.logs.values()) l.notified();
+      },
       onDown: () => this.left(),
       log,
       observe: (s, ok) => {
@@ -244,6 +249,23 @@ export class Cluster {
     return s;
   }
 
+  /**
+   * The shared log `name` (see _journal.ts); its listeners also hear every reconnection. `maxLen`: the
+   * stream is trimmed to about that many entries.
+   */
+  sharedLog(name: string, maxLen: number): SharedLog {
+    let l = this.logs.get(name);
+    if (!l) {
+      l = new SharedLog(this.link, keys(this.opts.keyPrefix), name, {
+        node: this.opts.node,
+        maxLen,
+        log: this.opts.log,
+      });
+      this.logs.set(name, l);
+    }
+    return l;
+  }
+
   /** Nodes alive at the last heartbeat. */
   nodes(): readonly NodeInfo[] {
     return this.registry.nodes();
@@ -347,6 +369,7 @@ export class Cluster {
       return;
     }
     if (msg.op === "free") this.leases.keyFreed(String(msg.key ?? ""));
+    else if (msg.op === "log") this.logs.get(String(msg.name ?? ""))?.notified();
     else this.state.message(msg);
   }
 

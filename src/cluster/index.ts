@@ -17,4 +17,6 @@ export { type RateSpec, SharedRateLimiter } from "./_rates.ts";
 export type { RateKind } from "./_scripts.ts";
 export type { NodeInfo, QueueTotals } from "./_registry.ts";
 export { SiteSlots } from "./_slots.ts";
+export { RedisDownError } from "./_link.ts";
+export { compareStreamIds, SharedLog, type SharedLogEntry, type SharedLogStatus } from "./_journal.ts";
 export { HOLD_KINDS, type HoldKind, type SharedHold, type StateChange } from "./_state.ts";

@@ -4,38 +4,17 @@
  *
  * Owns: their schema (raw YAML, defaults), their typed form, and building one from the other.
  * Kept apart from schema.ts/types.ts so that the feedback loop's keys change in one place.
- * Invariant: class names are checked here against the fixed list below (which bounce/ owns and a test
- * keeps equal), so that a typo is a config error with its line, never a silently dead setting.
+ * Invariant: class names are checked here against lib's list (the one bounce/ classifies into), so
+ * that a typo is a config error with its line, never a silently dead setting.
  */
 import { isAbsolute, resolve } from "node:path";
 import * as v from "valibot";
-import { isLoopback } from "../lib/index.ts";
+import { BOUNCE_CLASSES, isLoopback } from "../lib/index.ts";
 import { parseDuration } from "./_values.ts";
 
 function show(x: unknown): string {
   return typeof x === "string" ? JSON.stringify(x) : String(x);
 }
-
-/** bounce/'s BOUNCE_CLASSES (config/ may not import bounce/; test/config checks they are equal). */
-export const CLASS_NAMES = [
-  "bad-mailbox",
-  "bad-domain",
-  "inactive-mailbox",
-  "invalid-sender",
-  "quota-issues",
-  "no-answer-from-host",
-  "bad-connection",
-  "routing-errors",
-  "message-expired",
-  "protocol-errors",
-  "content-related",
-  "spam-related",
-  "virus-related",
-  "policy-related",
-  "relaying-issues",
-  "bad-configuration",
-  "other",
-] as const;
 
 /** The events a webhook can carry: the delivery log's event types. */
 export const WEBHOOK_EVENTS = [
@@ -100,8 +79,8 @@ const WebhookUrl = v.custom<string>(
 );
 
 const Reason = v.picklist(
-  [...CLASS_NAMES, "complaint"],
-  (i) => `expected a bounce class (${CLASS_NAMES.join(", ")}) or complaint, got ${show(i.input)}`,
+  [...BOUNCE_CLASSES, "complaint"],
+  (i) => `expected a bounce class (${BOUNCE_CLASSES.join(", ")}) or complaint, got ${show(i.input)}`,
 );
 
 export const BouncesSchema = v.optional(

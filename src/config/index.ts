@@ -34,4 +34,4 @@ export type {
   TlsPolicyConfig,
   WebhookConfig,
 } from "./types.ts";
-export { CLASS_NAMES, DEFAULT_WEBHOOK_EVENTS, WEBHOOK_EVENTS } from "./_feedback.ts";
+export { DEFAULT_WEBHOOK_EVENTS, WEBHOOK_EVENTS } from "./_feedback.ts";

@@ -142,6 +142,8 @@ export class Feedback {
       dir: suppressionDir(config),
       sync: config.spool.sync,
       log: deps.log,
+      // Cluster mode: own changes are kept for the other nodes (app/_suppressShare.ts).
+      shared: config.cluster !== undefined,
     });
     const r = suppression.recovery;
     deps.log.info("suppression list open", {

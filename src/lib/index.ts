@@ -9,4 +9,6 @@ export * from "./fault.ts";
 export * from "./duration.ts";
 export * from "./words.ts";
 export * from "./passwd.ts";
+export * from "./files.ts";
+export * from "./bounceClasses.ts";
 export * from "./rate.ts";

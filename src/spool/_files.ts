@@ -9,6 +9,7 @@
  * cache and are ~30x cheaper than the alternatives under Bun.
  */
 import * as fs from "node:fs";
+import { fdatasyncAsync, writeAllAt } from "../lib/index.ts";
 
 export interface FileLayer {
   /** Opens a file; `flags` as node:fs (`"r"`, `"r+"`, `"wx"`); opened for writing, its mode becomes 0600. */
@@ -28,22 +29,6 @@ export interface FileLayer {
   mkdirp(path: string): void;
 }
 
-function writeAll(fd: number, buf: Uint8Array, position: number): Promise<void> {
-  return new Promise((resolve, reject) => {
-    let done = 0;
-    const step = (): void => {
-      fs.write(fd, buf, done, buf.length - done, position + done, (err, n) => {
-        if (err) return reject(err);
-        done += n;
-        if (done >= buf.length) resolve();
-        else if (n === 0) reject(Object.assign(new Error("short write"), { code: "EIO" }));
-        else step();
-      });
-    };
-    step();
-  });
-}
-
 /** Segment files: the daemon's user only (queued mail is private), whatever the umask. */
 const FILE_MODE = 0o600;
 const DIR_MODE = 0o700;
@@ -55,9 +40,8 @@ export const nodeFileLayer: FileLayer = {
     return fd;
   },
   close: (fd) => fs.closeSync(fd),
-  write: writeAll,
-  fdatasync: (fd) =>
-    new Promise((resolve, reject) => fs.fdatasync(fd, (err) => (err ? reject(err) : resolve()))),
+  write: writeAllAt,
+  fdatasync: fdatasyncAsync,
   fsyncDir: (path) =>
     new Promise((resolve, reject) => {
       fs.open(path, "r", (err, fd) => {

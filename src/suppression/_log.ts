@@ -22,9 +22,11 @@
  * the end of the usable log (a torn tail after a crash) and is cut off when the file is opened for
  * writing, never skipped over.
  */
-import { BOUNCE_CLASSES } from "../bounce/index.ts";
+import { BOUNCE_CLASSES } from "../lib/index.ts";
 
 export const MAGIC = "MTASUPPR";
+/** The outbox (cluster mode): this node's changes not yet seen back in the shared stream. */
+export const OUTBOX_MAGIC = "MTASUPOB";
 export const VERSION = 1;
 export const FILE_HEADER_BYTES = 16;
 export const RECORD_HEADER_BYTES = 17;
@@ -68,16 +70,20 @@ export function keyOf(scope: string, address: string): string {
   return `${scope}\0${address}`;
 }
 
-export function encodeFileHeader(): Uint8Array {
+/** The header of a log (`magic` MAGIC) or of an outbox (OUTBOX_MAGIC, `word` its first sequence number). */
+export function encodeFileHeader(magic = MAGIC, word = 0): Uint8Array {
   const b = new Uint8Array(FILE_HEADER_BYTES);
-  b.set(encoder.encode(MAGIC), 0);
-  new DataView(b.buffer).setUint32(8, VERSION, true);
+  b.set(encoder.encode(magic), 0);
+  const view = new DataView(b.buffer);
+  view.setUint32(8, VERSION, true);
+  view.setUint32(12, word >>> 0, true);
   return b;
 }
 
-export function checkFileHeader(b: Uint8Array): string | undefined {
+export function checkFileHeader(b: Uint8Array, magic = MAGIC): string | undefined {
   if (b.length < FILE_HEADER_BYTES) return "shorter than its header";
-  if (new TextDecoder("latin1").decode(b.subarray(0, 8)) !== MAGIC) return "not a suppression log";
+  if (new TextDecoder("latin1").decode(b.subarray(0, 8)) !== magic)
+    return magic === MAGIC ? "not a suppression log" : "not a suppression outbox";
   const v = new DataView(b.buffer, b.byteOffset, b.byteLength).getUint32(8, true);
   if (v !== VERSION) return `version ${v}, expected ${VERSION}`;
   return undefined;
@@ -207,4 +213,32 @@ export function scanChunk(
     at += length;
   }
   return { used: at };
+}
+
+/** The fields of a scanned record, copied out. */
+export function toLogRecord(r: ScannedRecord): LogRecord {
+  const { scope, address } = decodeKey(r);
+  return {
+    type: r.type === TYPE_REMOVE ? TYPE_REMOVE : TYPE_ADD,
+    reason: r.reason,
+    addedSec: r.addedSec,
+    expiresSec: r.expiresSec,
+    scope,
+    address,
+  };
+}
+
+/**
+ * Records encoded back to back (as `encodeRecords` makes them, e.g. received from another node):
+ * every one checked as when read from the file. Throws naming the first bad one.
+ */
+export function decodeRecords(bytes: Uint8Array): LogRecord[] {
+  const out: LogRecord[] = [];
+  const r = scanChunk(bytes, 0, (x) => {
+    if (x.reason >= REASONS.length) throw new Error(`unknown reason ${x.reason} at ${x.offset}`);
+    out.push(toLogRecord(x));
+  });
+  if (r.bad) throw new Error(`${r.bad} at ${r.used}`);
+  if (r.used !== bytes.length) throw new Error(`incomplete record at ${r.used}`);
+  return out;
 }

@@ -5,7 +5,16 @@
  * Does not own: when an address is added (app/: bounces of chosen classes, complaints, the operator),
  * what a hit means for a recipient (app/).
  */
-export { normalizeAddress, normalizeScope, REASONS, type SuppressionReason } from "./_log.ts";
+export {
+  decodeRecords as decodeChanges,
+  encodeRecords as encodeChanges,
+  type LogRecord as SuppressionChange,
+  normalizeAddress,
+  normalizeScope,
+  REASONS,
+  type SuppressionReason,
+  TYPE_REMOVE as CHANGE_REMOVE,
+} from "./_log.ts";
 export { CSV_HEADER, type CsvProblem, formatCsv, formatCsvRow, parseCsv } from "./csv.ts";
 export {
   type AddResult,
@@ -13,6 +22,7 @@ export {
   type NewSuppression,
   readEntries,
   type RecoveryReport,
+  type SharedPosition,
   type SuppressionEntry,
   SuppressionError,
   type SuppressionHit,

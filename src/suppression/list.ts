@@ -16,7 +16,16 @@
  */
 import * as fs from "node:fs";
 import { join } from "node:path";
-import { errnoOf, errnoText, errorMessage, MtaError, tryLockExclusive } from "../lib/index.ts";
+import {
+  errnoOf,
+  errnoText,
+  errorMessage,
+  fdatasyncAsync,
+  MtaError,
+  tryLockExclusive,
+  writeAllAt,
+  writeFileDurable,
+} from "../lib/index.ts";
 import type { Logger } from "../observe/index.ts";
 import {
   checkFileHeader,
@@ -38,6 +47,7 @@ import {
   TYPE_REMOVE,
 } from "./_log.ts";
 import { loadTables } from "./_load.ts";
+import { Outbox } from "./_outbox.ts";
 import { HASH, HashTable, keyHash, keyHashBytes } from "./_table.ts";
 
 export const LOG_FILE = "suppressions.log";
@@ -109,6 +119,11 @@ export interface SuppressionOptions {
   dir: string;
   /** fdatasync each batch (default true; false only for tests and benchmarks). */
   sync?: boolean;
+  /**
+   * Cluster mode: keep this node's own changes in the outbox until the cluster's stream carries them,
+   * and the position in that stream (`shared.pos`). Off: neither file is touched.
+   */
+  shared?: boolean;
   log?: Logger;
   now?: () => number;
 }
@@ -116,6 +131,8 @@ export interface SuppressionOptions {
 interface Pending {
   records: LogRecord[];
   bytes: Uint8Array;
+  /** An own change (cluster mode: goes to the outbox too), not one received from another node. */
+  own: boolean;
   resolve: () => void;
   reject: (err: unknown) => void;
 }
@@ -182,6 +199,7 @@ async function scanFdYielding(
   from: number,
   fn: (r: ScannedRecord) => void,
   sliceBytes = 1 << 20,
+  between: () => Promise<void> = () => new Promise<void>((resolve) => setImmediate(resolve)),
 ): Promise<void> {
   const buf = Buffer.allocUnsafe(sliceBytes);
   let carry = 0;
@@ -195,7 +213,7 @@ async function scanFdYielding(
     buf.copyWithin(0, r.used, len);
     carry = len - r.used;
     pos += r.used;
-    await new Promise<void>((resolve) => setImmediate(resolve));
+    await between();
   }
 }
 
@@ -217,6 +235,13 @@ export class SuppressionList {
   private readers = 0;
   private closed = false;
   private readonly now: () => number;
+  /** Cluster mode: own changes not yet carried by the cluster's stream (durable). */
+  private outbox: Outbox | undefined;
+  /** Own changes queued, not yet in the outbox: keys count as pending from the moment of the call. */
+  private readonly queuedOwn = new Map<string, number>();
+  private position: SharedPosition = { epoch: "", id: "", read: 0, confirmed: 0 };
+  /** Cluster mode: called after a batch with own changes is durable (they are to be published). */
+  onOwnChange: (() => void) | undefined;
 
   private constructor(
     private readonly opts: SuppressionOptions,
@@ -319,12 +344,192 @@ export class SuppressionList {
       };
       const list = new SuppressionList(opts, fd, lockFd, table, scopedTable, size, report);
       list.records = records;
+      if (opts.shared) await list.openShared();
       list.maybeCompact();
       return list;
     } catch (err) {
       fs.closeSync(fd);
       fs.closeSync(lockFd);
       throw err;
+    }
+  }
+
+  /**
+   * Cluster mode: the stream position and the outbox. Changes in the outbox the list does not show
+   * (a crash between the outbox's write and the list's) are written to the list now.
+   */
+  private async openShared(): Promise<void> {
+    const dir = this.opts.dir;
+    this.position = readPosition(join(dir, POSITION_FILE));
+    try {
+      this.outbox = Outbox.open(dir, this.opts.sync !== false, this.position.confirmed);
+    } catch (err) {
+      // No errno: the file is not an outbox (damaged); moving it away loses only unshared changes.
+      if (errnoOf(err))
+        throw new SuppressionError("io", `cannot open the outbox in ${dir}: ${errnoText(err)}`, err);
+      throw new SuppressionError(
+        "corrupt",
+        `${errorMessage(err)} (move it away to start: its changes, not yet shared, are then kept on this node only)`,
+        err,
+      );
+    }
+    const mine = this.outbox.slice(this.outbox.firstSeq, this.outbox.count);
+    const nowSec = Math.floor(this.now() / 1000);
+    const todo = lastOfEachKey(mine)
+      .map((i) => mine[i]!)
+      .filter((r) => !this.reflects(r, nowSec));
+    if (todo.length > 0) await this.commit(todo, false);
+  }
+
+  /** Whether the table already shows what `r` would make of its key. */
+  private reflects(r: LogRecord, nowSec: number): boolean {
+    keyHash(r.scope, r.address);
+    const t = this.tableFor(r.scope);
+    const slot = t.find(HASH[0]!, HASH[1]!);
+    if (r.type === TYPE_REMOVE) return slot < 0;
+    if (r.expiresSec !== 0 && r.expiresSec <= nowSec) return true; // nothing to add
+    return slot >= 0 && t.expiryAt(slot) === r.expiresSec && t.reasonAt(slot) === r.reason;
+  }
+
+  /**
+   * An own change of this key is queued, or in the outbox with a sequence number after `after` (the
+   * own changes seen so far in the stream being read): it comes later in the stream, so it wins.
+   */
+  private ownPending(r: LogRecord, after: number): boolean {
+    return (
+      (this.queuedOwn.size > 0 && this.queuedOwn.has(keyOf(r.scope, r.address))) ||
+      (this.outbox?.has(r.scope, r.address, after) ?? false)
+    );
+  }
+
+  /** Cluster mode: where this list is in the cluster's stream (empty strings: nowhere yet). */
+  get sharedPosition(): Readonly<SharedPosition> {
+    return this.position;
+  }
+
+  /** Own changes not yet confirmed from sequence number `from` on (at most `max`), and the first's number. */
+  ownChanges(from: number, max: number): { firstSeq: number; changes: LogRecord[] } {
+    const box = this.outbox;
+    if (!box) return { firstSeq: 0, changes: [] };
+    const start = Math.max(from, box.firstSeq);
+    return { firstSeq: start, changes: box.slice(start, max) };
+  }
+
+  /** The sequence number the next own change will get (every earlier one is published or pending). */
+  get ownSeqEnd(): number {
+    return this.outbox ? this.outbox.firstSeq + this.outbox.count : 0;
+  }
+
+  /** Own changes not yet confirmed. */
+  get ownPendingCount(): number {
+    return this.outbox?.count ?? 0;
+  }
+
+  /**
+   * Changes received from another node (or read back from the stream): written durably and applied,
+   * in order, except for keys with an own change pending (that change is later in the stream, so it
+   * is the one every node ends with) and changes the list already shows. `ownSeen`: the last own
+   * change (sequence number) the stream has shown up to these records. Returns how many were written.
+   */
+  async applyShared(records: readonly LogRecord[], ownSeen = 0): Promise<number> {
+    await this.compacting;
+    const nowSec = Math.floor(this.now() / 1000);
+    const todo: LogRecord[] = [];
+    for (const i of lastOfEachKey(records)) {
+      const r = records[i]!;
+      if (this.ownPending(r, ownSeen) || this.reflects(r, nowSec)) continue;
+      todo.push(r);
+    }
+    if (todo.length > 0) await this.commit(todo, false);
+    return todo.length;
+  }
+
+  /**
+   * A full resynchronisation from the cluster's copy (`pages`: every entry it holds). Each entry is
+   * applied as by `applyShared`; with `removeMissing` (the stream was trimmed past this node), local
+   * entries the cluster does not hold are removed too, except keys with an own change pending.
+   * Without it (the cluster lost its copy, or this node is new to it), the result is the union.
+   */
+  async resyncShared(
+    pages: AsyncIterable<LogRecord[]>,
+    removeMissing: boolean,
+  ): Promise<{ applied: number; removed: number }> {
+    const seen = [new HashTable(1024), new HashTable(1024)];
+    let applied = 0;
+    for await (const page of pages) {
+      for (const r of page) {
+        keyHash(r.scope, r.address);
+        seen[r.scope === "" ? 0 : 1]!.set(HASH[0]!, HASH[1]!, 0, 0, 0);
+      }
+      applied += await this.applyShared(page);
+    }
+    if (!removeMissing) return { applied, removed: 0 };
+    const gone: LogRecord[] = [];
+    const nowSec = Math.floor(this.now() / 1000);
+    await this.forEachEntry((e) => {
+      keyHash(e.scope, e.address);
+      if (seen[e.scope === "" ? 0 : 1]!.find(HASH[0]!, HASH[1]!) < 0)
+        gone.push({
+          type: TYPE_REMOVE,
+          reason: 0,
+          addedSec: nowSec,
+          expiresSec: 0,
+          scope: e.scope,
+          address: e.address,
+        });
+      return true;
+    });
+    let removed = 0;
+    for (let i = 0; i < gone.length; i += 1000) removed += await this.applyShared(gone.slice(i, i + 1000));
+    return { applied, removed };
+  }
+
+  /**
+   * Every live entry as an add record (to share a whole list, e.g. with a cluster that lost its copy),
+   * handed to `fn` a page of up to `pageSize` at a time; the file is read a slice at a time and each
+   * page handled before more is read, so RAM stays bounded whatever the list's size.
+   */
+  async forEachChangePage(pageSize: number, fn: (page: LogRecord[]) => Promise<void>): Promise<void> {
+    let page: LogRecord[] = [];
+    const drain = async (all: boolean) => {
+      while (page.length >= pageSize || (all && page.length > 0)) await fn(page.splice(0, pageSize));
+    };
+    await this.forEachEntry(
+      (e) => {
+        page.push({
+          type: TYPE_ADD,
+          reason: reasonIndex(e.reason) ?? 0,
+          addedSec: sec(e.addedMs),
+          expiresSec: sec(e.expiresMs),
+          scope: e.scope,
+          address: e.address,
+        });
+        return true;
+      },
+      () => drain(false),
+    );
+    await drain(true);
+    page = [];
+  }
+
+  /**
+   * Saves the stream position durably; own changes up to `confirmedThrough` (seen back in the stream)
+   * then leave the outbox. The position is saved first: a crash between leaves them in the outbox,
+   * dropped at the next open.
+   */
+  async advanceShared(pos: { epoch: string; id: string; read: number }, confirmedThrough = 0): Promise<void> {
+    const confirmed = Math.max(this.position.confirmed, confirmedThrough);
+    const next: SharedPosition = { epoch: pos.epoch, id: pos.id, read: pos.read, confirmed };
+    writeFileDurable(
+      join(this.opts.dir, POSITION_FILE),
+      `${JSON.stringify(next)}\n`,
+      this.opts.sync !== false,
+    );
+    this.position = next;
+    if (this.outbox && confirmed > 0) {
+      // The outbox file is replaced when it empties: not while a batch is being appended to it.
+      while (this.writing) await new Promise((r) => setTimeout(r, 1));
+      this.outbox.confirm(confirmed);
     }
   }
 
@@ -423,7 +628,7 @@ export class SuppressionList {
       } else result.added++;
       todo.push(r);
     }
-    if (todo.length > 0) await this.commit(todo);
+    if (todo.length > 0) await this.commit(todo, true);
     return result;
   }
 
@@ -451,7 +656,7 @@ export class SuppressionList {
       removed++;
       todo.push(r);
     }
-    if (todo.length > 0) await this.commit(todo);
+    if (todo.length > 0) await this.commit(todo, true);
     return { removed, absent };
   }
 
@@ -472,10 +677,11 @@ export class SuppressionList {
   }
 
   /** Queues records for the next batch; resolves once they are durable and applied to the table. */
-  private commit(records: LogRecord[]): Promise<void> {
+  private commit(records: LogRecord[], own: boolean): Promise<void> {
     if (this.closed) return Promise.reject(new SuppressionError("closed", "the suppression list is closed"));
+    if (own && this.outbox) for (const r of records) countKey(this.queuedOwn, keyOf(r.scope, r.address), 1);
     return new Promise((resolve, reject) => {
-      this.queue.push({ records, bytes: encodeRecords(records), resolve, reject });
+      this.queue.push({ records, bytes: encodeRecords(records), own, resolve, reject });
       if (!this.writing) void this.drain();
     });
   }
@@ -489,19 +695,32 @@ export class SuppressionList {
       const buf = batch.length === 1 ? batch[0]!.bytes : Buffer.concat(batch.map((p) => p.bytes));
       const total = buf.length;
       const before = this.size;
+      // Own changes reach the outbox first: a change the list has is never missing from it.
+      const own = this.outbox ? batch.filter((p) => p.own) : [];
+      const ownRecords = own.flatMap((p) => p.records);
+      let outboxBefore = -1;
       try {
-        await writeAt(this.fd, buf, before);
-        if (this.opts.sync !== false) await fdatasync(this.fd);
+        if (this.outbox && own.length > 0)
+          outboxBefore = await this.outbox.append(
+            ownRecords,
+            own.length === 1 ? own[0]!.bytes : Buffer.concat(own.map((p) => p.bytes)),
+          );
+        await writeAllAt(this.fd, buf, before);
+        if (this.opts.sync !== false) await fdatasyncAsync(this.fd);
       } catch (err) {
-        // Leave the file as it was: a later batch must not follow a half-written one.
+        // Leave the files as they were: a later batch must not follow a half-written one.
         try {
           fs.ftruncateSync(this.fd, before);
         } catch {}
+        if (outboxBefore >= 0) this.outbox!.rollback(outboxBefore, ownRecords.length);
+        for (const r of ownRecords) countKey(this.queuedOwn, keyOf(r.scope, r.address), -1);
         const e = new SuppressionError("io", `cannot write the suppression list: ${errnoText(err)}`, err);
         for (const p of batch) p.reject(e);
         continue;
       }
+      for (const r of ownRecords) countKey(this.queuedOwn, keyOf(r.scope, r.address), -1);
       this.size = before + total;
+      if (ownRecords.length > 0) this.onOwnChange?.();
       for (const p of batch) {
         for (const r of p.records) this.apply(r, this.records++);
         p.resolve();
@@ -543,30 +762,36 @@ export class SuppressionList {
    * Streams live entries to `fn` in file order (oldest first), a slice at a time so that a running
    * daemon keeps serving; `fn` returns false to stop. Compaction waits until no listing runs.
    */
-  async forEachEntry(fn: (e: SuppressionEntry) => boolean): Promise<void> {
+  async forEachEntry(fn: (e: SuppressionEntry) => boolean, between?: () => Promise<void>): Promise<void> {
     while (this.compacting) await this.compacting.catch(() => {});
     this.readers++;
     try {
       const nowSec = Math.floor(this.now() / 1000);
       let ordinal = 0;
       let going = true;
-      await scanFdYielding(this.fd, FILE_HEADER_BYTES, (r) => {
-        const o = ordinal++;
-        if (!going || r.type !== TYPE_ADD) return;
-        if (r.expiresSec !== 0 && r.expiresSec <= nowSec) return;
-        keyHashBytes(r.buf, keyStart(r), r.start + r.length, r.scopeBytes);
-        const t = r.scopeBytes > 0 ? this.scopedTable : this.table;
-        const slot = t.find(HASH[0]!, HASH[1]!);
-        if (slot < 0 || t.ordinalAt(slot) !== o) return;
-        const { scope, address } = decodeKey(r);
-        going = fn({
-          address,
-          scope,
-          reason: REASONS[r.reason] ?? "manual",
-          addedMs: r.addedSec * 1000,
-          ...(r.expiresSec !== 0 ? { expiresMs: r.expiresSec * 1000 } : {}),
-        });
-      });
+      await scanFdYielding(
+        this.fd,
+        FILE_HEADER_BYTES,
+        (r) => {
+          const o = ordinal++;
+          if (!going || r.type !== TYPE_ADD) return;
+          if (r.expiresSec !== 0 && r.expiresSec <= nowSec) return;
+          keyHashBytes(r.buf, keyStart(r), r.start + r.length, r.scopeBytes);
+          const t = r.scopeBytes > 0 ? this.scopedTable : this.table;
+          const slot = t.find(HASH[0]!, HASH[1]!);
+          if (slot < 0 || t.ordinalAt(slot) !== o) return;
+          const { scope, address } = decodeKey(r);
+          going = fn({
+            address,
+            scope,
+            reason: REASONS[r.reason] ?? "manual",
+            addedMs: r.addedSec * 1000,
+            ...(r.expiresSec !== 0 ? { expiresMs: r.expiresSec * 1000 } : {}),
+          });
+        },
+        1 << 20,
+        between,
+      );
     } finally {
       this.readers--;
     }
@@ -677,9 +902,53 @@ export class SuppressionList {
     await this.compacting?.catch(() => {});
     while (this.writing || this.queue.length > 0) await new Promise((r) => setTimeout(r, 1));
     this.closed = true;
+    this.outbox?.close();
     fs.closeSync(this.fd);
     fs.closeSync(this.lockFd);
   }
+}
+
+/**
+ * Where a list is in the cluster's stream: the stream's epoch, the last entry id read, how many
+ * entries of the stream that makes (from its start), and the last own change seen in it.
+ */
+export interface SharedPosition {
+  epoch: string;
+  id: string;
+  read: number;
+  confirmed: number;
+}
+
+const POSITION_FILE = "shared.pos";
+
+function readPosition(file: string): SharedPosition {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, "utf8");
+  } catch (err) {
+    if (errnoOf(err) === "ENOENT") return { epoch: "", id: "", read: 0, confirmed: 0 };
+    throw new SuppressionError("io", `cannot read ${file}: ${errnoText(err)}`, err);
+  }
+  try {
+    const p = JSON.parse(text) as Partial<SharedPosition>;
+    if (
+      typeof p.epoch === "string" &&
+      typeof p.id === "string" &&
+      Number.isSafeInteger(p.read) &&
+      Number.isSafeInteger(p.confirmed)
+    )
+      return { epoch: p.epoch, id: p.id, read: p.read!, confirmed: p.confirmed! };
+  } catch {}
+  throw new SuppressionError(
+    "corrupt",
+    `${file}: not a stream position (remove it: the node resynchronises)`,
+  );
+}
+
+function countKey(m: Map<string, number>, k: string, by: number): void {
+  const n = (m.get(k) ?? 0) + by;
+  if (n <= 0) m.delete(k);
+  else m.set(k, n);
 }
 
 /** Deletes every expired entry from `table` (compaction did not copy their records). */
@@ -696,26 +965,6 @@ function dropExpired(table: HashTable, nowSec: number): void {
       } else s++;
     }
   }
-}
-
-function writeAt(fd: number, buf: Uint8Array, position: number): Promise<void> {
-  return new Promise((resolve, reject) => {
-    let done = 0;
-    const step = (): void => {
-      fs.write(fd, buf, done, buf.length - done, position + done, (err, n) => {
-        if (err) return reject(err);
-        done += n;
-        if (done >= buf.length) resolve();
-        else if (n === 0) reject(Object.assign(new Error("short write"), { code: "EIO" }));
-        else step();
-      });
-    };
-    step();
-  });
-}
-
-function fdatasync(fd: number): Promise<void> {
-  return new Promise((resolve, reject) => fs.fdatasync(fd, (err) => (err ? reject(err) : resolve())));
 }
 
 /** Reads every live entry of a list directory without taking its lock (for a stopped or busy daemon). */

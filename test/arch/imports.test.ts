@@ -48,7 +48,7 @@ const ALLOWED: Record<string, string[] | "*"> = {
   bounce: ["message", "smtp", "lib"],
   dkim: ["config", "smtp", "lib", "observe"],
   feedback: ["bounce", "config", "listener", "message", "observe", "smtp", "suppression", "lib"],
-  suppression: ["bounce", "lib", "observe"],
+  suppression: ["lib", "observe"],
   webhook: ["lib", "observe"],
   mime: ["message", "lib"],
   observe: ["lib"],

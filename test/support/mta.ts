@@ -270,12 +270,12 @@ export function deliveryLog(dir: string): Record<string, unknown>[] {
 /** Polls `fn` until it returns something other than undefined (or false); throws naming `what` after the timeout. */
 export async function waitUntil<T>(
   what: string,
-  fn: () => T | undefined | false,
+  fn: () => T | undefined | false | Promise<T | undefined | false>,
   timeoutMs = 20_000,
 ): Promise<T> {
   const end = Date.now() + timeoutMs;
   for (;;) {
-    const v = fn();
+    const v = await fn();
     if (v !== undefined && v !== false) return v;
     if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
     await Bun.sleep(50);
