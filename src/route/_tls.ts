@@ -12,19 +12,12 @@
  */
 import { domainToASCII } from "node:url";
 import type { Config, DomainTlsMode } from "../config/index.ts";
-import type { AttemptTlsOutcome, PlannedHostTls, TlsMode, TlsPlan } from "../tlspolicy/index.ts";
+import type { AttemptTlsOutcome, PlanInput, PlannedHostTls, TlsPlan } from "../tlspolicy/index.ts";
 import { siteFor } from "./_rollup.ts";
 
 /** What the routing step needs of tlspolicy/'s `TlsPolicies`. */
 export interface TlsPlanner {
-  plan(input: {
-    domain: string;
-    hosts: readonly { name: string; ip: string; port: number }[];
-    viaMx: boolean;
-    mode: TlsMode;
-    verify: boolean;
-    tlsRequiredNo?: boolean;
-  }): Promise<TlsPlan>;
+  plan(input: PlanInput): Promise<TlsPlan>;
   record(plan: TlsPlan, result: AttemptTlsOutcome, sendingIp?: string): void;
 }
 

@@ -18,7 +18,15 @@ import { type PlanInput, planTls, type TlsPlan } from "./_plan.ts";
 import { type MailReport, TlsReports } from "./_rpt.ts";
 import { StsPolicies } from "./_stsCache.ts";
 
-export type { PlanFailure, PlannedHost, PlannedHostTls, ReportPolicy, TlsMode, TlsPlan } from "./_plan.ts";
+export type {
+  PlanFailure,
+  PlanInput,
+  PlannedHost,
+  PlannedHostTls,
+  ReportPolicy,
+  TlsMode,
+  TlsPlan,
+} from "./_plan.ts";
 export type { MailReport } from "./_rpt.ts";
 export { parseTlsRptRecord, reportMessage } from "./_rpt.ts";
 export type { StsLookup } from "./_stsCache.ts";
