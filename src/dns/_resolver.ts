@@ -217,6 +217,12 @@ class StubResolver implements Resolver {
   private onWire = 0;
   private readonly waitingTurn: (() => void)[] = [];
   private waitingHead = 0;
+  /** Questions asked in this event-loop turn, per socket: sent together at its end (`post`). */
+  private readonly outbox = new Map<
+    Bun.udp.Socket<"buffer">,
+    { packets: (Buffer | number | string)[]; failed: ((why: string) => void)[] }
+  >();
+  private flushScheduled = false;
 
   readonly dnssec: boolean;
 
@@ -583,19 +589,57 @@ class StubResolver implements Resolver {
         }
         resolve({ kind: "answer", packet });
       });
-      let sent = false;
-      let why = "the socket's buffer is full";
-      try {
-        sent = socket.send(query, server.port, server.host);
-      } catch (err) {
-        why = String(err);
-      }
-      if (!sent) {
+      this.post(socket, query, server, (why) => {
         clearTimeout(timer);
         this.pending.delete(id);
         resolve({ kind: "error", error: "other", detail: `send to ${server.host}:${server.port}: ${why}` });
-      }
+      });
     });
+  }
+
+  /**
+   * Queues a question for the end of this event-loop turn, when every question asked in the turn goes
+   * out in one `sendMany` (sendmmsg): each send to a resolver in another process costs a wakeup of it,
+   * which on a virtual machine is most of a question's CPU (measured: 48 µs for 4 sends, 25 µs for one
+   * sendMany of 4, receiver in another process). A new destination asks MX and MTA-STS together.
+   */
+  private post(
+    socket: Bun.udp.Socket<"buffer">,
+    query: Buffer,
+    server: { host: string; port: number },
+    failed: (why: string) => void,
+  ): void {
+    let box = this.outbox.get(socket);
+    if (!box) {
+      box = { packets: [], failed: [] };
+      this.outbox.set(socket, box);
+    }
+    box.packets.push(query, server.port, server.host);
+    box.failed.push(failed);
+    if (!this.flushScheduled) {
+      this.flushScheduled = true;
+      setImmediate(() => this.flushOutbox());
+    }
+  }
+
+  private flushOutbox(): void {
+    this.flushScheduled = false;
+    for (const [socket, box] of this.outbox) {
+      this.outbox.delete(socket);
+      let sent = 0;
+      let why = "the socket's buffer is full";
+      try {
+        sent =
+          box.failed.length === 1
+            ? socket.send(box.packets[0] as Buffer, box.packets[1] as number, box.packets[2] as string)
+              ? 1
+              : 0
+            : socket.sendMany(box.packets);
+      } catch (err) {
+        why = String(err);
+      }
+      for (let i = sent; i < box.failed.length; i++) box.failed[i]!(why);
+    }
   }
 
   /** RFC 7766: repeat a truncated question over TCP with a 2-byte length prefix. */

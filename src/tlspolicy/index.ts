@@ -14,7 +14,7 @@ import { join } from "node:path";
 import type { Resolver } from "../dns/index.ts";
 import { type Clock, errorMessage, MtaError, systemClock, UnavailableError } from "../lib/index.ts";
 import type { Logger, Metrics } from "../observe/index.ts";
-import { type PlanInput, planTls, type TlsPlan } from "./_plan.ts";
+import { type PlanInput, planTls, type TlsMode, type TlsPlan } from "./_plan.ts";
 import { type MailReport, TlsReports } from "./_rpt.ts";
 import { StsPolicies } from "./_stsCache.ts";
 
@@ -178,6 +178,14 @@ export class TlsPolicies {
   async close(): Promise<void> {
     this.sts.close();
     await this.reports?.close();
+  }
+
+  /**
+   * Starts the DNS questions `plan` will ask for a domain reached through its MX, before the MX answer
+   * is in (MTA-STS's record, when `mode` may apply MTA-STS): they go out with the MX question.
+   */
+  prefetch(domain: string, mode: TlsMode): void {
+    if (this.opts.mtaSts.enabled && (mode === "auto" || mode === "sts")) this.sts.prefetch(domain);
   }
 
   plan(input: PlanInput): Promise<TlsPlan> {
