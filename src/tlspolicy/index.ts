@@ -28,7 +28,8 @@ export type {
   TlsPlan,
 } from "./_plan.ts";
 export type { MailReport } from "./_rpt.ts";
-export { parseTlsRptRecord, reportMessage } from "./_rpt.ts";
+export { parseTlsRptRecord } from "./_rpt.ts";
+export { reportMessage } from "./_rptReport.ts";
 export type { StsLookup } from "./_stsCache.ts";
 export type { StsPolicy, StsRecord } from "./_sts.ts";
 export { parseStsPolicy, parseStsRecord, stsMxMatches } from "./_sts.ts";
