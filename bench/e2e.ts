@@ -171,7 +171,12 @@ async function mtaOnce(dests: number): Promise<MtaRun & { postfix?: number }> {
   const wallS = (performance.now() - t0) / 1000;
   if (process.env.MTA_BENCH_DNS_STATS === "1") {
     const text = await (await fetch(`http://127.0.0.1:${mta.controlPort}/metrics`)).text();
-    console.error(text.split("\n").filter((l) => l.startsWith("mta_dns_")).join("\n"));
+    console.error(
+      text
+        .split("\n")
+        .filter((l) => l.startsWith("mta_dns_"))
+        .join("\n"),
+    );
   }
   const run: MtaRun & { postfix?: number } = {
     rate: got / wallS,
