@@ -2,7 +2,7 @@
  * The on-disk format of spool segments: file header, record framing, MESSAGE and OUTCOME payloads.
  *
  * Owns: the byte layout (documented here and in docs/spool-format.md), encoding, decoding, CRC checks.
- * Does not own: which segment is written (spool.ts), when bytes reach the disk (_writer.ts).
+ * Does not own: which segment is written (_segments.ts, _batches.ts), when bytes reach the disk (_writer.ts).
  * Invariant: every integer is little-endian; every record's CRC-32 covers its length, type, reserved
  * bytes and payload, so a torn or flipped record never decodes as a valid one.
  *
