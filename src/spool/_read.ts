@@ -9,10 +9,10 @@
  * Invariant: nothing here writes; what it returns is rebuilt from the disk and the index columns, so a
  * caller may change it freely.
  */
+import { joinMessageId } from "../lib/index.ts";
 import {
   decodeMessage,
   decodeOutcome,
-  joinId,
   type MessageRecord,
   STATE_DELIVERED,
   STATE_FAILED,
@@ -70,7 +70,7 @@ export function envelopeOf(segs: Segments, idx: SlotIndex, slot: number, m: Mess
     return out;
   });
   return {
-    id: joinId(idx.idMs[slot]!, idx.idCounter[slot]!),
+    id: joinMessageId(idx.idMs[slot]!, idx.idCounter[slot]!),
     slot,
     sender: m.sender,
     destination: m.destination,

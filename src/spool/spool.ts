@@ -15,19 +15,12 @@
  * - operations on one slot (outcomes, compaction moves) run one after another (`withSlot`).
  */
 import { join } from "node:path";
-import { type Clock, newMessageId, systemClock } from "../lib/index.ts";
+import { type Clock, joinMessageId, newMessageId, splitMessageId, systemClock } from "../lib/index.ts";
 import type { Logger, Metrics } from "../observe/index.ts";
 import { BatchWriter } from "./_batches.ts";
 import { BodyCache } from "./_cache.ts";
 import { Compactor } from "./_compact.ts";
-import {
-  encodeMessage,
-  encodeOutcome,
-  joinId,
-  type MessageRecord,
-  STATE_PENDING,
-  splitId,
-} from "./_format.ts";
+import { encodeMessage, encodeOutcome, type MessageRecord, STATE_PENDING } from "./_format.ts";
 import { type FileLayer, nodeFileLayer } from "./_files.ts";
 import { SlotIndex } from "./_index.ts";
 import { type SpoolLock, takeLock } from "./_lock.ts";
@@ -202,7 +195,7 @@ export class Spool {
       return Promise.reject(new RangeError("a message needs at least one recipient"));
     const now = this.clock.now();
     const id = newMessageId(now);
-    const parts = splitId(id)!;
+    const parts = splitMessageId(id)!;
     const arrivalMs = msg.arrivalMs ?? now;
     const attempts = msg.attempts ?? 0;
     const nextAttemptMs = msg.nextAttemptMs ?? arrivalMs;
@@ -335,7 +328,7 @@ export class Spool {
   }
 
   slotOf(id: string): number | undefined {
-    const p = splitId(id);
+    const p = splitMessageId(id);
     if (!p) return undefined;
     const s = this.index.find(p.ms, p.counter);
     return s < 0 ? undefined : s;
@@ -345,7 +338,7 @@ export class Spool {
     return this.index.live[slot] === 1;
   }
   idOf(slot: number): string {
-    return joinId(this.index.idMs[slot]!, this.index.idCounter[slot]!);
+    return joinMessageId(this.index.idMs[slot]!, this.index.idCounter[slot]!);
   }
   destinationOf(slot: number): string {
     return this.index.destNames[this.index.dest[slot]!]!;
