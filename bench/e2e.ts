@@ -18,6 +18,8 @@
  * MTA_BENCH_TLS=<mode> sets delivery.domains.default.tls (default: the product's default, auto, which
  * looks up each MX-routed domain's MTA-STS and TLS-RPT records: two TXT questions more per domain).
  * MTA_BENCH_BINARY=<path> benchmarks another build (before/after runs).
+ * MTA_BENCH_DNS_STATS=1 prints the daemon's DNS counters (questions by type and outcome, cache hits)
+ * after each run.
  */
 const TLS_MODE = process.env.MTA_BENCH_TLS;
 const GLOBAL_CAP = Number(process.env.MTA_BENCH_MAX_CONNECTIONS ?? 5000);
@@ -167,6 +169,15 @@ async function mtaOnce(dests: number): Promise<MtaRun & { postfix?: number }> {
   }
   const got = await waitCount(sink.received, count, 120_000);
   const wallS = (performance.now() - t0) / 1000;
+  if (process.env.MTA_BENCH_DNS_STATS === "1") {
+    const text = await (await fetch(`http://127.0.0.1:${mta.controlPort}/metrics`)).text();
+    console.error(
+      text
+        .split("\n")
+        .filter((l) => l.startsWith("mta_dns_"))
+        .join("\n"),
+    );
+  }
   const run: MtaRun & { postfix?: number } = {
     rate: got / wallS,
     got,

@@ -3,9 +3,9 @@
  *
  * Owns: `ClusterSummary` and `mergeSummaries` (rows per destination summed over the nodes that
  * answered; the most serious state wins), the list of nodes with those that did not answer marked.
- * Does not own: asking the nodes (app/cluster.ts), one node's summary (_ops.ts).
+ * Does not own: asking the nodes (app/cluster.ts), one node's summary (_ops.ts, _summary.ts).
  */
-import { summaryOf } from "./_ops.ts";
+import { summaryOf } from "./_summary.ts";
 import type { QueueSummary, SortKey, SummaryRow } from "./_shapes.ts";
 
 export interface FleetNode {

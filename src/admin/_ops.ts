@@ -5,23 +5,23 @@
  * Owns: selecting messages (by id, destination, sender, state, age) and computing every command's
  * answer (its JSON shape is _shapes.ts's).
  * Does not own: the queues and their shape (scheduler/: live bounce and delete are scheduler
- * commands, carried out by the owner of the messages; `summarize` is the one aggregation), what a
- * bounce or delete records (disposition/, also offline), bytes on disk (spool/), transport
- * (_client.ts).
+ * commands, carried out by the owner of the messages; `summarize` is the one aggregation), the
+ * summary's rows and order (_summary.ts), what a bounce or delete records (disposition/; offline
+ * through _offline.ts), the `mta_queue_*` series (_gauges.ts), bytes on disk (spool/), transport
+ * (_routes.ts, _client.ts).
  * Invariants:
  * - every answer is plain JSON (no undefined, no Infinity), identical in shape live and offline;
  * - an action goes through disposition/: recorded in the spool, then logged, then a DSN;
  * - suspensions live in the scheduler's memory: offline `suspend`/`resume` are refused, never faked.
  */
 import { Classifier, replyLineInput } from "../bounce/index.ts";
-import { type Classifying, Disposer, type DsnInjector } from "../disposition/index.ts";
-import { type Clock, errorMessage, MAX_DURATION_MS, systemClock } from "../lib/index.ts";
+import type { DsnInjector } from "../disposition/index.ts";
+import { type Clock, MAX_DURATION_MS, systemClock } from "../lib/index.ts";
 import type { Counter, DeliveryLog, Logger, Metrics } from "../observe/index.ts";
-import { type CommandResult, type DestinationSummary, queueTotals, summarize } from "../scheduler/index.ts";
+import { type CommandResult, type DestinationSummary, summarize } from "../scheduler/index.ts";
 import type { CompactReport, Spool, StoredMessage, VerifyReport } from "../spool/index.ts";
 import { silentLogger } from "../observe/index.ts";
 import { splitMessage } from "../message/index.ts";
-import { replyLine } from "../smtp/index.ts";
 import { verifySpool } from "../spool/index.ts";
 import {
   type ActionResult,
@@ -35,11 +35,14 @@ import {
   QueueError,
   type QueueSummary,
   type Selector,
+  nullable,
   SORT_KEYS,
   type SortKey,
   type StatsResult,
-  type SummaryRow,
 } from "./_shapes.ts";
+import { registerQueueMetrics } from "./_gauges.ts";
+import { summaryOf, summaryRows } from "./_summary.ts";
+import { offlineAction } from "./_offline.ts";
 
 /** What QueueOps needs of a live scheduler (the real `Scheduler` has all of it). */
 export interface LiveScheduler {
@@ -77,10 +80,6 @@ export interface QueueOpsOptions {
   drainTimeoutMs?: number;
 }
 
-function nullable<T>(v: T | undefined): T | null {
-  return v === undefined || (typeof v === "number" && !Number.isFinite(v)) ? null : v;
-}
-
 /**
  * The header fields of a message for `mta queue show`, as Latin-1 text: each continuation line
  * trimmed and joined with one space (message/'s `splitMessage` finds the fields).
@@ -97,52 +96,6 @@ export function parseHeaders(body: Uint8Array): { name: string; value: string }[
   }));
 }
 
-/** Totals, order and `top` of summary rows (one node's, or a fleet's merged rows). */
-export function summaryOf<R extends SummaryRow>(
-  rows: R[],
-  sort: SortKey,
-  top: number | undefined,
-  nowMs: number,
-) {
-  const totals = {
-    destinations: 0,
-    messages: 0,
-    recipients: 0,
-    bytes: 0,
-    oldestMs: null as number | null,
-    activeConnections: 0,
-  };
-  for (const r of rows) {
-    if (r.messages > 0) totals.destinations++;
-    totals.messages += r.messages;
-    totals.recipients += r.recipients;
-    totals.bytes += r.bytes;
-    totals.activeConnections += r.activeConnections;
-    if (r.oldestMs !== null && (totals.oldestMs === null || r.oldestMs < totals.oldestMs))
-      totals.oldestMs = r.oldestMs;
-  }
-  const byTime = (a: number | null, b: number | null) => (a ?? Infinity) - (b ?? Infinity);
-  const cmp: Record<SortKey, (a: SummaryRow, b: SummaryRow) => number> = {
-    messages: (a, b) => b.messages - a.messages,
-    recipients: (a, b) => b.recipients - a.recipients,
-    bytes: (a, b) => b.bytes - a.bytes,
-    oldest: (a, b) => byTime(a.oldestMs, b.oldestMs),
-    next: (a, b) => byTime(a.nextAttemptMs, b.nextAttemptMs),
-    destination: () => 0,
-  };
-  rows.sort(
-    (a, b) => cmp[sort](a, b) || (a.destination < b.destination ? -1 : a.destination > b.destination ? 1 : 0),
-  );
-  const n = top ?? rows.length;
-  return {
-    nowMs,
-    sort,
-    totals,
-    omitted: Math.max(0, rows.length - n),
-    destinations: rows.slice(0, n),
-  };
-}
-
 export class QueueOps {
   readonly spool: Spool;
   private readonly scheduler: LiveScheduler | undefined;
@@ -154,50 +107,13 @@ export class QueueOps {
   /** The configuration's rules when given, else the built-in ones (the same answer offline and live). */
   private readonly classify: (replyLine: string) => string;
 
-  /** Classes for the events of an offline bounce (the suppression list is not open offline). */
-  private get classifying(): Classifying {
-    return {
-      classOf: (event, r) =>
-        event === "expiration" ? "message-expired" : this.classify(typeof r === "string" ? r : replyLine(r)),
-      bounced: () => {},
-    };
-  }
-
   constructor(private readonly opts: QueueOpsOptions) {
     const builtin = Classifier.builtin();
     this.classify = opts.classify ?? ((line) => builtin.classify(replyLineInput(line)).class);
     this.spool = opts.spool;
     this.scheduler = opts.scheduler;
     this.clock = opts.clock ?? systemClock;
-    const m = opts.metrics;
-    if (m) {
-      this.adminCounter = m.counter(
-        "mta_queue_admin_messages_total",
-        "Messages bounced or deleted by the operator, by action",
-      );
-      // One pass over the in-RAM index per scrape (about 10 ms per million messages); no label per
-      // destination, whose number is unbounded.
-      let cache: { atMs: number; recipients: number; bytes: number; oldestMs: number } | undefined;
-      const scan = () => {
-        const now = this.clock.now();
-        if (cache && now - cache.atMs < 1000) return cache;
-        cache = { atMs: now, ...queueTotals(this.spool) };
-        return cache;
-      };
-      m.gauge("mta_queue_messages", "Messages in the queue (live in the spool)", (set) =>
-        set(this.spool.messageCount),
-      );
-      m.gauge("mta_queue_recipients", "Pending recipients in the queue", (set) => set(scan().recipients));
-      m.gauge("mta_queue_bytes", "Body bytes of the messages in the queue", (set) => set(scan().bytes));
-      m.gauge(
-        "mta_queue_oldest_message_age_seconds",
-        "Age of the oldest message in the queue (0 when empty)",
-        (set) => {
-          const s = scan();
-          set(Number.isFinite(s.oldestMs) ? Math.max(0, (this.clock.now() - s.oldestMs) / 1000) : 0);
-        },
-      );
-    }
+    if (opts.metrics) this.adminCounter = registerQueueMetrics(opts.metrics, this.spool, this.clock);
   }
 
   get live(): boolean {
@@ -216,21 +132,7 @@ export class QueueOps {
     const now = this.clock.now();
     // One aggregation (scheduler/'s summarize): the live scheduler's view, or the spool alone.
     const shape = this.scheduler ? this.scheduler.summary() : summarize(this.spool, now);
-    const rows: SummaryRow[] = shape.map((s) => ({
-      destination: s.destination,
-      site: nullable(s.site),
-      messages: s.messages,
-      recipients: s.recipients,
-      bytes: s.bytes,
-      oldestMs: nullable(s.oldestMs),
-      nextAttemptMs: nullable(s.nextAttemptMs),
-      activeConnections: s.activeConnections,
-      state: s.state,
-      reason: nullable(s.reason),
-      untilMs: nullable(s.untilMs),
-      lastError: nullable(s.lastError),
-    }));
-    return summaryOf(rows, sort, opts.top, now);
+    return summaryOf(summaryRows(shape), sort, opts.top, now);
   }
 
   private heldDestinations(): Set<string> {
@@ -560,44 +462,21 @@ export class QueueOps {
     return result;
   }
 
-  /** Bounce or delete on a stopped spool: the disposer, a few messages at a time. */
-  private async offline(action: "bounce" | "delete", ids: string[]): Promise<CommandResult> {
-    const sp = this.spool;
-    const log = this.opts.log ?? silentLogger();
-    const disposer = new Disposer({
-      spool: sp,
-      ...(this.opts.dsn ? { dsn: this.opts.dsn } : {}),
-      settings: { hostname: this.opts.hostname, maxAgeMs: Number.POSITIVE_INFINITY, delayWarningMs: 0 },
-      // Offline the suppression list is not open: admin bounces get their class, nothing is added.
-      classifying: this.classifying,
-      ...(this.opts.deliveryLog ? { onEvent: (e) => this.opts.deliveryLog!.write({ ...e }) } : {}),
-      log,
-      clock: this.clock,
-    });
-    const out: CommandResult = { affected: 0, recipients: 0, dsns: 0, failed: [] };
-    const queue = [...ids];
-    const workers = Array.from({ length: Math.min(64, queue.length) }, async () => {
-      for (let id = queue.shift(); id !== undefined; id = queue.shift()) {
-        try {
-          const slot = sp.slotOf(id);
-          if (slot === undefined || !sp.isLive(slot)) continue;
-          const { message, body } = await sp.read(slot);
-          const d = await disposer.dispose({
-            slot,
-            message,
-            body,
-            outcome: action === "bounce" ? { kind: "bounced" } : { kind: "deleted" },
-          });
-          if (d.recipients === 0) continue;
-          out.affected++;
-          out.recipients += d.recipients;
-          if (await d.dsn) out.dsns++;
-        } catch (err) {
-          out.failed.push({ id, error: errorMessage(err) });
-        }
-      }
-    });
-    await Promise.all(workers);
-    return out;
+  /** Bounce or delete on a stopped spool (_offline.ts). */
+  private offline(action: "bounce" | "delete", ids: string[]): Promise<CommandResult> {
+    const o = this.opts;
+    return offlineAction(
+      {
+        spool: this.spool,
+        ...(o.dsn ? { dsn: o.dsn } : {}),
+        hostname: o.hostname,
+        classify: this.classify,
+        ...(o.deliveryLog ? { deliveryLog: o.deliveryLog } : {}),
+        log: o.log ?? silentLogger(),
+        clock: this.clock,
+      },
+      action,
+      ids,
+    );
   }
 }

@@ -151,3 +151,8 @@ export function daemonNeeded(what: string): QueueError {
     503,
   );
 }
+
+/** The plain-JSON rule of every answer: undefined and a non-finite number become null. */
+export function nullable<T>(v: T | undefined): T | null {
+  return v === undefined || (typeof v === "number" && !Number.isFinite(v)) ? null : v;
+}

@@ -1,8 +1,8 @@
 /**
- * Administration: every `mta queue` operation (_ops.ts), its control API routes and the client the
- * CLI uses (_client.ts: the daemon through its control API, else the spool directory), the same for
- * `mta suppress` and the suppression list (_suppress.ts), and finding a running daemon's control
- * endpoint (_control.ts, also used by `mta send`); moving queued messages to another node
+ * Administration: every `mta queue` operation (_ops.ts), its control API routes (_routes.ts) and the
+ * client the CLI uses (_client.ts: the daemon through its control API, else the spool directory), the
+ * same for `mta suppress` and the suppression list (_suppress.ts), and finding a running daemon's
+ * control endpoint (_control.ts, also used by `mta send`); moving queued messages to another node
  * (_transfer.ts) and merging the nodes' summaries into the fleet view (_fleet.ts), for the cluster.
  *
  * Owns: the public face of admin/.
@@ -26,19 +26,8 @@ export {
   type StatsResult,
   type SummaryRow,
 } from "./_shapes.ts";
-export {
-  HttpQueueClient,
-  handle,
-  jsonBody,
-  LocalQueueClient,
-  num,
-  openQueueClient,
-  optString,
-  type QueueClient,
-  queueRoutes,
-  selectorFrom,
-  str,
-} from "./_client.ts";
+export { HttpQueueClient, LocalQueueClient, openQueueClient, type QueueClient } from "./_client.ts";
+export { handle, jsonBody, num, optString, queueRoutes, selectorFrom, str } from "./_routes.ts";
 export { type ClusterSummary, type FleetNode, type FleetRow, mergeSummaries } from "./_fleet.ts";
 export { TransferReceiver, type TransferResult, transferOut } from "./_transfer.ts";
 export {

@@ -4,19 +4,18 @@
  * Owns: the subcommands' arguments, human tables (default) and `--json` output, exit codes
  * (verify with damage or quarantined bytes 65; usage 64; no daemon for suspend/resume, or a locked
  * spool, 69; a user who may reach neither the daemon nor the spool 77).
- * Does not own: the operations (app/'s QueueOps) or how they reach the spool (app/'s QueueClient:
- * the daemon's control API when one answers at control.address, else the spool directory).
+ * Does not own: the operations (admin/'s QueueOps) or how they reach the spool (admin/'s QueueClient:
+ * the daemon's control API when one answers at control.address, else the spool directory), the
+ * human text of the answers (_queueText.ts).
  */
 import { defineCommand } from "citty";
 import {
   type ActionResult,
-  type ClusterSummary,
   formatVerifyReport,
   MESSAGE_STATES,
   type MessageState,
   openQueueClient,
   type QueueClient,
-  type QueueSummary,
   SORT_KEYS,
   type Selector,
   type SortKey,
@@ -24,6 +23,8 @@ import {
 import { findConfigPath, loadConfig } from "../config/index.ts";
 import { durationArg, EXIT, formatBytes, isMessageId, MtaError, UsageError } from "../lib/index.ts";
 import { configArg } from "./_args.ts";
+import { print, printJson } from "./_output.ts";
+import { destinationTable, messagesTable, messageText, nodesTable, statsText } from "./_queueText.ts";
 
 const common = {
   ...configArg,
@@ -41,14 +42,6 @@ async function client(args: { config?: string; local?: boolean }): Promise<Queue
   return openQueueClient(config, args.local ? { prefer: "local" } : {});
 }
 
-function print(text: string): void {
-  process.stdout.write(text.endsWith("\n") ? text : `${text}\n`);
-}
-
-function printJson(v: unknown): void {
-  print(JSON.stringify(v, null, 2));
-}
-
 function optionalDuration(flag: string, text: string | undefined): number | undefined {
   return text === undefined ? undefined : durationArg(flag, text);
 }
@@ -57,38 +50,6 @@ function wholeNumber(text: string | undefined, what: string): number | undefined
   if (text === undefined || text === "") return undefined;
   if (!/^\d+$/.test(text)) throw new UsageError(`${what} must be a whole number, not "${text}"`);
   return Number(text);
-}
-
-/** "3h12m", "45s", "2d4h": short ages for tables. */
-export function shortAge(msValue: number): string {
-  const s = Math.max(0, Math.round(msValue / 1000));
-  if (s < 60) return `${s}s`;
-  const m = Math.floor(s / 60);
-  if (m < 60) return `${m}m${s % 60 ? `${s % 60}s` : ""}`;
-  const h = Math.floor(m / 60);
-  if (h < 48) return `${h}h${m % 60 ? `${m % 60}m` : ""}`;
-  const d = Math.floor(h / 24);
-  return `${d}d${h % 24 ? `${h % 24}h` : ""}`;
-}
-
-function when(atMs: number | null, nowMs: number): string {
-  if (atMs === null) return "-";
-  return atMs <= nowMs ? "now" : `in ${shortAge(atMs - nowMs)}`;
-}
-
-/** A plain table: left-aligned text, right-aligned numbers. */
-export function table(header: string[], rows: (string | number)[][]): string {
-  const cells = [header, ...rows.map((r) => r.map(String))];
-  const numeric = header.map((_, i) => rows.length > 0 && rows.every((r) => typeof r[i] === "number"));
-  const widths = header.map((_, i) => Math.max(...cells.map((r) => (r[i] ?? "").length)));
-  return cells
-    .map((r) =>
-      r
-        .map((c, i) => (numeric[i] ? c.padStart(widths[i]!) : i === r.length - 1 ? c : c.padEnd(widths[i]!)))
-        .join("  ")
-        .trimEnd(),
-    )
-    .join("\n");
 }
 
 const selectorArgs = {
@@ -145,24 +106,7 @@ const summary = defineCommand({
     if (args.cluster) {
       const s = await c.clusterSummary(opts);
       if (args.json) return printJson(s);
-      print(
-        table(
-          ["NODE", "CONTROL", "MSGS", "RCPTS", "BYTES", "CONNS", "STATUS"],
-          s.nodes.map((n) =>
-            n.ok && n.totals
-              ? [
-                  n.name,
-                  n.control,
-                  n.totals.messages,
-                  n.totals.recipients,
-                  formatBytes(n.totals.bytes),
-                  n.totals.activeConnections,
-                  "ok",
-                ]
-              : [n.name, n.control || "-", "-", "-", "-", "-", `did not answer: ${n.error ?? "?"}`],
-          ),
-        ),
-      );
+      print(nodesTable(s));
       print("");
       print(destinationTable(s, true));
       if (s.omitted > 0) print(`(${s.omitted} more destination(s); --top to show more)`);
@@ -180,57 +124,6 @@ const summary = defineCommand({
     if (c.mode === "local") print("(no daemon answered: read from the spool directory)");
   },
 });
-
-/** The summary's table: a row per destination and a total (with the nodes holding each, for a fleet). */
-function destinationTable(s: QueueSummary | ClusterSummary, fleet: boolean): string {
-  {
-    const rows = s.destinations.map((r) => [
-      r.destination,
-      r.messages,
-      r.recipients,
-      formatBytes(r.bytes),
-      r.oldestMs === null ? "-" : shortAge(s.nowMs - r.oldestMs),
-      when(r.nextAttemptMs, s.nowMs),
-      r.activeConnections,
-      // A routed domain names the next hop whose queue and state it shares (one row, not two).
-      `${r.state}${r.site ? ` via ${r.site}` : ""}${
-        r.reason
-          ? ` (${r.reason}${r.untilMs !== null ? `, until ${when(r.untilMs, s.nowMs).slice(3)}` : ""})`
-          : ""
-      }`,
-      r.lastError ?? "",
-      ...(fleet ? [("nodes" in r ? (r.nodes as string[]) : []).join(",")] : []),
-    ]);
-    const t = s.totals;
-    rows.push([
-      `TOTAL ${t.destinations} destination(s)`,
-      t.messages,
-      t.recipients,
-      formatBytes(t.bytes),
-      t.oldestMs === null ? "-" : shortAge(s.nowMs - t.oldestMs),
-      "",
-      t.activeConnections,
-      "",
-      "",
-      ...(fleet ? [""] : []),
-    ]);
-    return table(
-      [
-        "DESTINATION",
-        "MSGS",
-        "RCPTS",
-        "BYTES",
-        "OLDEST",
-        "NEXT",
-        "CONNS",
-        "STATE",
-        "LAST ERROR",
-        ...(fleet ? ["NODES"] : []),
-      ],
-      rows,
-    );
-  }
-}
 
 const transfer = defineCommand({
   meta: {
@@ -279,33 +172,12 @@ const list = defineCommand({
     const c = await client(args);
     const r = await c.list({ ...sel, ...(limit !== undefined ? { limit } : {}) });
     if (args.json) return printJson(r);
-    print(
-      table(
-        ["ID", "DESTINATION", "SENDER", "RCPTS", "SIZE", "AGE", "ATTEMPTS", "NEXT", "STATE"],
-        r.messages.map((m) => [
-          m.id,
-          m.destination,
-          m.sender || "<>",
-          `${m.pendingRecipients}/${m.recipients}`,
-          formatBytes(m.bytes),
-          shortAge(r.nowMs - m.arrivalMs),
-          m.attempts,
-          when(m.nextAttemptMs, r.nowMs),
-          m.state,
-        ]),
-      ),
-    );
+    print(messagesTable(r));
     print(
       `${r.matched} message(s)${r.matched > r.messages.length ? `, first ${r.messages.length} shown` : ""}`,
     );
   },
 });
-
-/** A recipient's last TLS on one line: "dane, TLSv1.3, TLS_AES_256_GCM_SHA384, verified". */
-function tlsText(t: { policy: string; version?: string; cipher?: string; verified: boolean }): string {
-  const session = t.version ? [t.version, ...(t.cipher ? [t.cipher] : [])] : [];
-  return [t.policy, ...session, t.verified ? "verified" : "not verified"].join(", ");
-}
 
 const show = defineCommand({
   meta: { name: "show", description: "One message: envelope, recipients with state and last reply, header" },
@@ -318,28 +190,7 @@ const show = defineCommand({
     const c = await client(args);
     const m = await c.show(args.id, { body: args.body === true });
     if (args.json) return printJson(m);
-    const now = Date.now();
-    const lines = [
-      `id:           ${m.id}`,
-      `destination:  ${m.destination}`,
-      `sender:       ${m.sender || "<>"}`,
-      `arrived:      ${new Date(m.arrivalMs).toISOString()} (${shortAge(now - m.arrivalMs)} ago)`,
-      `size:         ${m.bytes} bytes`,
-      `attempts:     ${m.attempts}`,
-      `next attempt: ${new Date(m.nextAttemptMs).toISOString()} (${when(m.nextAttemptMs, now)})`,
-      `state:        ${m.state}`,
-      `attributes:   ${Object.entries(m.attributes)
-        .map(([k, v]) => `${k}=${v}`)
-        .join(" ")}`,
-      "recipients:",
-      ...m.recipients.flatMap((r) => [
-        `  ${r.state.padEnd(9)} ${r.address}${r.lastReply ? `  last reply: ${r.lastReply}` : ""}${r.class ? ` [${r.class}]` : ""}`,
-        ...(r.tls ? [`            tls: ${tlsText(r.tls)}`] : []),
-      ]),
-      "header:",
-      ...m.headers.map((h) => `  ${h.name}: ${h.value}`),
-    ];
-    print(lines.join("\n"));
+    print(messageText(m, Date.now()));
     if (m.body !== undefined) print(`\n${m.body}`);
   },
 });
@@ -452,20 +303,7 @@ const stats = defineCommand({
     const c = await client(args);
     const s = await c.stats();
     if (args.json) return printJson(s);
-    print(
-      [
-        `spool:        ${s.dir}`,
-        `segments:     ${s.segments} (active ${s.activeSegment || "-"})`,
-        `file bytes:   ${s.fileBytes} (${formatBytes(s.fileBytes)})`,
-        `live bytes:   ${s.liveBytes} (${formatBytes(s.liveBytes)})`,
-        `dead bytes:   ${s.deadBytes} (${formatBytes(s.deadBytes)})`,
-        `messages:     ${s.messages}`,
-        `destinations: ${s.destinations}`,
-        `recipients:   pending ${s.recipients.pending}, delivered ${s.recipients.delivered}, failed ${s.recipients.failed}`,
-        `group commit: ${s.groupCommit.batches} batch(es), ${s.groupCommit.recordsPerBatch.toFixed(1)} record(s) per batch`,
-        `compactions:  ${s.compactions}`,
-      ].join("\n"),
-    );
+    print(statsText(s));
   },
 });
 

@@ -23,7 +23,7 @@ import {
 import { findConfigPath, loadConfig } from "../config/index.ts";
 import { EXIT, fileError, MtaError, UsageError } from "../lib/index.ts";
 import { configArg } from "./_args.ts";
-import { table } from "./queue.ts";
+import { print, table } from "./_output.ts";
 
 const common = {
   ...configArg,
@@ -37,10 +37,6 @@ const scopeArg = {
     description: "Only for mail from this sender domain (default: every sender)",
   },
 } as const;
-
-function print(text: string): void {
-  process.stdout.write(text.endsWith("\n") ? text : `${text}\n`);
-}
 
 /** A held list says what to do about it; every other error already carries its exit code. */
 function mapped(err: unknown): unknown {

@@ -19,12 +19,10 @@ import {
   type OpenSession,
   type OutboundMessage,
   openSession,
-  planContent,
   type RecipientResult,
-  reset,
   type Timeouts,
-  transaction,
 } from "./_session.ts";
+import { planContent, reset, transaction } from "./_transaction.ts";
 
 /** The TLS of the connection that carried the message, as the delivery log shows it. */
 export interface AttemptTls {

@@ -1,8 +1,9 @@
 /**
- * A caching stub resolver over UDP (Bun.udpSocket) with TCP fallback on truncation, built on dns-packet.
+ * A caching stub resolver: the servers asked in turn, the answers' meaning, built on dns-packet; the
+ * questions themselves travel on the wire of wire.ts (UDP, TCP on truncation).
  *
- * Owns: `createResolver`, the query transport, the TTL cache (positive and negative), in-flight dedup,
- * MX / A / AAAA / TXT / TLSA answers, and what the DNSSEC bits of an answer mean.
+ * Owns: `createResolver`, the order of servers and rounds, the TTL cache (positive and negative),
+ * in-flight dedup, MX / A / AAAA / TXT / TLSA answers, and what the DNSSEC bits of an answer mean.
  * Does not own: MX ordering, implicit MX and routing decisions (route.ts), what a TXT or TLSA record
  * says (tlspolicy/).
  * Invariants: NXDOMAIN, NODATA, SERVFAIL, REFUSED and timeouts stay distinct all the way to the caller;
@@ -18,15 +19,15 @@
  * exists but its signatures do not validate. With `dnssec: false`, nothing is ever `authenticated`.
  *
  * Why not node:dns: under Bun it reports NODATA as ENOTFOUND, gives no TTL and waits 26 s on a silent server.
- * Why Bun.udpSocket over node:dgram: about 30 µs less CPU per question (measured: 44 against 74 µs
- * for a question and its answer on loopback), and a new destination costs two or three questions.
- * At most `maxInFlight` questions are on the wire at once; answers count only from a server asked.
+ * Why Bun.udpSocket over node:dgram (wire.ts): about 30 µs less CPU per question (measured: 44 against
+ * 74 µs for a question and its answer on loopback), and a new destination costs two to four questions.
  */
 import fs from "node:fs";
 import net from "node:net";
-import dnsPacket from "dns-packet";
+import type dnsPacket from "dns-packet";
 import { type Clock, parseHostPort, systemClock } from "../lib/index.ts";
 import type { Counter, Metrics } from "../observe/index.ts";
+import { DnsWire, normalizeName, type QType, type RawAnswer } from "./_wire.ts";
 
 /** Why a question got no usable answer; `bogus`: DNSSEC validation failed (only with `dnssec: true`). */
 export type DnsError = "servfail" | "timeout" | "refused" | "bogus" | "other";
@@ -123,13 +124,7 @@ export interface ResolverOptions {
   maxInFlight?: number;
 }
 
-type QType = "MX" | "A" | "AAAA" | "TXT" | "TLSA" | "CNAME";
 type Lookup = MxLookup | AddressLookup | TxtLookup | TlsaLookup;
-
-/** The raw outcome of one question, before interpretation per record type. */
-type RawAnswer =
-  | { kind: "answer"; packet: dnsPacket.DecodedPacket }
-  | { kind: "error"; error: DnsError; detail: string };
 
 interface CacheEntry {
   expiresAtMs: number;
@@ -139,9 +134,6 @@ interface CacheEntry {
 /** RFC 8914 §4: the Extended DNS Error codes that say DNSSEC validation failed (6 DNSSEC Bogus ... 12). */
 const EDE_OPTION = 15;
 const EDE_DNSSEC_FAILURES = new Set([6, 7, 8, 9, 10, 11, 12]);
-/** RFC 6891 §6.2.5 / DNS flag day 2020: a payload size that avoids IP fragmentation. */
-const EDNS_UDP_PAYLOAD_BYTES = 1232;
-const CHECKING_DISABLED = 1 << 4;
 
 export function readResolvConf(path = "/etc/resolv.conf"): { host: string; port: number }[] {
   let text: string;
@@ -191,32 +183,14 @@ interface TlsaData {
   certificate: Buffer;
 }
 
-/** The same IP address, however written (an IPv4-mapped IPv6 address included). */
-function sameHost(configured: string, seen: string): boolean {
-  const strip = (a: string) =>
-    a
-      .toLowerCase()
-      .replace(/^::ffff:/, "")
-      .replace(/^\[|\]$/g, "");
-  return strip(configured) === strip(seen);
-}
-
-function normalizeName(name: string): string {
-  return name.toLowerCase().replace(/\.$/, "");
-}
-
 class StubResolver implements Resolver {
   private readonly servers: { host: string; port: number }[];
   private readonly clock: Clock;
   private readonly cache = new Map<string, CacheEntry>();
   private readonly inflight = new Map<string, Promise<Lookup>>();
-  private readonly pending = new Map<number, (p: dnsPacket.DecodedPacket) => void>();
-  private sockets = new Map<4 | 6, Promise<Bun.udp.Socket<"buffer">>>();
+  private readonly wire: DnsWire;
   private readonly queries?: Counter;
   private readonly cacheHits?: Counter;
-  private onWire = 0;
-  private readonly waitingTurn: (() => void)[] = [];
-  private waitingHead = 0;
 
   readonly dnssec: boolean;
 
@@ -224,6 +198,12 @@ class StubResolver implements Resolver {
     this.dnssec = opts.dnssec === true;
     this.servers = opts.servers.length > 0 ? opts.servers : readResolvConf();
     this.clock = opts.clock ?? systemClock;
+    this.wire = new DnsWire({
+      servers: this.servers,
+      timeoutMs: opts.timeoutMs,
+      dnssec: this.dnssec,
+      ...(opts.maxInFlight !== undefined ? { maxInFlight: opts.maxInFlight } : {}),
+    });
     this.queries = opts.metrics?.counter("mta_dns_queries_total", "DNS queries sent, by type and outcome");
     this.cacheHits = opts.metrics?.counter("mta_dns_cache_hits_total", "DNS lookups answered from the cache");
   }
@@ -422,7 +402,7 @@ class StubResolver implements Resolver {
     let last: RawAnswer = { kind: "error", error: "timeout", detail: `no answer for ${qname} ${type}` };
     for (let round = 0; round < Math.max(1, this.opts.attempts); round++) {
       for (const server of this.servers) {
-        const r = await this.queryServer(server, qname, type, checkingDisabled);
+        const r = await this.wire.ask(server, qname, type, checkingDisabled);
         if (r.kind === "answer") {
           // SERVFAIL / REFUSED from one server: another may do better.
           const rc = rcodeOf(r.packet);
@@ -436,214 +416,6 @@ class StubResolver implements Resolver {
       }
     }
     return last;
-  }
-
-  private newId(): number {
-    for (;;) {
-      const id = Math.floor(Math.random() * 65536);
-      if (!this.pending.has(id)) return id;
-    }
-  }
-
-  private socketFor(family: 4 | 6): Promise<Bun.udp.Socket<"buffer">> {
-    let s = this.sockets.get(family);
-    if (s) return s;
-    s = Bun.udpSocket({
-      hostname: family === 4 ? "0.0.0.0" : "::",
-      socket: {
-        data: (_sock, msg, port, address) => {
-          // Only an answer from a server we asked counts (RFC 5452 §9.1): the address and port.
-          if (!this.servers.some((sv) => sv.port === port && sameHost(sv.host, address))) return;
-          let packet: dnsPacket.DecodedPacket;
-          try {
-            packet = dnsPacket.decode(msg);
-          } catch {
-            return; // garbage: ignore, the query times out
-          }
-          const waiter = packet.id === undefined ? undefined : this.pending.get(packet.id);
-          waiter?.(packet);
-        },
-        // ICMP port unreachable from a server that is down (ECONNREFUSED): the question times out
-        // and the next server or round is asked; it must not become an uncaught error.
-        error: () => {},
-      },
-    }).then((sock) => {
-      sock.unref();
-      return sock;
-    });
-    this.sockets.set(family, s);
-    return s;
-  }
-
-  /** Waits for a turn on the wire (see `maxInFlight`). */
-  private turn(): Promise<void> | undefined {
-    if (this.onWire < (this.opts.maxInFlight ?? 256)) {
-      this.onWire++;
-      return undefined;
-    }
-    return new Promise((resolve) => this.waitingTurn.push(resolve));
-  }
-
-  private endTurn(): void {
-    const next = this.waitingTurn[this.waitingHead];
-    if (next === undefined) {
-      this.onWire--;
-      return;
-    }
-    this.waitingTurn[this.waitingHead++] = undefined as unknown as () => void;
-    if (this.waitingHead > 1024 && this.waitingHead * 2 > this.waitingTurn.length) {
-      this.waitingTurn.splice(0, this.waitingHead);
-      this.waitingHead = 0;
-    }
-    next(); // the turn passes on: onWire stays as it is
-  }
-
-  /** The question as a packet: RD, and with `dnssec` the AD and DO bits (plus CD when asked). */
-  private question(id: number, qname: string, type: QType, checkingDisabled: boolean): dnsPacket.Packet {
-    const q: dnsPacket.Packet = {
-      type: "query",
-      id,
-      flags: dnsPacket.RECURSION_DESIRED,
-      questions: [{ type, name: qname, class: "IN" }],
-    };
-    if (!this.dnssec) return q;
-    q.flags = (q.flags ?? 0) | dnsPacket.AUTHENTIC_DATA | (checkingDisabled ? CHECKING_DISABLED : 0);
-    q.additionals = [
-      {
-        type: "OPT",
-        name: ".",
-        udpPayloadSize: EDNS_UDP_PAYLOAD_BYTES,
-        flags: dnsPacket.DNSSEC_OK,
-      } as dnsPacket.OptAnswer,
-    ];
-    return q;
-  }
-
-  private async queryServer(
-    server: { host: string; port: number },
-    qname: string,
-    type: QType,
-    checkingDisabled: boolean,
-  ): Promise<RawAnswer> {
-    const wait = this.turn();
-    if (wait) await wait;
-    try {
-      return await this.querySent(server, qname, type, checkingDisabled);
-    } finally {
-      this.endTurn();
-    }
-  }
-
-  private querySent(
-    server: { host: string; port: number },
-    qname: string,
-    type: QType,
-    checkingDisabled: boolean,
-  ): Promise<RawAnswer> {
-    const id = this.newId();
-    const query = dnsPacket.encode(this.question(id, qname, type, checkingDisabled));
-    const family = net.isIP(server.host) === 6 ? 6 : 4;
-    return this.socketFor(family).then(
-      (socket) => this.exchange(socket, server, qname, type, checkingDisabled, id, query),
-      (err: unknown): RawAnswer => ({
-        kind: "error",
-        error: "other",
-        detail: `no UDP socket: ${String(err)}`,
-      }),
-    );
-  }
-
-  private exchange(
-    socket: Bun.udp.Socket<"buffer">,
-    server: { host: string; port: number },
-    qname: string,
-    type: QType,
-    checkingDisabled: boolean,
-    id: number,
-    query: Buffer,
-  ): Promise<RawAnswer> {
-    return new Promise<RawAnswer>((resolve) => {
-      const timer = setTimeout(() => {
-        this.pending.delete(id);
-        resolve({
-          kind: "error",
-          error: "timeout",
-          detail: `${server.host}:${server.port} did not answer ${qname} ${type}`,
-        });
-      }, this.opts.timeoutMs);
-      this.pending.set(id, (packet) => {
-        const q = packet.questions?.[0];
-        // A reply must echo our question (RFC 5452 §9.1); anything else is ignored, not accepted.
-        if (!q || q.type !== type || normalizeName(q.name) !== qname) return;
-        clearTimeout(timer);
-        this.pending.delete(id);
-        if (packet.flag_tc) {
-          this.queryTcp(server, qname, type, checkingDisabled).then(resolve);
-          return;
-        }
-        resolve({ kind: "answer", packet });
-      });
-      let sent = false;
-      let why = "the socket's buffer is full";
-      try {
-        sent = socket.send(query, server.port, server.host);
-      } catch (err) {
-        why = String(err);
-      }
-      if (!sent) {
-        clearTimeout(timer);
-        this.pending.delete(id);
-        resolve({ kind: "error", error: "other", detail: `send to ${server.host}:${server.port}: ${why}` });
-      }
-    });
-  }
-
-  /** RFC 7766: repeat a truncated question over TCP with a 2-byte length prefix. */
-  private queryTcp(
-    server: { host: string; port: number },
-    qname: string,
-    type: QType,
-    checkingDisabled: boolean,
-  ): Promise<RawAnswer> {
-    const id = Math.floor(Math.random() * 65536);
-    const query = dnsPacket.streamEncode(this.question(id, qname, type, checkingDisabled));
-    return new Promise<RawAnswer>((resolve) => {
-      let done = false;
-      const chunks: Buffer[] = [];
-      const sock = net.connect({ host: server.host, port: server.port });
-      const finish = (r: RawAnswer) => {
-        if (done) return;
-        done = true;
-        clearTimeout(timer);
-        sock.destroy();
-        resolve(r);
-      };
-      const timer = setTimeout(
-        () =>
-          finish({ kind: "error", error: "timeout", detail: `TCP ${server.host}:${server.port} timed out` }),
-        this.opts.timeoutMs,
-      );
-      sock.on("connect", () => sock.write(query));
-      sock.on("data", (d) => {
-        chunks.push(Buffer.from(d));
-        const buf = Buffer.concat(chunks);
-        if (buf.length < 2) return;
-        const len = buf.readUInt16BE(0);
-        if (buf.length < 2 + len) return;
-        try {
-          const packet = dnsPacket.decode(buf.subarray(2, 2 + len));
-          if (packet.id !== id)
-            return finish({ kind: "error", error: "other", detail: "TCP answer id mismatch" });
-          finish({ kind: "answer", packet });
-        } catch (err) {
-          finish({ kind: "error", error: "other", detail: `bad TCP answer: ${String(err)}` });
-        }
-      });
-      sock.on("error", (err) => finish({ kind: "error", error: "other", detail: `TCP: ${err.message}` }));
-      sock.on("close", () =>
-        finish({ kind: "error", error: "other", detail: "TCP closed before an answer" }),
-      );
-    });
   }
 }
 

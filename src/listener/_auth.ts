@@ -1,10 +1,20 @@
 /**
- * SASL for AUTH (RFC 4954): PLAIN (RFC 4616) and LOGIN, checked against `Bun.password` hashes.
+ * AUTH on an inbound session (RFC 4954): SASL PLAIN (RFC 4616) and LOGIN, checked against
+ * `Bun.password` hashes.
  *
- * Owns: decoding the client's responses, verifying a username and password.
- * Invariant: plain-text passwords exist only in this function's locals; an unknown user costs the same
- * hash verification as a known one, so timing does not reveal which users exist.
+ * Owns: whether AUTH is offered, the exchange (initial response, 334 challenges, `*` to abort),
+ * decoding the client's responses, verifying a username and password, and the reply.
+ * Does not own: the users table (the app reads it), where AUTH is refused by policy for MAIL
+ * (_commands.ts).
+ * Invariants:
+ * - plain-text passwords exist only in the locals of `authStep` and `verifyUser`;
+ * - an unknown user costs the same hash verification as a known one, so timing does not reveal which
+ *   users exist;
+ * - AUTH is offered only over TLS, or to loopback clients with `allowPlaintextAuth`.
  */
+import { isLoopback } from "../lib/index.ts";
+import { reply, type SmtpReply } from "../smtp/index.ts";
+import { goodbye, type ListenerContext, refuse, type Session, send } from "./_session.ts";
 
 export type AuthMechanism = "PLAIN" | "LOGIN";
 export const MECHANISMS: readonly AuthMechanism[] = ["PLAIN", "LOGIN"];
@@ -42,4 +52,90 @@ export async function verifyUser(
   } catch {
     return false;
   }
+}
+
+export function authOffered(ctx: ListenerContext, s: Session): boolean {
+  if (ctx.opts.auth === "off" || !ctx.opts.users) return false;
+  return s.tls !== undefined || (ctx.opts.allowPlaintextAuth === true && isLoopback(s.ip));
+}
+
+export function authStart(ctx: ListenerContext, s: Session, arg: string): SmtpReply | undefined {
+  if (!authOffered(ctx, s)) {
+    if (ctx.opts.auth !== "off" && ctx.tlsOptions && !s.tls)
+      return reply(530, "5.7.0", "Must issue a STARTTLS command first");
+    return reply(503, "5.5.1", "Error: authentication not enabled");
+  }
+  if (!s.helo) return reply(503, "5.5.1", "Error: send HELO/EHLO first");
+  if (s.authUser) return reply(503, "5.5.1", "Error: already authenticated");
+  if (s.txn) return reply(503, "5.5.1", "Error: MAIL transaction in progress");
+  const [mechText = "", initial] = arg.split(/[ \t]+/);
+  const mech = mechText.toUpperCase();
+  if (mech !== "PLAIN" && mech !== "LOGIN")
+    return reply(504, "5.5.4", "Error: unsupported authentication mechanism");
+  s.auth = { mech };
+  if (initial === undefined) {
+    s.phase = "auth";
+    s.out += mech === "PLAIN" ? "334 \r\n" : "334 VXNlcm5hbWU6\r\n";
+    return undefined;
+  }
+  // RFC 4954 §4: "=" is an empty initial response.
+  return authStep(ctx, s, initial === "=" ? "" : initial);
+}
+
+/** A line read while the session is in the `auth` phase. */
+export function authResponse(ctx: ListenerContext, s: Session, line: string): SmtpReply | undefined {
+  if (line === "*") {
+    s.phase = "command";
+    s.auth = undefined;
+    return reply(501, "5.0.0", "Authentication aborted");
+  }
+  return authStep(ctx, s, line);
+}
+
+function authStep(ctx: ListenerContext, s: Session, response: string): SmtpReply | undefined {
+  const a = s.auth!;
+  const decoded = decodeBase64(response);
+  if (decoded === undefined) {
+    s.phase = "command";
+    s.auth = undefined;
+    return reply(501, "5.5.2", "Error: cannot decode response");
+  }
+  let user: string;
+  let password: string;
+  if (a.mech === "PLAIN") {
+    const p = parsePlain(decoded);
+    if (!p) {
+      s.phase = "command";
+      s.auth = undefined;
+      return reply(501, "5.5.2", "Error: malformed PLAIN response");
+    }
+    ({ user, password } = p);
+  } else if (a.user === undefined) {
+    a.user = decoded;
+    s.phase = "auth";
+    s.out += "334 UGFzc3dvcmQ6\r\n";
+    return undefined;
+  } else {
+    user = a.user;
+    password = decoded;
+  }
+  s.phase = "command";
+  s.auth = undefined;
+  s.busy = true;
+  s.deadlineMs = Number.POSITIVE_INFINITY;
+  void verifyUser(ctx.opts.users ?? {}, user, password).then((ok) => {
+    s.busy = false;
+    if (s.closed) return;
+    s.deadlineMs = ctx.clock.now() + ctx.opts.commandTimeoutMs;
+    if (ok) {
+      s.authUser = user;
+      send(s, reply(235, "2.7.0", "Authentication successful"));
+    } else {
+      ctx.log.info("authentication failed", { listener: ctx.name, session: s.id, client: s.ip, user });
+      refuse(ctx, s, reply(535, "5.7.8", "Error: authentication failed"));
+    }
+    if (ctx.stopping && !s.closing) goodbye(ctx, s);
+    ctx.resume(s);
+  });
+  return undefined;
 }

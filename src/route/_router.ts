@@ -19,7 +19,7 @@ import type { AttemptTlsOutcome } from "../tlspolicy/index.ts";
 import { type DestinationPolicy, policyOf } from "./_policy.ts";
 import { hasRollups, siteFor } from "./_rollup.ts";
 import { findRoute, nextHopName, routeHosts } from "./_static.ts";
-import { type PlannedNextHop, planHosts, type TlsPlanner, tlsModeOf } from "./_tls.ts";
+import { type PlannedNextHop, planHosts, policyDomain, type TlsPlanner, tlsModeOf } from "./_tls.ts";
 
 /** Hands an attempt's result to the TLS planner (TLS-RPT); absent when nothing was planned. */
 type Report = (result: AttemptTlsOutcome, sendingIp?: string) => void;
@@ -136,6 +136,13 @@ export class Router {
     let more: (() => Promise<{ name: string; ip: string; port: number }[]>) | undefined;
     if (route) d = await this.staticRoute(domain, route, t);
     else {
+      // The TLS step's first DNS question (MTA-STS) goes out with the MX question, not after it. The
+      // mode is the domain's own or the default: an MX rollup's own mode is known only after the MX.
+      if (opts.tls && !opts.tls.requiredNo && !domain.startsWith("["))
+        this.planner?.prefetch?.(
+          policyDomain(domain),
+          (Object.hasOwn(t.domains, domain) ? t.domains[domain]?.tls : undefined) ?? t.domains.default.tls,
+        );
       const r = await resolveDestination(this.resolver, domain, { prefer: t.prefer, port: t.port });
       if (r.kind !== "hosts") return { ...r, site: this.learned.get(domain) ?? domain };
       let site = domain;

@@ -18,6 +18,8 @@ import { siteFor } from "./_rollup.ts";
 /** What the routing step needs of tlspolicy/'s `TlsPolicies`. */
 export interface TlsPlanner {
   plan(input: PlanInput): Promise<TlsPlan>;
+  /** Starts what `plan` will ask of DNS for a domain reached through its MX (asked with the MX). */
+  prefetch?(domain: string, mode: DomainTlsMode): void;
   record(plan: TlsPlan, result: AttemptTlsOutcome, sendingIp?: string): void;
 }
 

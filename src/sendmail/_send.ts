@@ -26,16 +26,8 @@ import { injectLimitBytes } from "../accept/index.ts";
 import { parseSendArgs, type SendArgs } from "./_args.ts";
 import { BatchJournal, JournalBusyError } from "./_journal.ts";
 import { DaemonSink, LocalSink, type Sink, startEngine } from "./_sinks.ts";
-import {
-  inputBytes,
-  messageItem,
-  qualify,
-  type ReadContext,
-  type ReadProgress,
-  type ReadResult,
-  readInputs,
-  type SendItem,
-} from "./_readers.ts";
+import { messageItem, qualify, type ReadContext, type ReadResult, type SendItem } from "./_items.ts";
+import { inputBytes, type ReadProgress, readInputs } from "./_readers.ts";
 
 export { parseSendArgs, type SendArgs } from "./_args.ts";
 

@@ -16,7 +16,7 @@ import { replyText } from "../smtp/index.ts";
 import type { ControlEndpoint } from "../admin/index.ts";
 import { Engine } from "../app/index.ts";
 import { withLocalReceived } from "../accept/index.ts";
-import type { SendItem } from "./_readers.ts";
+import type { SendItem } from "./_items.ts";
 
 export type SubmitOutcome =
   | { ok: true; ids: string[]; refused?: string[] }

@@ -14,7 +14,7 @@ import { type Config, ConfigError, resolveSecrets } from "../config/index.ts";
 import { errnoOf, PermissionError } from "../lib/index.ts";
 import { type ControlEndpoint, findDaemon } from "../admin/index.ts";
 import { dropMessage } from "../accept/index.ts";
-import type { SendItem } from "./_readers.ts";
+import type { SendItem } from "./_items.ts";
 
 /**
  * Whether this user may be refused the spool for want of permission: false only for EACCES/EPERM on

@@ -8,5 +8,6 @@
  */
 export { DEFAULT_LOCK_WAIT_MS, DEFAULT_MAX_TIME_MS, parseSendArgs, type SendArgs } from "./_args.ts";
 export { BatchJournal, JournalBusyError } from "./_journal.ts";
-export { type ReadContext, type ReadResult, readInputs } from "./_readers.ts";
+export type { ReadContext, ReadResult } from "./_items.ts";
+export { readInputs } from "./_readers.ts";
 export { formatSummary, runSend, SEND_USAGE, type SendIo, type SendSummary, send } from "./_send.ts";

@@ -3,10 +3,11 @@
  * in the spool directory, and sending each domain its aggregate report.
  *
  * Owns: `TlsReports`: `count` (one session's result), the period files in `<spool>/tls/rpt/`, the
- * report JSON (§4.4), its gzip and the report message (§5.3), delivery to `mailto:` (through the caller's
- * `submitMail`, i.e. mta's own queue, DKIM-signed like any other message) and `https:` (POST, §5.4)
- * addresses, retries; `parseTlsRptRecord` (§3).
- * Does not own: which sessions count against which policy (plan.ts / index.ts), SMTP or the spool.
+ * report's gzip and its delivery to `mailto:` (through the caller's `submitMail`, i.e. mta's own queue,
+ * DKIM-signed like any other message) and `https:` (POST, §5.4) addresses, retries;
+ * `parseTlsRptRecord` (§3).
+ * Does not own: which sessions count against which policy (plan.ts / index.ts), the report JSON
+ * (§4.4) and message (§5.3) (rptReport.ts), SMTP or the spool.
  * Invariants:
  * - counts reach the disk within `flushMs` (1 s) of the session and at `close()`: a restart loses
  *   nothing, a crash at most the last second;
@@ -21,39 +22,16 @@ import type { Logger, Metrics } from "../observe/index.ts";
 import { ensureDir, readJsonFiles, removeFile, writeJsonAtomic } from "./_files.ts";
 import { type HttpsDeps, httpsRequest } from "./_https.ts";
 import type { ReportPolicy } from "./_plan.ts";
+import {
+  ADDR_SPEC,
+  buildReport,
+  type DomainState,
+  type Period,
+  reportMessage,
+  type SessionDetail,
+} from "./_rptReport.ts";
 
-export interface SessionDetail {
-  mx?: string;
-  ip?: string;
-  sendingIp?: string;
-  reason?: string;
-}
-
-interface Detail extends SessionDetail {
-  result: string;
-  count: number;
-}
-
-interface PolicyCounts {
-  policy: ReportPolicy;
-  success: number;
-  failure: number;
-  details: Record<string, Detail>;
-}
-
-interface DomainState {
-  policies: Record<string, PolicyCounts>;
-  /** Report URIs already served, and when the first try was made. */
-  sent?: string[];
-  firstTryMs?: number;
-  done?: boolean;
-}
-
-interface Period {
-  startMs: number;
-  endMs: number;
-  domains: Record<string, DomainState>;
-}
+export type { SessionDetail } from "./_rptReport.ts";
 
 export interface MailReport {
   sender: string;
@@ -332,7 +310,7 @@ export class TlsReports {
       state.done = true;
       return;
     }
-    const report = this.buildReport(p, domain, state);
+    const report = buildReport(p, domain, state, this.opts);
     const gz = gzipSync(Buffer.from(JSON.stringify(report)));
     if (gz.length > MAX_REPORT_BYTES)
       this.opts.log.warn("TLS-RPT report is large", { domain, bytes: gz.length });
@@ -353,42 +331,6 @@ export class TlsReports {
     }
     state.sent = [...sent];
     if (rua.every((u) => sent.has(u))) state.done = true;
-  }
-
-  private buildReport(p: Period, domain: string, state: DomainState) {
-    const start = new Date(p.startMs).toISOString().replace(/\.\d{3}Z$/, "Z");
-    const end = new Date(p.endMs - 1000).toISOString().replace(/\.\d{3}Z$/, "Z");
-    return {
-      "organization-name": this.opts.organization,
-      "date-range": { "start-datetime": start, "end-datetime": end },
-      "contact-info": this.opts.contact,
-      // A msg-id (RFC 5322 §3.6.4: dot-atom, no colons): it is the Message-ID and the Subject's Report-ID.
-      "report-id": `${start.replace(/[-:]/g, "")}.${domain}@${this.opts.submitter}`,
-      policies: Object.values(state.policies).map((c) => ({
-        policy: {
-          "policy-type": c.policy.type,
-          ...(c.policy.strings.length > 0 ? { "policy-string": c.policy.strings } : {}),
-          "policy-domain": c.policy.policyDomain,
-          ...(c.policy.mxHost.length > 0 ? { "mx-host": c.policy.mxHost } : {}),
-        },
-        summary: {
-          "total-successful-session-count": c.success,
-          "total-failure-session-count": c.failure,
-        },
-        ...(c.failure > 0
-          ? {
-              "failure-details": Object.values(c.details).map((d) => ({
-                "result-type": d.result,
-                ...(d.sendingIp ? { "sending-mta-ip": d.sendingIp } : {}),
-                ...(d.mx ? { "receiving-mx-hostname": d.mx } : {}),
-                ...(d.ip ? { "receiving-ip": d.ip } : {}),
-                "failed-session-count": d.count,
-                ...(d.reason ? { "failure-reason-code": d.reason.slice(0, 300) } : {}),
-              })),
-            }
-          : {}),
-      })),
-    };
   }
 
   private async mail(uri: string, domain: string, p: Period, reportId: string, gz: Buffer): Promise<boolean> {
@@ -461,10 +403,6 @@ export class TlsReports {
   }
 }
 
-/** A dot-atom local part at an LDH domain: what a report may be mailed to. */
-const ADDR_SPEC =
-  /^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$/;
-
 function clean(d: SessionDetail): SessionDetail {
   const out: SessionDetail = {};
   if (d.mx) out.mx = d.mx;
@@ -472,49 +410,4 @@ function clean(d: SessionDetail): SessionDetail {
   if (d.sendingIp) out.sendingIp = d.sendingIp;
   if (d.reason) out.reason = d.reason;
   return out;
-}
-
-/** The report as a message (RFC 8460 §5.3): multipart/report; report-type="tlsrpt", gzip attached. */
-export function reportMessage(r: {
-  from: string;
-  to: string;
-  domain: string;
-  submitter: string;
-  reportId: string;
-  beginS: number;
-  endS: number;
-  gz: Buffer;
-  nowMs: number;
-}): Uint8Array {
-  const boundary = `tlsrpt-${r.beginS}-${Math.random().toString(36).slice(2)}`;
-  const filename = `${r.submitter}!${r.domain}!${r.beginS}!${r.endS}.json.gz`;
-  const b64 = r.gz.toString("base64").replace(/.{1,76}/g, "$&\r\n");
-  const date = new Date(r.nowMs).toUTCString().replace("GMT", "+0000");
-  const lines = [
-    `From: ${r.from}`,
-    `To: ${r.to}`,
-    `Date: ${date}`,
-    `Message-ID: <${r.reportId}>`,
-    `Subject: Report Domain: ${r.domain} Submitter: ${r.submitter} Report-ID: <${r.reportId}>`,
-    `TLS-Report-Domain: ${r.domain}`,
-    `TLS-Report-Submitter: ${r.submitter}`,
-    // RFC 8460 §3 / RFC 8689: a report about broken TLS must get through that broken TLS.
-    "TLS-Required: No",
-    "Auto-Submitted: auto-generated",
-    "MIME-Version: 1.0",
-    `Content-Type: multipart/report; report-type="tlsrpt"; boundary="${boundary}"`,
-    "",
-    `--${boundary}`,
-    'Content-Type: text/plain; charset="us-ascii"',
-    "Content-Transfer-Encoding: 7bit",
-    "",
-    `This is an aggregate TLS report (RFC 8460) from ${r.submitter} for ${r.domain}.`,
-    "",
-    `--${boundary}`,
-    "Content-Type: application/tlsrpt+gzip",
-    "Content-Transfer-Encoding: base64",
-    `Content-Disposition: attachment; filename="${filename}"`,
-    "",
-  ];
-  return Buffer.from(`${lines.join("\r\n")}\r\n${b64}--${boundary}--\r\n`, "utf8");
 }

@@ -14,7 +14,7 @@ import { join } from "node:path";
 import type { Resolver } from "../dns/index.ts";
 import { type Clock, errorMessage, MtaError, systemClock, UnavailableError } from "../lib/index.ts";
 import type { Logger, Metrics } from "../observe/index.ts";
-import { type PlanInput, planTls, type TlsPlan } from "./_plan.ts";
+import { type PlanInput, planTls, type TlsMode, type TlsPlan } from "./_plan.ts";
 import { type MailReport, TlsReports } from "./_rpt.ts";
 import { StsPolicies } from "./_stsCache.ts";
 
@@ -28,7 +28,8 @@ export type {
   TlsPlan,
 } from "./_plan.ts";
 export type { MailReport } from "./_rpt.ts";
-export { parseTlsRptRecord, reportMessage } from "./_rpt.ts";
+export { parseTlsRptRecord } from "./_rpt.ts";
+export { reportMessage } from "./_rptReport.ts";
 export type { StsLookup } from "./_stsCache.ts";
 export type { StsPolicy, StsRecord } from "./_sts.ts";
 export { parseStsPolicy, parseStsRecord, stsMxMatches } from "./_sts.ts";
@@ -178,6 +179,14 @@ export class TlsPolicies {
   async close(): Promise<void> {
     this.sts.close();
     await this.reports?.close();
+  }
+
+  /**
+   * Starts the DNS questions `plan` will ask for a domain reached through its MX, before the MX answer
+   * is in (MTA-STS's record, when `mode` may apply MTA-STS): they go out with the MX question.
+   */
+  prefetch(domain: string, mode: TlsMode): void {
+    if (this.opts.mtaSts.enabled && (mode === "auto" || mode === "sts")) this.sts.prefetch(domain);
   }
 
   plan(input: PlanInput): Promise<TlsPlan> {

@@ -117,6 +117,23 @@ test("concurrent identical questions share one query", async () => {
   expect(dns.queries.filter((q) => q.name === "shared.test").length).toBe(1);
 });
 
+test("questions asked in one turn go out together and each gets its own answer", async () => {
+  const local = createResolver({
+    servers: [{ host: dns.host, port: dns.port }],
+    timeoutMs: 2000,
+    attempts: 1,
+  });
+  for (let i = 0; i < 200; i++) dns.set(`burst${i}.test`, { a: [`127.0.3.${i}`] });
+  const from = dns.queries.length;
+  const results = await Promise.all(
+    Array.from({ length: 200 }, (_, i) => local.addresses(`burst${i}.test`, 4)),
+  );
+  expect(results.map((r) => (r.kind === "ok" ? r.addresses[0] : r.kind))).toEqual(
+    Array.from({ length: 200 }, (_, i) => `127.0.3.${i}`),
+  );
+  expect(dns.queries.length - from).toBe(200);
+});
+
 test("a silent first server is skipped for the next one, and attempts repeat the round", async () => {
   const silent = await startDnsServer({ "x.test": { mode: "silent" } });
   silent.set("mx.test", { mode: "silent" });

@@ -83,3 +83,58 @@ test("without rollups or routes a domain is its own site; DNS trouble keeps it t
     enhanced: "5.1.2",
   });
 });
+
+test("a new MX destination's MTA-STS question goes out with its MX question, not after the MX host's address", async () => {
+  const { TlsPolicies } = await import("../../src/tlspolicy/index.ts");
+  const { silentLogger } = await import("../../src/observe/index.ts");
+  const { tempDir } = await import("../support/mta.ts");
+  using dir = tempDir();
+  const resolver = createResolver({
+    servers: [{ host: "127.0.0.1", port: dns.port }],
+    timeoutMs: 1000,
+    attempts: 1,
+  });
+  const policies = TlsPolicies.open({
+    spoolDir: dir.path,
+    resolver,
+    prefer: "ipv4",
+    dane: { enabled: false },
+    mtaSts: { enabled: true, port: 443, fetchTimeoutMs: 1000, maxPolicyBytes: 65536 },
+    tlsRpt: {
+      enabled: false,
+      intervalMs: 86_400_000,
+      organization: "t",
+      contact: "t",
+      submitter: "t",
+      from: "t@t",
+      submitMail: async () => {},
+    },
+    log: silentLogger(),
+  });
+  try {
+    const { config } = parseConfigText(`dns: { servers: ["127.0.0.1:${dns.port}"] }`, "/x/mta.yaml");
+    const r = new Router(config, resolver, policies);
+    const from = dns.queries.length;
+    const d = await r.route("c.test", { tls: { requiredNo: false } });
+    expect(d).toMatchObject({ kind: "hosts", hosts: [{ name: "mx.c.test", ip: "127.0.0.23" }] });
+    const asked = dns.queries.slice(from).map((q) => `${q.type} ${q.name}`);
+    // The TXT is asked once, and before the A question that needed the MX answer first.
+    expect(asked.filter((q) => q === "TXT _mta-sts.c.test")).toHaveLength(1);
+    expect(asked.indexOf("TXT _mta-sts.c.test")).toBeLessThan(asked.indexOf("A mx.c.test"));
+    expect(asked.indexOf("MX c.test")).toBeLessThan(asked.indexOf("A mx.c.test"));
+    // `tls: opportunistic` plans nothing from DNS: no MTA-STS question at all.
+    const { config: opp } = parseConfigText(
+      `dns: { servers: ["127.0.0.1:${dns.port}"] }\ndelivery: { domains: { default: { tls: opportunistic } } }`,
+      "/x/mta.yaml",
+    );
+    const before = dns.queries.length;
+    await new Router(
+      opp,
+      createResolver({ servers: [{ host: "127.0.0.1", port: dns.port }], timeoutMs: 1000, attempts: 1 }),
+      policies,
+    ).route("a.test", { tls: { requiredNo: false } });
+    expect(dns.queries.slice(before).map((q) => q.type)).not.toContain("TXT");
+  } finally {
+    await policies.close();
+  }
+});
