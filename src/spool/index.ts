@@ -25,4 +25,4 @@ export type {
   VerifyReport,
   VerifySegment,
 } from "./types.ts";
-export { formatStats, formatVerifyReport, spoolStats, verifySpool } from "./verify.ts";
+export { formatVerifyReport, spoolStats, verifySpool } from "./verify.ts";

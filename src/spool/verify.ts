@@ -77,15 +77,3 @@ export function formatVerifyReport(r: VerifyReport): string {
   lines.push(r.ok ? "ok" : problems.join(", "));
   return `${lines.join("\n")}\n`;
 }
-
-export function formatStats(s: SpoolStats): string {
-  return `${[
-    `segments:     ${s.segments}`,
-    `file bytes:   ${s.fileBytes} (${formatBytes(s.fileBytes)})`,
-    `live bytes:   ${s.liveBytes} (${formatBytes(s.liveBytes)})`,
-    `dead bytes:   ${s.deadBytes} (${formatBytes(s.deadBytes)})`,
-    `messages:     ${s.messages}`,
-    `destinations: ${s.destinations}`,
-    `recipients:   pending ${s.recipients.pending}, delivered ${s.recipients.delivered}, failed ${s.recipients.failed}`,
-  ].join("\n")}\n`;
-}
