@@ -79,6 +79,11 @@ export interface LeaseOptions {
   nodesAlive(): number;
   log: Logger;
   onLostLease?(): void;
+  /**
+   * Slots of a limit that Redis cannot see but another node may be using: the shares of nodes not
+   * back since Redis returned (still in local mode, or dead). Acquisitions leave them free.
+   */
+  reserved?(limit: number): number;
 }
 
 /** A node's share of `limit` while it cannot ask Redis: limit / nodes, at least 1. */
@@ -174,10 +179,11 @@ export class LeaseManager {
     const sentAt = performance.now();
     let reply: unknown[];
     try {
+      const reserved = this.opts.reserved ?? (() => 0);
       reply = (await this.link.run(LEASE_ACQUIRE, keys, [
         member,
         this.opts.leaseMs,
-        ...limits,
+        ...limits.map((l) => Math.max(0, l - reserved(l))),
         this.opts.node,
       ])) as unknown[];
     } catch (err) {
