@@ -298,7 +298,8 @@ export class Cluster {
     };
   }
 
-  private setMode(m: ClusterMode, why: string): void {
+  /** `wake`: waiting sites may ask again now (not when leaving for local mode: toLocal wakes them once the grace is set). */
+  private setMode(m: ClusterMode, why: string, wake = m !== "local"): void {
     if (m === this.current) return;
     const was = this.current;
     this.current = m;
@@ -311,7 +312,7 @@ export class Cluster {
         fields,
       );
     for (const cb of this.modeListeners) cb(m);
-    this.leases.wakeAll();
+    if (wake) this.leases.wakeAll();
   }
 
   private joining: Promise<void> | undefined;

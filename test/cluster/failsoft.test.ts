@@ -81,6 +81,32 @@ test("an acquisition in flight when Redis goes away is not granted beside the co
   }
 });
 
+test("a node waiting for a slot when Redis goes away keeps to what it held during the grace", async () => {
+  // A 4 s lease: a 2 s grace after the loss, far longer than the test's steps take.
+  const lease = { leaseMs: 4000 };
+  await using redis = await startRedis();
+  await using a = await startNode(redis.url, { node: "a", ...lease });
+  await using b = await startNode(redis.url, { node: "b", ...lease });
+  await using c = await startNode(redis.url, { node: "c", ...lease });
+  await until(() => [a, b, c].every((n) => n.registry.aliveCount === 3), 3000, "three nodes alive");
+  expect((await acquireAll(a, 3)).length).toBe(3);
+  expect((await acquireAll(b, 2)).length).toBe(2);
+  // C's site wants 2: it gets the last slot and waits for a second one.
+  const slots = c.slots(req.site, undefined, () => {});
+  try {
+    slots.want(2, req.limit);
+    await until(() => slots.count() === 1 && c.leases.refused > 0, 3000, "C holding 1, refused 1");
+    await redis.kill();
+    await until(() => [a, b, c].every((n) => n.mode === "local"), 3000, "local mode everywhere");
+    await Bun.sleep(50);
+    // A's third connection is still ending: C does not open its second one beside it yet.
+    expect(slots.count()).toBe(1);
+    await until(() => slots.count() === 2, 5000, "C at its share after the grace");
+  } finally {
+    slots.close();
+  }
+});
+
 test("the nodes come back one at a time without the limit being exceeded", async () => {
   await using redis = await startRedis();
   await using a = await startNode(redis.url, { node: "a", leaseMs: 3000 });
