@@ -239,13 +239,15 @@ export class Cluster {
   /**
    * The connection slots of `site` (and of `source` x site) on this node, for the scheduler's site:
    * see SiteSlots. `onChange` is called when the count may have changed; a lease no longer needed
-   * is given back after `lingerMs` (the deliverer's idle timeout: an idle connection keeps its slot).
+   * is given back after `lingerMs` (the deliverer's idle timeout: an idle connection keeps its slot),
+   * and never while `inUse` (the site's connections open or closing) needs it.
    */
   slots(
     site: string,
     source: { address: string; limit: number } | undefined,
     onChange: () => void,
     lingerMs?: number,
+    inUse?: () => number,
   ): SiteSlots {
     const s = new SiteSlots(
       this.leases,
@@ -258,6 +260,7 @@ export class Cluster {
         if (set?.size === 0) this.siteSlots.delete(site);
       },
       lingerMs,
+      inUse,
     );
     let set = this.siteSlots.get(site);
     if (!set) this.siteSlots.set(site, (set = new Set()));
