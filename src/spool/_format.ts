@@ -2,7 +2,7 @@
  * The on-disk format of spool segments: file header, record framing, MESSAGE and OUTCOME payloads.
  *
  * Owns: the byte layout (documented here and in docs/spool-format.md), encoding, decoding, CRC checks.
- * Does not own: which segment is written (spool.ts), when bytes reach the disk (_writer.ts).
+ * Does not own: which segment is written (_segments.ts, _batches.ts), when bytes reach the disk (_writer.ts).
  * Invariant: every integer is little-endian; every record's CRC-32 covers its length, type, reserved
  * bytes and payload, so a torn or flipped record never decodes as a valid one.
  *
@@ -33,7 +33,7 @@
  * BATCH payload (8 bytes): u32 batchBytes (the records after this one) | u32 recordCount
  *
  * Strings are `u32 byte length` + UTF-8 bytes. A message id is stored as its two numeric parts
- * (f64 milliseconds, u32 counter) and rebuilt as 14 Crockford base32 characters on demand.
+ * (f64 milliseconds, u32 counter) and rebuilt as its 14 characters on demand (lib/ids.ts).
  *
  * MESSAGE payload (a new message, or a compaction copy carrying the message's current state):
  *   f64 idMs | u32 idCounter | f64 arrivalMs | u32 attempts | f64 nextAttemptMs | str sender |
@@ -450,32 +450,6 @@ export function decodeOutcome(buf: Uint8Array, off: number, total: number): Outc
   }
   readTlsTrailer(r, recipients);
   return { idMs, idCounter, attempts, nextAttemptMs, reason, recipients };
-}
-
-const ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
-const ALPHABET_CODES = new Int8Array(128).fill(-1);
-for (let i = 0; i < ALPHABET.length; i++) ALPHABET_CODES[ALPHABET.charCodeAt(i)] = i;
-
-/** Splits a 14-character message id into (ms, counter); undefined when it is not one. */
-export function splitId(id: string): { ms: number; counter: number } | undefined {
-  if (id.length !== 14) return undefined;
-  let ms = 0;
-  let counter = 0;
-  for (let i = 0; i < 14; i++) {
-    const c = id.charCodeAt(i);
-    const v = c < 128 ? ALPHABET_CODES[c]! : -1;
-    if (v < 0) return undefined;
-    if (i < 9) ms = ms * 32 + v;
-    else counter = counter * 32 + v;
-  }
-  return { ms, counter };
-}
-
-export function joinId(ms: number, counter: number): string {
-  let s = "";
-  for (let i = 8; i >= 0; i--) s += ALPHABET[Math.floor(ms / 32 ** i) % 32];
-  for (let i = 4; i >= 0; i--) s += ALPHABET[Math.floor(counter / 32 ** i) % 32];
-  return s;
 }
 
 /** What recovery needs from a record, decoded without allocating per recipient or attribute. */

@@ -2,12 +2,15 @@
  * The in-RAM index of queued messages: compact typed-array columns addressed by slot number.
  *
  * Owns: slot allocation (a free-slot stack), the columns, interned destination strings, the
- * id -> slot hash table, and per-recipient states of multi-recipient messages (a side table).
- * Does not own: the bytes on disk, durability, segment bookkeeping (spool.ts).
+ * id -> slot hash table, per-recipient states of multi-recipient messages (a side table), and the
+ * counts taken over the columns (recipients by state, messages per destination).
+ * Does not own: the bytes on disk, durability, segment bookkeeping (_segments.ts).
  * Invariant: a slot is live iff `live[slot] === 1`; a live slot's id is in the hash table exactly once.
  * Memory: about 80 bytes per slot of capacity plus 8 per hash-table entry; columns grow by doubling,
  * so there is no object per message and nothing for the GC to trace at millions of messages.
  */
+
+import { STATE_DELIVERED, STATE_FAILED } from "./_format.ts";
 
 const EMPTY = 0;
 
@@ -198,5 +201,50 @@ export class SlotIndex {
       for (let i = 0; i < n; i++) a[i] = states[i]!;
       this.states.set(slot, a);
     }
+  }
+
+  /** Recipients of live messages by state, from one pass over the columns. */
+  countRecipients(): { pending: number; delivered: number; failed: number } {
+    const out = { pending: 0, delivered: 0, failed: 0 };
+    for (let slot = 0; slot < this.highWater; slot++) {
+      if (this.live[slot] !== 1) continue;
+      const n = this.rcptCount[slot]!;
+      out.pending += this.pending[slot]!;
+      if (n === 1) continue;
+      const s = this.states.get(slot)!;
+      for (let i = 0; i < n; i++) {
+        if (s[i] === STATE_DELIVERED) out.delivered++;
+        else if (s[i] === STATE_FAILED) out.failed++;
+      }
+    }
+    return out;
+  }
+
+  /** Live messages, pending recipients, bytes and the oldest arrival per destination, from one pass. */
+  countsByDestination(): Map<
+    string,
+    { messages: number; recipients: number; bytes: number; oldestMs: number }
+  > {
+    const byId = new Map<number, { messages: number; recipients: number; bytes: number; oldestMs: number }>();
+    for (let slot = 0; slot < this.highWater; slot++) {
+      if (this.live[slot] !== 1) continue;
+      const d = this.dest[slot]!;
+      let c = byId.get(d);
+      if (!c) byId.set(d, (c = { messages: 0, recipients: 0, bytes: 0, oldestMs: Number.POSITIVE_INFINITY }));
+      c.messages++;
+      c.recipients += this.pending[slot]!;
+      c.bytes += this.size[slot]!;
+      if (this.arrival[slot]! < c.oldestMs) c.oldestMs = this.arrival[slot]!;
+    }
+    const out = new Map<string, { messages: number; recipients: number; bytes: number; oldestMs: number }>();
+    for (const [d, c] of byId) out.set(this.destNames[d]!, c);
+    return out;
+  }
+
+  /** Distinct destinations of live messages. */
+  countDestinations(): number {
+    const seen = new Set<number>();
+    for (let slot = 0; slot < this.highWater; slot++) if (this.live[slot] === 1) seen.add(this.dest[slot]!);
+    return seen.size;
   }
 }

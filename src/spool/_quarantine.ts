@@ -4,7 +4,7 @@
  *
  * Owns: `<spool>/quarantine/` (mode 0700) and its files `<segment sequence>-<offset>.bad` (mode 0600),
  * each holding exactly the bytes of one damaged range; listing them for `verify`.
- * Does not own: finding damage (_scan.ts), reclaiming the damaged segment afterwards (spool.ts).
+ * Does not own: finding damage (_scan.ts), reclaiming the damaged segment afterwards (_recover.ts, _compact.ts).
  * Invariants: a quarantine file is complete and fsync'ed (file and directory) before recovery lets
  * compaction reclaim the segment that held its bytes; an existing quarantine file is never rewritten,
  * so restarting over the same damage leaves one copy.

@@ -5,7 +5,7 @@
  * Owns: finding every valid record in a segment, and sorting the bytes that are not valid records into
  * damage (bad bytes inside a complete batch, or followed by valid data) and a torn tail (an incomplete
  * last batch, which was never acknowledged).
- * Does not own: what records mean (spool.ts recovery, verify.ts), what is done with damage (spool.ts).
+ * Does not own: what records mean (_recover.ts, verify.ts), what is done with damage (_recover.ts).
  * Invariants:
  * - a bad record never stops the scan: it resumes at the next offset that holds a record with a valid
  *   header and CRC, so one flipped byte costs one record;

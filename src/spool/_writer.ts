@@ -2,7 +2,7 @@
  * Group commit: gathers the records submitted while a batch is being made durable into the next batch.
  *
  * Owns: the submission queue, the single in-flight batch, batch statistics.
- * Does not own: where the bytes go or how (the `flush` callback in spool.ts does one write and one
+ * Does not own: where the bytes go or how (the `flush` callback, _batches.ts, does one write and one
  * fdatasync per segment touched), record encoding (_format.ts).
  * Invariant: an entry's promise settles only after `flush` has settled it; batches never overlap, so
  * records reach the file in submission order.

@@ -6,7 +6,8 @@
 export type { FileLayer } from "./_files.ts";
 export { nodeFileLayer } from "./_files.ts";
 export { SpoolClosedError, SpoolCorruptError, SpoolLockedError, SpoolWriteError } from "./errors.ts";
-export { Spool, segmentName } from "./spool.ts";
+export { segmentName } from "./_segments.ts";
+export { Spool } from "./spool.ts";
 export type {
   CompactReport,
   DamagedRecord,

@@ -3,7 +3,7 @@
  *
  * Owns: the file header and the record encoding (below), scanning a file with a torn-tail check,
  * address and scope normalization.
- * Does not own: when records are written or synced (list.ts), the table in RAM (_table.ts).
+ * Does not own: when records are written or synced (_store.ts), the table in RAM (_table.ts).
  *
  * File `suppressions.log`: a 16-byte header, `MTASUPPR`, u32 version (1), u32 zero, then records,
  * little endian:
@@ -24,6 +24,8 @@
  */
 import { BOUNCE_CLASSES } from "../lib/index.ts";
 
+/** The list's file in its directory. */
+export const LOG_FILE = "suppressions.log";
 export const MAGIC = "MTASUPPR";
 /** The outbox (cluster mode): this node's changes not yet seen back in the shared stream. */
 export const OUTBOX_MAGIC = "MTASUPOB";
@@ -87,6 +89,11 @@ export function checkFileHeader(b: Uint8Array, magic = MAGIC): string | undefine
   const v = new DataView(b.buffer, b.byteOffset, b.byteLength).getUint32(8, true);
   if (v !== VERSION) return `version ${v}, expected ${VERSION}`;
   return undefined;
+}
+
+/** A time in ms as a record stores it: whole seconds rounded up, at least 1; 0 for none (never). */
+export function recordSec(ms: number | undefined): number {
+  return ms === undefined ? 0 : Math.max(1, Math.ceil(ms / 1000));
 }
 
 export interface LogRecord {

@@ -4,7 +4,7 @@
  *
  * Owns: `outbox.log` next to the list, the sequence numbers of own changes, which keys have an own
  * change pending.
- * Does not own: publishing (app/), the list itself (list.ts).
+ * Does not own: publishing (app/), the list itself (_store.ts), when it is opened (_shared.ts).
  *
  * File: the list's 16-byte header with magic `MTASUPOB`, version 1, and as its last u32 the sequence
  * number of the first record; then records exactly as in `suppressions.log`. A record's sequence

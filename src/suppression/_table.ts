@@ -1,9 +1,10 @@
 /**
  * The suppression list in RAM: an open-addressing hash table of 64-bit key hashes in typed arrays.
  *
- * Owns: slots, probing, growth, backward-shift deletion, the per-slot expiry / log ordinal / reason.
+ * Owns: slots, probing, growth, backward-shift deletion, the per-slot expiry / log ordinal / reason;
+ * `lastOfEachKey` (the table used as a set of keys over a batch of records).
  * Does not own: the addresses themselves (they stay in the log file on disk: `list` and `export` read
- * them back from there), durability (_log.ts, list.ts).
+ * them back from there), durability (_log.ts, _store.ts).
  * Design: a key is `<scope> NUL <address>` (scope "" = global), hashed by MurmurHash3 with two seeds
  * (keyHash) into (h1, h2), never (0, 0), which marks an empty slot. A slot is four u32 words side by side (h1, h2, expiry in seconds since
  * the epoch or 0, ordinal of the log record that set it) plus one reason byte: 17 bytes, one cache line
@@ -12,6 +13,7 @@
  * Invariant: `count` is the number of occupied slots; an expired entry still occupies its slot until
  * it is deleted (lookups report it absent).
  */
+import type { LogRecord } from "./_log.ts";
 
 const WORDS = 4;
 const MIN_CAPACITY = 1024;
@@ -272,4 +274,20 @@ export class HashTable {
       this.set(a, c, old[b + 2]!, old[b + 3]!, oldReasons[i]!);
     }
   }
+}
+
+/** Indexes of `records` that are the last change of their key, in order (a typed-array set, no strings). */
+export function lastOfEachKey(records: readonly LogRecord[]): number[] {
+  if (records.length === 1) return [0];
+  const seen = new HashTable(records.length);
+  const last: number[] = new Array(records.length);
+  for (let i = 0; i < records.length; i++) {
+    const r = records[i]!;
+    keyHash(r.scope, r.address);
+    const slot = seen.find(HASH[0]!, HASH[1]!);
+    if (slot >= 0) last[seen.ordinalAt(slot)] = -1;
+    seen.set(HASH[0]!, HASH[1]!, 0, i, 0);
+    last[i] = i;
+  }
+  return last.filter((i) => i >= 0);
 }

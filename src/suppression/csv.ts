@@ -9,7 +9,7 @@
  * import is all or nothing.
  */
 import { normalizeAddress, normalizeScope, REASONS, reasonIndex, type SuppressionReason } from "./_log.ts";
-import type { NewSuppression, SuppressionEntry } from "./list.ts";
+import type { NewSuppression, SuppressionEntry } from "./types.ts";
 
 export const CSV_HEADER = "address,scope,reason,added,expires";
 

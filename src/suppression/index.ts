@@ -8,6 +8,7 @@
 export {
   decodeRecords as decodeChanges,
   encodeRecords as encodeChanges,
+  LOG_FILE,
   type LogRecord as SuppressionChange,
   normalizeAddress,
   normalizeScope,
@@ -16,16 +17,15 @@ export {
   TYPE_REMOVE as CHANGE_REMOVE,
 } from "./_log.ts";
 export { CSV_HEADER, type CsvProblem, formatCsv, formatCsvRow, parseCsv } from "./csv.ts";
+export { SuppressionList } from "./list.ts";
+export { readEntries } from "./_read.ts";
 export {
   type AddResult,
-  LOG_FILE,
   type NewSuppression,
-  readEntries,
   type RecoveryReport,
   type SharedPosition,
   type SuppressionEntry,
   SuppressionError,
   type SuppressionHit,
-  SuppressionList,
   type SuppressionOptions,
-} from "./list.ts";
+} from "./types.ts";

@@ -123,15 +123,16 @@ test("questions asked in one turn go out together and each gets its own answer",
     timeoutMs: 2000,
     attempts: 1,
   });
-  for (let i = 0; i < 200; i++) dns.set(`burst${i}.test`, { a: [`127.0.3.${i}`] });
+  // 50: well inside both sockets' buffers (the test server reads only after the burst is sent).
+  for (let i = 0; i < 50; i++) dns.set(`burst${i}.test`, { a: [`127.0.3.${i}`] });
   const from = dns.queries.length;
   const results = await Promise.all(
-    Array.from({ length: 200 }, (_, i) => local.addresses(`burst${i}.test`, 4)),
+    Array.from({ length: 50 }, (_, i) => local.addresses(`burst${i}.test`, 4)),
   );
   expect(results.map((r) => (r.kind === "ok" ? r.addresses[0] : r.kind))).toEqual(
-    Array.from({ length: 200 }, (_, i) => `127.0.3.${i}`),
+    Array.from({ length: 50 }, (_, i) => `127.0.3.${i}`),
   );
-  expect(dns.queries.length - from).toBe(200);
+  expect(dns.queries.length - from).toBe(50);
 });
 
 test("a silent first server is skipped for the next one, and attempts repeat the round", async () => {

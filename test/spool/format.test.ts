@@ -1,15 +1,13 @@
 import { expect, test } from "bun:test";
-import { newMessageId } from "../../src/lib/index.ts";
+import { joinMessageId, newMessageId, splitMessageId } from "../../src/lib/index.ts";
 import {
   checkRecord,
   decodeMessage,
   decodeOutcome,
   encodeMessage,
   encodeOutcome,
-  joinId,
   newRecordHead,
   peekRecord,
-  splitId,
 } from "../../src/spool/_format.ts";
 
 const message = {
@@ -130,9 +128,9 @@ test("a truncated record asks for more bytes instead of decoding", () => {
 test("message ids survive the split into numbers and back", () => {
   for (let i = 0; i < 1000; i++) {
     const id = newMessageId();
-    const p = splitId(id)!;
-    expect(joinId(p.ms, p.counter)).toBe(id);
+    const p = splitMessageId(id)!;
+    expect(joinMessageId(p.ms, p.counter)).toBe(id);
   }
-  expect(splitId("not-an-id")).toBeUndefined();
-  expect(splitId("0000000000000I")).toBeUndefined();
+  expect(splitMessageId("not-an-id")).toBeUndefined();
+  expect(splitMessageId("0000000000000I")).toBeUndefined();
 });
