@@ -211,12 +211,12 @@ export class ClusterNode {
    */
   readonly limits: SharedLimits = {
     rate: (site, what, rate, wake) => this.cluster.rates.limiter(site, what, rate, wake),
-    slots: (site, source, wake) => {
-      const s = this.cluster.slots(site, source, wake, this.config.delivery.idleTimeoutMs + 1000);
+    slots: (site, source, wake, inUse) => {
+      const s = this.cluster.slots(site, source, wake, this.config.delivery.idleTimeoutMs + 1000, inUse);
       return {
         held: (wanted, limit) => {
           s.want(wanted, limit);
-          return s.count();
+          return s.allowed();
         },
         close: () => s.close(),
       };

@@ -17,7 +17,8 @@
  *   no earlier than that, so a node that could not renew (paused, cut off) stops using it before
  *   another node can be given the slot. The 10% covers clock-rate error and the reply's travel.
  * - in local mode a node holds at most its share of every limit; leaving shared mode keeps the
- *   oldest leases that fit the share and takes away the others (`onLost`).
+ *   oldest leases that fit the share and takes away the others (`onLost`). An acquisition Redis had
+ *   not answered when it went away is never granted locally: it is asked again after the grace.
  * - a lease lost is never usable again; the holder ends its connection after the message in hand.
  */
 import { errorMessage } from "../lib/index.ts";
@@ -78,6 +79,11 @@ export interface LeaseOptions {
   nodesAlive(): number;
   log: Logger;
   onLostLease?(): void;
+  /**
+   * Slots of a limit that Redis cannot see but another node may be using: the shares of nodes not
+   * back since Redis returned (still in local mode, or dead). Acquisitions leave them free.
+   */
+  reserved?(limit: number): number;
 }
 
 /** A node's share of `limit` while it cannot ask Redis: limit / nodes, at least 1. */
@@ -173,21 +179,22 @@ export class LeaseManager {
     const sentAt = performance.now();
     let reply: unknown[];
     try {
+      const reserved = this.opts.reserved ?? (() => 0);
       reply = (await this.link.run(LEASE_ACQUIRE, keys, [
         member,
         this.opts.leaseMs,
-        ...limits,
+        ...limits.map((l) => Math.max(0, l - reserved(l))),
         this.opts.node,
       ])) as unknown[];
     } catch (err) {
       this.remove(lease);
       if (!(err instanceof RedisDownError))
         this.opts.log.error("lease script failed", { site: req.site, error: errorMessage(err) });
-      // Redis went away meanwhile: the local share decides.
-      if (!this.fitsShare(keys, limits)) return this.refuse(req.site, 0);
-      lease.shared = false;
-      lease.validUntil = Infinity;
-      return this.add(lease);
+      // Unanswered: Redis may or may not have granted it, and the other nodes' connections beyond
+      // their share are still ending. Ask again in the mode now in force (local: after the grace,
+      // within the share), never grant it here: a slot taken at the moment of the loss would open a
+      // connection beside theirs (the limit exceeded).
+      return this.refuse(req.site, Math.max(100, this.growAfterMs - performance.now()));
     }
     if (lease.released) {
       // Released (or the manager closed) before Redis answered: give the slot back.
@@ -422,6 +429,8 @@ export class LeaseManager {
     const counts = new Map<string, number>();
     const kept: Lease[] = [];
     for (const l of [...this.all].sort((a, b) => a.seq - b.seq)) {
+      // Still being acquired (no answer yet): not a slot this node holds; its acquire asks again.
+      if (l.shared && l.validUntil === 0) continue;
       const fits = l.keys.every((key, i) => (counts.get(key) ?? 0) < localShare(l.limits[i]!, n));
       if (!fits) {
         this.lose(l, `Redis is unreachable and this node's share of ${l.site} is smaller`);

@@ -8,13 +8,17 @@
  * count changed.
  * Does not own: leases themselves (_leases.ts), starting workers (the scheduler's site asks `count`).
  *
- * How the scheduler uses it: a site's connection limit becomes min(its own limit, `count()`), and it
- * calls `want(n, limit)` with how many it could use now (its limit, or fewer when little is ready);
- * when `onChange` fires it tries to start workers again. Leases are fungible within a site: when one
- * is lost (not renewed in time, or Redis gone and the share smaller), `count()` drops below the
- * workers running, and the scheduler's own check (more workers than the limit) ends one of them after
- * the message in hand, whichever lease it was started under.
- * Invariant: `count()` never counts a lease that is lost or past its local deadline.
+ * How the scheduler uses it: a site's connection limit becomes min(its own limit, `allowed()`), and
+ * it calls `want(n, limit)` with how many it could use now (its limit, or fewer when little is
+ * ready); when `onChange` fires it tries to start workers again. Leases are fungible within a site:
+ * when one is lost (not renewed in time, or Redis gone and the share smaller), `count()` drops below
+ * the workers running, and the scheduler's own check (more workers than the limit) ends one of them
+ * after the message in hand, whichever lease it was started under.
+ * Invariants: `count()` never counts a lease that is lost or past its local deadline; a surplus
+ * lease is given back only while more are held than the site's connections open or closing
+ * (`inUse`): when other nodes wait, `allowed()` falls to this node's fair part at once, the
+ * connections beyond it end after the message in hand, and only then are their slots free for the
+ * others, so that the limit is not exceeded while slots move between nodes.
  */
 import type { Lease, LeaseManager } from "./_leases.ts";
 
@@ -42,7 +46,14 @@ export class SiteSlots {
     private readonly onClose: (s: SiteSlots) => void = () => {},
     /** How long a surplus lease is kept: at least as long as an idle connection may stay open. */
     private readonly lingerMs = LINGER_MS,
+    /** The site's connections open or closing under these leases. */
+    private readonly inUse: () => number = () => 0,
   ) {}
+
+  /** Connections the site may have now: the usable leases, down to its fair part when others wait. */
+  allowed(): number {
+    return Math.min(this.count(), this.target);
+  }
 
   /** Usable leases held now. */
   count(): number {
@@ -123,8 +134,11 @@ export class SiteSlots {
     if (this.lingerTimer) return;
     this.lingerTimer = setTimeout(() => {
       this.lingerTimer = undefined;
-      // Give back the newest first: the oldest have been renewed and are the safest to keep.
-      while (this.count() > this.target) this.held.pop()?.release();
+      // Give back the newest first: the oldest have been renewed and are the safest to keep. Never
+      // one a connection still needs: look again a linger later.
+      const keep = Math.max(this.target, this.inUse());
+      while (this.count() > keep) this.held.pop()?.release();
+      if (this.count() > this.target) this.armLinger();
     }, this.lingerMs);
     (this.lingerTimer as { unref?: () => void }).unref?.();
   }

@@ -16,10 +16,15 @@
  *   stays within its share until every node it saw alive before has registered again (their leases
  *   are then in Redis too) or one lease period has passed, so that the limit holds while the nodes
  *   come back one by one.
+ * Invariant: until a node seen before the outage has registered again (its leases are then in
+ * Redis), this node leaves that node's share of every limit free in Redis (`reserved`), in rejoining
+ * mode and after it: a node still in local mode is still using its share. A node not back within
+ * RESERVE_LEASES lease periods is counted dead and its share is free again. A node that starts while
+ * Redis was away does the same for the nodes its state file says were alive.
  */
 import { errorMessage, MtaError } from "../lib/index.ts";
 import { LATENCY_BUCKETS_S, type Logger, type Metrics } from "../observe/index.ts";
-import { type ClusterMode, LeaseManager } from "./_leases.ts";
+import { type ClusterMode, LeaseManager, localShare } from "./_leases.ts";
 import { RedisLink } from "./_link.ts";
 import { SharedRates } from "./_rates.ts";
 import { NameConflictError, type NodeInfo, type QueueTotals, Registry } from "./_registry.ts";
@@ -27,6 +32,9 @@ import { keys } from "./_scripts.ts";
 import { SiteSlots } from "./_slots.ts";
 import { SharedLog } from "./_journal.ts";
 import { SharedState } from "./_state.ts";
+
+/** The share of a node seen before an outage stays reserved this many lease periods at most. */
+const RESERVE_LEASES = 3;
 
 export interface ClusterOptions {
   /** redis:// or rediss:// URL, credentials included. */
@@ -78,6 +86,10 @@ export class Cluster {
   private rejoinStartedAt = 0;
   /** Redis time of the first heartbeat after the link came up. */
   private firstBeatMs = 0;
+  /** Nodes not back since Redis returned, whose shares stay free in Redis, until when, and the divisor of those shares. */
+  private absent = 0;
+  private absentUntil = 0;
+  private absentOf = 1;
   /** Leases are in Redis (after toShared): the registry may announce this node. */
   private leasesInRedis = false;
   private readonly modeListeners: ((m: ClusterMode) => void)[] = [];
@@ -150,6 +162,10 @@ export class Cluster {
       nodesAlive,
       log,
       onLostLease: () => this.m.lost?.inc(),
+      reserved: (limit) =>
+        this.absent > 0 && performance.now() < this.absentUntil
+          ? this.absent * localShare(limit, this.absentOf)
+          : 0,
     });
     this.nodesAlive = nodesAlive;
     this.rates = new SharedRates(this.link, k, { mode: () => this.current, nodesAlive, log });
@@ -223,13 +239,15 @@ export class Cluster {
   /**
    * The connection slots of `site` (and of `source` x site) on this node, for the scheduler's site:
    * see SiteSlots. `onChange` is called when the count may have changed; a lease no longer needed
-   * is given back after `lingerMs` (the deliverer's idle timeout: an idle connection keeps its slot).
+   * is given back after `lingerMs` (the deliverer's idle timeout: an idle connection keeps its slot),
+   * and never while `inUse` (the site's connections open or closing) needs it.
    */
   slots(
     site: string,
     source: { address: string; limit: number } | undefined,
     onChange: () => void,
     lingerMs?: number,
+    inUse?: () => number,
   ): SiteSlots {
     const s = new SiteSlots(
       this.leases,
@@ -242,6 +260,7 @@ export class Cluster {
         if (set?.size === 0) this.siteSlots.delete(site);
       },
       lingerMs,
+      inUse,
     );
     let set = this.siteSlots.get(site);
     if (!set) this.siteSlots.set(site, (set = new Set()));
@@ -282,7 +301,8 @@ export class Cluster {
     };
   }
 
-  private setMode(m: ClusterMode, why: string): void {
+  /** `wake`: waiting sites may ask again now (not when leaving for local mode: toLocal wakes them once the grace is set). */
+  private setMode(m: ClusterMode, why: string, wake = m !== "local"): void {
     if (m === this.current) return;
     const was = this.current;
     this.current = m;
@@ -295,7 +315,7 @@ export class Cluster {
         fields,
       );
     for (const cb of this.modeListeners) cb(m);
-    this.leases.wakeAll();
+    if (wake) this.leases.wakeAll();
   }
 
   private joining: Promise<void> | undefined;
@@ -306,6 +326,11 @@ export class Cluster {
     this.joining = (async () => {
       this.rejoinStartedAt = performance.now();
       this.firstBeatMs = 0;
+      // Until the first heartbeat says who is back: every other node seen before (or, at a first
+      // start, every other node the state file counts) may be in local mode, using its share.
+      this.absentOf = this.nodesAlive();
+      this.absent = this.everUp ? this.before.length : this.absentOf - 1;
+      this.absentUntil = this.rejoinStartedAt + RESERVE_LEASES * this.opts.leaseMs;
       this.setMode("rejoining", "Redis answers");
       await this.leases.toShared();
       if (session !== this.session || !this.link.up) return;
@@ -341,7 +366,7 @@ export class Cluster {
       this.joined(); // the name is ours again
       return;
     }
-    if (this.current !== "rejoining" || !this.leasesInRedis) {
+    if (this.current === "local" || !this.leasesInRedis) {
       this.leases.wakeAll();
       return;
     }
@@ -351,12 +376,27 @@ export class Cluster {
     if (this.firstBeatMs === 0) this.firstBeatMs = self.heartbeatMs;
     const back = new Set(nodes.filter((n) => n.heartbeatMs >= this.firstBeatMs).map((n) => n.name));
     const missing = this.everUp ? this.before.filter((n) => !back.has(n)) : [];
+    if (this.absent > 0) {
+      // A node has registered again once its leases are in Redis: its share need not be kept free.
+      const absent = this.everUp ? missing.length : Math.max(0, this.absentOf - nodes.length);
+      if (absent !== this.absent && performance.now() < this.absentUntil)
+        this.opts.log.info("nodes back since Redis returned", { absent, nodes: nodes.map((n) => n.name) });
+      this.absent = absent;
+    }
+    if (this.current !== "rejoining") {
+      this.leases.wakeAll();
+      return;
+    }
     const waited = performance.now() - this.rejoinStartedAt;
     if (missing.length === 0 || waited >= this.opts.leaseMs) {
       this.everUp = true;
       this.setMode(
         "shared",
-        missing.length === 0 ? "every node is back" : `waited a lease period for ${missing.join(", ")}`,
+        missing.length === 0
+          ? "every node is back"
+          : `waited a lease period for ${missing.join(", ")} (their shares stay free for ${
+              RESERVE_LEASES - 1
+            } more, unless they come back)`,
       );
     }
   }

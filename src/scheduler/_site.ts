@@ -216,7 +216,12 @@ export class Site {
     let s = this.slots.get(address);
     if (!s) {
       const source = address ? { address, limit: Math.max(1, perSource) } : undefined;
-      s = this.env.shared!.slots(this.name, source, () => this.wake());
+      s = this.env.shared!.slots(
+        this.name,
+        source,
+        () => this.wake(),
+        () => (address ? (this.bySource.get(address) ?? 0) : this.connections),
+      );
       this.slots.set(address, s);
     }
     return s;

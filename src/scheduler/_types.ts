@@ -142,8 +142,17 @@ export interface SharedSlots {
 export interface SharedLimits {
   /** A rate of `site` that every node draws from; `wake` when events may be free after a wait. */
   rate(site: string, what: "msg" | "conn" | "throttle", rate: Rate, wake: () => void): RateGate;
-  /** The connection slots of `site` (of source `address` x site, when given), woken by `wake`. */
-  slots(site: string, source: { address: string; limit: number } | undefined, wake: () => void): SharedSlots;
+  /**
+   * The connection slots of `site` (of source `address` x site, when given), woken by `wake`.
+   * `inUse`: the site's connections open or closing there; a slot they need is never given back (it
+   * is free for another node only once the connection under it has closed).
+   */
+  slots(
+    site: string,
+    source: { address: string; limit: number } | undefined,
+    wake: () => void,
+    inUse: () => number,
+  ): SharedSlots;
   /** A backoff rule fired on this node (not one applied from another node): tell every node. */
   ruleFired(site: string, rule: BackoffRule, reply: SmtpReply, forMs: number): void;
 }

@@ -60,3 +60,44 @@ test("a lost lease lowers the count at once and says so", async () => {
   expect(changes).toBeGreaterThan(before);
   s.close();
 });
+
+test("a node that must share falls to its fair part at once, but gives a slot back only once its connection closed", async () => {
+  await using redis = await startRedis();
+  await using a = await startNode(redis.url, { node: "a" });
+  await using b = await startNode(redis.url, { node: "b" });
+  // A's site has 6 connections open (each carrying a message) under 6 slots.
+  let open = 6;
+  const sa = a.slots(
+    "example.com",
+    undefined,
+    () => {},
+    250,
+    () => open,
+  );
+  sa.want(6, 6);
+  await until(() => sa.count() === 6, 2000, "A holds six");
+  const sb = b.slots("example.com", undefined, () => {});
+  sb.want(6, 6);
+  // B is refused; at A's next renewal A sees it waiting: A's part is 3 of 6 from then on.
+  await until(
+    () => {
+      sa.want(6, 6);
+      return sa.allowed() === 3;
+    },
+    3000,
+    "A down to its fair part",
+  );
+  // Its 6 connections are still open: none of their slots goes to B, however long they take.
+  await Bun.sleep(600);
+  sa.want(6, 6);
+  expect(sa.count()).toBe(6);
+  expect(sb.count()).toBe(0);
+  // Three of them ended (after the message in hand): their slots go to B.
+  open = 3;
+  sa.want(6, 6);
+  await until(() => sb.count() === 3, 3000, "B holds three");
+  expect(sa.count()).toBe(3);
+  expect(Number(redis.cli("ZCARD", "mta:lease:example.com"))).toBe(6);
+  sa.close();
+  sb.close();
+});
