@@ -139,10 +139,7 @@ export class Router {
       // The TLS step's first DNS question (MTA-STS) goes out with the MX question, not after it. The
       // mode is the domain's own or the default: an MX rollup's own mode is known only after the MX.
       if (opts.tls && !opts.tls.requiredNo && !domain.startsWith("["))
-        this.planner?.prefetch?.(
-          policyDomain(domain),
-          (Object.hasOwn(t.domains, domain) ? t.domains[domain]?.tls : undefined) ?? t.domains.default.tls,
-        );
+        this.planner?.prefetch?.(policyDomain(domain), tlsModeOf(t.domains, domain, []).mode);
       const r = await resolveDestination(this.resolver, domain, { prefer: t.prefer, port: t.port });
       if (r.kind !== "hosts") return { ...r, site: this.learned.get(domain) ?? domain };
       let site = domain;
