@@ -9,8 +9,12 @@ export class AssertionError extends Error {
   override name = "AssertionError";
 }
 
-export function assert(condition: unknown, message: string): asserts condition {
-  if (!condition) throw new AssertionError(message);
+/**
+ * Throws when `condition` is false. A message that needs building is passed as a function, so the
+ * check costs nothing on hot paths while the invariant holds.
+ */
+export function assert(condition: unknown, message: string | (() => string)): asserts condition {
+  if (!condition) throw new AssertionError(typeof message === "string" ? message : message());
 }
 
 export function unreachable(value: never, what = "value"): never {

@@ -28,8 +28,16 @@ export function findRoute(routes: Config["delivery"]["routes"], domain: string):
  * Every domain the route carries shares this one queue and its limits (a smarthost is one destination).
  */
 export function nextHopName(route: RouteConfig): string {
-  return route.hosts.map((h) => formatHostPort(h)).join(",");
+  let name = hopNames.get(route);
+  if (name === undefined) {
+    name = route.hosts.map((h) => formatHostPort(h)).join(",");
+    hopNames.set(route, name);
+  }
+  return name;
 }
+
+/** Each route object's next-hop name, built once: the scheduler asks it for every message it queues. */
+const hopNames = new WeakMap<RouteConfig, string>();
 
 /** The route's hosts as addresses, in order; `problems` names each host that has none. */
 export async function routeHosts(

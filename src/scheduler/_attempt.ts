@@ -262,7 +262,7 @@ export class Attempts {
     const slot = slotOfRef(ref);
     const { message, body } = read && readBody ? { message: read, body: readBody } : await sp.read(slot);
     core.slots.assertCurrent(ref, "attempt outcome");
-    assert(sp.idOf(slot) === id, `slot ${slot} holds ${sp.idOf(slot)}, not ${id}`);
+    assert(sp.idOf(slot) === id, () => `slot ${slot} holds ${sp.idOf(slot)}, not ${id}`);
     const done: Disposed = await core.disposer.dispose({
       slot,
       message,

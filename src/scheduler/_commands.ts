@@ -143,7 +143,7 @@ export class Commands {
     let dsn = false;
     let error: string | undefined;
     try {
-      assert(t.where[slot] === COMMAND, `slot ${slot} in the command lane is not held by it`);
+      assert(t.where[slot] === COMMAND, () => `slot ${slot} in the command lane is not held by it`);
       if (sp.isLive(slot)) {
         const { message, body } = await sp.read(slot);
         const outcome: Outcome = code === CMD_BOUNCE ? { kind: "bounced" } : { kind: "deleted" };

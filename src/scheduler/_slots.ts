@@ -54,8 +54,8 @@ export class SlotTable {
   requeue = new Uint8Array(1024);
 
   ensure(slot: number): void {
-    assert(slot >= 0 && slot < SLOT_SPACE, `slot ${slot} out of range`);
-    if (slot < this.where.length) return;
+    if (slot >= 0 && slot < this.where.length) return;
+    assert(slot >= 0 && slot < SLOT_SPACE, () => `slot ${slot} out of range`);
     let n = this.where.length;
     while (n <= slot) n *= 2;
     const grow = <T extends Uint8Array | Uint16Array | Uint32Array | Int32Array>(
@@ -97,7 +97,7 @@ export class SlotTable {
   }
 
   assertCurrent(ref: SlotRef, what: string): void {
-    assert(this.isCurrent(ref), `${what}: stale reference to slot ${slotOfRef(ref)}`);
+    assert(this.isCurrent(ref), () => `${what}: stale reference to slot ${slotOfRef(ref)}`);
   }
 
   /** The message left the scheduler (done, deleted): the slot is free for the spool's next message. */

@@ -177,7 +177,7 @@ export class Segments {
         const t = this.bySeq.get(to);
         if (!t) continue;
         t.pins -= n;
-        assert(t.pins >= 0, `segment ${t.name} pins went negative`);
+        assert(t.pins >= 0, () => `segment ${t.name} pins went negative`);
         this.consider(t);
       }
     });
@@ -210,7 +210,7 @@ export class Segments {
     const s = this.bySeq.get(seq);
     if (!s) return;
     s.pins--;
-    assert(s.pins >= 0, `segment ${s.name} pins went negative`);
+    assert(s.pins >= 0, () => `segment ${s.name} pins went negative`);
     this.consider(s);
   }
 
@@ -243,7 +243,7 @@ export class Segments {
   /** One record's bytes, read back with a positioned read (throws SpoolCorruptError). */
   readRecord(seq: number, off: number, len: number): Uint8Array {
     const seg = this.bySeq.get(seq);
-    assert(seg, `segment ${seq} is not open`);
+    assert(seg, () => `segment ${seq} is not open`);
     const buf = new Uint8Array(len);
     const n = this.files.readSync(seg.fd, buf, 0, len, off);
     const dv = new DataView(buf.buffer);
