@@ -19,7 +19,7 @@
  * looks up each MX-routed domain's MTA-STS and TLS-RPT records: two TXT questions more per domain).
  * MTA_BENCH_BINARY=<path> benchmarks another build (before/after runs).
  * MTA_BENCH_DNS_STATS=1 prints the daemon's DNS counters (questions by type and outcome, cache hits)
- * after each run.
+ * after each run; MTA_BENCH_METRICS=<prefix>,<prefix> prints the metrics whose names start so.
  */
 const TLS_MODE = process.env.MTA_BENCH_TLS;
 const GLOBAL_CAP = Number(process.env.MTA_BENCH_MAX_CONNECTIONS ?? 5000);
@@ -169,12 +169,16 @@ async function mtaOnce(dests: number): Promise<MtaRun & { postfix?: number }> {
   }
   const got = await waitCount(sink.received, count, 120_000);
   const wallS = (performance.now() - t0) / 1000;
-  if (process.env.MTA_BENCH_DNS_STATS === "1") {
+  const prefixes = [
+    ...(process.env.MTA_BENCH_DNS_STATS === "1" ? ["mta_dns_"] : []),
+    ...(process.env.MTA_BENCH_METRICS ?? "").split(",").filter(Boolean),
+  ];
+  if (prefixes.length) {
     const text = await (await fetch(`http://127.0.0.1:${mta.controlPort}/metrics`)).text();
     console.error(
       text
         .split("\n")
-        .filter((l) => l.startsWith("mta_dns_"))
+        .filter((l) => prefixes.some((p) => l.startsWith(p)))
         .join("\n"),
     );
   }

@@ -42,13 +42,16 @@ export class ConnectionPool {
     return entry.session;
   }
 
-  /** Offers a connection after a transaction; it is kept, or QUIT (resolves once closed). */
-  release(key: string, session: OpenSession): Promise<void> {
+  /**
+   * Offers a connection after a transaction; it is kept (at most `maxIdle` per key, default the
+   * pool's `maxIdlePerKey`), or QUIT (resolves once closed).
+   */
+  release(key: string, session: OpenSession, maxIdle = this.limits.maxIdlePerKey): Promise<void> {
     const list = this.idle.get(key) ?? [];
     if (
       session.conn.closed ||
       session.messages >= this.limits.maxMessagesPerConnection ||
-      list.length >= this.limits.maxIdlePerKey
+      list.length >= maxIdle
     )
       return session.conn.quit(this.timeouts.quitMs);
     const entry: IdleEntry = {
