@@ -187,11 +187,11 @@ async function run(domains: number, sinks: { stats: SinkStats[] }): Promise<RunR
   const t0 = performance.now();
   const samples: { t: number; delivered: number; active: number }[] = [];
   scheduler.start();
-  const idle = scheduler.idle();
-  let done = false;
-  void idle.then(() => (done = true));
-  while (!done && (performance.now() - t0) / 1000 < MAX_S) {
-    await Promise.race([Bun.sleep(1000), idle]);
+  // Done when every message has an outcome. Not scheduler.idle(): it also resolves while mail waits
+  // for a timer (a site backing off after the sinks refused it), which ended runs early, uncounted.
+  const finished = () => delivered + other >= MESSAGES;
+  while (!finished() && (performance.now() - t0) / 1000 < MAX_S) {
+    for (let i = 0; i < 20 && !finished(); i++) await Bun.sleep(50);
     const active = scheduler.activeConnections();
     peakConnections = Math.max(peakConnections, active);
     peakRss = Math.max(peakRss, rssBytes());
@@ -210,6 +210,15 @@ async function run(domains: number, sinks: { stats: SinkStats[] }): Promise<RunR
   const b = samples.find((x) => x.delivered >= 0.9 * MESSAGES);
   if (a && b && b.t > a.t) steadyMsgsPerS = (b.delivered - a.delivered) / (b.t - a.t);
   const sinkPeakOpen = sinks.stats.reduce((n, s) => n + s.maxOpen, 0);
+  if (!finished()) {
+    const waiting = scheduler.summary().filter((d) => d.messages > 0);
+    const states = new Map<string, number>();
+    for (const d of waiting) states.set(d.state, (states.get(d.state) ?? 0) + d.messages);
+    const why = waiting.find((d) => d.lastError)?.lastError ?? "";
+    console.error(
+      `  not finished within ${MAX_S} s: ${MESSAGES - delivered - other} messages left (${[...states].map(([k, v]) => `${v} ${k}`).join(", ")})${why ? `; e.g. ${why}` : ""}`,
+    );
+  }
   await scheduler.stop(2000);
   await deliverer.close();
   await spool.close();

@@ -370,7 +370,7 @@ export class Deliverer {
     // the 221 comes or after the QUIT timeout. (Wrapped: an async function would wait for it.)
     if (target.keepConnection && !target.keepConnection())
       return { closing: s.conn.quit(this.opts.timeouts.quitMs).catch(() => s.conn.destroy()) };
-    await this.pool.release(key, s, target.maxIdle?.());
+    await this.pool.release(key, s);
     return {};
   }
 }

@@ -42,16 +42,13 @@ export class ConnectionPool {
     return entry.session;
   }
 
-  /**
-   * Offers a connection after a transaction; it is kept (at most `maxIdle` per key, default the
-   * pool's `maxIdlePerKey`), or QUIT (resolves once closed).
-   */
-  release(key: string, session: OpenSession, maxIdle = this.limits.maxIdlePerKey): Promise<void> {
+  /** Offers a connection after a transaction; it is kept, or QUIT (resolves once closed). */
+  release(key: string, session: OpenSession): Promise<void> {
     const list = this.idle.get(key) ?? [];
     if (
       session.conn.closed ||
       session.messages >= this.limits.maxMessagesPerConnection ||
-      list.length >= maxIdle
+      list.length >= this.limits.maxIdlePerKey
     )
       return session.conn.quit(this.timeouts.quitMs);
     const entry: IdleEntry = {

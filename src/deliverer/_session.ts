@@ -58,11 +58,6 @@ export interface AttemptTarget {
    * connection that nothing will use (Postfix's connection cache on demand).
    */
   keepConnection?: () => boolean;
-  /**
-   * Asked when a kept connection goes idle: how many idle connections this destination may hold
-   * (its connection limit now). Default: the deliverer's `maxIdlePerKey`.
-   */
-  maxIdle?: () => number;
 }
 
 export interface RecipientResult {

@@ -92,7 +92,6 @@ export function targetOf(
   if (address) target.sourceAddress = address;
   if (route.auth) target.auth = route.auth;
   target.keepConnection = () => site.wantsConnection();
-  target.maxIdle = () => site.idleCap();
   return target;
 }
 

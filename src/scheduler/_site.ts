@@ -180,15 +180,6 @@ export class Site {
     return this.throttle !== undefined && this.throttle.untilMs > nowMs;
   }
 
-  /**
-   * How many idle connections to this site are worth keeping for its next messages: as many as may
-   * run at once now (its limit, slow-start window and throttle). A busy site whose queue empties for a
-   * moment keeps its connections instead of closing most of them and opening new ones a moment later.
-   */
-  idleCap(): number {
-    return Math.max(1, Math.min(this.clusterLimit(this.env.now()), this.window.size));
-  }
-
   /** The limit every node shares: the policy's, or a throttle rule's while it is in force. */
   private clusterLimit(nowMs: number): number {
     return this.throttled(nowMs) ? Math.min(this.maxOwn(), this.throttle!.maxConnections) : this.maxOwn();

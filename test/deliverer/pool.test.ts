@@ -174,31 +174,6 @@ test("concurrent deliveries to one destination open parallel connections, then s
   await d.close();
 });
 
-test("a destination's own idle cap (its connection limit) overrides maxIdlePerKey: a burst's connections all stay for the next burst", async () => {
-  const p = await peer();
-  const d = new Deliverer({
-    timeouts: FAST,
-    maxMessagesPerConnection: 100,
-    idleTimeoutMs: 5000,
-    maxIdlePerKey: 2,
-    log: silentLogger(),
-  });
-  const t = { ...target(p), keepConnection: () => true, maxIdle: () => 6 };
-  await Promise.all(Array.from({ length: 6 }, (_, i) => d.deliver(t, message(i))));
-  expect(p.sessions.length).toBe(6);
-  expect(d.idleConnections()).toBe(6);
-  // The next burst reuses all six: no new session at the peer.
-  const again = await Promise.all(Array.from({ length: 6 }, (_, i) => d.deliver(t, message(10 + i))));
-  expect(again.every((r) => r.recipients[0]!.kind === "delivered")).toBe(true);
-  expect(p.sessions.length).toBe(6);
-  // A smaller cap (the window shrank): what is over it is QUIT when it goes idle.
-  const small = { ...t, maxIdle: () => 1 };
-  await Promise.all(Array.from({ length: 6 }, (_, i) => d.deliver(small, message(20 + i))));
-  expect(p.sessions.length).toBe(6);
-  await waitFor(() => d.idleConnections() === 1, "one idle connection left");
-  await d.close();
-});
-
 test("metrics count connections, reuse and recipient results", async () => {
   const metrics = new Metrics();
   const p = await peer({ rcpt: (to) => (to === "r1@x.test" ? "550 5.1.1 no" : "250 ok") });
