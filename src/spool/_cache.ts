@@ -1,12 +1,13 @@
 /**
- * The body cache: bodies of recently appended messages, so that the first delivery attempt does not
- * read back from the disk what was just written.
+ * The body cache: the MESSAGE records (envelope and body) of recently appended messages, so that the
+ * first delivery attempt decodes what was just written instead of reading it back from the disk.
  *
- * Owns: the cached bodies by slot, their total size, hit and miss counts.
- * Does not own: when a body is added (the append) or dropped (a finished message), the record bytes.
- * Invariants: `bytes` never exceeds the limit after `set` (oldest insertions go first); a body larger
+ * Owns: the cached records by slot, their total size, hit and miss counts.
+ * Does not own: when a record is added (the append) or dropped (a finished message), decoding.
+ * Invariants: `bytes` never exceeds the limit after `set` (oldest insertions go first); a record larger
  * than an eighth of the limit is never cached (one message must not flush everything else); a cached
- * body is a view of the appended record, never a copy.
+ * record is the bytes that were appended (the same buffer, never a copy), so decoding it gives what a
+ * read from the segment would.
  */
 export class BodyCache {
   private map = new Map<number, Uint8Array>();

@@ -20,7 +20,7 @@ import type { Logger, Metrics } from "../observe/index.ts";
 import { BatchWriter } from "./_batches.ts";
 import { BodyCache } from "./_cache.ts";
 import { Compactor } from "./_compact.ts";
-import { encodeMessage, encodeOutcome, type MessageRecord, STATE_PENDING } from "./_format.ts";
+import { decodeMessage, encodeMessage, encodeOutcome, type MessageRecord, STATE_PENDING } from "./_format.ts";
 import { type FileLayer, nodeFileLayer } from "./_files.ts";
 import { SlotIndex } from "./_index.ts";
 import { type SpoolLock, takeLock } from "./_lock.ts";
@@ -233,7 +233,7 @@ export class Spool {
       const seg = this.segments.get(seq)!;
       seg.liveBytes += bytes.length;
       seg.liveCount++;
-      this.cache.set(slot, bytes.subarray(bytes.length - msg.body.length));
+      this.cache.set(slot, bytes);
       this.metrics.appends?.inc();
       return { id, slot };
     });
@@ -297,6 +297,9 @@ export class Spool {
       idx.nextAttempt[slot] = nextAttemptMs;
       idx.setStates(slot, states);
       this.segs.placeOutcome(slot, seq, off, bytes.length);
+      // The cached record served the first attempt; from now on the last replies live in OUTCOME
+      // records and compaction may rewrite the MESSAGE record: later reads go to the disk.
+      this.cache.delete(slot);
       if (idx.pending[slot] === 0) this.finish(slot);
     });
   }
@@ -322,9 +325,10 @@ export class Spool {
   /** Envelope and body; the body comes from the cache of recently written bodies when it is there. */
   async read(slot: number): Promise<{ message: StoredMessage; body: Uint8Array }> {
     this.assertLive(slot);
-    const m = readMessageRecord(this.segs, this.index, slot);
+    // A message appended a moment ago is decoded from the record it was appended as: no read back.
     const cached = this.cache.get(slot);
-    return { message: envelopeOf(this.segs, this.index, slot, m), body: cached ?? m.body };
+    const m = cached ? decodeMessage(cached, 0, cached.length) : readMessageRecord(this.segs, this.index, slot);
+    return { message: envelopeOf(this.segs, this.index, slot, m), body: m.body };
   }
 
   slotOf(id: string): number | undefined {

@@ -385,3 +385,40 @@ test("each recipient's last TLS is kept with its last reply: across reopen and c
   expect(spool.readEnvelope(spool.slotOf(a.id)!).recipients.map((r) => r.lastTls)).toEqual(want);
   await spool.close();
 });
+
+test("the first read of a just-appended message is decoded from the record appended, without reading the disk; later reads go to the disk and agree", async () => {
+  using tmp = tempDir();
+  let reads = 0;
+  const counting: FileLayer = {
+    ...nodeFileLayer,
+    readSync: (...a) => {
+      reads++;
+      return nodeFileLayer.readSync(...a);
+    },
+  };
+  const spool = await Spool.open({ dir: tmp.dir, fileLayer: counting });
+  const m = msg(3, 2, 500);
+  const { slot } = await spool.append(m);
+  const before = reads;
+  const first = await spool.read(slot);
+  expect(reads).toBe(before);
+  expect(first.body).toEqual(m.body);
+  expect(first.message.recipients.map((r) => r.address)).toEqual(m.recipients.map((r) => r.address));
+  // An outcome ends the cached record's use: the next read is from the segment, with the reply.
+  await spool.recordOutcome(slot, {
+    attempts: 1,
+    nextAttemptMs: Date.now() + 60_000,
+    recipients: [{ index: 0, state: "pending", reply: "451 4.3.0 later" }],
+  });
+  const second = await spool.read(slot);
+  expect(reads).toBeGreaterThan(before);
+  expect(second.body).toEqual(m.body);
+  expect(second.message.recipients[0]!.lastReply).toBe("451 4.3.0 later");
+  expect({ ...second.message, recipients: [], attempts: 0, nextAttemptMs: 0 }).toEqual({
+    ...first.message,
+    recipients: [],
+    attempts: 0,
+    nextAttemptMs: 0,
+  });
+  await spool.close();
+});
