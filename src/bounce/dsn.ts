@@ -207,7 +207,10 @@ function deliveryStatusPart(input: DsnInput, utf8: boolean): string {
   fields.push(foldField("Arrival-Date", formatRfc5322Date(input.arrivalMs)));
   const blocks = [fields.join("\r\n")];
   for (const r of input.recipients) {
-    assert(/^[245]\.\d{1,3}\.\d{1,3}$/.test(r.status), () => `DSN status "${r.status}" is not an enhanced code`);
+    assert(
+      /^[245]\.\d{1,3}\.\d{1,3}$/.test(r.status),
+      () => `DSN status "${r.status}" is not an enhanced code`,
+    );
     const f: string[] = [];
     if (r.orcpt !== undefined)
       f.push(

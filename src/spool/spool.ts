@@ -327,7 +327,9 @@ export class Spool {
     this.assertLive(slot);
     // A message appended a moment ago is decoded from the record it was appended as: no read back.
     const cached = this.cache.get(slot);
-    const m = cached ? decodeMessage(cached, 0, cached.length) : readMessageRecord(this.segs, this.index, slot);
+    const m = cached
+      ? decodeMessage(cached, 0, cached.length)
+      : readMessageRecord(this.segs, this.index, slot);
     return { message: envelopeOf(this.segs, this.index, slot, m), body: m.body };
   }
 
