@@ -20,6 +20,8 @@
  * MTA_BENCH_BINARY=<path> benchmarks another build (before/after runs).
  * MTA_BENCH_DNS_STATS=1 prints the daemon's DNS counters (questions by type and outcome, cache hits)
  * after each run; MTA_BENCH_METRICS=<prefix>,<prefix> prints the metrics whose names start so.
+ * MTA_BENCH_DELIVERIES=<file> appends the daemon's delivery log (reception and delivery events) to
+ * <file>, to see per-message latency: how the 5 s tail of issue 15 was found.
  */
 const TLS_MODE = process.env.MTA_BENCH_TLS;
 const GLOBAL_CAP = Number(process.env.MTA_BENCH_MAX_CONNECTIONS ?? 5000);
@@ -136,7 +138,7 @@ async function mtaOnce(dests: number): Promise<MtaRun & { postfix?: number }> {
       "control: { address: 127.0.0.1:0 }",
       `dns: { servers: ["127.0.0.1:${dns.port}"] }`,
       `delivery: { port: ${sinkPort}, routes: { k1.test: "127.0.0.1:${sinkPort}" }, max_connections: ${GLOBAL_CAP}, domains: { default: { max_connections: 50${TLS_MODE ? `, tls: ${TLS_MODE}` : ""} } } }`,
-      `log: { level: info, format: json, deliveries: "" }`,
+      `log: { level: info, format: json, deliveries: "${process.env.MTA_BENCH_DELIVERIES ?? ""}" }`,
     ].join("\n"),
   );
   const cpu0 = cpuSeconds(mta.pid);

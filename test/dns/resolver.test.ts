@@ -135,6 +135,30 @@ test("questions asked in one turn go out together and each gets its own answer",
   expect(dns.queries.length - from).toBe(50);
 });
 
+test("two questions of one turn never share a query id, even when the random source repeats", async () => {
+  const local = createResolver({
+    servers: [{ host: dns.host, port: dns.port }],
+    timeoutMs: 2000,
+    attempts: 1,
+  });
+  dns.set("same-id-a.test", { a: ["127.0.4.1"] });
+  dns.set("same-id-b.test", { a: ["127.0.4.2"] });
+  // The first two draws give one id: before the fix both questions took it, the second's waiter
+  // replaced the first's, and the first went unanswered until its timeout.
+  const random = Math.random;
+  const draws = [0.5, 0.5];
+  Math.random = () => draws.shift() ?? random();
+  const t0 = performance.now();
+  let results: Awaited<ReturnType<Resolver["addresses"]>>[];
+  try {
+    results = await Promise.all([local.addresses("same-id-a.test", 4), local.addresses("same-id-b.test", 4)]);
+  } finally {
+    Math.random = random;
+  }
+  expect(results.map((r) => (r.kind === "ok" ? r.addresses[0] : r.kind))).toEqual(["127.0.4.1", "127.0.4.2"]);
+  expect(performance.now() - t0).toBeLessThan(1500);
+});
+
 test("a silent first server is skipped for the next one, and attempts repeat the round", async () => {
   const silent = await startDnsServer({ "x.test": { mode: "silent" } });
   silent.set("mx.test", { mode: "silent" });
