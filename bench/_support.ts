@@ -299,12 +299,15 @@ export const UNBOUND = ["/usr/sbin/unbound", "/usr/bin/unbound"].find((p) => exi
 export async function startUnbound(
   dir: string,
   zone: Record<string, { mx?: { exchange: string; preference: number }[]; a?: string[] }>,
+  /** Also answer on this loopback address at port 53 (for a resolv.conf, which cannot name a port). */
+  alsoOnPort53?: string,
 ): Promise<{ port: number; pid: number; [Symbol.asyncDispose](): Promise<void> }> {
   if (!UNBOUND) throw new Error("unbound is not installed (apt-get install unbound)");
   const port = freePort();
   const lines = [
     "server:",
     `  interface: 127.0.0.1@${port}`,
+    ...(alsoOnPort53 ? [`  interface: ${alsoOnPort53}@53`] : []),
     `  port: ${port}`,
     "  do-ip6: no",
     "  do-daemonize: no",
@@ -317,6 +320,8 @@ export async function startUnbound(
     "  num-threads: 1",
     "  access-control: 127.0.0.0/8 allow",
     '  local-zone: "test." static',
+    // Nothing outside the benchmark's zone is looked up anywhere: no query ever leaves loopback.
+    '  local-zone: "." refuse',
   ];
   for (const [name, spec] of Object.entries(zone)) {
     for (const m of spec.mx ?? [])
