@@ -153,7 +153,10 @@ try {
       rows.push({
         figure: x.figure,
         conditions: manyDests
-          ? x.conditions.replace("; Postfix: ", "; Postfix: the same injector → Postfix → the same sink, medians; ")
+          ? x.conditions.replace(
+              "; Postfix: ",
+              "; Postfix: the same injector → Postfix → the same sink, medians; ",
+            )
           : `${x.conditions}; Postfix: smtp-source → Postfix → smtp-sink (bench/postfix/bench-e2e.sh), ≤ 10,000 msgs, median`,
         mta: x.mta,
         postfix: x.postfix ?? Number.NaN,
