@@ -141,6 +141,8 @@ interface Resolved {
   /** The command's words, e.g. "queue show". */
   path: string[];
   rest: string[];
+  /** How many words at the end of `rest` are a `-c FILE` given before the subcommand's name. */
+  carried?: number;
 }
 
 async function subCommandsOf(cmd: CommandDef): Promise<Record<string, CommandDef> | undefined> {
@@ -151,13 +153,33 @@ async function subCommandsOf(cmd: CommandDef): Promise<Record<string, CommandDef
   return out;
 }
 
-/** Walks down the subcommands named at the start of argv. */
+/**
+ * Walks down the subcommands named at the start of argv. `-c FILE` / `--config FILE` may come before
+ * a subcommand's name (`mta queue -c mta.yaml summary`, as `postqueue -c DIR -p`): it is handed on to
+ * the command that is finally run, which rejects it if it takes no configuration.
+ */
 async function resolveCommand(main: CommandDef, argv: string[], path: string[]): Promise<Resolved> {
   let r: Resolved = { cmd: main, parent: undefined, path, rest: argv };
+  const carried: string[] = [];
   for (;;) {
     const subs = await resolve(r.cmd.subCommands);
-    const name = r.rest[0];
-    if (!subs || name === undefined || name.startsWith("-")) return r;
+    let name = r.rest[0];
+    while (
+      subs &&
+      path.length > 0 &&
+      name !== undefined &&
+      isConfigFlag(name) &&
+      (name.includes("=") || r.rest.length > 1)
+    ) {
+      const n = name.includes("=") ? 1 : 2;
+      carried.push(...r.rest.slice(0, n));
+      r = { ...r, rest: r.rest.slice(n) };
+      name = r.rest[0];
+    }
+    if (!subs || name === undefined || name.startsWith("-")) {
+      if (carried.length > 0) r = { ...r, rest: [...r.rest, ...carried], carried: carried.length };
+      return r;
+    }
     if (!(name in subs)) {
       const hint = closestWord(name, Object.keys(subs));
       throw new UsageError(
@@ -168,6 +190,10 @@ async function resolveCommand(main: CommandDef, argv: string[], path: string[]):
     path.push(name);
     r = { cmd: next, parent: r.cmd, path, rest: r.rest.slice(1) };
   }
+}
+
+function isConfigFlag(arg: string): boolean {
+  return arg === "-c" || arg === "--config" || arg.startsWith("--config=");
 }
 
 async function usage(r: Resolved): Promise<string> {
@@ -195,7 +221,7 @@ export async function run(main: CommandDef, argv: string[]): Promise<number> {
     }
     const subs = await subCommandsOf(r.cmd);
     if (subs && !r.cmd.run) {
-      if (r.rest.length > 0) throw new UsageError(`unknown option ${r.rest[0]}`);
+      if (r.rest.length > (r.carried ?? 0)) throw new UsageError(`unknown option ${r.rest[0]}`);
       process.stderr.write(plain(await usage(r), process.stderr));
       if (r.path.length === 0) return EXIT.usage;
       throw new UsageError(`missing command: one of ${Object.keys(subs).join(", ")}`);

@@ -210,7 +210,9 @@ export class Scheduler {
 
   /**
    * Makes scheduled messages due now: all of them, one destination's, or one message (by id).
-   * Lifts a destination's site backoff (not an admin suspension). Returns how many became due.
+   * Lifts the site backoff (not an admin suspension) of the destination, or with no target of every
+   * destination, as Postfix's `postqueue -f` unthrottles every queue: mail held ready behind a backoff
+   * is retried too. Returns how many messages became due (scheduled ones plus those held so).
    */
   flush(target: { destination?: string; id?: string } = {}): number {
     const core = this.core;
@@ -232,18 +234,21 @@ export class Scheduler {
       picked = all.map((e) => e.slot);
     }
     const touched = new Set<Site>();
-    for (const slot of picked) core.readyInto(touched, slot);
     if (target.destination !== undefined) {
       const s = core.findSite(core.siteNameOf(target.destination));
       if (s) touched.add(s);
-    }
+    } else if (target.id === undefined) core.forEachSite((s) => touched.add(s));
+    // Held ready behind a backoff (counted before the scheduled ones join the ready queues).
+    let held = 0;
+    for (const s of touched) if (s.suspendedUntilMs > 0 && s.suspendKind === "site") held += s.readyLength;
+    for (const slot of picked) core.readyInto(touched, slot);
     for (const s of touched) {
       if (s.suspendedUntilMs > 0 && s.suspendKind === "site") s.lift("flushed");
       this.workers.tryStart(s);
     }
     core.timers.arm();
     this.checkIdle();
-    return picked.length;
+    return picked.length + held;
   }
 
   /** No new attempts to `destination` (a domain: its site; or a site) for `forMs` (undefined = until `resume`). */

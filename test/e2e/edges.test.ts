@@ -555,6 +555,14 @@ describe("misleading words corrected", () => {
     const r = runMta(["queue", "flush", "-c", mta.configFile, "down.test"]);
     expect(r.code).toBe(0);
     expect(r.stdout).toBe("3 message(s) due now; backoff lifted for down.test\n");
+    // With no target every backoff is lifted, as `postqueue -f` does (it said "0 message(s) due now"
+    // and retried nothing); -c may come before the subcommand's name, as `postqueue -c DIR -f`.
+    const again = Date.now() + 10_000;
+    while ((await state()) !== "backoff" && Date.now() < again) await Bun.sleep(100);
+    expect(await state()).toBe("backoff");
+    const all = runMta(["queue", "-c", mta.configFile, "flush"]);
+    expect(all.code).toBe(0);
+    expect(all.stdout).toBe("3 message(s) due now; backoff lifted for down.test\n");
   });
 
   test("the send summary counts this run's own results: a bounce is bounced, its DSN is not delivered", async () => {

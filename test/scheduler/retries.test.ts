@@ -227,9 +227,25 @@ test("a DNS transient failure is a site failure too", async () => {
   expect(h.spool.attemptsOf(slot)).toBe(0);
   expect(h.scheduler.summary()[0]).toMatchObject({ destination: "flaky.test", state: "backoff" });
   h.routes.delete("flaky.test");
-  expect(h.scheduler.flush({ destination: "flaky.test" })).toBe(0); // nothing was scheduled, but the backoff is lifted
+  // Nothing was scheduled: the message was held ready behind the backoff, which is lifted.
+  expect(h.scheduler.flush({ destination: "flaky.test" })).toBe(1);
   await h.scheduler.idle();
   expect(peer.messages).toHaveLength(1);
+});
+
+test("flush() with no target lifts every destination's backoff, as postqueue -f does, and counts what was held", async () => {
+  await using peer = await countingPeer(0);
+  await using h = await harness({ port: peer.port });
+  for (const d of ["a.test", "b.test", "c.test"]) h.routes.set(d, { kind: "transient", reason: "SERVFAIL" });
+  for (const d of ["a.test", "b.test", "c.test"]) await h.send({ to: [`x@${d}`] });
+  await h.scheduler.idle();
+  expect(h.scheduler.summary().map((s) => s.state)).toEqual(["backoff", "backoff", "backoff"]);
+  h.scheduler.suspend("c.test"); // an operator's suspension is not a backoff: flush leaves it
+  for (const d of ["a.test", "b.test", "c.test"]) h.routes.delete(d);
+  expect(h.scheduler.flush()).toBe(2);
+  await h.scheduler.idle();
+  expect(peer.messages.map((m) => m.to[0]).sort()).toEqual(["x@a.test", "x@b.test"]);
+  expect(h.scheduler.summary().find((s) => s.destination === "c.test")?.state).toBe("suspended");
 });
 
 test("after a restart the reopened spool's deferred messages are found and delivered", async () => {
