@@ -4,7 +4,7 @@
  * Benchmarks print numbers with their conditions; they never pass or fail.
  */
 import { spawn, spawnSync } from "bun";
-import { existsSync, fstatSync, mkdtempSync, openSync, readFileSync, readSync, rmSync } from "node:fs";
+import { appendFileSync, existsSync, fstatSync, mkdtempSync, openSync, readFileSync, readSync, rmSync } from "node:fs";
 import { cpus, tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { freePort, SMTP_SINK, SMTP_SOURCE } from "../test/support/sink.ts";
@@ -113,6 +113,7 @@ export async function startBenchMta(dir: string, yaml: string): Promise<BenchMta
     if (proc.exitCode === null) proc.kill("SIGTERM");
     await proc.exited;
     await reader;
+    if (process.env.MTA_BENCH_STDERR) appendFileSync(process.env.MTA_BENCH_STDERR, `${lines.join("\n")}\n`);
   };
   return {
     pid: proc.pid,
