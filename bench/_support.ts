@@ -4,7 +4,16 @@
  * Benchmarks print numbers with their conditions; they never pass or fail.
  */
 import { spawn, spawnSync } from "bun";
-import { appendFileSync, existsSync, fstatSync, mkdtempSync, openSync, readFileSync, readSync, rmSync } from "node:fs";
+import {
+  appendFileSync,
+  existsSync,
+  fstatSync,
+  mkdtempSync,
+  openSync,
+  readFileSync,
+  readSync,
+  rmSync,
+} from "node:fs";
 import { cpus, tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { freePort, SMTP_SINK, SMTP_SOURCE } from "../test/support/sink.ts";
