@@ -284,8 +284,8 @@ export class QueueOps {
         throw new QueueError("data", `no message ${target.id} in the queue`, 404);
     }
     if (this.scheduler) {
-      // A destination in site backoff holds its messages in the ready queue, not the retry timer:
-      // flush lifts the backoff and they go now, so they count as flushed too.
+      // The scheduler counts what it made due, the messages held ready behind a backoff among them;
+      // which destinations' backoff it lifted is read from the summaries before and after.
       const held = this.scheduler
         .summary()
         .filter(
@@ -298,9 +298,8 @@ export class QueueOps {
       const scheduled = this.scheduler.flush(target);
       const after = new Map(this.scheduler.summary().map((r) => [r.destination, r]));
       const lifted = held.filter((r) => after.get(r.destination)?.state !== "backoff");
-      const waiting = lifted.reduce((n, r) => n + r.messages, 0);
       return {
-        flushed: Math.max(scheduled, waiting),
+        flushed: scheduled,
         backoffLifted: lifted.map((r) => r.destination),
         live: true,
       };

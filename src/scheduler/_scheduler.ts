@@ -240,10 +240,10 @@ export class Scheduler {
     } else if (target.id === undefined) core.forEachSite((s) => touched.add(s));
     // Held ready behind a backoff (counted before the scheduled ones join the ready queues).
     let held = 0;
-    for (const s of touched) if (s.suspendedUntilMs > 0 && s.suspendKind === "site") held += s.readyLength;
+    for (const s of touched) if (s.backingOff) held += s.readyLength;
     for (const slot of picked) core.readyInto(touched, slot);
     for (const s of touched) {
-      if (s.suspendedUntilMs > 0 && s.suspendKind === "site") s.lift("flushed");
+      if (s.backingOff) s.lift("flushed");
       this.workers.tryStart(s);
     }
     core.timers.arm();

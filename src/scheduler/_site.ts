@@ -237,6 +237,11 @@ export class Site {
     return this.suspendedUntilMs > nowMs;
   }
 
+  /** Held by a site backoff (its connections failed), not by an operator's suspension: flush lifts it. */
+  get backingOff(): boolean {
+    return this.suspendedUntilMs > 0 && this.suspendKind === "site";
+  }
+
   /** Whether nothing here is worth keeping: no queue, no worker, no restriction, window as new. */
   isIdle(nowMs: number): boolean {
     return (
