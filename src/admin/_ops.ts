@@ -47,7 +47,7 @@ import { offlineAction } from "./_offline.ts";
 /** What QueueOps needs of a live scheduler (the real `Scheduler` has all of it). */
 export interface LiveScheduler {
   summary(): DestinationSummary[];
-  flush(target: { destination?: string; id?: string }): number;
+  flush(target: { destination?: string; id?: string }): { flushed: number; backoffLifted: string[] };
   suspend(destination: string, forMs?: number, reason?: string): void;
   resume(destination: string): void;
   command(action: "bounce" | "delete", ids: readonly string[]): Promise<CommandResult>;
@@ -283,27 +283,9 @@ export class QueueOps {
       if (slot === undefined || !sp.isLive(slot))
         throw new QueueError("data", `no message ${target.id} in the queue`, 404);
     }
-    if (this.scheduler) {
-      // The scheduler counts what it made due, the messages held ready behind a backoff among them;
-      // which destinations' backoff it lifted is read from the summaries before and after.
-      const held = this.scheduler
-        .summary()
-        .filter(
-          (r) =>
-            r.state === "backoff" &&
-            (target.destination === undefined
-              ? target.id === undefined
-              : r.destination === target.destination),
-        );
-      const scheduled = this.scheduler.flush(target);
-      const after = new Map(this.scheduler.summary().map((r) => [r.destination, r]));
-      const lifted = held.filter((r) => after.get(r.destination)?.state !== "backoff");
-      return {
-        flushed: scheduled,
-        backoffLifted: lifted.map((r) => r.destination),
-        live: true,
-      };
-    }
+    // The scheduler counts what it made due (the messages held ready behind a backoff among them)
+    // and names the sites whose backoff it lifted.
+    if (this.scheduler) return { ...this.scheduler.flush(target), live: true };
     const now = this.clock.now();
     const slots = this.select(
       {

@@ -212,7 +212,13 @@ const flush = defineCommand({
     const c = await client(args);
     const r = await c.flush(target);
     if (args.json) return printJson(r);
-    const lifted = r.backoffLifted.length ? `; backoff lifted for ${r.backoffLifted.join(", ")}` : "";
+    // The API names sites; a domain routed to a next hop is named as the operator wrote it, as summary does.
+    const named = r.backoffLifted.map((site) =>
+      target.destination !== undefined && site !== target.destination
+        ? `${target.destination} via ${site}`
+        : site,
+    );
+    const lifted = named.length ? `; backoff lifted for ${named.join(", ")}` : "";
     print(
       r.live
         ? `${r.flushed} message(s) due now${lifted}`

@@ -212,11 +212,12 @@ export class Scheduler {
    * Makes scheduled messages due now: all of them, one destination's, or one message (by id).
    * Lifts the site backoff (not an admin suspension) of the destination, or with no target of every
    * destination, as Postfix's `postqueue -f` unthrottles every queue: mail held ready behind a backoff
-   * is retried too. Returns how many messages became due (scheduled ones plus those held so).
+   * is retried too. Returns how many messages became due (scheduled ones plus those held so) and the
+   * sites whose backoff was lifted.
    */
-  flush(target: { destination?: string; id?: string } = {}): number {
+  flush(target: { destination?: string; id?: string } = {}): { flushed: number; backoffLifted: string[] } {
     const core = this.core;
-    if (core.stopping) return 0;
+    if (core.stopping) return { flushed: 0, backoffLifted: [] };
     const sp = core.opts.spool;
     let picked: number[] = [];
     if (target.id !== undefined) {
@@ -242,13 +243,17 @@ export class Scheduler {
     let held = 0;
     for (const s of touched) if (s.backingOff) held += s.readyLength;
     for (const slot of picked) core.readyInto(touched, slot);
+    const lifted: string[] = [];
     for (const s of touched) {
-      if (s.backingOff) s.lift("flushed");
+      if (s.backingOff) {
+        s.lift("flushed");
+        lifted.push(s.name);
+      }
       this.workers.tryStart(s);
     }
     core.timers.arm();
     this.checkIdle();
-    return picked.length + held;
+    return { flushed: picked.length + held, backoffLifted: lifted.sort() };
   }
 
   /** No new attempts to `destination` (a domain: its site; or a site) for `forMs` (undefined = until `resume`). */

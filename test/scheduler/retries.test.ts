@@ -228,7 +228,10 @@ test("a DNS transient failure is a site failure too", async () => {
   expect(h.scheduler.summary()[0]).toMatchObject({ destination: "flaky.test", state: "backoff" });
   h.routes.delete("flaky.test");
   // Nothing was scheduled: the message was held ready behind the backoff, which is lifted.
-  expect(h.scheduler.flush({ destination: "flaky.test" })).toBe(1);
+  expect(h.scheduler.flush({ destination: "flaky.test" })).toEqual({
+    flushed: 1,
+    backoffLifted: ["flaky.test"],
+  });
   await h.scheduler.idle();
   expect(peer.messages).toHaveLength(1);
 });
@@ -242,10 +245,25 @@ test("flush() with no target lifts every destination's backoff, as postqueue -f 
   expect(h.scheduler.summary().map((s) => s.state)).toEqual(["backoff", "backoff", "backoff"]);
   h.scheduler.suspend("c.test"); // an operator's suspension is not a backoff: flush leaves it
   for (const d of ["a.test", "b.test", "c.test"]) h.routes.delete(d);
-  expect(h.scheduler.flush()).toBe(2);
+  expect(h.scheduler.flush()).toEqual({ flushed: 2, backoffLifted: ["a.test", "b.test"] });
   await h.scheduler.idle();
   expect(peer.messages.map((m) => m.to[0]).sort()).toEqual(["x@a.test", "x@b.test"]);
   expect(h.scheduler.summary().find((s) => s.destination === "c.test")?.state).toBe("suspended");
+});
+
+test("flush names the sites whose backoff it lifted: a smarthost once, for every domain it carries", async () => {
+  await using peer = await countingPeer(0);
+  await using h = await harness({ port: peer.port });
+  const relay = "relay.test:25";
+  const down = await closedPort();
+  for (const d of ["a.test", "b.test"]) h.routes.set(d, { ...hostsRoute(down), site: relay });
+  for (const d of ["a.test", "b.test"]) await h.send({ to: [`x@${d}`] });
+  await h.scheduler.idle();
+  expect(h.scheduler.summary().map((s) => s.state)).toEqual(["backoff", "backoff"]);
+  for (const d of ["a.test", "b.test"]) h.routes.set(d, { ...hostsRoute(peer.port), site: relay });
+  expect(h.scheduler.flush({ destination: "a.test" })).toEqual({ flushed: 2, backoffLifted: [relay] });
+  await h.scheduler.idle();
+  expect(peer.messages.map((m) => m.to[0]).sort()).toEqual(["x@a.test", "x@b.test"]);
 });
 
 test("after a restart the reopened spool's deferred messages are found and delivered", async () => {
@@ -277,10 +295,10 @@ test("flush by id retries one deferred message now; flush() all of them", async 
   await h.send({ to: ["c@two.test"] });
   await h.scheduler.idle();
   up = true;
-  expect(h.scheduler.flush({ id: a.id })).toBe(1);
+  expect(h.scheduler.flush({ id: a.id }).flushed).toBe(1);
   await h.scheduler.idle();
   expect(peer.messages.map((m) => m.to[0])).toEqual(["a@one.test"]);
-  expect(h.scheduler.flush()).toBe(2);
+  expect(h.scheduler.flush().flushed).toBe(2);
   await h.scheduler.idle();
   expect(peer.messages).toHaveLength(3);
 });
