@@ -259,16 +259,14 @@ for (const dests of destCounts) {
     const table = runs.map((r) => r.postfix ?? Number.NaN);
     const dns = runs.map((r) => r.postfixDns ?? Number.NaN);
     const tableNote = `with a hash transport table (no DNS) ${Math.round(median(table)).toLocaleString("en-US")} msgs/s${reps > 1 ? `, runs ${range(table)}` : ""}`;
-    if (dns.every((x) => !Number.isNaN(x))) {
-      // The ratio is against Postfix doing the same lookups (MX and address per domain) as mta.
-      pf = median(dns);
-      pfRange = reps > 1 ? ` runs ${range(dns)}` : "";
-      pfHow = `; Postfix: MX and A lookups from the same unbound, delivering to port 25 of the same sink (mta asks two TXT questions more per domain, MTA-STS and TLS-RPT); Postfix ${tableNote}`;
-    } else {
-      pf = median(table);
-      pfRange = reps > 1 ? ` runs ${range(table)}` : "";
-      pfHow = "; Postfix: a hash transport table (no DNS; port 25 was taken, so no MX-routed Postfix run)";
-    }
+    // The ratio is against Postfix doing the same lookups (MX and address per domain) as mta, when it ran.
+    const sameLookups = dns.every((x) => !Number.isNaN(x));
+    const chosen = sameLookups ? dns : table;
+    pf = median(chosen);
+    pfRange = reps > 1 ? ` runs ${range(chosen)}` : "";
+    pfHow = sameLookups
+      ? `; Postfix: MX and A lookups from the same unbound, delivering to port 25 of the same sink (mta asks two TXT questions more per domain, MTA-STS and TLS-RPT); Postfix ${tableNote}`
+      : "; Postfix: a hash transport table (no DNS; port 25 was taken, so no MX-routed Postfix run)";
   }
   if (withPostfix && dests <= 100) {
     if (rows.length === 0) setupPostfix();
